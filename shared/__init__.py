@@ -1,0 +1,6 @@
+"""The protocol every rbee program speaks: paths, token, operations, events, the job server and client.
+
+Importing this package must stay cheap: no textual, llama_cpp or asyncssh (a test enforces it).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""One exception base for everything shared/ raises, so callers print one clear line, never a traceback."""
+
+from __future__ import annotations
+
+
+class RbeeError(Exception):
+    """An error a user can read: a short title, a message that says what is wrong and what to do.
+
+    `code` is the machine-readable form used in JSON error bodies and `error` events; `status` is the
+    HTTP status a server answers with when this escapes a handler.
+    """
+
+    title = "rbee error"
+    code = "RBEE_ERROR"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(RbeeError):
+    """The request body or an operation in it is malformed; the message names the field."""
+
+    title = "Invalid request"
+    code = "INVALID_REQUEST"
+    status = 400
+
+
+class UnknownOperation(InvalidRequest):
+    title = "Unknown operation"
+    code = "UNKNOWN_OPERATION"
+
+
+class JobNotFound(RbeeError):
+    title = "Job not found"
+    code = "JOB_NOT_FOUND"
+    status = 404
+
+
+class JobConflict(RbeeError):
+    """The job exists but cannot do what was asked (cancel a finished job, for instance)."""
+
+    title = "Job conflict"
+    code = "JOB_CONFLICT"
+    status = 409
+
+
+class Unauthorized(RbeeError):
+    title = "Unauthorized"
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class ServerUnreachable(RbeeError):
+    """Client side: nothing answers at the URL (daemon down, wrong port)."""
+
+    title = "Server unreachable"
+    code = "SERVER_UNREACHABLE"
+    status = 503
+
+
+class ServerError(RbeeError):
+    """Client side: the server answered with a JSON error; keeps its status and code."""
+
+    title = "Server error"
+    code = "SERVER_ERROR"
+
+
+class StreamTimeout(RbeeError):
+    title = "Timed out"
+    code = "TIMEOUT"
+    status = 504

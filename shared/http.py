@@ -1,0 +1,80 @@
+"""Middlewares every daemon mounts: JSON errors (never a traceback) and the bearer token check."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from shared.errors import RbeeError, Unauthorized
+from shared.token import tokens_equal
+
+log = logging.getLogger("rbee.http")
+
+MAX_BODY_BYTES = 1024 * 1024  # a job request is a few hundred bytes; a prompt may be long, not huge
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "BODY_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    503: "UNAVAILABLE",
+}
+
+
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into `{"error": {"code", "message"}}` with a fitting status."""
+    try:
+        return await handler(request)
+    except RbeeError as exc:
+        return json_error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are answers, not errors
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            message = f"The request body is too large: {exc.text}."
+        elif exc.status == 404:
+            message = f"No such endpoint: {request.method} {request.path}."
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}."
+        return json_error(exc.status, _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}"), message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "INTERNAL", "Internal server error; the server's log has the details.")
+
+
+def auth_middleware(token: str, *, public: frozenset[tuple[str, str]] = frozenset({("GET", "/health")})):
+    """Require `Authorization: Bearer <token>` on everything but the `public` (method, path) pairs."""
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (request.method, request.path) in public or request.method == "OPTIONS":
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <token>' "
+                               "(the token is in the rbee config dir, file 'token').")
+        if not tokens_equal(given.strip(), token):
+            raise Unauthorized("Wrong bearer token: use the token from the rbee config dir (file 'token').")
+        return await handler(request)
+
+    return check_token
+
+
+def base_middlewares(token: str) -> list:
+    """Error handling outermost, so an auth failure is a JSON error too."""
+    return [error_middleware, auth_middleware(token)]

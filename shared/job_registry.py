@@ -1,0 +1,268 @@
+"""Jobs: one task each, a bounded log of encoded events, and any number of readers following it.
+
+Readers never get a queue of their own: each follows the job's shared log at its own pace. A slow reader
+therefore neither blocks the job nor other readers, and pins no more memory than the log itself, which
+is bounded per job. Finished jobs are evicted after a retention period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+
+from shared.errors import JobConflict, JobNotFound, RbeeError
+from shared.events import End, Error, Event, Narration, bind_job, encode_event, unbind_job
+from shared.operations import Operation
+
+log = logging.getLogger("rbee.jobs")
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+Executor = Callable[[Operation, "Job"], Awaitable["dict[str, Any] | None"]]
+Cleanup = Callable[[], Awaitable[None]]
+JobListener = Callable[["Job"], Any]
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    max_events: int = 20_000  # per job; older events are dropped (readers are told) beyond this
+    retention_s: float = 600.0  # how long a finished job stays readable
+    max_finished: int = 1_000  # and at most this many finished jobs are kept
+
+
+class Job:
+    """One operation running (or run) on this server, and the story of it so far."""
+
+    def __init__(self, operation: Operation, limits: JobLimits, actor: str) -> None:
+        self.id = f"job-{uuid.uuid4()}"
+        self.operation = operation
+        self.state = JobState.QUEUED
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, str] | None = None
+        self.actor = actor
+        self._limits = limits
+        self._log: list[str] = []  # encoded events; _log[k] has sequence number _first_seq + k
+        self._first_seq = 0
+        self._changed = asyncio.Event()
+        self._cleanups: list[Cleanup] = []
+        self._task: asyncio.Task[None] | None = None
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        return self._first_seq + len(self._log)
+
+    def emit(self, event: Event) -> int:
+        """Append an event to the job's log and wake its readers; returns the event's sequence number."""
+        if self.state.finished:
+            raise RuntimeError(f"{self.id} is {self.state.value}; it takes no more events")
+        return self._append(encode_event(event))
+
+    def _append(self, encoded: str) -> int:
+        seq = self.next_seq
+        self._log.append(encoded)
+        overflow = len(self._log) - self._limits.max_events
+        if overflow > 0:
+            # Drop in chunks so trimming stays amortised O(1) per event.
+            drop = max(overflow, self._limits.max_events // 4)
+            del self._log[:drop]
+            self._first_seq += drop
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return seq
+
+    def add_cleanup(self, cleanup: Cleanup) -> None:
+        """Run `cleanup` when the job ends, however it ends (last added runs first)."""
+        self._cleanups.append(cleanup)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    async def follow(self, after: int = -1) -> AsyncIterator[tuple[int, str]]:
+        """Yield (sequence number, encoded event) from just after `after` until the job has ended."""
+        seq = after + 1
+        while True:
+            if seq < self._first_seq:
+                missed = self._first_seq - seq
+                seq = self._first_seq
+                yield -1, encode_event(Narration(
+                    actor=self.actor, action="events_dropped", level="warn", job_id=self.id,
+                    human=f"{missed} earlier events of this job are no longer kept and were skipped.",
+                ))
+            while seq < self.next_seq:
+                if seq < self._first_seq:
+                    break  # trimmed while we were yielding: report the gap on the next turn
+                yield seq, self._log[seq - self._first_seq]
+                seq += 1
+            else:
+                if self.state.finished:
+                    return
+                await self._changed.wait()
+
+    async def wait(self) -> JobState:
+        while not self.state.finished:
+            await self._changed.wait()
+        return self.state
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "operation": self.operation.name,
+            "request": self.operation.to_dict(),
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "events": self.next_seq,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    # -- lifecycle (driven by the registry) -------------------------------------------------------------
+
+    def _finish(self, state: JobState, stats: dict[str, Any] | None = None) -> None:
+        self._append(encode_event(End(state=state.value, stats=stats or {})))
+        self.state = state
+        self.finished_at = time.time()
+        self._changed.set()
+
+    async def _run_cleanups(self) -> None:
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                await asyncio.shield(cleanup())
+            except Exception:  # one failing cleanup must not skip the others
+                log.exception("cleanup of %s failed", self.id)
+
+
+class JobRegistry:
+    """Creates jobs, runs each in its own task, cancels them, and forgets finished ones in time."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        actor: str = "rbee",
+        limits: JobLimits = JobLimits(),
+        max_running: int | None = None,
+    ) -> None:
+        self._executor = executor
+        self._actor = actor
+        self._limits = limits
+        self._jobs: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(max_running) if max_running else None
+        self._listeners: list[JobListener] = []
+
+    def on_finish(self, listener: JobListener) -> None:
+        """Call `listener(job)` when any job ends (the queen records history this way)."""
+        self._listeners.append(listener)
+
+    def submit(self, operation: Operation) -> Job:
+        job = Job(operation, self._limits, self._actor)
+        self._jobs[job.id] = job
+        job._task = asyncio.create_task(self._run(job), name=job.id)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"No job with id '{job_id}' (finished jobs are kept for "
+                              f"{self._limits.retention_s:g} s).")
+        return job
+
+    def jobs(self) -> Iterable[Job]:
+        return self._jobs.values()
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state.finished:
+            raise JobConflict(f"Job '{job_id}' already ended ({job.state.value}); nothing to cancel.")
+        if job._task is not None:
+            job._task.cancel()
+        return job
+
+    async def cancel_all(self) -> None:
+        """Cancel every unfinished job and wait for them to end (server shutdown)."""
+        tasks = [j._task for j in self._jobs.values() if j._task and not j.state.finished]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def evict(self, now: float | None = None) -> int:
+        """Forget finished jobs past retention, and the oldest beyond `max_finished`."""
+        now = time.time() if now is None else now
+        finished = sorted((j for j in self._jobs.values() if j.state.finished), key=lambda j: j.finished_at or 0)
+        excess = len(finished) - self._limits.max_finished
+        evicted = 0
+        for k, job in enumerate(finished):
+            if k < excess or now - (job.finished_at or now) >= self._limits.retention_s:
+                del self._jobs[job.id]
+                evicted += 1
+        return evicted
+
+    async def evict_forever(self) -> None:
+        period = min(max(self._limits.retention_s / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(period)
+            self.evict()
+
+    async def _run(self, job: Job) -> None:
+        token = bind_job(job.id, job.emit, self._actor)
+        try:
+            state, stats = await self._execute(job)
+            try:
+                await job._run_cleanups()
+            except asyncio.CancelledError:
+                state, stats = JobState.CANCELLED, None
+            job._finish(state, stats)
+        finally:
+            unbind_job(token)
+        for listener in self._listeners:
+            try:
+                listener(job)
+            except Exception:
+                log.exception("job listener failed for %s", job.id)
+
+    async def _execute(self, job: Job) -> tuple[JobState, dict[str, Any] | None]:
+        try:
+            if self._slots is None:
+                return await self._execute_now(job)
+            async with self._slots:
+                return await self._execute_now(job)
+        except asyncio.CancelledError:
+            # We own this task; a cancel is the job's outcome, not our own shutdown.
+            return JobState.CANCELLED, None
+        except RbeeError as exc:
+            job.error = {"code": exc.code, "message": exc.message}
+        except Exception as exc:  # a bug: log the traceback here, give the client one clear line
+            log.exception("job %s (%s) crashed", job.id, job.operation.name)
+            job.error = {"code": "INTERNAL", "message": f"Internal error in {job.operation.name}: "
+                                                          f"{type(exc).__name__}: {exc}"}
+        job.emit(Error(**job.error))
+        return JobState.FAILED, None
+
+    async def _execute_now(self, job: Job) -> tuple[JobState, dict[str, Any] | None]:
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        job.result = await self._executor(job.operation, job)
+        return JobState.COMPLETED, job.result

@@ -1,0 +1,115 @@
+"""The job API of SPEC.md, mounted on any daemon's app with that daemon's executor.
+
+    POST   /v1/jobs                 -> 201 {"job_id", "sse_url"}
+    GET    /v1/jobs/{job_id}/stream -> text/event-stream, replayed from the start or after Last-Event-ID
+    GET    /v1/jobs/{job_id}        -> the job's state
+    GET    /v1/jobs                 -> recent jobs
+    DELETE /v1/jobs/{job_id}        -> cancel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import AsyncIterator, Collection
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from shared import appkeys
+from shared.errors import InvalidRequest
+from shared.events import DONE
+from shared.job_registry import Executor, JobLimits, JobRegistry
+from shared.operations import parse_operation
+
+CANCEL_WAIT_S = 10.0  # DELETE waits this long for the job to end before answering 202 "still ending"
+SSE_PING_S = 15.0  # keeps idle streams alive through proxies and lets us notice dead peers
+SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
+
+
+def setup_job_api(
+    app: web.Application,
+    executor: Executor,
+    *,
+    actor: str,
+    operations: Collection[str] | None = None,
+    limits: JobLimits = JobLimits(),
+    max_running: int | None = None,
+) -> None:
+    """Add the job routes, and a registry whose jobs are cancelled and streams closed on shutdown.
+
+    `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*).
+    """
+    allowed = frozenset(operations) if operations is not None else None
+
+    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+        registry = JobRegistry(executor, actor=actor, limits=limits, max_running=max_running)
+        app[appkeys.JOB_REGISTRY] = registry
+        evictor = asyncio.create_task(registry.evict_forever(), name="job-evictor")
+        yield
+        evictor.cancel()
+        await registry.cancel_all()
+        with contextlib.suppress(asyncio.CancelledError):
+            await evictor
+
+    async def end_jobs(app: web.Application) -> None:
+        # Runs before the server waits for its handlers: every stream follows a job, so ending the
+        # jobs lets each stream send its `end` and `[DONE]` and close. A reader that stopped reading
+        # is cut by the SSE send timeout.
+        await app[appkeys.JOB_REGISTRY].cancel_all()
+
+    async def create_job(request: web.Request) -> web.Response:
+        body = await request.read()  # size already bounded by the app's client_max_size
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
+        operation = parse_operation(data, allowed=allowed)
+        job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+        return web.json_response({"job_id": job.id, "sse_url": f"/v1/jobs/{job.id}/stream"}, status=201)
+
+    async def stream_job(request: web.Request) -> web.StreamResponse:
+        job = request.app[appkeys.JOB_REGISTRY].get(request.match_info["job_id"])
+        after = _last_event_id(request)
+        async with sse_response(request, ping_interval=SSE_PING_S, send_timeout=SSE_SEND_TIMEOUT_S) as stream:
+            async for seq, encoded in job.follow(after):
+                await stream.send(encoded, id=str(seq) if seq >= 0 else None)
+            await stream.send(DONE)
+        return stream
+
+    async def get_job(request: web.Request) -> web.Response:
+        job = request.app[appkeys.JOB_REGISTRY].get(request.match_info["job_id"])
+        return web.json_response(job.summary())
+
+    async def list_jobs(request: web.Request) -> web.Response:
+        jobs = sorted(request.app[appkeys.JOB_REGISTRY].jobs(), key=lambda j: j.created_at, reverse=True)
+        return web.json_response({"jobs": [j.summary() for j in jobs]})
+
+    async def cancel_job(request: web.Request) -> web.Response:
+        job = request.app[appkeys.JOB_REGISTRY].cancel(request.match_info["job_id"])
+        # Answer with the outcome when the job ends promptly (it normally does within a token).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)
+        return web.json_response(job.summary(), status=200 if job.state.finished else 202)
+
+    app.cleanup_ctx.append(registry_ctx)
+    app.on_shutdown.append(end_jobs)
+    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
+    app.router.add_get("/v1/jobs/{job_id}/stream", stream_job)
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None or raw == "":
+        return -1
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Last-Event-ID must be an event number, not {raw!r}.") from None
+    if value < -1:
+        raise InvalidRequest(f"Last-Event-ID must not be negative, not {value}.")
+    return value

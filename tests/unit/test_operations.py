@@ -1,0 +1,121 @@
+import dataclasses
+
+import pytest
+
+from shared.errors import InvalidRequest, UnknownOperation
+from shared.operations import (
+    HIVE_OPERATIONS, OPERATIONS, Infer, ModelDownload, WorkerSpawn, parse_operation,
+)
+
+SPEC_OPERATIONS = {
+    "status", "ssh_test", "hive_install", "hive_uninstall", "hive_start", "hive_stop", "hive_list",
+    "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
+    "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
+    "model_delete", "infer",
+}
+
+# One complete example of every operation, every field set.
+FULL = {
+    "status": {},
+    "ssh_test": {"alias": "gpu1"},
+    "hive_install": {"alias": "gpu1"},
+    "hive_uninstall": {"alias": "gpu1"},
+    "hive_start": {"alias": "gpu1"},
+    "hive_stop": {"alias": "gpu1"},
+    "hive_list": {},
+    "hive_get": {"alias": "gpu1"},
+    "hive_status": {"alias": "gpu1"},
+    "hive_refresh_capabilities": {"alias": "gpu1"},
+    "hive_import_ssh": {"ssh_config_path": "/tmp/ssh_config", "default_hive_port": 7835},
+    "worker_spawn": {"hive_id": "gpu1", "model": "smollm2-135m", "worker": "cuda", "device": 1},
+    "worker_list": {"hive_id": "gpu1"},
+    "worker_get": {"hive_id": "gpu1", "id": "worker-1"},
+    "worker_delete": {"hive_id": "gpu1", "id": "worker-1"},
+    "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf"},
+    "model_list": {"hive_id": "gpu1"},
+    "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
+    "model_delete": {"hive_id": "gpu1", "id": "smollm2-135m"},
+    "infer": {"model": "smollm2-135m", "prompt": "Hello", "hive_id": "gpu1", "max_tokens": 16,
+              "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 42, "stop": ["\n\n", "END"]},
+}
+
+
+def test_every_spec_operation_exists():
+    assert set(OPERATIONS) == SPEC_OPERATIONS
+    assert set(FULL) == SPEC_OPERATIONS
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_OPERATIONS))
+def test_round_trip_is_exact(name):
+    wire = {"operation": name, **FULL[name]}
+    op = parse_operation(wire)
+    assert op.name == name
+    assert op.to_dict() == wire
+    assert parse_operation(op.to_dict()) == op
+
+
+def test_defaults_fill_in_and_survive_round_trip():
+    op = parse_operation({"operation": "infer", "prompt": "Hi"})
+    assert op == Infer(prompt="Hi")
+    assert op.model == "smollm2-135m" and op.hive_id is None and op.max_tokens is None
+    assert parse_operation(op.to_dict()) == op
+    spawn = parse_operation({"operation": "worker_spawn"})
+    assert spawn == WorkerSpawn(hive_id="localhost", model="smollm2-135m", worker="cpu", device=0)
+
+
+def test_hive_operations_are_the_forwarded_ones():
+    assert HIVE_OPERATIONS == {n for n in SPEC_OPERATIONS if n.startswith(("worker_", "model_"))}
+
+
+def test_single_stop_string_is_accepted():
+    assert parse_operation({"operation": "infer", "prompt": "x", "stop": "END"}).stop == ("END",)
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ([], "must be a JSON object"),
+        ("infer", "must be a JSON object"),
+        ({}, "Missing field 'operation'. Valid operations: hive_get"),
+        ({"operation": 3}, "Field 'operation' must be a string"),
+        ({"operation": "fly"}, "Unknown operation 'fly'. Valid operations: "),
+        ({"operation": "infer"}, "Missing field 'prompt' for operation 'infer'"),
+        ({"operation": "infer", "prompt": ""}, "Field 'prompt' of operation 'infer' must not be empty"),
+        ({"operation": "infer", "prompt": 5}, "Field 'prompt' of operation 'infer' must be a string, not a number"),
+        ({"operation": "infer", "prompt": "x", "max_tokens": "10"}, "'max_tokens' of operation 'infer' must be an integer, not a string"),
+        ({"operation": "infer", "prompt": "x", "max_tokens": 1.5}, "'max_tokens' of operation 'infer' must be an integer"),
+        ({"operation": "infer", "prompt": "x", "max_tokens": True}, "must be an integer, not a boolean"),
+        ({"operation": "infer", "prompt": "x", "max_tokens": 0}, "'max_tokens' of operation 'infer' must be at least 1, not 0"),
+        ({"operation": "infer", "prompt": "x", "temperature": -1}, "'temperature' of operation 'infer' must be at least 0"),
+        ({"operation": "infer", "prompt": "x", "top_p": 1.5}, "'top_p' of operation 'infer' must be at most 1"),
+        ({"operation": "infer", "prompt": "x", "stop": [1]}, "'stop' of operation 'infer' must be a list of strings"),
+        ({"operation": "infer", "prompt": "x", "model": None}, "'model' of operation 'infer' must not be null"),
+        ({"operation": "infer", "prompt": "x", "promt": "y"}, "Unknown field 'promt' for operation 'infer'. Valid fields: prompt, model"),
+        ({"operation": "status", "alias": "x"}, "Unknown field 'alias' for operation 'status'. Valid fields: none"),
+        ({"operation": "worker_spawn", "worker": "tpu"}, "'worker' of operation 'worker_spawn' must be one of cpu, cuda, metal, not 'tpu'"),
+        ({"operation": "hive_import_ssh", "default_hive_port": 70000}, "must be at most 65535"),
+        ({"operation": "worker_get"}, "Missing field 'id' for operation 'worker_get'"),
+    ],
+)
+def test_bad_operations_name_what_is_wrong(body, fragment):
+    with pytest.raises(InvalidRequest) as err:
+        parse_operation(body)
+    assert fragment in str(err.value)
+    assert err.value.status == 400
+
+
+def test_allowed_limits_operations_and_lists_only_those():
+    with pytest.raises(UnknownOperation) as err:
+        parse_operation({"operation": "infer", "prompt": "x"}, allowed=HIVE_OPERATIONS)
+    msg = str(err.value)
+    assert "Unknown operation 'infer' here" in msg
+    assert "worker_spawn" in msg and "hive_start" not in msg
+    assert parse_operation({"operation": "model_list"}, allowed=HIVE_OPERATIONS) == \
+        parse_operation({"operation": "model_list"})
+
+
+def test_operations_are_immutable_values():
+    op = ModelDownload(model="hf:a/b:c.gguf")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        op.model = "other"  # type: ignore[misc]
+    assert op == ModelDownload(model="hf:a/b:c.gguf", hive_id="localhost")
