@@ -87,6 +87,14 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         return {"type": "token", "t": event.t, "i": event.i}
     if isinstance(event, End):
         return {"type": "end", "state": event.state, **event.stats}
+    if isinstance(event, Narration):
+        d = {"type": "narration", "actor": event.actor, "action": event.action, "human": event.human,
+             "level": event.level, "ts": event.ts}
+        if event.target is not None:
+            d["target"] = event.target
+        if event.job_id is not None:
+            d["job_id"] = event.job_id
+        return d
     d = {k: v for k, v in event.__dict__.items() if v is not None}
     d["type"] = event.type
     return d
@@ -94,7 +102,18 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 def encode_event(event: Event) -> str:
     """The `data:` payload of one SSE message: compact JSON, one line."""
-    return json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+    return _dumps(event_to_dict(event))
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def sse_frame(data: str, seq: int | None = None) -> str:
+    """One SSE message: `id:` (when the event has a sequence number) and one `data:` line."""
+    return f"data: {data}\n\n" if seq is None or seq < 0 else f"id: {seq}\ndata: {data}\n\n"
+
+
+DONE_FRAME = sse_frame(DONE)
 
 
 def event_from_dict(d: Mapping[str, Any]) -> Event:

@@ -97,25 +97,31 @@ class Job:
 
     # -- reading --------------------------------------------------------------------------------------
 
-    async def follow(self, after: int = -1) -> AsyncIterator[tuple[int, str]]:
-        """Yield (sequence number, encoded event) from just after `after` until the job has ended."""
+    async def follow(self, after: int = -1, max_batch: int = 256) -> AsyncIterator[list[tuple[int, str]]]:
+        """Yield batches of (sequence number, encoded event) from just after `after` until the job ends.
+
+        A batch holds everything already logged (up to `max_batch`), so a reader that is behind catches
+        up in few writes. Sequence number -1 marks a notice that events were dropped from the log.
+        """
         seq = after + 1
         while True:
+            batch: list[tuple[int, str]] = []
             if seq < self._first_seq:
                 missed = self._first_seq - seq
                 seq = self._first_seq
-                yield -1, encode_event(Narration(
+                batch.append((-1, encode_event(Narration(
                     actor=self.actor, action="events_dropped", level="warn", job_id=self.id,
                     human=f"{missed} earlier events of this job are no longer kept and were skipped.",
-                ))
-            while seq < self.next_seq:
-                if seq < self._first_seq:
-                    break  # trimmed while we were yielding: report the gap on the next turn
-                yield seq, self._log[seq - self._first_seq]
-                seq += 1
+                ))))
+            end = min(self.next_seq, seq + max_batch)
+            start = seq - self._first_seq
+            batch.extend(zip(range(seq, end), self._log[start:start + end - seq]))
+            seq = end
+            if batch:
+                yield batch
+            elif self.state.finished:
+                return
             else:
-                if self.state.finished:
-                    return
                 await self._changed.wait()
 
     async def wait(self) -> JobState:

@@ -8,6 +8,7 @@ one of the dataclasses below or raises `InvalidRequest` naming the field that is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -209,22 +210,30 @@ def parse_operation(data: Any, *, allowed: typing.Collection[str] | None = None)
     return _build(cls, data)
 
 
-def _build(cls: type[Operation], data: Mapping[str, Any]) -> Operation:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields) - {"operation"})
-    if unknown:
-        valid = ", ".join(fields) or "none"
-        raise InvalidRequest(
-            f"Unknown field '{unknown[0]}' for operation '{cls.name}'. Valid fields: {valid}."
-        )
+@functools.cache
+def _schema(cls: type[Operation]) -> dict[str, tuple[Any, bool, Mapping[str, Any]]]:
+    """name -> (type hint, required, metadata); resolving hints is slow, so once per class."""
     hints = typing.get_type_hints(cls)
+    return {
+        f.name: (hints[f.name],
+                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                 f.metadata)
+        for f in dataclasses.fields(cls)
+    }
+
+
+def _build(cls: type[Operation], data: Mapping[str, Any]) -> Operation:
+    schema = _schema(cls)
+    for key in data:
+        if key not in schema and key != "operation":
+            valid = ", ".join(schema) or "none"
+            raise InvalidRequest(f"Unknown field '{key}' for operation '{cls.name}'. Valid fields: {valid}.")
     kwargs: dict[str, Any] = {}
-    for fname, f in fields.items():
-        if fname not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise InvalidRequest(f"Missing field '{fname}' for operation '{cls.name}'.")
-            continue
-        kwargs[fname] = _check(cls.name, fname, hints[fname], data[fname], f.metadata)
+    for fname, (hint, required, meta) in schema.items():
+        if fname in data:
+            kwargs[fname] = _check(cls.name, fname, hint, data[fname], meta)
+        elif required:
+            raise InvalidRequest(f"Missing field '{fname}' for operation '{cls.name}'.")
     return cls(**kwargs)
 
 

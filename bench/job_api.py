@@ -1,0 +1,153 @@
+"""Jobs per second through the real job API vs. a bare aiohttp + aiohttp-sse skeleton, side by side.
+
+Each server runs in its own process; this process is the client: 32 concurrent clients each doing
+POST /v1/jobs then GET the stream to `[DONE]`, for a fixed time. Rounds alternate between the two servers
+so both see the same machine conditions. The last line printed is one JSON object.
+
+    .venv/bin/python bench/job_api.py [--seconds 5] [--rounds 3] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TOKEN = "bench-token-" + "x" * 32
+
+
+# --- the two servers ---------------------------------------------------------------------------------
+
+def rbee_app() -> web.Application:
+    from shared.app import create_base_app
+    from shared.events import narrate
+    from shared.job_routes import setup_job_api
+
+    async def execute(operation, job):
+        narrate("status", "All quiet")
+        return None
+
+    app = create_base_app(TOKEN)
+    setup_job_api(app, execute, actor="queen")
+    return app
+
+
+def bare_app() -> web.Application:
+    """The same two calls with nothing in between: no registry, no validation, no auth."""
+    from aiohttp_sse import sse_response
+
+    async def create(request: web.Request) -> web.Response:
+        await request.json()
+        job_id = f"job-{uuid.uuid4()}"
+        return web.json_response({"job_id": job_id, "sse_url": f"/v1/jobs/{job_id}/stream"}, status=201)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        async with sse_response(request) as resp:
+            narration = {"type": "narration", "actor": "queen", "action": "status", "human": "All quiet",
+                         "level": "info", "job_id": job_id, "ts": int(time.time() * 1000)}
+            await resp.send(json.dumps(narration, separators=(",", ":")), id="0")
+            await resp.send('{"type":"end","state":"completed"}', id="1")
+            await resp.send("[DONE]")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/jobs", create)
+    app.router.add_get("/v1/jobs/{job_id}/stream", stream)
+    return app
+
+
+def serve(kind: str) -> None:
+    app = rbee_app() if kind == "rbee" else bare_app()
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- the client ---------------------------------------------------------------------------------------
+
+async def one_job(session: aiohttp.ClientSession, base: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with session.post(f"{base}/v1/jobs", json={"operation": "status"}, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        sse_url = (await resp.json())["sse_url"]
+    async with session.get(base + sse_url, headers=headers) as resp:
+        async for line in resp.content:
+            if line.startswith(b"data: [DONE]"):
+                return
+    raise RuntimeError("stream ended without [DONE]")
+
+
+async def load(base: str, seconds: float, concurrency: int) -> float:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(concurrency):  # warm the connection pool
+            await one_job(session, base)
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await one_job(session, base)
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+def measure(kind: str, seconds: float, concurrency: int) -> float:
+    env = {**os.environ, "RBEE_HOME": os.environ.get("RBEE_HOME", "/tmp/rbee-bench-home")}
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(proc.stdout.readline())
+        return asyncio.run(load(f"http://127.0.0.1:{port}", seconds, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per server, alternating")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--serve", choices=("rbee", "bare"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    results: dict[str, list[float]] = {"rbee": [], "bare": []}
+    for r in range(args.rounds):
+        for kind in ("rbee", "bare"):
+            rate = measure(kind, args.seconds, args.concurrency)
+            results[kind].append(rate)
+            print(f"round {r + 1}: {kind:4s} {rate:8.1f} jobs/s", file=sys.stderr)
+    rbee, bare = statistics.median(results["rbee"]), statistics.median(results["bare"])
+    print(json.dumps({"bench": "job_api", "jobs_per_s": round(rbee, 1), "bare_jobs_per_s": round(bare, 1),
+                      "ratio": round(rbee / bare, 3), "concurrency": args.concurrency,
+                      "seconds_per_round": args.seconds, "rounds": args.rounds}))
+
+
+if __name__ == "__main__":
+    main()
