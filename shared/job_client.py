@@ -42,8 +42,10 @@ class JobClient:
         stream_idle_timeout: float = 60.0,  # the server pings every 15 s; silence this long is a dead link
         max_resumes: int = 5,
         resume_backoff: float = 0.2,
+        path: str = "/v1/jobs",  # a worker serves the same API at /v1/inference
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.path = path
         self._token = token
         self._own_session = session is None
         self._session = session
@@ -96,17 +98,17 @@ class JobClient:
 
     async def submit(self, operation: Operation | Mapping[str, Any]) -> SubmittedJob:
         payload = operation.to_dict() if isinstance(operation, Operation) else dict(operation)
-        body = await self.request("POST", "/v1/jobs", payload)
+        body = await self.request("POST", self.path, payload)
         return SubmittedJob(job_id=body["job_id"], sse_url=body["sse_url"])
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/jobs/{job_id}")
+        return await self.request("GET", f"{self.path}/{job_id}")
 
     async def list(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", "/v1/jobs"))["jobs"]
+        return (await self.request("GET", self.path))["jobs"]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        return await self.request("DELETE", f"/v1/jobs/{job_id}")
+        return await self.request("DELETE", f"{self.path}/{job_id}")
 
     # -- streams ----------------------------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class JobClient:
             yield event
 
     async def stream_with_ids(self, job_id: str, *, after: int = -1) -> AsyncIterator[tuple[int, Event]]:
-        url = f"{self.base_url}/v1/jobs/{job_id}/stream"
+        url = f"{self.base_url}{self.path}/{job_id}/stream"
         last = after
         failures = 0
         while True:

@@ -65,6 +65,8 @@ class Job:
         self._changed = asyncio.Event()
         self._cleanups: list[Cleanup] = []
         self._task: asyncio.Task[None] | None = None
+        self.readers = 0  # open streams following this job
+        self.abandoned = False  # cancelled because every reader left
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -240,6 +242,8 @@ class JobRegistry:
                 await job._run_cleanups()
             except asyncio.CancelledError:
                 state, stats = JobState.CANCELLED, None
+            if state is JobState.CANCELLED:
+                stats = job.result  # a cleanup may record what was done before the cancel
             job._finish(state, stats)
         finally:
             unbind_job(token)

@@ -5,6 +5,8 @@
     GET    /v1/jobs/{job_id}        -> the job's state
     GET    /v1/jobs                 -> recent jobs
     DELETE /v1/jobs/{job_id}        -> cancel
+
+The worker mounts the same routes under /v1/inference with its own request type.
 """
 
 from __future__ import annotations
@@ -13,25 +15,28 @@ import asyncio
 import contextlib
 import json
 import sys
-from typing import AsyncIterator, Collection
+from typing import Any, AsyncIterator, Callable, Collection
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from shared import appkeys
+from shared.errors import InvalidRequest
+from shared.events import DONE_FRAME, sse_frame
+from shared.job_registry import Executor, Job, JobLimits, JobRegistry
+from shared.operations import Operation, parse_operation
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout
 else:  # aiohttp depends on async-timeout before 3.11
     from async_timeout import timeout
-from shared.errors import InvalidRequest
-from shared.events import DONE_FRAME, sse_frame
-from shared.job_registry import Executor, JobLimits, JobRegistry
-from shared.operations import parse_operation
 
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for the job to end before answering 202 "still ending"
 SSE_PING_S = 15.0  # keeps idle streams alive through proxies and lets us notice dead peers
 SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
+
+Parse = Callable[[Any], Operation]
+Admit = Callable[[JobRegistry], None]
 
 
 def setup_job_api(
@@ -42,12 +47,20 @@ def setup_job_api(
     operations: Collection[str] | None = None,
     limits: JobLimits = JobLimits(),
     max_running: int | None = None,
+    path: str = "/v1/jobs",
+    parse: Parse | None = None,
+    admit: Admit | None = None,
+    abandon_after_s: float | None = None,
 ) -> None:
-    """Add the job routes, and a registry whose jobs are cancelled and streams closed on shutdown.
+    """Add the job routes, and a registry whose jobs are all ended on shutdown.
 
-    `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*).
+    `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*); `parse`
+    replaces operation parsing entirely (the worker's inference requests). `admit` may refuse a new job
+    (raise a 503 RbeeError) before it is created. With `abandon_after_s`, a job whose every reader has
+    left is cancelled after that long; without it, jobs run on when readers leave.
     """
     allowed = frozenset(operations) if operations is not None else None
+    parse_request: Parse = parse or (lambda data: parse_operation(data, allowed=allowed))
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         registry = JobRegistry(executor, actor=actor, limits=limits, max_running=max_running)
@@ -62,8 +75,20 @@ def setup_job_api(
     async def end_jobs(app: web.Application) -> None:
         # Runs before the server waits for its handlers: every stream follows a job, so ending the
         # jobs lets each stream send its `end` and `[DONE]` and close. A reader that stopped reading
-        # is cut by the SSE send timeout.
+        # is cut by the send timeout.
         await app[appkeys.JOB_REGISTRY].cancel_all()
+
+    def reader_left(registry: JobRegistry, job: Job) -> None:
+        job.readers -= 1
+        if abandon_after_s is None or job.readers or job.state.finished:
+            return
+
+        def cancel_if_still_abandoned() -> None:
+            if not job.readers and not job.state.finished:
+                job.abandoned = True
+                registry.cancel(job.id)
+
+        asyncio.get_running_loop().call_later(abandon_after_s, cancel_if_still_abandoned)
 
     async def create_job(request: web.Request) -> web.Response:
         body = await request.read()  # size already bounded by the app's client_max_size
@@ -71,13 +96,24 @@ def setup_job_api(
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
-        operation = parse_operation(data, allowed=allowed)
-        job = request.app[appkeys.JOB_REGISTRY].submit(operation)
-        return web.json_response({"job_id": job.id, "sse_url": f"/v1/jobs/{job.id}/stream"}, status=201)
+        operation = parse_request(data)
+        registry = request.app[appkeys.JOB_REGISTRY]
+        if admit is not None:
+            admit(registry)
+        job = registry.submit(operation)
+        return web.json_response({"job_id": job.id, "sse_url": f"{path}/{job.id}/stream"}, status=201)
 
     async def stream_job(request: web.Request) -> web.StreamResponse:
-        job = request.app[appkeys.JOB_REGISTRY].get(request.match_info["job_id"])
+        registry = request.app[appkeys.JOB_REGISTRY]
+        job = registry.get(request.match_info["job_id"])
         after = _last_event_id(request)
+        job.readers += 1
+        try:
+            return await _stream(request, job, after)
+        finally:
+            reader_left(registry, job)
+
+    async def _stream(request: web.Request, job: Job, after: int) -> web.StreamResponse:
         # send_timeout=None: _write applies our own timeout to each batch.
         async with sse_response(request, ping_interval=SSE_PING_S, send_timeout=None) as stream:
             # Frames are written in batches (one write for everything already logged) rather than one
@@ -110,11 +146,11 @@ def setup_job_api(
 
     app.cleanup_ctx.append(registry_ctx)
     app.on_shutdown.append(end_jobs)
-    app.router.add_post("/v1/jobs", create_job)
-    app.router.add_get("/v1/jobs", list_jobs)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
-    app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
-    app.router.add_get("/v1/jobs/{job_id}/stream", stream_job)
+    app.router.add_post(path, create_job)
+    app.router.add_get(path, list_jobs)
+    app.router.add_get(path + "/{job_id}", get_job)
+    app.router.add_delete(path + "/{job_id}", cancel_job)
+    app.router.add_get(path + "/{job_id}/stream", stream_job)
 
 
 async def _write(request: web.Request, stream: EventSourceResponse, text: str) -> None:

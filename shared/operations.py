@@ -32,9 +32,9 @@ class Operation:
 
     name: ClassVar[str] = ""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.name:
+        if cls.name and register:
             OPERATIONS[cls.name] = cls
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,10 +222,18 @@ def _schema(cls: type[Operation]) -> dict[str, tuple[Any, bool, Mapping[str, Any
     }
 
 
+def parse_fields(cls: type[Operation], data: Any) -> Operation:
+    """Validate a JSON object into `cls` (a request type that is not a job-API operation)."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(f"The body must be a JSON object, not {_json_type(data)}.")
+    return _build(cls, data)
+
+
 def _build(cls: type[Operation], data: Mapping[str, Any]) -> Operation:
     schema = _schema(cls)
+    tagged = OPERATIONS.get(cls.name) is cls
     for key in data:
-        if key not in schema and key != "operation":
+        if key not in schema and not (tagged and key == "operation"):
             valid = ", ".join(schema) or "none"
             raise InvalidRequest(f"Unknown field '{key}' for operation '{cls.name}'. Valid fields: {valid}.")
     kwargs: dict[str, Any] = {}

@@ -1,14 +1,199 @@
-"""Command line of llm-worker-rbee."""
+"""Command line of llm-worker-rbee: validate, load the model in the engine thread, serve."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
-from shared.not_yet import not_yet_implemented
+from aiohttp import web
+
+from shared.builtin_model import is_gguf
+from shared.errors import RbeeError
+from shared.events import set_default_actor
+from shared.process import die_with_parent, watch_parent
+from shared.token import load_or_create_token
+from worker.app import ADVERTISED, create_app
+from worker.appkeys import ENGINE, HEARTBEAT, SHUTDOWN_REQUESTED
+from worker.config import WorkerConfig, all_cores
+
+PROG = "llm-worker-rbee"
+log = logging.getLogger("rbee.worker")
 
 
-def main() -> None:
-    sys.exit(not_yet_implemented("llm-worker-rbee", 3))
+class WorkerStartError(RbeeError):
+    title = "Worker cannot start"
+    code = "WORKER_START"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve one GGUF model through llama.cpp with rbee's inference API "
+                    "(POST /v1/inference, then stream its tokens over SSE). Normally started by rbee-hive.",
+        epilog="example: llm-worker-rbee --worker-id w1 --model ./model.gguf --model-ref smollm2-135m --port 0",
+    )
+    parser.add_argument("--worker-id", required=True, help="this worker's id, as the hive and queen know it")
+    parser.add_argument("--model", required=True, type=Path, help="path to the GGUF file")
+    parser.add_argument("--model-ref", help="the model's reference (e.g. smollm2-135m); defaults to the file name")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 lets the OS pick (default)")
+    parser.add_argument("--queen-url", help="send heartbeats to this queen (e.g. http://127.0.0.1:7833)")
+    parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help=f"llama.cpp threads; default: all cores ({all_cores()} here)")
+    parser.add_argument("--ctx-size", type=int, default=2048, help="context length in tokens (default 2048)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
+    parser.add_argument("--max-queue", type=int, default=8,
+                        help="requests that may wait behind the running one; more get 503 (default 8)")
+    parser.add_argument("--abandon-after", type=float, default=5.0, metavar="SECONDS",
+                        help="cancel a generation once nobody has read its stream for this long (default 5)")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds between heartbeats to the queen (default 5)")
+    parser.add_argument("--no-exit-with-parent", action="store_true",
+                        help="keep running when the parent process dies (by default the worker exits)")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> WorkerConfig:
+    model: Path = args.model.expanduser()
+    if not model.exists():
+        raise WorkerStartError(f"model file {model} does not exist")
+    if not model.is_file():
+        raise WorkerStartError(f"model path {model} is not a file")
+    if not is_gguf(model):
+        raise WorkerStartError(f"model file {model} is not a GGUF file (its first bytes are not 'GGUF')")
+    if not 0 <= args.port <= 65535:
+        raise WorkerStartError(f"--port must be between 0 and 65535, not {args.port}")
+    if args.threads < 0:
+        raise WorkerStartError(f"--threads must be positive, not {args.threads}")
+    if args.ctx_size < 16:
+        raise WorkerStartError(f"--ctx-size must be at least 16, not {args.ctx_size}")
+    if args.max_queue < 0:
+        raise WorkerStartError(f"--max-queue must not be negative, not {args.max_queue}")
+    if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
+        raise WorkerStartError("--abandon-after and --heartbeat-interval must be positive")
+    check_device(args.device)
+    return WorkerConfig(
+        worker_id=args.worker_id,
+        model_path=model.resolve(),
+        model_ref=args.model_ref or model.name,
+        host=args.host,
+        port=args.port,
+        queen_url=args.queen_url,
+        hive_id=args.hive_id,
+        threads=args.threads,
+        ctx_size=args.ctx_size,
+        device=args.device,
+        max_queue=args.max_queue,
+        abandon_after_s=args.abandon_after,
+        heartbeat_interval_s=args.heartbeat_interval,
+        exit_with_parent=not args.no_exit_with_parent,
+    )
+
+
+def check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    m = re.fullmatch(r"cuda:(\d+)", device)
+    if not m:
+        raise WorkerStartError(f"--device must be cpu or cuda:N, not {device!r}")
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        raise WorkerStartError(
+            f"--device {device}: this llama-cpp-python build has no GPU support. Rebuild it with "
+            "CMAKE_ARGS='-DGGML_CUDA=on' pip install --no-cache-dir --force-reinstall llama-cpp-python, "
+            "or use --device cpu")
+    gpus = count_nvidia_gpus()
+    if gpus is not None and int(m.group(1)) >= gpus:
+        raise WorkerStartError(f"--device {device}: this machine has {gpus} NVIDIA GPU(s) (cuda:0..cuda:{gpus - 1})")
+
+
+def count_nvidia_gpus() -> int | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+async def serve(config: WorkerConfig) -> int:
+    parent = os.getppid()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(watch_parent(parent)) if config.exit_with_parent and parent != 1 else None
+
+    app = create_app(config, load_or_create_token())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()  # starts loading the model in the engine thread
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            print(f"{PROG}: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+            return 1
+        port = runner.addresses[0][1]
+        host = config.host if config.host not in ("0.0.0.0", "::") else socket.gethostname()
+        app[ADVERTISED].url = f"http://{host}:{port}"
+        print(f"{PROG} {config.worker_id} listening on {app[ADVERTISED].url}", flush=True)
+        if HEARTBEAT in app:
+            app[HEARTBEAT].poke()
+
+        engine = app[ENGINE]
+        waits = {
+            asyncio.ensure_future(stop.wait()): "signal",
+            asyncio.ensure_future(app[SHUTDOWN_REQUESTED].wait()): "shutdown",
+            asyncio.ensure_future(_load_failed(engine)): "load_failed",
+        }
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        reason = waits[done.pop()]
+        if reason == "load_failed":
+            print(f"{PROG}: {engine.load_error}", file=sys.stderr)
+            return 1
+        log.info("shutting down (%s)", reason)
+        return 0
+    finally:
+        if watcher:
+            watcher.cancel()
+        await runner.cleanup()
+
+
+async def _load_failed(engine) -> None:
+    if await engine.loaded:
+        await asyncio.Event().wait()  # loaded fine: never completes
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
+                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    set_default_actor("worker")
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except RbeeError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    if config.exit_with_parent:
+        die_with_parent()
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(serve(config)))
 
 
 if __name__ == "__main__":

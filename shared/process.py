@@ -1,0 +1,38 @@
+"""Process hygiene shared by daemons: die with the parent, so a SIGKILLed parent leaves no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger("rbee.process")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` when the parent dies (Linux). Elsewhere, `watch_parent` covers it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable; relying on polling")
+
+
+async def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Send ourselves SIGTERM once the parent is gone (reparented), for systems without PDEATHSIG.
+
+    Also covers the race where the parent died before `die_with_parent` ran.
+    """
+    while True:
+        if os.getppid() != parent_pid:
+            log.warning("parent process %d is gone; shutting down", parent_pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        await asyncio.sleep(interval_s)

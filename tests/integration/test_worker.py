@@ -1,0 +1,269 @@
+"""The real llm-worker-rbee process on the built-in model: streaming, sampling, cancellation, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from shared.errors import ServerError
+from shared.events import End, Error, Started, Token
+from shared.inference import InferenceRequest
+from shared.job_client import JobClient
+from tests.support.processes import daemon_env, pid_alive, start_worker
+
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting for a long time
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    daemon = start_worker(tmp_path_factory.mktemp("worker-home"), "--max-queue", "2", "--abandon-after", "1")
+    yield daemon
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+async def client(worker):
+    async with JobClient(worker.url, worker.token, path="/v1/inference") as client:
+        yield client
+
+
+async def generate(client, **fields):
+    job = await client.submit(InferenceRequest(**fields))
+    return job.job_id, [e async for e in client.stream(job.job_id)]
+
+
+async def test_short_generation_streams_ordered_tokens_that_make_the_text(client):
+    job_id, events = await generate(client, prompt="The capital of France is", max_tokens=12, temperature=0)
+    assert isinstance(events[0], Started) and events[0].job_id == job_id and events[0].model == "smollm2-135m"
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert [t.i for t in tokens] == list(range(len(tokens))) and tokens
+    end = events[-1]
+    assert isinstance(end, End) and end.state == "completed"
+    assert "".join(t.t for t in tokens) == end.stats["text"]
+    assert "Paris" in end.stats["text"]
+    assert end.stats["stop_reason"] in ("stop", "length")
+    assert 0 < end.stats["tokens_out"] <= 12
+    assert end.stats["ttft_ms"] > 0 and end.stats["tokens_per_s"] > 0
+    state = await client.get(job_id)
+    assert state["state"] == "completed" and state["result"]["text"] == end.stats["text"]
+
+
+async def test_same_seed_same_text(client):
+    params = dict(prompt="Once upon a time, in a garden full of flowers,", max_tokens=16, temperature=1.0, seed=1234)
+    _, first = await generate(client, **params)
+    _, second = await generate(client, **params)
+    assert first[-1].stats["text"] == second[-1].stats["text"]
+    assert first[-1].stats["tokens_out"] > 1
+
+
+async def test_stop_strings_end_generation_and_never_leak(client):
+    _, free = await generate(client, prompt="The capital of France is", max_tokens=12, temperature=0)
+    assert "." in free[-1].stats["text"]  # without the stop string, the text goes past the period
+    _, events = await generate(client, prompt="The capital of France is", max_tokens=12, temperature=0, stop=("."),)
+    text = "".join(e.t for e in events if isinstance(e, Token))
+    assert text == events[-1].stats["text"] == free[-1].stats["text"].split(".")[0]
+    assert events[-1].stats["stop_reason"] == "stop"
+
+
+async def test_cancel_mid_stream_then_the_next_request_works(client, worker):
+    job = await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
+    seen = []
+    async for event in client.stream(job.job_id):
+        seen.append(event)
+        if isinstance(event, Token) and event.i == 2:
+            cancelled = await client.cancel(job.job_id)
+            assert cancelled["state"] == "cancelled"
+    end = seen[-1]
+    assert end.state == "cancelled" and end.stats["stop_reason"] == "cancelled"
+    assert sum(isinstance(e, Token) for e in seen) <= 5  # stopped within a token or so of the cancel
+    assert end.stats["tokens_out"] < 10
+    _, events = await generate(client, prompt="Hello", max_tokens=8, temperature=0)
+    assert events[-1].state == "completed"
+    assert worker.health()["state"] == "ready"
+
+
+async def test_full_queue_answers_503(client):
+    jobs = [await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
+            for _ in range(3)]  # one running, two waiting (--max-queue 2)
+    try:
+        with pytest.raises(ServerError) as err:
+            await client.submit(InferenceRequest(prompt="Hi", max_tokens=8))
+        assert err.value.status == 503 and err.value.code == "QUEUE_FULL"
+        assert "queue is full" in err.value.message
+    finally:
+        for job in jobs:
+            await client.cancel(job.job_id)
+    _, events = await generate(client, prompt="Hello", max_tokens=4)
+    assert events[-1].state == "completed"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"max_tokens": 8}, "Missing field 'prompt'"),
+    ({"prompt": "hi", "max_tokens": 0}, "Field 'max_tokens' of operation 'inference' must be at least 1"),
+    ({"prompt": "hi", "max_tokens": 5000}, "Field 'max_tokens' (5000) must be smaller than the worker's context of 2048"),
+    ({"prompt": "hi", "temperature": -0.5}, "Field 'temperature' of operation 'inference' must be at least 0"),
+    ({"prompt": "hi", "model": "x"}, "Unknown field 'model'"),
+    ({"prompt": "hi", "operation": "infer"}, "Unknown field 'operation'"),
+    ({"prompt": ""}, "Field 'prompt' of operation 'inference' must not be empty"),
+    (["hi"], "must be a JSON object"),
+])
+async def test_bad_requests_get_400_naming_the_field(worker, body, fragment):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(worker.url + "/v1/inference", json=body, headers=worker.auth) as resp:
+            assert resp.status == 400
+            assert fragment in (await resp.json())["error"]["message"]
+
+
+async def test_prompt_longer_than_context_is_a_clear_error(client, worker):
+    _, events = await generate(client, prompt="bee " * 3000, max_tokens=8)
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "PROMPT_TOO_LONG" and "longer than the worker's context (2048 tokens)" in error.message
+    assert events[-1] == End(state="failed")
+    assert worker.health()["state"] == "ready"
+
+
+async def test_reader_that_disconnects_stops_the_generation(client, worker):
+    job = await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
+    async for event in client.stream(job.job_id):
+        if isinstance(event, Token):
+            break  # the client goes away mid-stream
+    for _ in range(60):  # --abandon-after 1
+        state = await client.get(job.job_id)
+        if state["state"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert state["state"] == "cancelled"
+    assert state["result"]["stop_reason"] == "cancelled" and state["result"]["tokens_out"] < 1000
+    assert worker.health()["state"] == "ready"
+
+
+async def test_health_reports_ready_model_and_queue(worker):
+    health = worker.health()
+    assert health["state"] == "ready" and health["model"] == "smollm2-135m"
+    assert health["threads"] == len(os.sched_getaffinity(0))  # all cores, not llama.cpp's half
+    assert health["queue_depth"] == 0 and health["slots"] == 1
+
+
+# --- process lifecycle ---------------------------------------------------------------------------------
+
+def run_worker_cli(tmp_path, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "worker.main", "--worker-id", "w", *args],
+                          capture_output=True, text=True, timeout=timeout, env=daemon_env(tmp_path))
+
+
+def test_missing_model_file_exits_with_one_clear_line(tmp_path):
+    out = run_worker_cli(tmp_path, "--model", str(tmp_path / "nope.gguf"))
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [f"llm-worker-rbee: model file {tmp_path / 'nope.gguf'} does not exist"]
+
+
+def test_non_gguf_file_exits_with_one_clear_line(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_text("this is not a model")
+    out = run_worker_cli(tmp_path, "--model", str(bogus))
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        f"llm-worker-rbee: model file {bogus} is not a GGUF file (its first bytes are not 'GGUF')"]
+
+
+def test_bad_device_is_refused(tmp_path):
+    from shared.builtin_model import builtin_model_path
+    out = run_worker_cli(tmp_path, "--model", str(builtin_model_path()), "--device", "tpu:0")
+    assert out.returncode != 0 and "--device must be cpu or cuda:N" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_truncated_gguf_never_says_ready_and_exits_nonzero(tmp_path):
+    from shared.builtin_model import builtin_model_path
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(builtin_model_path().read_bytes()[: 2 * 1024 * 1024])
+    daemon = start_worker(tmp_path, model=truncated, wait_ready=False)
+    states = set()
+    while daemon.proc.poll() is None:
+        if (health := daemon.health()) is not None:
+            states.add(health["state"])
+        time.sleep(0.02)
+    assert daemon.proc.returncode == 1
+    assert "ready" not in states
+    time.sleep(0.2)
+    assert any(f"cannot load model {truncated}" in line for line in daemon.stderr_lines)
+    assert not any("Traceback" in line for line in daemon.stderr_lines)
+
+
+def test_sigterm_and_shutdown_endpoint_exit_cleanly(tmp_path):
+    daemon = start_worker(tmp_path)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(15) == 0
+    daemon = start_worker(tmp_path)
+    import urllib.request
+    req = urllib.request.Request(daemon.url + "/v1/shutdown", method="POST", headers=daemon.auth)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 202
+    assert daemon.proc.wait(15) == 0
+
+
+def test_worker_exits_when_its_parent_is_killed(tmp_path):
+    from shared.builtin_model import builtin_model_path
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([{str(sys.executable)!r}, '-m', 'worker.main', '--worker-id', 'orphan', "
+        f"'--model', {str(builtin_model_path())!r}], stdout=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              env=daemon_env(tmp_path))
+    worker_pid = int(parent.stdout.readline())
+    try:
+        time.sleep(1.0)
+        assert pid_alive(worker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(5)
+        deadline = time.monotonic() + 10
+        while pid_alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(worker_pid), "the worker outlived its SIGKILLed parent"
+    finally:
+        if pid_alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+async def test_heartbeats_reach_the_queen_url_and_a_dead_queen_does_no_harm(tmp_path, aiohttp_server):
+    from aiohttp import web
+
+    beats = []
+
+    async def heartbeat(request):
+        beats.append((request.headers.get("Authorization"), await request.json()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/workers/heartbeat", heartbeat)
+    server = await aiohttp_server(app)
+    daemon = await asyncio.to_thread(
+        start_worker, tmp_path, "--queen-url", str(server.make_url("")).rstrip("/"), "--hive-id", "localhost",
+        "--heartbeat-interval", "0.3")
+    try:
+        for _ in range(50):
+            if any(b[1]["state"] == "ready" for b in beats):
+                break
+            await asyncio.sleep(0.1)
+        auth, beat = next(b for b in beats if b[1]["state"] == "ready")
+        assert auth == f"Bearer {daemon.token}"
+        assert beat["worker_id"] == "test-worker" and beat["hive_id"] == "localhost"
+        assert beat["url"] == daemon.url and beat["model"] == "smollm2-135m" and beat["pid"] == daemon.proc.pid
+        assert beat["queue_depth"] == 0
+        await server.close()  # the queen goes away
+        async with JobClient(daemon.url, daemon.token, path="/v1/inference") as client:
+            _, events = await generate(client, prompt="Hello", max_tokens=4)
+        assert events[-1].state == "completed"
+    finally:
+        assert await asyncio.to_thread(daemon.stop) == 0

@@ -1,0 +1,70 @@
+"""The worker's inference endpoint: the shared job API mounted at /v1/inference, run by the engine.
+
+    POST   /v1/inference                 -> 201 {"job_id", "sse_url"}   (503 when the queue is full)
+    GET    /v1/inference/{job_id}/stream -> started, token..., end (tokens_out, ttft_ms, ...), [DONE]
+    DELETE /v1/inference/{job_id}        -> stops the generation within one token
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import InvalidRequest, RbeeError
+from shared.inference import InferenceRequest, parse_inference_request
+from shared.job_registry import Job, JobRegistry
+from shared.job_routes import setup_job_api
+from worker.appkeys import CONFIG, ENGINE
+
+
+class QueueFull(RbeeError):
+    title = "Worker busy"
+    code = "QUEUE_FULL"
+    status = 503
+
+
+def pending_jobs(registry: JobRegistry) -> int:
+    return sum(1 for job in registry.jobs() if not job.state.finished)
+
+
+def setup_inference_api(app: web.Application) -> None:
+    config = app[CONFIG]
+
+    def parse(data: Any) -> InferenceRequest:
+        request = parse_inference_request(data)
+        engine = app[ENGINE]
+        if request.max_tokens >= engine.n_ctx:
+            raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) must be smaller than the "
+                                 f"worker's context of {engine.n_ctx} tokens.")
+        if engine.state in ("loading", "failed"):
+            raise RbeeError(f"The model is {engine.state}; wait for GET /health to say ready.",
+                            code="NOT_READY", status=503)
+        return request
+
+    def admit(registry: JobRegistry) -> None:
+        waiting = pending_jobs(registry)
+        if waiting >= 1 + config.max_queue:  # one generating, max_queue waiting behind it
+            raise QueueFull(f"The worker's queue is full ({config.max_queue} requests waiting behind the "
+                            "running one). Retry later, or spawn another worker for this model.")
+
+    async def execute(request: InferenceRequest, job: Job) -> dict[str, Any]:
+        def emit(event) -> None:
+            if not job.state.finished:  # a late token from the engine after a cancel is dropped
+                job.emit(event)
+
+        generation = app[ENGINE].submit(request, job.id, emit)
+
+        async def stop_generation() -> None:
+            generation.cancel.set()
+            job.result = await generation.done  # the engine stops within one token
+
+        try:
+            return await asyncio.shield(generation.done)
+        except asyncio.CancelledError:
+            job.add_cleanup(stop_generation)
+            raise
+
+    setup_job_api(app, execute, actor="worker", path="/v1/inference", parse=parse, admit=admit,
+                  abandon_after_s=config.abandon_after_s)
