@@ -1,0 +1,129 @@
+"""What the worker's HTTP + SSE path costs over calling llama-cpp-python directly, side by side.
+
+The same generation (built-in model, 128 tokens, temperature 0, same threads) runs alternately in this
+process through llama-cpp-python and through a real llm-worker-rbee process over its HTTP API. TTFT is
+measured from the request (the POST, for the worker) to the first token; tokens/s over the whole
+generation. The last line printed is one JSON object.
+
+    .venv/bin/python bench/stream_overhead.py [--rounds 10] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.builtin_model import builtin_model_path  # noqa: E402
+from tests.support.processes import start_worker  # noqa: E402
+from worker.config import all_cores  # noqa: E402
+
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # keeps going well past 128 tokens at temperature 0
+CTX = 2048
+
+
+def run_direct(llm, max_tokens: int) -> tuple[float, float, int, str]:
+    start = time.perf_counter()
+    first = None
+    parts = []
+    for chunk in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0, stream=True):
+        text = chunk["choices"][0]["text"]
+        if text:
+            if first is None:
+                first = time.perf_counter()
+            parts.append(text)
+    total = time.perf_counter() - start
+    return (first - start) * 1000, len(parts) / total, len(parts), "".join(parts)
+
+
+async def run_worker(session: aiohttp.ClientSession, url: str, auth: dict, max_tokens: int):
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+    start = time.perf_counter()
+    first = None
+    parts = []
+    async with session.post(url + "/v1/inference", json=body, headers=auth) as resp:
+        sse_url = (await resp.json())["sse_url"]
+    async with session.get(url + sse_url, headers=auth) as resp:
+        async for line in resp.content:
+            if not line.startswith(b"data: "):
+                continue
+            payload = line[6:].strip()
+            if payload == b"[DONE]":
+                break
+            event = json.loads(payload)
+            if event["type"] == "token":
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(event["t"])
+    total = time.perf_counter() - start
+    return (first - start) * 1000, len(parts) / total, len(parts), "".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="generations per path, alternating")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    threads = all_cores()
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(builtin_model_path()), n_ctx=CTX, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+    home = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
+    worker = start_worker(home, "--threads", str(threads), "--ctx-size", str(CTX))
+
+    async def worker_round():
+        async with aiohttp.ClientSession() as session:
+            return await run_worker(session, worker.url, worker.auth, args.max_tokens)
+
+    try:
+        run_direct(llm, 8)  # warm both paths (first-call allocations, page cache)
+        asyncio.run(worker_round())
+        direct, via_worker = [], []
+        for r in range(args.rounds):
+            if r % 2 == 0:  # alternate which path goes first, so drift on the machine hits both alike
+                d = run_direct(llm, args.max_tokens)
+                w = asyncio.run(worker_round())
+            else:
+                w = asyncio.run(worker_round())
+                d = run_direct(llm, args.max_tokens)
+            if d[3] != w[3]:
+                raise SystemExit(f"the two paths generated different text:\n{d[3]!r}\n{w[3]!r}")
+            direct.append(d)
+            via_worker.append(w)
+            print(f"round {r + 1}: direct {d[1]:7.1f} tok/s ttft {d[0]:6.1f} ms | "
+                  f"worker {w[1]:7.1f} tok/s ttft {w[0]:6.1f} ms ({w[2]} tokens)", file=sys.stderr)
+    finally:
+        worker.stop()
+        llm.close()
+
+    def med(rows, k):
+        return statistics.median(row[k] for row in rows)
+
+    result = {
+        "bench": "stream_overhead",
+        "direct_tokens_per_s": round(med(direct, 1), 2),
+        "worker_tokens_per_s": round(med(via_worker, 1), 2),
+        "ratio": round(med(via_worker, 1) / med(direct, 1), 4),
+        "direct_ttft_ms": round(med(direct, 0), 2),
+        "worker_ttft_ms": round(med(via_worker, 0), 2),
+        "tokens": via_worker[0][2],
+        "threads": threads,
+        "rounds": args.rounds,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
