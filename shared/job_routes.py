@@ -78,8 +78,8 @@ def setup_job_api(
         # is cut by the send timeout.
         await app[appkeys.JOB_REGISTRY].cancel_all()
 
-    def reader_left(registry: JobRegistry, job: Job) -> None:
-        job.readers -= 1
+    def cancel_if_abandoned_later(registry: JobRegistry, job: Job) -> None:
+        """With `abandon_after_s`: cancel the job if it still has no reader that much later."""
         if abandon_after_s is None or job.readers or job.state.finished:
             return
 
@@ -101,6 +101,7 @@ def setup_job_api(
         if admit is not None:
             admit(registry)
         job = registry.submit(operation)
+        cancel_if_abandoned_later(registry, job)  # a client that never comes to read
         return web.json_response({"job_id": job.id, "sse_url": f"{path}/{job.id}/stream"}, status=201)
 
     async def stream_job(request: web.Request) -> web.StreamResponse:
@@ -111,7 +112,8 @@ def setup_job_api(
         try:
             return await _stream(request, job, after)
         finally:
-            reader_left(registry, job)
+            job.readers -= 1
+            cancel_if_abandoned_later(registry, job)
 
     async def _stream(request: web.Request, job: Job, after: int) -> web.StreamResponse:
         # send_timeout=None: _write applies our own timeout to each batch.

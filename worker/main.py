@@ -65,13 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> WorkerConfig:
-    model: Path = args.model.expanduser()
-    if not model.exists():
-        raise WorkerStartError(f"model file {model} does not exist")
-    if not model.is_file():
-        raise WorkerStartError(f"model path {model} is not a file")
-    if not is_gguf(model):
-        raise WorkerStartError(f"model file {model} is not a GGUF file (its first bytes are not 'GGUF')")
     if not 0 <= args.port <= 65535:
         raise WorkerStartError(f"--port must be between 0 and 65535, not {args.port}")
     if args.threads < 0:
@@ -83,6 +76,13 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
     if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
         raise WorkerStartError("--abandon-after and --heartbeat-interval must be positive")
     check_device(args.device)
+    model: Path = args.model.expanduser()
+    if not model.exists():
+        raise WorkerStartError(f"model file {model} does not exist")
+    if not model.is_file():
+        raise WorkerStartError(f"model path {model} is not a file")
+    if not is_gguf(model):
+        raise WorkerStartError(f"model file {model} is not a GGUF file (its first bytes are not 'GGUF')")
     return WorkerConfig(
         worker_id=args.worker_id,
         model_path=model.resolve(),

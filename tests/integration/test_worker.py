@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -267,3 +266,13 @@ async def test_heartbeats_reach_the_queen_url_and_a_dead_queen_does_no_harm(tmp_
         assert events[-1].state == "completed"
     finally:
         assert await asyncio.to_thread(daemon.stop) == 0
+
+
+async def test_generation_nobody_comes_to_read_is_stopped(client, worker):
+    job = await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
+    for _ in range(60):  # --abandon-after 1, and nobody ever opens the stream
+        state = await client.get(job.job_id)
+        if state["state"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert state["state"] == "cancelled" and state["result"]["stop_reason"] == "cancelled"
