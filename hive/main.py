@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
 import sys
 
-from shared.not_yet import not_yet_implemented
+from hive.app import SHUTDOWN_REQUESTED, create_app
+from hive.config import DEFAULT_HIVE_PORT, HiveConfig
+from shared.daemon import serve
+from shared.events import set_default_actor
+from shared.process import die_with_parent
+from shared.token import load_or_create_token
+
+PROG = "rbee-hive"
 
 
-def main() -> None:
-    sys.exit(not_yet_implemented("rbee-hive", 4))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage models and llm-worker-rbee processes on this machine, driven by the queen over "
+                    "rbee's job API. Normally started by queen-rbee (locally, or over SSH).",
+        epilog="example: rbee-hive --hive-id localhost --port 7835 --queen-url http://127.0.0.1:7833",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
+    parser.add_argument("--port", type=int, default=DEFAULT_HIVE_PORT, help=f"port (default {DEFAULT_HIVE_PORT})")
+    parser.add_argument("--hive-id", default="localhost", help="this hive's name, as the queen knows it")
+    parser.add_argument("--queen-url", help="the queen's URL, handed to workers for their heartbeats")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit (stopping every worker) when the process that started the hive dies")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
+                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    set_default_actor("hive")
+    args = parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"{PROG}: --port must be between 0 and 65535, not {args.port}", file=sys.stderr)
+        sys.exit(2)
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
+        print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
+        sys.exit(2)
+    config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url)
+    if args.exit_with_parent:
+        die_with_parent()
+    app = create_app(config, load_or_create_token(config.paths))
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,
+                                   shutdown_requested=app[SHUTDOWN_REQUESTED],
+                                   exit_with_parent=args.exit_with_parent)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ spawn helper) tells the user what it does without threading a job id through eve
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -181,6 +182,11 @@ def bind_job(job_id: str | None, sink: EventSink | None, actor: str | None = Non
 
 def unbind_job(token: contextvars.Token) -> None:
     _context.reset(token)
+
+
+def detached_task(coro, *, name: str | None = None) -> "asyncio.Task":
+    """Start a task that outlives the current job: its narration goes to the log, not to that job."""
+    return contextvars.Context().run(asyncio.get_running_loop().create_task, coro, name=name)
 
 
 def current_job_id() -> str | None:

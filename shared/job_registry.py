@@ -80,6 +80,13 @@ class Job:
             raise RuntimeError(f"{self.id} is {self.state.value}; it takes no more events")
         return self._append(encode_event(event))
 
+    def emit_while_running(self, event: Event) -> None:
+        """The job's narration sink: an event from work that outlived the job goes to the log instead."""
+        if self.state.finished:
+            log.info("%s (after %s ended): %s", self.actor, self.id, encode_event(event))
+        else:
+            self.emit(event)
+
     def _append(self, encoded: str) -> int:
         seq = self.next_seq
         self._log.append(encoded)
@@ -235,7 +242,7 @@ class JobRegistry:
             self.evict()
 
     async def _run(self, job: Job) -> None:
-        token = bind_job(job.id, job.emit, self._actor)
+        token = bind_job(job.id, job.emit_while_running, self._actor)
         try:
             state, stats = await self._execute(job)
             try:

@@ -9,25 +9,21 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from shared.builtin_model import is_gguf
 from shared.errors import RbeeError
 from shared.events import set_default_actor
-from shared.process import die_with_parent, watch_parent
+from shared.daemon import serve
+from shared.process import die_with_parent
 from shared.token import load_or_create_token
 from worker.app import ADVERTISED, create_app
 from worker.appkeys import ENGINE, HEARTBEAT, SHUTDOWN_REQUESTED
 from worker.config import WorkerConfig, all_cores
 
 PROG = "llm-worker-rbee"
-log = logging.getLogger("rbee.worker")
 
 
 class WorkerStartError(RbeeError):
@@ -129,55 +125,23 @@ def count_nvidia_gpus() -> int | None:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-async def serve(config: WorkerConfig) -> int:
-    parent = os.getppid()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_parent(parent)) if config.exit_with_parent and parent != 1 else None
-
+async def run(config: WorkerConfig) -> int:
     app = create_app(config, load_or_create_token())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()  # starts loading the model in the engine thread
-    try:
-        site = web.TCPSite(runner, config.host, config.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            print(f"{PROG}: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
-            return 1
-        port = runner.addresses[0][1]
-        host = config.host if config.host not in ("0.0.0.0", "::") else socket.gethostname()
-        app[ADVERTISED].url = f"http://{host}:{port}"
-        print(f"{PROG} {config.worker_id} listening on {app[ADVERTISED].url}", flush=True)
+
+    def listening(url: str) -> None:
+        app[ADVERTISED].url = url
         if HEARTBEAT in app:
             app[HEARTBEAT].poke()
 
+    async def load_failed() -> str:
         engine = app[ENGINE]
-        waits = {
-            asyncio.ensure_future(stop.wait()): "signal",
-            asyncio.ensure_future(app[SHUTDOWN_REQUESTED].wait()): "shutdown",
-            asyncio.ensure_future(_load_failed(engine)): "load_failed",
-        }
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        reason = waits[done.pop()]
-        if reason == "load_failed":
-            print(f"{PROG}: {engine.load_error}", file=sys.stderr)
-            return 1
-        log.info("shutting down (%s)", reason)
-        return 0
-    finally:
-        if watcher:
-            watcher.cancel()
-        await runner.cleanup()
+        if await engine.loaded:
+            await asyncio.Event().wait()  # loaded fine: never fatal
+        return engine.load_error or "the model did not load"
 
-
-async def _load_failed(engine) -> None:
-    if await engine.loaded:
-        await asyncio.Event().wait()  # loaded fine: never completes
+    return await serve(app, prog=PROG, name=config.worker_id, host=config.host, port=config.port,
+                       shutdown_requested=app[SHUTDOWN_REQUESTED], on_listening=listening, fatal=load_failed,
+                       exit_with_parent=config.exit_with_parent)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if config.exit_with_parent:
         die_with_parent()
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(serve(config)))
+        sys.exit(asyncio.run(run(config)))
 
 
 if __name__ == "__main__":

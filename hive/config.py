@@ -1,0 +1,29 @@
+"""What a hive was started with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.paths import RbeePaths
+
+DEFAULT_HIVE_PORT = 7835
+
+
+@dataclass(frozen=True)
+class HiveConfig:
+    hive_id: str = "localhost"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_HIVE_PORT
+    queen_url: str | None = None  # handed to workers for their heartbeats
+    paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
+    worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
+    worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+
+    def __post_init__(self) -> None:
+        if self.paths is None:
+            object.__setattr__(self, "paths", RbeePaths.from_env())
+
+    @property
+    def worker_host(self) -> str:
+        """Workers bind where the hive does, so whoever reaches the hive reaches its workers."""
+        return self.host

@@ -1,0 +1,81 @@
+"""The hive's operations: workers and models. Results go out as `data` events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hive.capabilities import detect_capabilities
+from hive.config import HiveConfig
+from hive.errors import DeviceNotFound, HiveError
+from hive.models import ModelStore
+from hive.workers import WorkerSupervisor
+from shared.events import Data, emit
+from shared.job_registry import Job
+from shared.operations import (
+    ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
+)
+
+
+class HiveExecutor:
+    def __init__(self, config: HiveConfig, store: ModelStore, supervisor: WorkerSupervisor,
+                 capabilities: dict[str, Any]) -> None:
+        self.config = config
+        self.store = store
+        self.supervisor = supervisor
+        self.capabilities = capabilities
+
+    async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
+        hive_id = getattr(op, "hive_id", self.config.hive_id)
+        if hive_id != self.config.hive_id:
+            raise HiveError(f"This is hive '{self.config.hive_id}', not '{hive_id}'.", code="WRONG_HIVE")
+        if isinstance(op, WorkerSpawn):
+            device = self.resolve_device(op.worker, op.device)
+            entry = await self.store.provision(op.model)
+            worker = await self.supervisor.spawn(entry, device)
+            emit(Data(action="worker_spawn", payload=worker.to_dict()))
+            return {"worker_id": worker.id, "url": worker.url}
+        if isinstance(op, WorkerList):
+            workers = [w.to_dict(await self.supervisor.live_state(w)) for w in self.supervisor.all()]
+            emit(Data(action="worker_list", payload={"hive_id": self.config.hive_id, "workers": workers}))
+            return None
+        if isinstance(op, WorkerGet):
+            worker = self.supervisor.get(op.id)
+            emit(Data(action="worker_get", payload=worker.to_dict(await self.supervisor.live_state(worker))))
+            return None
+        if isinstance(op, WorkerDelete):
+            worker = await self.supervisor.delete(op.id)
+            emit(Data(action="worker_delete", payload=worker.to_dict()))
+            return None
+        if isinstance(op, ModelDownload):
+            entry = await self.store.provision(op.model)
+            emit(Data(action="model_download", payload=entry.to_dict()))
+            return {"model": entry.id, "sha256": entry.sha256}
+        if isinstance(op, ModelList):
+            models = [e.to_dict() for e in self.store.catalog.list()]
+            emit(Data(action="model_list", payload={"hive_id": self.config.hive_id, "models": models}))
+            return None
+        if isinstance(op, ModelGet):
+            emit(Data(action="model_get", payload=self.store.lookup(op.id).to_dict()))
+            return None
+        if isinstance(op, ModelDelete):
+            entry = self.store.lookup(op.id)
+            users = [w.id for w in self.supervisor.all() if w.model == entry.id and w.alive]
+            if users:
+                raise HiveError(f"Model {entry.id} is in use by {', '.join(users)}; delete those workers first.",
+                                code="MODEL_IN_USE", status=409)
+            emit(Data(action="model_delete", payload=self.store.delete(entry.id).to_dict()))
+            return None
+        raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
+
+    def resolve_device(self, kind: str, index: int) -> str:
+        if kind == "cpu":
+            return "cpu"
+        device = f"{kind}:{index}"
+        if kind == "cuda":
+            self.capabilities = detect_capabilities()  # GPUs may have changed since start-up
+            if device in self.capabilities["devices"]:
+                return device
+            have = ", ".join(self.capabilities["devices"])
+            raise DeviceNotFound(f"Device {device} does not exist on hive {self.config.hive_id} "
+                                 f"({self.capabilities['gpu_note']}; devices here: {have}).")
+        raise DeviceNotFound(f"Worker type '{kind}' is not supported on hive {self.config.hive_id}; use cpu or cuda.")

@@ -1,0 +1,188 @@
+"""Model references and provisioning: turn `smollm2-135m`, `hf:org/repo:file.gguf` or `file:/path` into a
+GGUF on this machine with a catalog row, narrating what happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hive.catalog import CatalogEntry, ModelCatalog
+from hive.errors import DownloadFailed, ModelNotFound, ModelReferenceError
+from shared.builtin_model import builtin_model_path, is_gguf
+from shared.events import Data, emit, narrate
+from shared.operations import BUILTIN_MODEL
+
+_HF = re.compile(r"hf:(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[\w.-]+(?:/[\w.-]+)*\.gguf)")
+NARRATE_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    scheme: str  # builtin | hf | file
+    id: str  # canonical reference, also the catalog id
+    repo: str | None = None
+    file: str | None = None
+    path: Path | None = None
+
+
+def parse_reference(reference: str) -> ModelRef:
+    ref = reference.strip()
+    if ref == BUILTIN_MODEL:
+        return ModelRef("builtin", BUILTIN_MODEL)
+    if ref.startswith("hf:"):
+        m = _HF.fullmatch(ref)
+        if not m or ".." in m.group("file").split("/"):
+            raise ModelReferenceError(
+                f"Malformed hf: reference '{ref}'. Expected hf:<org>/<repo>:<file>.gguf, "
+                "for example hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf.")
+        return ModelRef("hf", ref, repo=m.group("repo"), file=m.group("file"))
+    if ref.startswith("file:"):
+        raw = ref[len("file:"):]
+        if not raw:
+            raise ModelReferenceError("A file: reference needs a path, e.g. file:/models/my-model.gguf.")
+        path = Path(raw).expanduser().resolve()
+        return ModelRef("file", f"file:{path}", path=path)
+    scheme = ref.split(":", 1)[0] + ":" if ":" in ref else None
+    what = f"Unknown model reference scheme '{scheme}'" if scheme else f"Unknown model '{ref}'"
+    raise ModelReferenceError(
+        f"{what}. Use {BUILTIN_MODEL} (built in), hf:<org>/<repo>:<file>.gguf or file:<path to a .gguf>.")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelStore:
+    """Provisions models into the catalog; one download per model at a time."""
+
+    def __init__(self, catalog: ModelCatalog, model_dir: Path) -> None:
+        self.catalog = catalog
+        self.model_dir = model_dir
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lookup(self, model_id: str) -> CatalogEntry:
+        """A catalog entry by id or by any spelling of its reference."""
+        entry = self.catalog.get(model_id)
+        if entry is None:
+            with contextlib.suppress(ModelReferenceError):
+                entry = self.catalog.get(parse_reference(model_id).id)
+        if entry is None:
+            known = ", ".join(e.id for e in self.catalog.list()) or "none yet"
+            raise ModelNotFound(f"No model '{model_id}' in this hive's catalog (models: {known}).")
+        return entry
+
+    async def provision(self, reference: str) -> CatalogEntry:
+        ref = parse_reference(reference)
+        lock = self._locks.setdefault(ref.id, asyncio.Lock())
+        async with lock:
+            entry = self.catalog.get(ref.id)
+            if entry is not None and Path(entry.path).is_file():
+                narrate("model_ready", f"Model {ref.id} is already here ({_mb(entry.size)})", target=ref.id)
+                return entry
+            if ref.scheme == "builtin":
+                path, downloaded = builtin_model_path(), False
+            elif ref.scheme == "file":
+                path, downloaded = self._check_local_file(ref), False
+            else:
+                path, downloaded = await self._download(ref), True
+            narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
+            digest = await asyncio.to_thread(sha256_of, path)
+            entry = self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
+            narrate("model_ready", f"Model {ref.id} is in the catalog ({_mb(entry.size)}, sha256 {digest[:12]}…)",
+                    target=ref.id)
+            return entry
+
+    def delete(self, model_id: str) -> CatalogEntry:
+        entry = self.lookup(model_id)
+        self.catalog.remove(entry.id)
+        if entry.downloaded:
+            Path(entry.path).unlink(missing_ok=True)
+            narrate("model_delete", f"Deleted {entry.id} and its file {entry.path}", target=entry.id)
+        else:
+            narrate("model_delete", f"Removed {entry.id} from the catalog (its file {entry.path} was not "
+                                    "downloaded by this hive and stays)", target=entry.id)
+        return entry
+
+    @staticmethod
+    def _check_local_file(ref: ModelRef) -> Path:
+        path = ref.path
+        assert path is not None
+        if not path.exists():
+            raise ModelNotFound(f"The file {path} does not exist.")
+        if not path.is_file():
+            raise ModelReferenceError(f"{path} is not a file.")
+        if not is_gguf(path):
+            raise ModelReferenceError(f"{path} is not a GGUF model (its first bytes are not 'GGUF').")
+        return path
+
+    async def _download(self, ref: ModelRef) -> Path:
+        assert ref.repo and ref.file
+        dest = self.model_dir / "hf" / ref.repo
+        dest.mkdir(parents=True, exist_ok=True)
+        narrate("model_download", f"Downloading {ref.file} from {ref.repo}", target=ref.id)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hive.hf_fetch", "--repo", ref.repo, "--file", ref.file, "--dest", str(dest),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stderr_task = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
+        started = time.monotonic()
+        first_done: int | None = None
+        last_narration = 0.0
+        outcome: dict = {}
+        try:
+            async for line in proc.stdout:  # type: ignore[union-attr]
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if message.get("event") == "progress":
+                    done, total = message["done"], message["total"]
+                    first_done = done if first_done is None else first_done
+                    elapsed = time.monotonic() - started
+                    rate = (done - first_done) / elapsed if elapsed > 0 else 0.0
+                    emit(Data(action="download_progress",
+                              payload={"model": ref.id, "done": done, "total": total, "bytes_per_s": round(rate)}))
+                    now = time.monotonic()
+                    if now - last_narration >= NARRATE_EVERY_S or (total and done >= total):
+                        last_narration = now
+                        pct = f"{100 * done / total:.0f}% " if total else ""
+                        narrate("model_download", f"{ref.file}: {pct}({_mb(done)} of {_mb(total)}, {_mb(rate)}/s)",
+                                target=ref.id)
+                else:
+                    outcome = message
+            await proc.wait()
+        except asyncio.CancelledError:
+            # The job was cancelled: stop the transfer now (the downloader's partial file goes with it).
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            narrate("model_download", f"Download of {ref.id} cancelled",
+                    target=ref.id, level="warn")
+            raise
+        finally:
+            stderr_task.cancel()
+        if proc.returncode != 0 or outcome.get("event") != "done":
+            reason = outcome.get("message") or f"the downloader exited with code {proc.returncode}"
+            raise DownloadFailed(f"Could not download {ref.id}: {reason}. Nothing was added to the catalog "
+                                 "and no partial file was kept; run the download again to retry.")
+        path = Path(outcome["path"])
+        if not is_gguf(path):
+            bad = path.with_suffix(path.suffix + ".not-gguf")
+            shutil.move(path, bad)
+            raise DownloadFailed(f"{ref.id} downloaded, but it is not a GGUF file (kept as {bad}).")
+        return path
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -1,0 +1,200 @@
+"""The hive's worker processes: spawn with a fixed, validated command line (no shell), wait for ready,
+notice every exit at once, stop gracefully then by force. Workers also die with the hive by themselves
+(PR_SET_PDEATHSIG), so a SIGKILLed hive leaves none behind."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from hive.catalog import CatalogEntry
+from hive.config import HiveConfig
+from hive.errors import WorkerNotFound, WorkerStartFailed
+from shared.events import detached_task, narrate
+
+STDERR_LINES_KEPT = 20
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    id: str
+    model: str
+    model_path: str
+    device: str
+    proc: asyncio.subprocess.Process
+    url: str | None = None
+    state: str = "starting"  # starting -> loading -> ready; stopping -> stopped; crashed; failed
+    exit_code: int | None = None
+    started_at: float = field(default_factory=time.time)
+    stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=STDERR_LINES_KEPT))
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _watcher: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def to_dict(self, live_state: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id, "model": self.model, "device": self.device, "pid": self.proc.pid, "url": self.url,
+            "state": live_state or self.state, "exit_code": self.exit_code, "started_at": self.started_at,
+        }
+
+
+class WorkerSupervisor:
+    def __init__(self, config: HiveConfig, token: str) -> None:
+        self.config = config
+        self._token = token
+        self._workers: dict[str, WorkerProcess] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        """Stop every worker (gracefully, then by force) and the client session."""
+        await asyncio.gather(*(self.stop(w) for w in self._workers.values() if w.alive), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def get(self, worker_id: str) -> WorkerProcess:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            known = ", ".join(self._workers) or "none"
+            raise WorkerNotFound(f"No worker '{worker_id}' on hive {self.config.hive_id} (workers: {known}).")
+        return worker
+
+    def all(self) -> list[WorkerProcess]:
+        return list(self._workers.values())
+
+    async def spawn(self, model: CatalogEntry, device: str) -> WorkerProcess:
+        worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
+                "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
+                "--hive-id", self.config.hive_id, "--device", device]
+        if self.config.queen_url:
+            argv += ["--queen-url", self.config.queen_url]
+        narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        worker = WorkerProcess(worker_id, model.id, model.path, device, proc)
+        self._workers[worker_id] = worker
+        worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
+        try:
+            await asyncio.wait_for(self._until_ready(worker), self.config.worker_ready_timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop(worker)
+            worker.state = "failed"
+            raise WorkerStartFailed(f"{worker_id} was not ready after {self.config.worker_ready_timeout_s:g} s; "
+                                    f"stopped it. Last lines:\n{_tail(worker)}") from None
+        except BaseException:
+            if worker.alive:  # the spawn job was cancelled, or failed: don't leave a half-started worker
+                await self.stop(worker)
+            raise
+        return worker
+
+    async def _until_ready(self, worker: WorkerProcess) -> None:
+        line = await worker.proc.stdout.readline()  # type: ignore[union-attr]
+        m = re.search(rb"listening on (http://\S+)", line)
+        if not m:
+            await worker.exited.wait()
+            raise WorkerStartFailed(f"{worker.id} exited with code {worker.exit_code} before listening: "
+                                    f"{_tail(worker)}")
+        worker.url = m.group(1).decode()
+        worker.state = "loading"
+        narrate("worker_loading", f"{worker.id} listens on {worker.url}; loading {worker.model}", target=worker.id)
+        while True:
+            if not worker.alive:
+                await worker.exited.wait()
+                raise WorkerStartFailed(f"{worker.id} exited with code {worker.exit_code} while loading "
+                                        f"{worker.model}: {_tail(worker)}")
+            health = await self.health(worker)
+            if health and health.get("state") in ("ready", "busy"):
+                worker.state = "ready"
+                narrate("worker_ready", f"{worker.id} is ready ({worker.model}, {health.get('threads')} threads)",
+                        target=worker.id)
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(worker.exited.wait(), 0.05)
+
+    async def health(self, worker: WorkerProcess) -> dict | None:
+        if not worker.url or not worker.alive or self._session is None:
+            return None
+        try:
+            async with self._session.get(worker.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
+    async def live_state(self, worker: WorkerProcess) -> str:
+        """ready/busy/loading as the worker itself says, for listings."""
+        if worker.state in ("ready", "loading"):
+            health = await self.health(worker)
+            if health:
+                return health.get("state", worker.state)
+        return worker.state
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        """Collect stderr and notice the exit the moment it happens."""
+        async def drain_stderr() -> None:
+            async for raw in worker.proc.stderr:  # type: ignore[union-attr]
+                worker.stderr_tail.append(raw.decode(errors="replace").rstrip())
+
+        async def drain_stdout() -> None:
+            # Only the first line matters (read by _until_ready); keep the pipe from filling afterwards.
+            while worker.url is None and worker.alive:
+                await asyncio.sleep(0.05)
+            with contextlib.suppress(Exception):
+                async for _ in worker.proc.stdout:  # type: ignore[union-attr]
+                    pass
+
+        drains = [asyncio.create_task(drain_stderr()), asyncio.create_task(drain_stdout())]
+        code = await worker.proc.wait()
+        await asyncio.wait(drains, timeout=1.0)
+        worker.exit_code = code
+        if worker.state == "stopping":
+            worker.state = "stopped"
+        elif worker.state in ("ready", "loading", "starting"):
+            worker.state = "crashed"
+            narrate("worker_crashed", f"{worker.id} ({worker.model}) exited unexpectedly with code {code}",
+                    target=worker.id, level="error")
+        worker.exited.set()
+
+    async def stop(self, worker: WorkerProcess) -> None:
+        """SIGTERM (the worker finishes its token and exits), then SIGKILL after the timeout."""
+        if not worker.alive:
+            return
+        worker.state = "stopping"
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.exited.wait(), self.config.worker_stop_timeout_s)
+        except asyncio.TimeoutError:
+            narrate("worker_kill", f"{worker.id} did not stop within {self.config.worker_stop_timeout_s:g} s; "
+                                   "killing it", target=worker.id, level="warn")
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            await worker.exited.wait()
+
+    async def delete(self, worker_id: str) -> WorkerProcess:
+        worker = self.get(worker_id)
+        if worker.alive:
+            narrate("worker_stop", f"Stopping {worker.id}", target=worker.id)
+            await self.stop(worker)
+        del self._workers[worker_id]
+        return worker
+
+
+def _tail(worker: WorkerProcess) -> str:
+    return "\n".join(worker.stderr_tail) or "(no output)"

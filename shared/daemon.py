@@ -1,0 +1,83 @@
+"""Run a daemon's app until a signal, its shutdown endpoint or a fatal condition; clean up either way.
+
+Every daemon prints one line `<prog> <id> listening on <url>` once bound (port 0 is common), which is
+how a parent learns the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from shared.process import watch_parent
+
+log = logging.getLogger("rbee.daemon")
+
+
+def advertised_url(host: str, port: int) -> str:
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{port}"
+
+
+async def serve(
+    app: web.Application,
+    *,
+    prog: str,
+    name: str,
+    host: str,
+    port: int,
+    shutdown_requested: asyncio.Event,
+    on_listening: Callable[[str], None] | None = None,
+    fatal: Callable[[], Awaitable[str]] | None = None,
+    exit_with_parent: bool = False,
+) -> int:
+    """Returns the exit code: 0 after a signal or a shutdown request, 1 when it cannot run."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    watcher = asyncio.create_task(watch_parent(parent)) if exit_with_parent and parent != 1 else None
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+    except Exception as exc:  # a resource that cannot start (a database it cannot open, ...)
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            hint = " (is another one running? pick another --port)" if exc.errno == 98 else ""
+            print(f"{prog}: cannot listen on {host}:{port}: {exc.strerror}{hint}", file=sys.stderr)
+            return 1
+        url = advertised_url(host, runner.addresses[0][1])
+        if on_listening:
+            on_listening(url)
+        print(f"{prog} {name} listening on {url}", flush=True)
+        waits: dict[asyncio.Future, str] = {
+            asyncio.ensure_future(stop.wait()): "signal",
+            asyncio.ensure_future(shutdown_requested.wait()): "shutdown request",
+        }
+        if fatal is not None:
+            waits[asyncio.ensure_future(fatal())] = "fatal"
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        first = done.pop()
+        if waits[first] == "fatal":
+            print(f"{prog}: {first.result()}", file=sys.stderr)
+            return 1
+        log.info("%s shutting down (%s)", prog, waits[first])
+        return 0
+    finally:
+        if watcher:
+            watcher.cancel()
+        await runner.cleanup()

@@ -1,0 +1,268 @@
+"""The real rbee-hive process with real workers on the built-in model, and a local stand-in hub."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from shared.builtin_model import builtin_model_path
+from shared.events import Data, End, Error, Narration, Token
+from shared.inference import InferenceRequest
+from shared.job_client import JobClient
+from tests.support.fake_hub import FakeHub
+from tests.support.processes import children_of, pid_alive, start_hive
+
+BUILTIN_SHA = hashlib.sha256(builtin_model_path().read_bytes()).hexdigest()
+HF_REF = "hf:test-org/tiny-GGUF:smollm2-135m-q4_1.gguf"
+
+
+@pytest.fixture
+async def hive(tmp_path):
+    daemon = await asyncio.to_thread(start_hive, tmp_path / "home")
+    yield daemon
+    await asyncio.to_thread(daemon.stop)
+
+
+@pytest.fixture
+async def client(hive):
+    async with JobClient(hive.url, hive.token) as client:
+        yield client
+
+
+async def run(client, operation):
+    job = await client.submit(operation)
+    events = [e async for e in client.stream(job.job_id)]
+    return job.job_id, events
+
+
+def data_of(events, action):
+    return next(e.payload for e in events if isinstance(e, Data) and e.action == action)
+
+
+async def worker_state(client, worker_id):
+    _, events = await run(client, {"operation": "worker_get", "id": worker_id})
+    return data_of(events, "worker_get")
+
+
+async def test_worker_lifecycle_spawn_infer_crash_delete_shutdown(hive, client):
+    _, events = await run(client, {"operation": "worker_spawn", "model": "smollm2-135m"})
+    assert events[-1].state == "completed", events
+    actions = [e.action for e in events if isinstance(e, Narration)]
+    assert actions.index("worker_spawn") < actions.index("worker_loading") < actions.index("worker_ready")
+    worker = data_of(events, "worker_spawn")
+    assert worker["state"] == "ready" and worker["model"] == "smollm2-135m"
+
+    _, listed = await run(client, {"operation": "worker_list"})
+    assert [(w["id"], w["state"]) for w in data_of(listed, "worker_list")["workers"]] == [(worker["id"], "ready")]
+
+    async with JobClient(worker["url"], hive.token, path="/v1/inference") as w:
+        job = await w.submit(InferenceRequest(prompt="The capital of France is", max_tokens=8, temperature=0))
+        tokens = [e async for e in w.stream(job.job_id) if isinstance(e, Token)]
+    assert "Paris" in "".join(t.t for t in tokens)
+
+    os.kill(worker["pid"], signal.SIGKILL)
+    for _ in range(40):
+        state = await worker_state(client, worker["id"])
+        if state["state"] == "crashed":
+            break
+        await asyncio.sleep(0.05)
+    assert state["state"] == "crashed" and state["exit_code"] == -9
+
+    _, deleted = await run(client, {"operation": "worker_delete", "id": worker["id"]})
+    assert deleted[-1].state == "completed"
+    _, listed = await run(client, {"operation": "worker_list"})
+    assert data_of(listed, "worker_list")["workers"] == []
+
+    # a second worker, then shutdown: the hive stops it and leaves nothing behind
+    _, events = await run(client, {"operation": "worker_spawn"})
+    second = data_of(events, "worker_spawn")
+    assert children_of(hive.proc.pid)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(hive.url + "/v1/shutdown", headers=hive.auth) as resp:
+            assert resp.status == 202
+    assert await asyncio.to_thread(hive.proc.wait, 20) == 0
+    assert not pid_alive(second["pid"])
+
+
+async def test_sigkilled_hive_leaves_no_worker(hive, client):
+    _, events = await run(client, {"operation": "worker_spawn"})
+    pid = data_of(events, "worker_spawn")["pid"]
+    hive.proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not pid_alive(pid), "a worker outlived its SIGKILLed hive"
+
+
+async def test_models_builtin_and_local_files(client, tmp_path):
+    _, events = await run(client, {"operation": "model_list"})
+    assert data_of(events, "model_list")["models"] == []
+    _, events = await run(client, {"operation": "model_download", "model": "smollm2-135m"})
+    entry = data_of(events, "model_download")
+    assert entry["id"] == "smollm2-135m" and entry["sha256"] == BUILTIN_SHA and entry["downloaded"] is False
+
+    local = tmp_path / "my model.gguf"
+    shutil.copy(builtin_model_path(), local)
+    _, events = await run(client, {"operation": "model_download", "model": f"file:{local}"})
+    assert data_of(events, "model_download")["path"] == str(local)
+    _, events = await run(client, {"operation": "model_list"})
+    assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m", f"file:{local}"]
+    _, events = await run(client, {"operation": "model_get", "id": f"file:{local}"})
+    assert data_of(events, "model_get")["sha256"] == BUILTIN_SHA
+    _, events = await run(client, {"operation": "model_delete", "id": f"file:{local}"})
+    assert events[-1].state == "completed" and local.exists()  # not ours to delete
+
+
+@pytest.mark.parametrize("operation, code, fragment", [
+    ({"operation": "model_download", "model": "s3:bucket/x.gguf"}, "BAD_MODEL_REFERENCE", "Unknown model reference scheme 's3:'"),
+    ({"operation": "model_download", "model": "llama-7b"}, "BAD_MODEL_REFERENCE", "Unknown model 'llama-7b'"),
+    ({"operation": "model_download", "model": "hf:just-a-repo"}, "BAD_MODEL_REFERENCE", "Malformed hf: reference"),
+    ({"operation": "model_download", "model": "hf:org/repo:weights.bin"}, "BAD_MODEL_REFERENCE", "Malformed hf: reference"),
+    ({"operation": "model_download", "model": "file:/nonexistent/m.gguf"}, "MODEL_NOT_FOUND", "does not exist"),
+    ({"operation": "model_get", "id": "nope"}, "MODEL_NOT_FOUND", "No model 'nope' in this hive's catalog"),
+    ({"operation": "worker_get", "id": "worker-nope"}, "WORKER_NOT_FOUND", "No worker 'worker-nope'"),
+    ({"operation": "worker_delete", "id": "worker-nope"}, "WORKER_NOT_FOUND", "No worker 'worker-nope'"),
+    ({"operation": "worker_spawn", "worker": "cuda", "device": 7}, "DEVICE_NOT_FOUND", "Device cuda:7 does not exist"),
+    ({"operation": "worker_list", "hive_id": "gpu-box"}, "WRONG_HIVE", "This is hive 'localhost', not 'gpu-box'"),
+])
+async def test_bad_requests_fail_the_job_with_a_clear_error(client, operation, code, fragment):
+    _, events = await run(client, operation)
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == code and fragment in error.message
+    assert events[-1] == End(state="failed")
+
+
+async def test_non_gguf_file_is_refused(client, tmp_path):
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("hello")
+    _, events = await run(client, {"operation": "model_download", "model": f"file:{bogus}"})
+    assert "is not a GGUF model" in next(e for e in events if isinstance(e, Error)).message
+    _, events = await run(client, {"operation": "model_list"})
+    assert data_of(events, "model_list")["models"] == []
+
+
+async def test_hive_refuses_queen_operations(client):
+    from shared.errors import ServerError
+    with pytest.raises(ServerError) as err:
+        await client.submit({"operation": "infer", "prompt": "hi"})
+    assert err.value.status == 400 and "Unknown operation 'infer' here" in err.value.message
+
+
+async def test_capabilities_are_honest(hive):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(hive.url + "/v1/capabilities", headers=hive.auth) as resp:
+            caps = await resp.json()
+    assert caps["cpu"]["cores"] == len(os.sched_getaffinity(0)) and caps["ram_bytes"] > 0
+    assert caps["devices"][0] == "cpu"
+    if shutil.which("nvidia-smi") is None:
+        assert caps["gpus"] == [] and caps["gpu_note"].startswith("no GPU")
+
+
+# --- downloads from the (local stand-in) hub ---------------------------------------------------------
+
+@pytest.fixture
+def hub():
+    return FakeHub({"test-org/tiny-GGUF/smollm2-135m-q4_1.gguf": builtin_model_path()}, bytes_per_s=60e6)
+
+
+@pytest.fixture
+async def hub_hive(tmp_path, hub, aiohttp_server, unused_tcp_port_factory):
+    port = unused_tcp_port_factory()
+    server = await aiohttp_server(hub.app(), port=port)
+    home = tmp_path / "home"
+    daemon = await asyncio.to_thread(start_hive, home, env={"HF_ENDPOINT": f"http://127.0.0.1:{port}",
+                                                            "HF_HOME": str(home / "hf")})
+    yield daemon, server, port, home
+    await asyncio.to_thread(daemon.stop)
+
+
+async def test_hf_download_narrates_progress_and_lands_in_the_catalog(hub_hive, hub):
+    hive, _, _, home = hub_hive
+    async with JobClient(hive.url, hive.token) as client:
+        _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+        assert events[-1].state == "completed", events
+        entry = data_of(events, "model_download")
+        assert entry["id"] == HF_REF and entry["sha256"] == BUILTIN_SHA and entry["downloaded"] is True
+        assert entry["path"].startswith(str(home / "data" / "models"))
+        progress = [e.payload for e in events if isinstance(e, Data) and e.action == "download_progress"]
+        assert len(progress) >= 3 and progress[-1]["done"] == progress[-1]["total"] == entry["size"]
+        assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
+        texts = [e.human for e in events if isinstance(e, Narration) and e.action == "model_download"]
+        assert any("100% (98.4 MB of 98.4 MB" in t for t in texts) and any("MB/s" in t for t in texts)
+
+        # a spawn on the downloaded model reuses the catalog entry, no second download
+        gets_before = sum(1 for r in hub.requests if r[0] == "GET")
+        _, events = await run(client, {"operation": "worker_spawn", "model": HF_REF})
+        assert data_of(events, "worker_spawn")["model"] == HF_REF
+        assert sum(1 for r in hub.requests if r[0] == "GET") == gets_before
+        await run(client, {"operation": "worker_delete", "id": data_of(events, "worker_spawn")["id"]})
+
+        _, events = await run(client, {"operation": "model_delete", "id": HF_REF})
+        assert not os.path.exists(entry["path"])  # the hive downloaded it, so the hive removes it
+
+
+async def test_hub_404_is_a_clear_failure(hub_hive):
+    hive = hub_hive[0]
+    async with JobClient(hive.url, hive.token) as client:
+        _, events = await run(client, {"operation": "model_download", "model": "hf:test-org/tiny-GGUF:missing.gguf"})
+        error = next(e for e in events if isinstance(e, Error))
+        assert error.code == "DOWNLOAD_FAILED" and "has no file 'missing.gguf'" in error.message
+        _, events = await run(client, {"operation": "model_download", "model": "hf:nobody/nothing:x.gguf"})
+        assert "has no repository 'nobody/nothing'" in next(e for e in events if isinstance(e, Error)).message
+        _, events = await run(client, {"operation": "model_list"})
+        assert data_of(events, "model_list")["models"] == []
+
+
+async def test_a_dropped_transfer_resumes_with_a_range_request(hub_hive, hub):
+    hive = hub_hive[0]
+    hub.die_after_bytes = 30_000_000  # the connection breaks once; the hub stays up
+    async with JobClient(hive.url, hive.token) as client:
+        _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+    assert events[-1].state == "completed"
+    assert data_of(events, "model_download")["sha256"] == BUILTIN_SHA
+    resumed = [r for r in hub.requests if r[0] == "GET" and r[2]]
+    assert resumed and int(resumed[-1][2].removeprefix("bytes=").split("-")[0]) >= 10_000_000  # not from 0
+
+
+async def test_hub_dying_mid_download_fails_cleanly_and_a_retry_succeeds(hub_hive, hub, aiohttp_server):
+    hive, server, port, home = hub_hive
+    hub.die_after_bytes = 30_000_000
+    async with JobClient(hive.url, hive.token) as client:
+        job = await client.submit({"operation": "model_download", "model": HF_REF})
+        await hub.died.wait()
+        await server.close()  # and stays down: the downloader's retries find nobody
+        events = [e async for e in client.stream(job.job_id)]
+        error = next(e for e in events if isinstance(e, Error))
+        assert error.code == "DOWNLOAD_FAILED" and "run the download again to retry" in error.message
+        assert events[-1] == End(state="failed")
+        _, listed = await run(client, {"operation": "model_list"})
+        assert data_of(listed, "model_list")["models"] == []  # no half file in the catalog
+        leftovers = [p for p in (home / "data" / "models").rglob("*") if p.is_file()]
+        assert all(not p.name.endswith((".gguf", ".incomplete")) for p in leftovers), leftovers
+
+        await aiohttp_server(hub.app(), port=port)  # the hub is back
+        _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+        assert events[-1].state == "completed"
+        assert data_of(events, "model_download")["sha256"] == BUILTIN_SHA
+
+
+async def test_cancelled_download_stops_the_transfer(hub_hive, hub):
+    hive = hub_hive[0]
+    hub.bytes_per_s = 10e6  # ten seconds for the whole file
+    async with JobClient(hive.url, hive.token) as client:
+        job = await client.submit({"operation": "model_download", "model": HF_REF})
+        async for event in client.stream(job.job_id):
+            if isinstance(event, Data) and event.payload["done"] > 5_000_000:
+                assert (await client.cancel(job.job_id))["state"] == "cancelled"
+                break
+        await asyncio.sleep(0.3)
+        assert [p for p in children_of(hive.proc.pid)] == []  # the downloader is gone
+        _, events = await run(client, {"operation": "model_list"})
+        assert data_of(events, "model_list")["models"] == []
