@@ -7,6 +7,7 @@ how a parent learns the port.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -55,8 +56,9 @@ async def serve(
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            hint = " (is another one running? pick another --port)" if exc.errno == 98 else ""
-            print(f"{prog}: cannot listen on {host}:{port}: {exc.strerror}{hint}", file=sys.stderr)
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            hint = " (is another one running? pick another --port)" if exc.errno == errno.EADDRINUSE else ""
+            print(f"{prog}: cannot listen on {host}:{port}: {reason}{hint}", file=sys.stderr)
             return 1
         url = advertised_url(host, runner.addresses[0][1])
         if on_listening:

@@ -266,3 +266,16 @@ async def test_cancelled_download_stops_the_transfer(hub_hive, hub):
         assert [p for p in children_of(hive.proc.pid)] == []  # the downloader is gone
         _, events = await run(client, {"operation": "model_list"})
         assert data_of(events, "model_list")["models"] == []
+
+
+def test_port_already_taken_is_one_clear_line(hive, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    port = hive.url.rsplit(":", 1)[1]
+    out = subprocess.run([str(Path(sys.executable).parent / "rbee-hive"), "--port", port],
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "RBEE_HOME": str(tmp_path)})
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"rbee-hive: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(is another one running? pick another --port)"]

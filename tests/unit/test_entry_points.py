@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-NOT_YET = {"rbee": 7, "rbee-keeper": 7, "queen-rbee": 5, "rbee-hive": 4}
+NOT_YET = {"rbee": 7, "rbee-keeper": 7, "queen-rbee": 5}
 
 
-@pytest.mark.parametrize("script", sorted(NOT_YET) + ["llm-worker-rbee"])
+@pytest.mark.parametrize("script", sorted(NOT_YET) + ["llm-worker-rbee", "rbee-hive"])
 def test_help_works(script):
     out = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -31,5 +31,16 @@ def test_programs_not_built_yet_say_so(script):
 ])
 def test_worker_bad_arguments_are_usage_errors(args, fragment):
     out = subprocess.run([str(BIN / "llm-worker-rbee"), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert fragment in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "99999"], "--port must be between 0 and 65535"),
+    (["--hive-id", "a b"], "--hive-id may hold letters"),
+    (["--port", "x"], "argument --port: invalid int value"),
+])
+def test_hive_bad_arguments_are_usage_errors(args, fragment):
+    out = subprocess.run([str(BIN / "rbee-hive"), *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert fragment in out.stderr and "Traceback" not in out.stderr
