@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hive.catalog import CatalogEntry, ModelCatalog
 from hive.errors import DownloadFailed, ModelNotFound, ModelReferenceError
-from shared.builtin_model import builtin_model_path, is_gguf
+from shared.builtin_model import builtin_model_path, builtin_model_sha256, is_gguf
 from shared.events import Data, emit, narrate
 from shared.operations import BUILTIN_MODEL
 
@@ -97,8 +97,10 @@ class ModelStore:
                 path, downloaded = self._check_local_file(ref), False
             else:
                 path, downloaded = await self._download(ref), True
-            narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
-            digest = await asyncio.to_thread(sha256_of, path)
+            digest = builtin_model_sha256() if ref.scheme == "builtin" else None
+            if digest is None:
+                narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
+                digest = await asyncio.to_thread(sha256_of, path)
             entry = self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
             narrate("model_ready", f"Model {ref.id} is in the catalog ({_mb(entry.size)}, sha256 {digest[:12]}…)",
                     target=ref.id)

@@ -2,13 +2,67 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
 import sys
 
-from shared.not_yet import not_yet_implemented
+from queen.app import SHUTDOWN_REQUESTED, STATE, create_app
+from queen.config import DEFAULT_QUEEN_PORT, QueenConfig
+from hive.config import DEFAULT_HIVE_PORT
+from shared.daemon import serve
+from shared.events import set_default_actor
+from shared.token import load_or_create_token
+
+PROG = "queen-rbee"
 
 
-def main() -> None:
-    sys.exit(not_yet_implemented("queen-rbee", 5))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The rbee orchestrator: runs jobs (POST /v1/jobs), starts hives, schedules inference onto "
+                    "workers. Normally started by `rbee` when it finds no queen.",
+        epilog="example: queen-rbee --port 7833",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_QUEEN_PORT, help=f"port (default {DEFAULT_QUEEN_PORT})")
+    parser.add_argument("--local-hive-port", type=int, default=DEFAULT_HIVE_PORT,
+                        help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}; 0 lets the OS pick)")
+    parser.add_argument("--max-workers-per-hive", type=int, default=2,
+                        help="workers per model on one hive; more concurrent requests wait (default 2)")
+    parser.add_argument("--worker-idle-timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="stop workers idle this long (default 900)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="a worker silent this long is lost and never scheduled (default 15)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
+                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    set_default_actor("queen")
+    args = parse_args(argv)
+    for name in ("port", "local_hive_port"):
+        if not 0 <= getattr(args, name) <= 65535:
+            print(f"{PROG}: --{name.replace('_', '-')} must be between 0 and 65535", file=sys.stderr)
+            sys.exit(2)
+    if args.max_workers_per_hive < 1 or args.worker_idle_timeout <= 0 or args.heartbeat_timeout <= 0:
+        print(f"{PROG}: --max-workers-per-hive, --worker-idle-timeout and --heartbeat-timeout must be positive",
+              file=sys.stderr)
+        sys.exit(2)
+    config = QueenConfig(host=args.host, port=args.port, local_hive_port=args.local_hive_port,
+                         max_workers_per_hive=args.max_workers_per_hive,
+                         worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
+    app = create_app(config, load_or_create_token(config.paths))
+
+    def listening(url: str) -> None:
+        app[STATE].url = url
+
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port,
+                                   shutdown_requested=app[SHUTDOWN_REQUESTED], on_listening=listening)))
 
 
 if __name__ == "__main__":

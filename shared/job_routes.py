@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import json
 import sys
-from typing import Any, AsyncIterator, Callable, Collection
+from typing import Any, AsyncIterator, Callable, Collection, Protocol
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from shared import appkeys
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, JobNotFound
 from shared.events import DONE_FRAME, sse_frame
 from shared.job_registry import Executor, Job, JobLimits, JobRegistry
 from shared.operations import Operation, parse_operation
@@ -34,6 +34,14 @@ else:  # aiohttp depends on async-timeout before 3.11
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for the job to end before answering 202 "still ending"
 SSE_PING_S = 15.0  # keeps idle streams alive through proxies and lets us notice dead peers
 SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
+
+class JobHistory(Protocol):
+    """Where finished jobs outlive the registry (the queen keeps them in SQLite)."""
+
+    def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def list(self) -> list[dict[str, Any]]: ...
+
 
 Parse = Callable[[Any], Operation]
 Admit = Callable[[JobRegistry], None]
@@ -51,13 +59,15 @@ def setup_job_api(
     parse: Parse | None = None,
     admit: Admit | None = None,
     abandon_after_s: float | None = None,
+    history: JobHistory | None = None,
 ) -> None:
     """Add the job routes, and a registry whose jobs are all ended on shutdown.
 
     `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*); `parse`
     replaces operation parsing entirely (the worker's inference requests). `admit` may refuse a new job
     (raise a 503 RbeeError) before it is created. With `abandon_after_s`, a job whose every reader has
-    left is cancelled after that long; without it, jobs run on when readers leave.
+    left is cancelled after that long; without it, jobs run on when readers leave. With `history`,
+    GET /v1/jobs and GET /v1/jobs/{id} also answer for jobs the registry no longer holds.
     """
     allowed = frozenset(operations) if operations is not None else None
     parse_request: Parse = parse or (lambda data: parse_operation(data, allowed=allowed))
@@ -132,12 +142,21 @@ def setup_job_api(
         return stream
 
     async def get_job(request: web.Request) -> web.Response:
-        job = request.app[appkeys.JOB_REGISTRY].get(request.match_info["job_id"])
-        return web.json_response(job.summary())
+        job_id = request.match_info["job_id"]
+        try:
+            return web.json_response(request.app[appkeys.JOB_REGISTRY].get(job_id).summary())
+        except JobNotFound:
+            if history is not None and (record := history.get(job_id)) is not None:
+                return web.json_response(record)
+            raise
 
     async def list_jobs(request: web.Request) -> web.Response:
-        jobs = sorted(request.app[appkeys.JOB_REGISTRY].jobs(), key=lambda j: j.created_at, reverse=True)
-        return web.json_response({"jobs": [j.summary() for j in jobs]})
+        live = [j.summary() for j in request.app[appkeys.JOB_REGISTRY].jobs()]
+        if history is not None:
+            seen = {j["job_id"] for j in live}
+            live += [r for r in history.list() if r["job_id"] not in seen]
+        live.sort(key=lambda j: j["created_at"], reverse=True)
+        return web.json_response({"jobs": live})
 
     async def cancel_job(request: web.Request) -> web.Response:
         job = request.app[appkeys.JOB_REGISTRY].cancel(request.match_info["job_id"])

@@ -54,3 +54,11 @@ def test_tokens_equal():
     assert tokens_equal("abc", "abc")
     assert not tokens_equal("abc", "abd")
     assert not tokens_equal("", "abc")
+
+
+def test_builtin_model_sha256_from_the_wheel_record_is_the_files():
+    import hashlib
+
+    from shared.builtin_model import builtin_model_path, builtin_model_sha256
+
+    assert builtin_model_sha256() == hashlib.sha256(builtin_model_path().read_bytes()).hexdigest()

@@ -1,0 +1,26 @@
+"""What the queen was started with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hive.config import DEFAULT_HIVE_PORT
+from shared.paths import RbeePaths
+
+DEFAULT_QUEEN_PORT = 7833
+
+
+@dataclass(frozen=True)
+class QueenConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_QUEEN_PORT
+    paths: RbeePaths = None  # type: ignore[assignment]  # from the environment when not given
+    local_hive_port: int = DEFAULT_HIVE_PORT  # 0: let the OS pick (tests)
+    max_workers_per_hive: int = 2  # per model: a second concurrent request may get a second worker
+    worker_idle_timeout_s: float = 15 * 60  # idle workers are stopped after this
+    heartbeat_timeout_s: float = 15.0  # a worker silent this long is lost and never scheduled
+    hive_start_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.paths is None:
+            object.__setattr__(self, "paths", RbeePaths.from_env())

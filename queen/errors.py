@@ -1,0 +1,34 @@
+"""Errors the queen reports as `error` events."""
+
+from shared.errors import RbeeError
+
+
+class QueenError(RbeeError):
+    title = "Queen error"
+    code = "QUEEN_ERROR"
+    status = 400
+
+
+class UnknownHive(QueenError):
+    title = "Unknown hive"
+    code = "UNKNOWN_HIVE"
+    status = 404
+
+
+class HiveUnavailable(QueenError):
+    title = "Hive unavailable"
+    code = "HIVE_UNAVAILABLE"
+    status = 503
+
+
+class WorkerCrashed(QueenError):
+    title = "Worker crashed"
+    code = "WORKER_CRASHED"
+    status = 502
+
+
+class ForwardedFailure(QueenError):
+    """A hive's job failed; its error event is already in the queen's stream."""
+
+    reported = True
+    code = "HIVE_JOB_FAILED"
