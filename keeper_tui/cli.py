@@ -1,14 +1,286 @@
-"""Command line of rbee (the keeper)."""
+"""rbee: the keeper's command line. Every operation of the queen, a headless --json mode, and a queen
+that wakes up by itself when it is not running.
+
+Imports stay light (no Textual) so commands start fast; the TUI is imported only when it opens.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import signal
 import sys
+from typing import Any
 
-from shared.not_yet import not_yet_implemented
+from keeper_tui.errors import KeeperError
+from keeper_tui.output import HumanRenderer, JsonRenderer, JOB_COLUMNS, job_rows, key_values, table
+from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
+from shared.errors import RbeeError
+from shared.events import End
+from shared.job_client import JobClient
+from shared.operations import BUILTIN_MODEL, LOCAL_HIVE, Operation, parse_operation
+from shared.paths import RbeePaths
+from shared.token import load_or_create_token
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_QUEEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXAMPLES = """examples:
+  rbee infer "Why is the sky blue?"              answer a prompt on the built-in model
+  rbee infer --max-tokens 64 --seed 1 "Hello"    sampling options
+  rbee --json infer "Hello" | jq .               one JSON object per line, for scripts
+  rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
+  rbee worker list                               workers on the local hive
+  rbee status                                    hives, workers and jobs at a glance
+  rbee queen stop                                stop the queen and everything it started
+"""
 
 
-def main() -> None:
-    sys.exit(not_yet_implemented("rbee", 7))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rbee", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Run LLMs on the machines you own. rbee talks to the queen (queen-rbee), which starts hives "
+                    "and workers as needed; the queen is started automatically when it is not running.")
+    parser.add_argument("--queen-url", default=default_queen_url(),
+                        help="the queen to talk to (default $RBEE_QUEEN_URL or http://127.0.0.1:7833)")
+    parser.add_argument("--json", action="store_true",
+                        help="headless mode: stdout carries only JSON, one object per line, then a result line")
+    parser.add_argument("--no-autostart", action="store_true", help="fail instead of starting a queen")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("infer", "Answer a prompt: the text goes to stdout, progress to stderr.",
+                'rbee infer --model smollm2-135m --max-tokens 64 "Why is the sky blue?"')
+    p.add_argument("prompt", help="the prompt (quote it)")
+    p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference (default {BUILTIN_MODEL})")
+    p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
+    p.add_argument("--max-tokens", type=int, help="most tokens to generate (worker default 128)")
+    p.add_argument("--temperature", type=float, help="sampling temperature, 0 for greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
+    p.add_argument("--top-k", type=int, help="top-k sampling (default 40)")
+    p.add_argument("--seed", type=int, help="seed: the same seed and options give the same text")
+    p.add_argument("--stop", action="append", help="stop at this string (repeatable); it is not printed")
+
+    command("status", "Show hives, workers and jobs at a glance.", "rbee status")
+
+    p = command("queen", "Start, stop or check the queen.", "rbee queen status")
+    p.add_argument("action", choices=("start", "stop", "status"))
+
+    p = command("hive", "Manage hives.", "rbee hive status localhost")
+    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "list", "get", "status", "refresh",
+                                      "import-ssh", "ssh-test"))
+    p.add_argument("alias", nargs="?", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
+    p.add_argument("--ssh-config", help="import-ssh: the OpenSSH config file (default ~/.ssh/config)")
+    p.add_argument("--hive-port", type=int, help="import-ssh: hive port for imported hosts")
+
+    p = command("worker", "Spawn, list, inspect or stop workers.", "rbee worker spawn --model smollm2-135m")
+    p.add_argument("action", choices=("spawn", "list", "get", "delete"))
+    p.add_argument("id", nargs="?", help="get/delete: the worker id")
+    p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
+    p.add_argument("--model", default=BUILTIN_MODEL, help=f"spawn: model reference (default {BUILTIN_MODEL})")
+    p.add_argument("--worker", default="cpu", choices=("cpu", "cuda", "metal"), help="spawn: worker type")
+    p.add_argument("--device", type=int, default=0, help="spawn: device index (cuda:N)")
+
+    p = command("model", "Download, list, inspect or delete models on a hive.",
+                "rbee model download hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf")
+    p.add_argument("action", choices=("download", "list", "get", "delete"))
+    p.add_argument("model", nargs="?", help="download: a reference; get/delete: a model id")
+    p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
+
+    p = command("jobs", "List, show or cancel the queen's jobs.", "rbee jobs show job-…")
+    p.add_argument("action", choices=("list", "show", "cancel"))
+    p.add_argument("job_id", nargs="?", help="show/cancel: the job id")
+
+    command("tui", "Open the terminal UI.", "rbee tui")
+    return parser
+
+
+def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Operation | None:
+    """The job operation a command stands for (None: the command is not a job)."""
+    c = args.command
+    if c == "infer":
+        fields = {k: getattr(args, k) for k in ("model", "hive_id", "max_tokens", "temperature", "top_p", "top_k",
+                                                "seed", "stop") if getattr(args, k) is not None}
+        return _parse({"operation": "infer", "prompt": args.prompt, **fields}, parser)
+    if c == "status":
+        return _parse({"operation": "status"}, parser)
+    if c == "hive":
+        name = {"refresh": "hive_refresh_capabilities", "import-ssh": "hive_import_ssh", "ssh-test": "ssh_test"}.get(
+            args.action, f"hive_{args.action}")
+        if name == "hive_list":
+            return _parse({"operation": name}, parser)
+        if name == "hive_import_ssh":
+            body = {"operation": name}
+            if args.ssh_config:
+                body["ssh_config_path"] = args.ssh_config
+            if args.hive_port is not None:
+                body["default_hive_port"] = args.hive_port
+            return _parse(body, parser)
+        return _parse({"operation": name, "alias": args.alias}, parser)
+    if c == "worker":
+        body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": args.hive_id}
+        if args.action == "spawn":
+            body.update(model=args.model, worker=args.worker, device=args.device)
+        elif args.action in ("get", "delete"):
+            if not args.id:
+                parser.error(f"worker {args.action} needs a worker id (see `rbee worker list`)")
+            body["id"] = args.id
+        return _parse(body, parser)
+    if c == "model":
+        body = {"operation": f"model_{args.action}", "hive_id": args.hive_id}
+        if args.action != "list":
+            if not args.model:
+                parser.error(f"model {args.action} needs a model "
+                             f"{'reference' if args.action == 'download' else 'id'} (see `rbee model list`)")
+            body["model" if args.action == "download" else "id"] = args.model
+        return _parse(body, parser)
+    return None
+
+
+def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
+    try:
+        return parse_operation(body)
+    except RbeeError as exc:
+        parser.error(exc.message.replace("Field '", "option '").replace("_", "-"))
+    raise AssertionError  # parser.error exits
+
+
+class Keeper:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.paths = RbeePaths.from_env()
+        self.render = JsonRenderer() if args.json else HumanRenderer(show_data=args.command != "infer")
+        self.url = args.queen_url.rstrip("/")
+
+    async def queen_client(self) -> JobClient:
+        await ensure_queen(self.url, self.paths, autostart=not self.args.no_autostart, say=self.render.say)
+        return JobClient(self.url, load_or_create_token(self.paths))
+
+    async def run_job(self, operation: Operation) -> int:
+        client = await self.queen_client()
+        async with client:
+            job = await client.submit(operation)
+            stream = asyncio.ensure_future(self._follow(client, job.job_id))
+            loop = asyncio.get_running_loop()
+            interrupted = asyncio.Event()
+
+            def on_sigint() -> None:
+                interrupted.set()
+                stream.cancel()
+
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            try:
+                end = await stream
+            except asyncio.CancelledError:
+                if not interrupted.is_set():
+                    raise
+                end = None
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+            if interrupted.is_set():
+                summary = await client.cancel(job.job_id)
+                self.render.end(None, job.job_id)
+                self.render.say(f"interrupted: cancelled job {job.job_id} on the queen "
+                                f"(now {summary.get('state')})", "warn")
+                self._result(job.job_id, "cancelled", {})
+                return EXIT_INTERRUPTED
+            state = end.state if end else "failed"
+            self.render.end(end, job.job_id)
+            self._result(job.job_id, state, dict(end.stats) if end else {})
+            return EXIT_OK if state == "completed" else EXIT_FAILED
+
+    async def _follow(self, client: JobClient, job_id: str) -> End | None:
+        end = None
+        async for event in client.stream(job_id):
+            self.render.event(event)
+            if isinstance(event, End):
+                end = event
+        return end
+
+    def _result(self, job_id: str, state: str, stats: dict[str, Any]) -> None:
+        if isinstance(self.render, JsonRenderer):
+            self.render.line({"type": "result", "job_id": job_id, "state": state, **stats})
+
+    async def queen_command(self, action: str) -> int:
+        if action == "start":
+            health = await queen_health(self.url)
+            if health is None:
+                await start_queen(self.url, self.paths, self.render.say)
+            else:
+                self.render.say(f"queen is already running at {self.url}")
+            return self._emit({"queen_url": self.url, "state": "running"})
+        if action == "stop":
+            stopped = await stop_queen(self.url, load_or_create_token(self.paths), self.render.say)
+            self.render.say("queen stopped" if stopped else f"no queen was running at {self.url}")
+            return self._emit({"queen_url": self.url, "state": "stopped"})
+        health = await queen_health(self.url)
+        if health is None:
+            self.render.say(f"no queen is running at {self.url}", "warn")
+            self._emit({"queen_url": self.url, "state": "stopped"}, human=False)
+            return EXIT_NO_QUEEN
+        async with JobClient(self.url, load_or_create_token(self.paths)) as client:
+            info = await client.request("GET", "/v1/info")
+        return self._emit({"queen_url": self.url, "state": "running", **info})
+
+    async def jobs_command(self, action: str, job_id: str | None) -> int:
+        client = await self.queen_client()
+        async with client:
+            if action == "list":
+                jobs = await client.list()
+                if isinstance(self.render, JsonRenderer):
+                    return self._emit({"jobs": jobs})
+                table(job_rows(jobs), JOB_COLUMNS, sys.stdout)
+                return EXIT_OK
+            assert job_id
+            record = await client.get(job_id) if action == "show" else await client.cancel(job_id)
+            if action == "cancel":
+                self.render.say(f"job {job_id} is {record.get('state')}")
+            return self._emit(record)
+
+    def _emit(self, payload: dict[str, Any], human: bool = True) -> int:
+        if isinstance(self.render, JsonRenderer):
+            self.render.line({"type": "result", **payload})
+        elif human:
+            key_values(payload, sys.stdout)
+        return EXIT_OK
+
+
+async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    keeper = Keeper(args)
+    if args.command == "queen":
+        return await keeper.queen_command(args.action)
+    if args.command == "jobs":
+        if args.action != "list" and not args.job_id:
+            parser.error(f"jobs {args.action} needs a job id (see `rbee jobs list`)")
+        return await keeper.jobs_command(args.action, args.job_id)
+    operation = operation_for(args, parser)
+    assert operation is not None
+    return await keeper.run_job(operation)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None or args.command == "tui":
+        if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()
+            sys.exit(EXIT_USAGE)
+        print("rbee: the terminal UI is not built yet (issue #8); use the subcommands (rbee --help).",
+              file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        code = asyncio.run(dispatch(args, parser))
+    except KeeperError as exc:
+        print(f"rbee: {exc.message}", file=sys.stderr)
+        code = exc.exit_code
+    except RbeeError as exc:  # the queen answered an error, or is unreachable
+        print(f"rbee: {exc.message}", file=sys.stderr)
+        code = EXIT_NO_QUEEN if exc.code == "SERVER_UNREACHABLE" else EXIT_FAILED
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 if __name__ == "__main__":

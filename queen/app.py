@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -125,7 +126,7 @@ async def reap_idle_workers(config: QueenConfig, hives: HiveRegistry, workers: W
 
 async def info(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"name": "queen-rbee", "version": __version__, "url": state.url,
+    return web.json_response({"name": "queen-rbee", "version": __version__, "url": state.url, "pid": os.getpid(),
                               "features": ["jobs", "infer", "local_hive", "heartbeats", "history"]})
 
 

@@ -28,8 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_QUEEN_PORT, help=f"port (default {DEFAULT_QUEEN_PORT})")
-    parser.add_argument("--local-hive-port", type=int, default=DEFAULT_HIVE_PORT,
-                        help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}; 0 lets the OS pick)")
+    parser.add_argument("--local-hive-port", type=int,
+                        default=int(os.environ.get("RBEE_LOCAL_HIVE_PORT", DEFAULT_HIVE_PORT)),
+                        help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}, or $RBEE_LOCAL_HIVE_PORT; "
+                             "0 lets the OS pick)")
     parser.add_argument("--max-workers-per-hive", type=int, default=2,
                         help="workers per model on one hive; more concurrent requests wait (default 2)")
     parser.add_argument("--worker-idle-timeout", type=float, default=900.0, metavar="SECONDS",

@@ -1,0 +1,121 @@
+"""Finding, waking and stopping the queen. A woken queen runs detached (its own session, its log in the
+state dir), so it outlives the keeper and keeps workers warm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from keeper_tui.errors import QueenNotRunning, QueenStartFailed
+from shared.paths import RbeePaths
+
+DEFAULT_QUEEN_URL = "http://127.0.0.1:7833"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+
+def default_queen_url() -> str:
+    return os.environ.get("RBEE_QUEEN_URL", DEFAULT_QUEEN_URL)
+
+
+async def queen_health(url: str) -> dict | None:
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+
+
+async def ensure_queen(url: str, paths: RbeePaths, *, autostart: bool, say: Callable[[str], None]) -> None:
+    if await queen_health(url) is not None:
+        return
+    if not autostart:
+        raise QueenNotRunning(f"No queen answers at {url}. Start one with `rbee queen start`, "
+                              "or leave out --no-autostart to let rbee start it.")
+    await start_queen(url, paths, say)
+
+
+async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) -> int:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise QueenNotRunning(f"No queen answers at {url}, and rbee only starts a queen on this machine. "
+                              "Start queen-rbee on that host, or use a local --queen-url.")
+    say("queen is asleep, waking queen")
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = paths.log_dir / "queen.log"
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "queen.main", "--host", host, "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl+C in this terminal must not reach the queen
+        )
+    (paths.state_dir / "queen.pid").write_text(f"{proc.pid}\n")
+    delay = 0.05
+    while time.monotonic() - started < START_TIMEOUT_S:
+        if proc.poll() is not None:
+            raise QueenStartFailed(f"queen-rbee exited with code {proc.returncode} while starting. "
+                                   f"The end of {log_path}:\n{_tail(log_path)}")
+        if await queen_health(url) is not None:
+            say(f"queen is awake at {url} ({time.monotonic() - started:.1f} s, log: {log_path})")
+            return proc.pid
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    proc.terminate()
+    raise QueenStartFailed(f"queen-rbee did not answer at {url} within {START_TIMEOUT_S:g} s. "
+                           f"The end of {log_path}:\n{_tail(log_path)}")
+
+
+async def stop_queen(url: str, token: str, say: Callable[[str], None]) -> bool:
+    """Ask the queen to shut down (it stops its hives and workers); False when none was running."""
+    if await queen_health(url) is None:
+        return False
+    say("asking the queen to stop (its hives and workers stop with it)")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url.rstrip("/") + "/v1/info", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            pid = (await resp.json()).get("pid") if resp.status == 200 else None
+        async with session.post(url.rstrip("/") + "/v1/shutdown", headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            if resp.status >= 400:
+                raise QueenNotRunning(f"The queen at {url} refused to stop: HTTP {resp.status}.")
+    local = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        # Done when the process is gone (it stops its hives first), not merely when it stops answering.
+        gone = not _alive(pid) if (local and pid) else await queen_health(url) is None
+        if gone:
+            return True
+        await asyncio.sleep(0.1)
+    raise QueenNotRunning(f"The queen at {url} still answers {STOP_TIMEOUT_S:g} s after being asked to stop.")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _tail(path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError:
+        return "(no log)"
