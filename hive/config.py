@@ -15,6 +15,7 @@ class HiveConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_HIVE_PORT
     queen_url: str | None = None  # handed to workers for their heartbeats
+    advertise_host: str | None = None  # the name the queen reaches this machine at (for workers' URLs)
     paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
     parser.add_argument("--port", type=int, default=DEFAULT_HIVE_PORT, help=f"port (default {DEFAULT_HIVE_PORT})")
     parser.add_argument("--hive-id", default="localhost", help="this hive's name, as the queen knows it")
+    parser.add_argument("--advertise-host",
+                        help="host name the queen reaches this machine at; given to workers (default: bind address)")
     parser.add_argument("--queen-url", help="the queen's URL, handed to workers for their heartbeats")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit (stopping every worker) when the process that started the hive dies")
@@ -47,14 +49,16 @@ def main(argv: list[str] | None = None) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)
-    config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url)
+    config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
+                        advertise_host=args.advertise_host)
     if args.exit_with_parent:
         die_with_parent()
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,
                                    shutdown_requested=app[SHUTDOWN_REQUESTED],
-                                   exit_with_parent=args.exit_with_parent)))
+                                   exit_with_parent=args.exit_with_parent,
+                                   advertise_host=args.advertise_host)))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ class WorkerSupervisor:
                 "--hive-id", self.config.hive_id, "--device", device]
         if self.config.queen_url:
             argv += ["--queen-url", self.config.queen_url]
+        if self.config.advertise_host:
+            argv += ["--advertise-host", self.config.advertise_host]
         narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -93,7 +93,7 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         hives = HiveRegistry(config, token, session, queen_url=lambda: state.url)
         scheduler = Scheduler(config, hives, workers, session, token)
         runner = InferenceRunner(scheduler, workers, session, token)
-        state.executor = QueenExecutor(hives, workers, runner, session, token, jobs)
+        state.executor = QueenExecutor(hives, workers, runner, session, token, jobs, config.paths.data_dir)
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers, session, token))
         try:
             yield

@@ -6,23 +6,28 @@ from typing import Any
 
 import aiohttp
 
+from pathlib import Path
+
+from queen import remote_hives
 from queen.errors import QueenError
 from queen.forwarding import forward
+from queen.hives_conf import DEFAULT_HIVE_PORT, import_ssh_config
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
 from queen.worker_registry import WorkerRegistry
-from shared.events import Data, emit
+from shared.events import Data, emit, narrate
 from shared.job_registry import Job, JobRegistry
 from shared.operations import (
-    HIVE_OPERATIONS, HiveGet, HiveList, HiveRefreshCapabilities, HiveStart, HiveStatus, HiveStop, Infer,
-    Operation, Status, WorkerDelete,
+    HIVE_OPERATIONS, HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveRefreshCapabilities, HiveStart, HiveStatus,
+    HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete,
 )
 
 
 class QueenExecutor:
     def __init__(self, hives: HiveRegistry, workers: WorkerRegistry, runner: InferenceRunner,
-                 session: aiohttp.ClientSession, token: str, jobs: JobRegistry) -> None:
+                 session: aiohttp.ClientSession, token: str, jobs: JobRegistry, data_dir: Path) -> None:
         self.hives = hives
+        self._data_dir = data_dir
         self.workers = workers
         self.runner = runner
         self._session = session
@@ -57,17 +62,41 @@ class QueenExecutor:
             return None
         if isinstance(op, HiveStop):
             hive = await self.hives.stop(op.alias)
-            for worker in self.workers.all():
-                if worker.hive_id == op.alias:
-                    self.workers.mark(worker.worker_id, "stopped")
+            self._forget_workers_of(op.alias)
             emit(Data(action="hive_stop", payload=hive.to_dict()))
             return None
         if isinstance(op, HiveRefreshCapabilities):
             emit(Data(action="hive_refresh_capabilities", payload=await self.hives.refresh_capabilities(op.alias)))
             return None
-        self.hives.get(getattr(op, "alias", "localhost"))  # unknown alias first: the clearer error
-        raise QueenError(f"'{op.name}' needs remote hives over SSH, which are not available yet.",
-                         code="NOT_AVAILABLE", status=501)
+        if isinstance(op, SshTest):
+            emit(Data(action="ssh_test", payload=await remote_hives.ssh_test(self.hives.remote(op.alias))))
+            return None
+        if isinstance(op, HiveInstall):
+            result = await remote_hives.install(self.hives.remote(op.alias), self._token, self._data_dir)
+            emit(Data(action="hive_install", payload=result))
+            return None
+        if isinstance(op, HiveUninstall):
+            host = self.hives.remote(op.alias)
+            result = await remote_hives.uninstall(host, self._token, self._session)
+            self._forget_workers_of(op.alias)
+            emit(Data(action="hive_uninstall", payload=result))
+            return None
+        if isinstance(op, HiveImportSsh):
+            path = Path(op.ssh_config_path or "~/.ssh/config").expanduser()
+            report = import_ssh_config(path, self.hives.conf_path, op.default_hive_port or DEFAULT_HIVE_PORT)
+            for alias in report.added:
+                narrate("hive_import_ssh", f"Added {alias} to {self.hives.conf_path}", target=alias)
+            for pattern, why in report.skipped:
+                narrate("hive_import_ssh", f"Skipped {pattern}: {why}", target=pattern)
+            emit(Data(action="hive_import_ssh", payload={"added": report.added, "skipped": [
+                {"host": p, "reason": why} for p, why in report.skipped], "hives_conf": str(self.hives.conf_path)}))
+            return None
+        raise QueenError(f"The queen does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
+
+    def _forget_workers_of(self, alias: str) -> None:
+        for worker in self.workers.all():
+            if worker.hive_id == alias:
+                self.workers.mark(worker.worker_id, "stopped")
 
     async def status(self) -> dict[str, Any]:
         jobs = list(self._jobs.jobs())

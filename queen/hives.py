@@ -1,7 +1,8 @@
-"""The hives the queen knows: `localhost` always (started on first use, no SSH); remote ones later.
+"""The hives the queen knows: `localhost` always (started on first use, no SSH), and the remote ones
+of hives.conf (installed, started and stopped over SSH; see remote_hives.py).
 
 The queen owns the local hive process it starts: its log goes to the state dir, it dies with the queen
-(--exit-with-parent), and `close()` stops it (its workers with it).
+(--exit-with-parent), and `close()` stops it (its workers with it), and any remote hive it started.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any, Callable
 
 import aiohttp
 
+from queen import remote_hives
 from queen.config import QueenConfig
-from queen.errors import HiveUnavailable, UnknownHive
+from queen.errors import HiveUnavailable, QueenError, UnknownHive
+from queen.hives_conf import RemoteHost, load_hives_conf
 from shared.events import detached_task, narrate
 from shared.operations import LOCAL_HIVE
 
@@ -35,11 +38,14 @@ class HiveHandle:
     started_at: float | None = None
     capabilities: dict[str, Any] | None = None
     exit_code: int | None = None
+    remote: RemoteHost | None = None  # from hives.conf
+    started_remotely: bool = False  # this queen started it over SSH
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "alias": self.alias, "local": self.local, "url": self.url, "state": self.state,
+            "host": self.remote.where if self.remote else None,
             "pid": self.process.pid if self.process and self.process.returncode is None else None,
             "started_by_queen": self.process is not None, "started_at": self.started_at,
             "exit_code": self.exit_code, "capabilities": self.capabilities,
@@ -59,15 +65,41 @@ class HiveRegistry:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
 
+    @property
+    def conf_path(self):
+        return self.config.paths.config_dir / "hives.conf"
+
+    def _sync_conf(self) -> None:
+        """Re-read hives.conf, so edits apply without a restart."""
+        remotes = load_hives_conf(self.conf_path)
+        for alias, host in remotes.items():
+            hive = self._hives.get(alias)
+            if hive is None:
+                hive = self._hives[alias] = HiveHandle(alias, local=False)
+            hive.remote = host
+            if hive.url is None:
+                hive.url = f"http://{host.hostname}:{host.hive_port}"
+        for alias in [a for a, h in self._hives.items() if not h.local and a not in remotes]:
+            del self._hives[alias]
+
     def get(self, alias: str) -> HiveHandle:
+        self._sync_conf()
         hive = self._hives.get(alias)
         if hive is None:
             known = ", ".join(self._hives)
-            raise UnknownHive(f"Unknown hive '{alias}'. Known hives: {known}. (Remote hives over SSH are "
-                              "configured in hives.conf once that lands.)")
+            raise UnknownHive(f"Unknown hive '{alias}'. Known hives: {known}. Add remote machines to "
+                              f"{self.conf_path} (or import them with `rbee hive import-ssh`).")
         return hive
 
+    def remote(self, alias: str) -> RemoteHost:
+        hive = self.get(alias)
+        if hive.remote is None:
+            raise QueenError(f"'{alias}' is the queen's own machine; it needs no SSH (it starts on first use).",
+                             code="LOCAL_HIVE")
+        return hive.remote
+
     def all(self) -> list[HiveHandle]:
+        self._sync_conf()
         return list(self._hives.values())
 
     async def healthy(self, hive: HiveHandle) -> bool:
@@ -89,7 +121,8 @@ class HiveRegistry:
                 hive.state = "running"
                 return hive.url
             if not hive.local:
-                raise HiveUnavailable(f"Hive '{alias}' is not running; start it with hive_start.")
+                raise HiveUnavailable(f"Hive '{alias}' is not running; start it with `rbee hive start {alias}` "
+                                      f"(install it first with `rbee hive install {alias}`).")
             await self._start_local(hive)
             assert hive.url
             return hive.url
@@ -97,7 +130,18 @@ class HiveRegistry:
     async def start(self, alias: str) -> HiveHandle:
         hive = self.get(alias)
         if await self.healthy(hive):
+            hive.state = "running"
             narrate("hive_start", f"Hive {alias} is already running at {hive.url}", target=alias)
+            return hive
+        if hive.remote is not None:
+            queen_url = self._queen_url()
+            if "127.0.0.1" in queen_url and hive.remote.hostname not in ("127.0.0.1", "localhost"):
+                narrate("hive_start", f"The queen listens on {queen_url}, which {alias} cannot reach: its workers' "
+                                      "heartbeats will not arrive. Start the queen with --host 0.0.0.0.",
+                        target=alias, level="warn")
+            async with hive.lock:
+                hive.url = await remote_hives.start(hive.remote, queen_url, self._session)
+                hive.state, hive.started_remotely, hive.started_at = "running", True, time.time()
             return hive
         await self.ensure_running(alias)
         return hive
@@ -156,6 +200,12 @@ class HiveRegistry:
 
     async def stop(self, alias: str) -> HiveHandle:
         hive = self.get(alias)
+        if hive.remote is not None:
+            narrate("hive_stop", f"Stopping hive {alias} (and its workers)", target=alias)
+            await remote_hives.stop(hive.remote, self._token, self._session)
+            hive.state, hive.started_remotely = "stopped", False
+            narrate("hive_stop", f"Hive {alias} stopped", target=alias)
+            return hive
         proc = hive.process
         if not hive.url and proc is None:
             narrate("hive_stop", f"Hive {alias} is not running", target=alias)
@@ -181,10 +231,10 @@ class HiveRegistry:
 
     async def status(self, alias: str) -> dict[str, Any]:
         hive = self.get(alias)
-        info = hive.to_dict()
         if hive.url:
-            info["state"] = "running" if await self.healthy(hive) else "unreachable"
-        return info
+            healthy = await self.healthy(hive)
+            hive.state = "running" if healthy else ("stopped" if hive.remote else "unreachable")
+        return hive.to_dict()
 
     async def refresh_capabilities(self, alias: str) -> dict[str, Any]:
         url = await self.ensure_running(alias)
@@ -195,9 +245,16 @@ class HiveRegistry:
         return caps
 
     async def close(self) -> None:
-        """Stop the hives this queen started."""
+        """Stop the hives this queen started (remote ones by their shutdown endpoint only: no SSH here)."""
         await asyncio.gather(*(self.stop(h.alias) for h in self._hives.values() if h.process is not None),
+                             *(self._shutdown_remote(h) for h in self._hives.values() if h.started_remotely),
                              return_exceptions=True)
+
+    async def _shutdown_remote(self, hive: HiveHandle) -> None:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with self._session.post(f"{hive.url}/v1/shutdown", headers=self.auth,
+                                          timeout=aiohttp.ClientTimeout(total=5)):
+                pass
 
 
 def _tail(path, lines: int = 10) -> str:

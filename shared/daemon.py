@@ -22,8 +22,9 @@ from shared.process import watch_parent
 log = logging.getLogger("rbee.daemon")
 
 
-def advertised_url(host: str, port: int) -> str:
-    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+def advertised_url(host: str, port: int, advertise_host: str | None = None) -> str:
+    """How others reach a daemon: its bind address, unless it binds every interface."""
+    shown = advertise_host or (socket.gethostname() if host in ("0.0.0.0", "::", "") else host)
     return f"http://{shown}:{port}"
 
 
@@ -38,6 +39,7 @@ async def serve(
     on_listening: Callable[[str], None] | None = None,
     fatal: Callable[[], Awaitable[str]] | None = None,
     exit_with_parent: bool = False,
+    advertise_host: str | None = None,
 ) -> int:
     """Returns the exit code: 0 after a signal or a shutdown request, 1 when it cannot run."""
     loop = asyncio.get_running_loop()
@@ -60,7 +62,7 @@ async def serve(
             hint = " (is another one running? pick another --port)" if exc.errno == errno.EADDRINUSE else ""
             print(f"{prog}: cannot listen on {host}:{port}: {reason}{hint}", file=sys.stderr)
             return 1
-        url = advertised_url(host, runner.addresses[0][1])
+        url = advertised_url(host, runner.addresses[0][1], advertise_host)
         if on_listening:
             on_listening(url)
         print(f"{prog} {name} listening on {url}", flush=True)

@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-ref", help="the model's reference (e.g. smollm2-135m); defaults to the file name")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 lets the OS pick (default)")
+    parser.add_argument("--advertise-host", help="host name others reach this worker at (default: the bind address)")
     parser.add_argument("--queen-url", help="send heartbeats to this queen (e.g. http://127.0.0.1:7833)")
     parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
     parser.add_argument("--threads", type=int, default=0,
@@ -94,6 +95,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         abandon_after_s=args.abandon_after,
         heartbeat_interval_s=args.heartbeat_interval,
         exit_with_parent=not args.no_exit_with_parent,
+        advertise_host=args.advertise_host,
     )
 
 
@@ -141,7 +143,7 @@ async def run(config: WorkerConfig) -> int:
 
     return await serve(app, prog=PROG, name=config.worker_id, host=config.host, port=config.port,
                        shutdown_requested=app[SHUTDOWN_REQUESTED], on_listening=listening, fatal=load_failed,
-                       exit_with_parent=config.exit_with_parent)
+                       exit_with_parent=config.exit_with_parent, advertise_host=config.advertise_host)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,159 @@
+"""hives.conf: the remote machines the queen can install hives on, in OpenSSH-config style.
+
+    Host gpu1
+        HostName 192.168.1.20
+        Port 22
+        User me
+        IdentityFile ~/.ssh/id_ed25519
+        HivePort 7835
+        InstallDir ~/.local/share/rbee-hive   # on the remote
+        Python python3                        # the remote interpreter to build the venv with
+        UserKnownHostsFile ~/.ssh/known_hosts
+        StrictHostKeyChecking yes             # or accept-new: trust a host's key the first time
+
+Keywords are case-insensitive, `Keyword value` or `Keyword=value`, `#` starts a comment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from queen.errors import QueenError
+
+DEFAULT_HIVE_PORT = 7835
+DEFAULT_INSTALL_DIR = "~/.local/share/rbee-hive"
+KEYS = {
+    "hostname": "hostname", "port": "port", "user": "user", "identityfile": "identity_file",
+    "hiveport": "hive_port", "installdir": "install_dir", "python": "python",
+    "userknownhostsfile": "known_hosts", "stricthostkeychecking": "strict_host_key_checking",
+}
+ALIAS = re.compile(r"[A-Za-z0-9][\w.-]*")
+
+
+class HivesConfError(QueenError):
+    title = "hives.conf problem"
+    code = "HIVES_CONF"
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    alias: str
+    hostname: str
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    hive_port: int = DEFAULT_HIVE_PORT
+    install_dir: str = DEFAULT_INSTALL_DIR
+    python: str = "python3"
+    known_hosts: str = "~/.ssh/known_hosts"
+    strict_host_key_checking: str = "yes"  # yes | accept-new
+
+    @property
+    def where(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.hostname}:{self.port}"
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def parse_ssh_style(text: str, source: str) -> list[tuple[list[str], dict[str, str], int]]:
+    """[(host patterns, {keyword: value}, line)] in file order; keywords lower-cased."""
+    blocks: list[tuple[list[str], dict[str, str], int]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"(\w+)\s*(?:=\s*|\s+)(.+)", line)
+        if not m:
+            raise HivesConfError(f"{source}, line {number}: expected 'Keyword value', got {raw.strip()!r}.")
+        key, value = m.group(1).lower(), m.group(2).strip().strip('"')
+        if key == "host":
+            blocks.append((value.split(), {}, number))
+        elif key == "match":
+            blocks.append(([], {}, number))  # Match blocks are not host aliases; their options are ignored
+        elif blocks:
+            blocks[-1][1].setdefault(key, value)  # OpenSSH: the first value wins
+    return blocks
+
+
+def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
+    if not path.exists():
+        return {}
+    hosts: dict[str, RemoteHost] = {}
+    for patterns, options, line in parse_ssh_style(path.read_text(), str(path)):
+        if len(patterns) != 1 or not ALIAS.fullmatch(patterns[0]):
+            raise HivesConfError(f"{path}, line {line}: a hive's Host line names exactly one alias "
+                                 f"(letters, digits, '.', '_', '-'), not {' '.join(patterns)!r}.")
+        alias = patterns[0]
+        if alias == "localhost":
+            raise HivesConfError(f"{path}, line {line}: 'localhost' is the queen's own hive; pick another alias.")
+        unknown = sorted(set(options) - set(KEYS))
+        if unknown:
+            raise HivesConfError(f"{path}, line {line}: unknown keyword '{unknown[0]}' for {alias}. "
+                                 f"Known: {', '.join(sorted(KEYS))}.")
+        fields = {KEYS[k]: v for k, v in options.items()}
+        for key in ("port", "hive_port"):
+            if key in fields:
+                try:
+                    fields[key] = int(fields[key])
+                    assert 0 < fields[key] < 65536
+                except (ValueError, AssertionError):
+                    raise HivesConfError(f"{path}: {key.replace('_', '')} of {alias} must be a port number, "
+                                         f"not {options[key.replace('_', '')]!r}.") from None
+        shk = fields.get("strict_host_key_checking", "yes").lower()
+        if shk not in ("yes", "accept-new"):
+            raise HivesConfError(f"{path}: StrictHostKeyChecking of {alias} must be yes or accept-new, not {shk!r}.")
+        fields["strict_host_key_checking"] = shk
+        hosts[alias] = RemoteHost(alias=alias, hostname=fields.pop("hostname", alias), **fields)
+    return hosts
+
+
+def append_hosts(path: Path, hosts: list[RemoteHost]) -> None:
+    """Add hosts at the end of hives.conf, keeping what is there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for h in hosts:
+        lines += [f"Host {h.alias}", f"    HostName {h.hostname}", f"    Port {h.port}"]
+        if h.user:
+            lines.append(f"    User {h.user}")
+        if h.identity_file:
+            lines.append(f"    IdentityFile {h.identity_file}")
+        lines += [f"    HivePort {h.hive_port}", ""]
+    existing = path.read_text() if path.exists() else ""
+    if existing and not existing.endswith("\n\n"):
+        existing += "\n" if existing.endswith("\n") else "\n\n"
+    path.write_text(existing + "\n".join(lines))
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (pattern, why)
+
+
+def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int) -> ImportReport:
+    if not ssh_config.exists():
+        raise HivesConfError(f"The OpenSSH config {ssh_config} does not exist.", code="SSH_CONFIG_MISSING",
+                             status=404)
+    existing = load_hives_conf(hives_conf)
+    report = ImportReport()
+    new: list[RemoteHost] = []
+    for patterns, options, _ in parse_ssh_style(ssh_config.read_text(), str(ssh_config)):
+        for pattern in patterns:
+            if any(c in pattern for c in "*?!"):
+                report.skipped.append((pattern, "wildcard"))
+            elif not ALIAS.fullmatch(pattern) or pattern == "localhost":
+                report.skipped.append((pattern, "not usable as a hive alias"))
+            elif pattern in existing or any(h.alias == pattern for h in new):
+                report.skipped.append((pattern, "already in hives.conf"))
+            else:
+                port = options.get("port", "22")
+                new.append(RemoteHost(alias=pattern, hostname=options.get("hostname", pattern),
+                                      port=int(port) if port.isdigit() else 22, user=options.get("user"),
+                                      identity_file=options.get("identityfile"), hive_port=default_hive_port))
+                report.added.append(pattern)
+    if new:
+        append_hosts(hives_conf, new)
+    return report

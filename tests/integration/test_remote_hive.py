@@ -1,0 +1,206 @@
+"""Remote hives over SSH against a real OpenSSH server on loopback (the "remote" is this machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.events import Data, End, Error, Narration, Token
+from shared.job_client import JobClient
+from shared.operations import Infer
+from tests.support.processes import children_of, pid_alive, start_queen
+from tests.support.sshd import free_port, keygen, sshd_binary, start_sshd
+
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if sshd_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sshd is missing under CI: .ci/run must install openssh-server")
+        pytest.skip("OpenSSH server (sshd) is not installed; `apt-get install openssh-server` to run these")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def host_block(alias: str, sshd, remote_root: Path, **overrides) -> str:
+    options = {"HostName": "127.0.0.1", "Port": sshd.port, "User": getpass.getuser(),
+               "IdentityFile": sshd.client_key, "HivePort": free_port(), "InstallDir": remote_root / alias,
+               "Python": BASE_PYTHON, "UserKnownHostsFile": sshd.known_hosts, **overrides}
+    return f"Host {alias}\n" + "".join(f"    {k} {v}\n" for k, v in options.items()) + "\n"
+
+
+@pytest.fixture
+async def queen(tmp_path):
+    home = tmp_path / "home"
+    daemon = await asyncio.to_thread(start_queen, home)
+    daemon.home = home
+    yield daemon
+    await asyncio.to_thread(daemon.stop, 60)
+
+
+async def run(client, operation):
+    job = await client.submit(operation)
+    return [e async for e in client.stream(job.job_id)]
+
+
+def payload(events, action):
+    return next(e.payload for e in events if isinstance(e, Data) and e.action == action)
+
+
+def error_of(events):
+    assert events[-1] == End(state="failed"), events[-3:]
+    return next(e for e in events if isinstance(e, Error))
+
+
+def hive_processes(port: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"rbee-hive" in part for part in cmd) and str(port).encode() in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
+    remote_root = tmp_path / "remote"
+    block = host_block("remote1", sshd, remote_root)
+    hive_port = int(block.split("HivePort ")[1].split()[0])
+    (queen.home / "config" / "hives.conf").write_text(block)
+    async with JobClient(queen.url, queen.token, request_timeout=60) as client:
+        events = await run(client, {"operation": "ssh_test", "alias": "remote1"})
+        info = payload(events, "ssh_test")
+        assert info["python"] and info["system"].startswith("Linux")
+
+        events = await run(client, {"operation": "hive_install", "alias": "remote1"})
+        assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
+        said = [e.human for e in events if isinstance(e, Narration)]
+        assert any("Uploading to remote1: 100%" in h for h in said)
+        assert any("Successfully installed" in h for h in said)  # the remote pip's own output, streamed
+        install_dir = remote_root / "remote1"
+        assert (install_dir / "venv" / "bin" / "rbee-hive").exists()
+        token_file = install_dir / "home" / "config" / "token"
+        assert token_file.read_text().strip() == queen.token and oct(token_file.stat().st_mode)[-3:] == "600"
+
+        events = await run(client, {"operation": "hive_start", "alias": "remote1"})
+        assert payload(events, "hive_start")["state"] == "running"
+        assert hive_processes(hive_port)
+
+        events = await run(client, Infer(prompt="The capital of France is", max_tokens=8, temperature=0,
+                                         hive_id="remote1"))
+        assert events[-1].state == "completed" and events[-1].stats["hive_id"] == "remote1"
+        assert "Paris" in "".join(e.t for e in events if isinstance(e, Token))
+        workers = payload(await run(client, {"operation": "worker_list", "hive_id": "remote1"}), "worker_list")
+        assert len(workers["workers"]) == 1
+        worker_pid = workers["workers"][0]["pid"]
+
+        events = await run(client, {"operation": "hive_stop", "alias": "remote1"})
+        assert payload(events, "hive_stop")["state"] == "stopped"
+        assert not hive_processes(hive_port) and not pid_alive(worker_pid)
+
+        events = await run(client, {"operation": "hive_uninstall", "alias": "remote1"})
+        assert payload(events, "hive_uninstall")["removed"] == str(install_dir)
+        assert not install_dir.exists()
+
+
+async def test_ssh_faults_are_clear(sshd, queen, tmp_path):
+    stranger = tmp_path / "stranger_key"
+    keygen(stranger)
+    empty_known_hosts = tmp_path / "known_hosts_empty"
+    empty_known_hosts.write_text("")
+    accepting_known_hosts = tmp_path / "known_hosts_accepting"
+    closed = free_port()
+    remote = tmp_path / "remote"
+    (queen.home / "config" / "hives.conf").write_text(
+        host_block("closed", sshd, remote, Port=closed)
+        + host_block("stranger", sshd, remote, IdentityFile=stranger)
+        + host_block("newhost", sshd, remote, UserKnownHostsFile=empty_known_hosts)
+        + host_block("trusting", sshd, remote, UserKnownHostsFile=accepting_known_hosts,
+                     StrictHostKeyChecking="accept-new")
+        + host_block("nopython", sshd, remote, Python="/nonexistent/python3"))
+    async with JobClient(queen.url, queen.token, request_timeout=60) as client:
+        error = error_of(await run(client, {"operation": "ssh_test", "alias": "nowhere"}))
+        assert error.code == "UNKNOWN_HIVE" and "Known hives: localhost, closed" in error.message
+
+        error = error_of(await run(client, {"operation": "ssh_test", "alias": "closed"}))
+        assert error.code == "SSH_UNREACHABLE" and f"127.0.0.1:{closed}" in error.message
+
+        error = error_of(await run(client, {"operation": "ssh_test", "alias": "stranger"}))
+        assert error.code == "SSH_AUTH_REFUSED" and "keys only" in error.message
+
+        error = error_of(await run(client, {"operation": "ssh_test", "alias": "newhost"}))
+        assert error.code == "SSH_UNKNOWN_HOST_KEY"
+        assert "StrictHostKeyChecking accept-new" in error.message and "SHA256:" in error.message
+        assert empty_known_hosts.read_text() == ""  # never trusted silently
+
+        events = await run(client, {"operation": "ssh_test", "alias": "trusting"})
+        assert events[-1].state == "completed"
+        assert f"[127.0.0.1]:{sshd.port} ssh-ed25519" in accepting_known_hosts.read_text()
+
+        error = error_of(await run(client, {"operation": "hive_install", "alias": "nopython"}))
+        assert error.code == "REMOTE_PYTHON" and "No working '/nonexistent/python3' on nopython" in error.message
+
+        error = error_of(await run(client, {"operation": "ssh_test", "alias": "localhost"}))
+        assert error.code == "LOCAL_HIVE"
+
+
+async def test_hive_port_taken_and_hive_dying_after_start(sshd, queen, tmp_path):
+    remote = tmp_path / "remote"
+    blocker = socket.socket()
+    blocker.bind(("0.0.0.0", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    good_port = free_port()
+    (queen.home / "config" / "hives.conf").write_text(
+        host_block("busy", sshd, remote, HivePort=taken) + host_block("fragile", sshd, remote, HivePort=good_port))
+    try:
+        async with JobClient(queen.url, queen.token, request_timeout=60) as client:
+            for alias in ("busy", "fragile"):
+                assert (await run(client, {"operation": "hive_install", "alias": alias}))[-1].state == "completed"
+            error = error_of(await run(client, {"operation": "hive_start", "alias": "busy"}))
+            assert "exited right after starting" in error.message and "address already in use" in error.message
+
+            assert (await run(client, {"operation": "hive_start", "alias": "fragile"}))[-1].state == "completed"
+            for pid in hive_processes(good_port):
+                os.kill(pid, 9)  # the hive dies after start
+            status = payload(await run(client, {"operation": "hive_status", "alias": "fragile"}), "hive_status")
+            assert status["state"] == "stopped"
+            error = error_of(await run(client, Infer(prompt="hi", max_tokens=2, hive_id="fragile")))
+            assert "Hive 'fragile' is not running; start it with `rbee hive start fragile`" in error.message
+            for alias in ("busy", "fragile"):
+                assert (await run(client, {"operation": "hive_uninstall", "alias": alias}))[-1].state == "completed"
+    finally:
+        blocker.close()
+    assert not list(remote.iterdir())
+
+
+async def test_import_from_an_openssh_config(queen, tmp_path):
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host *\n    ServerAliveInterval 30\n\nHost gpu1 gpu2\n    HostName 10.0.0.5\n"
+                          "    User me\n    Port 2222\n\nHost *.lab\n    User lab\n")
+    async with JobClient(queen.url, queen.token) as client:
+        events = await run(client, {"operation": "hive_import_ssh", "ssh_config_path": str(ssh_config),
+                                    "default_hive_port": 9000})
+        report = payload(events, "hive_import_ssh")
+        assert report["added"] == ["gpu1", "gpu2"]
+        assert {s["host"]: s["reason"] for s in report["skipped"]} == {"*": "wildcard", "*.lab": "wildcard"}
+        again = payload(await run(client, {"operation": "hive_import_ssh", "ssh_config_path": str(ssh_config)}),
+                        "hive_import_ssh")
+        assert again["added"] == [] and {"host": "gpu1", "reason": "already in hives.conf"} in again["skipped"]
+        hives = payload(await run(client, {"operation": "hive_list"}), "hive_list")["hives"]
+        assert [(h["alias"], h["host"]) for h in hives] == [("localhost", None), ("gpu1", "me@10.0.0.5:2222"),
+                                                           ("gpu2", "me@10.0.0.5:2222")]
+        error = error_of(await run(client, {"operation": "hive_import_ssh", "ssh_config_path": "/nope/config"}))
+        assert "does not exist" in error.message
