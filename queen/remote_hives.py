@@ -108,7 +108,9 @@ async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession
         if status != 0:
             raise HiveUnavailable(f"rbee is not installed on {host.alias}; run `rbee hive install {host.alias}`.")
         home = f"{root}/home"
-        command = (f"cd {q(root)} && RBEE_HOME={q(home)} nohup {q(root)}/venv/bin/rbee-hive --host 0.0.0.0 "
+        # `cd … || exit; … &` and not `cd … && … &`: the latter backgrounds a subshell that keeps the SSH
+        # channel's stdout open, so the command would never return.
+        command = (f"cd {q(root)} || exit 1; RBEE_HOME={q(home)} nohup {q(root)}/venv/bin/rbee-hive --host 0.0.0.0 "
                    f"--port {host.hive_port} --hive-id {q(host.alias)} --queen-url {q(queen_url)} "
                    f"--advertise-host {q(host.hostname)} > {q(home)}/hive.log 2>&1 < /dev/null & "
                    f"echo $! > {q(home)}/hive.pid")

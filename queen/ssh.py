@@ -99,6 +99,8 @@ async def run(conn: asyncssh.SSHClientConnection, host: RemoteHost, command: str
 
         await asyncio.wait_for(pump(), timeout)
         result = await proc.wait()
+    while lines and not lines[-1]:
+        lines.pop()  # the reader yields an empty string at EOF
     status = result.exit_status if result.exit_status is not None else -1
     if check and status != 0:
         raise RemoteCommandFailed(f"`{_short(command)}` failed on {host.alias} (exit {status}). Last lines:\n"

@@ -53,7 +53,9 @@ async def run(client, operation):
 
 
 def payload(events, action):
-    return next(e.payload for e in events if isinstance(e, Data) and e.action == action)
+    found = [e.payload for e in events if isinstance(e, Data) and e.action == action]
+    assert found, f"no {action} data; errors: {[e.message for e in events if isinstance(e, Error)]}"
+    return found[0]
 
 
 def error_of(events):
