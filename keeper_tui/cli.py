@@ -264,12 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None or args.command == "tui":
-        if args.command is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
-            parser.print_help()
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            if args.command is None:
+                parser.print_help()
+            else:
+                print("rbee: the terminal UI needs a terminal; use the subcommands (rbee --help).", file=sys.stderr)
             sys.exit(EXIT_USAGE)
-        print("rbee: the terminal UI is not built yet (issue #8); use the subcommands (rbee --help).",
-              file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        from keeper_tui.tui.app import run_tui  # Textual is imported only here
+
+        run_tui(args.queen_url, autostart=not args.no_autostart)
+        sys.exit(EXIT_OK)
     try:
         code = asyncio.run(dispatch(args, parser))
     except KeeperError as exc:

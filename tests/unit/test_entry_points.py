@@ -44,3 +44,9 @@ def test_hive_bad_arguments_are_usage_errors(args, fragment):
     out = subprocess.run([str(BIN / "rbee-hive"), *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert fragment in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tui_without_a_terminal_says_so():
+    out = subprocess.run([str(BIN / "rbee"), "tui"], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "the terminal UI needs a terminal" in out.stderr
