@@ -23,6 +23,7 @@ from queen.forwarding import forward
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
+from queen.openai_api import setup_openai_api
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
 from shared import __version__
@@ -72,6 +73,12 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
         return await state.executor(operation, job)
 
     setup_job_api(app, execute, actor="queen", history=_History(state))
+
+    def running_hive_urls() -> list[str]:
+        hives = state.executor.hives.all() if state.executor else []
+        return [h.url for h in hives if h.url and h.state == "running"]
+
+    setup_openai_api(app, running_hive_urls)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)
     app.router.add_post("/v1/workers/heartbeat", heartbeat)

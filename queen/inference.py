@@ -48,7 +48,7 @@ class InferenceRunner:
 
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
         fields = {k: getattr(op, k) for k in SAMPLING_FIELDS if getattr(op, k) is not None}
-        request = InferenceRequest(prompt=op.prompt, **fields)
+        request = InferenceRequest(prompt=op.prompt, messages=op.messages, **fields)
         client = JobClient(worker.url, self._token, session=self._session, path="/v1/inference",
                            max_resumes=1, resume_backoff=0.05)
         try:
@@ -97,6 +97,7 @@ class InferenceRunner:
         return {
             "text": "".join(parts),
             "tokens_out": stats.get("tokens_out"),
+            "prompt_tokens": stats.get("prompt_tokens"),
             "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
             "tokens_per_s": stats.get("tokens_per_s"),
             "stop_reason": stats.get("stop_reason"),

@@ -7,6 +7,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from shared import appkeys
 from shared.errors import RbeeError, Unauthorized
 from shared.token import tokens_equal
 
@@ -33,13 +34,19 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    shaper = request.app.get(appkeys.ERROR_SHAPER)
+    return (shaper and shaper(request, status, code, message)) or json_error(status, code, message)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into `{"error": {"code", "message"}}` with a fitting status."""
+    """Turn every failure into `{"error": {"code", "message"}}` with a fitting status (or, on routes of an
+    API with its own error shape, that shape: see appkeys.ERROR_SHAPER)."""
     try:
         return await handler(request)
     except RbeeError as exc:
-        return json_error(exc.status, exc.code, exc.message)
+        return _error(request, exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
@@ -50,10 +57,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"No such endpoint: {request.method} {request.path}."
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}."
-        return json_error(exc.status, _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}"), message)
+        return _error(request, exc.status, _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}"), message)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return json_error(500, "INTERNAL", "Internal server error; the server's log has the details.")
+        return _error(request, 500, "INTERNAL", "Internal server error; the server's log has the details.")
 
 
 def auth_middleware(token: str, *, public: frozenset[tuple[str, str]] = frozenset({("GET", "/health")})):

@@ -22,6 +22,18 @@ LOCAL_HIVE = "localhost"
 OPERATIONS: dict[str, type["Operation"]] = {}
 
 
+Message = tuple[str, str]  # (role, content)
+Messages = tuple[Message, ...]
+ROLES = ("system", "user", "assistant")
+
+
+def check_prompt_or_messages(op: "Operation") -> None:
+    prompt, messages = getattr(op, "prompt"), getattr(op, "messages")
+    if (prompt is None) == (messages is None):
+        raise InvalidRequest(f"Operation '{op.name}' needs exactly one of 'prompt' (plain text) and 'messages' "
+                             "(a chat: a list of {role, content}).")
+
+
 def _bounds(lo: float | None = None, hi: float | None = None) -> dict[str, float | None]:
     return {"min": lo, "max": hi}
 
@@ -37,12 +49,17 @@ class Operation:
         if cls.name and register:
             OPERATIONS[cls.name] = cls
 
+    def validate(self) -> None:
+        """Checks that span several fields; single fields are checked while parsing."""
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"operation": self.name}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None:
                 continue  # unset optional fields are left out, as a client would send them
+            if f.name == "messages":
+                value = [{"role": role, "content": content} for role, content in value]
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -173,8 +190,11 @@ class ModelDelete(_HiveOperation):
 
 @dataclass(frozen=True, kw_only=True)
 class Infer(Operation):
+    """A generation: from a plain `prompt`, or from chat `messages` in the model's own chat template."""
+
     name: ClassVar[str] = "infer"
-    prompt: str = field(metadata={"nonempty": True})
+    prompt: str | None = field(default=None, metadata={"nonempty": True})
+    messages: Messages | None = None
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
     hive_id: str | None = None  # None: any hive
     max_tokens: int | None = field(default=None, metadata=_bounds(1))
@@ -183,6 +203,9 @@ class Infer(Operation):
     top_k: int | None = field(default=None, metadata=_bounds(0))
     seed: int | None = None
     stop: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        check_prompt_or_messages(self)
 
 
 HIVE_OPERATIONS = frozenset(
@@ -242,7 +265,9 @@ def _build(cls: type[Operation], data: Mapping[str, Any]) -> Operation:
             kwargs[fname] = _check(cls.name, fname, hint, data[fname], meta)
         elif required:
             raise InvalidRequest(f"Missing field '{fname}' for operation '{cls.name}'.")
-    return cls(**kwargs)
+    op = cls(**kwargs)
+    op.validate()
+    return op
 
 
 def _check(op: str, name: str, hint: Any, value: Any, meta: Mapping[str, Any]) -> Any:
@@ -268,6 +293,16 @@ def _check(op: str, name: str, hint: Any, value: Any, meta: Mapping[str, Any]) -
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidRequest(f"{where} must be a number, not {_json_type(value)}.")
         return _in_bounds(where, float(value), meta)
+    if base == Messages:
+        if not isinstance(value, list) or not value:
+            raise InvalidRequest(f"{where} must be a non-empty list of {{role, content}} objects.")
+        out = []
+        for k, m in enumerate(value):
+            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+                raise InvalidRequest(f"{where}: item {k} must be an object with 'role' ({', '.join(ROLES)}) and "
+                                     "'content' (a string).")
+            out.append((m["role"], m["content"]))
+        return tuple(out)
     if base == tuple[str, ...]:
         if isinstance(value, str):
             value = [value]  # a single stop string is what most people mean

@@ -155,6 +155,13 @@ class LlamaEngine:
         if self.loaded is not None and not self.loaded.done():
             self.loaded.set_result(ok)
 
+    @staticmethod
+    def _chat_prompt(llm, messages) -> tuple[list[int], list[str]]:
+        formatted = _chat_formatter(llm)(messages=[{"role": r, "content": c} for r, c in messages])
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+        return tokens, stop
+
     def _generate(self, llm, generation: Generation) -> dict[str, Any] | BaseException:
         """Run one generation, posting its events; return its stats or the error it ended with."""
         from llama_cpp import StoppingCriteriaList
@@ -177,14 +184,19 @@ class LlamaEngine:
         parts: list[str] = []
         stream = None
         try:
+            if req.messages is not None:
+                prompt_tokens, template_stop = self._chat_prompt(llm, req.messages)
+            else:
+                # what create_completion does with a string, done here so the prompt's size is known
+                prompt_tokens, template_stop = llm.tokenize(req.prompt.encode("utf-8"), special=True), []
             stream = llm.create_completion(
-                req.prompt,
+                prompt_tokens,
                 max_tokens=req.max_tokens,
                 temperature=req.temperature,
                 top_p=req.top_p,
                 top_k=req.top_k,
                 seed=req.seed,
-                stop=list(req.stop) if req.stop else [],
+                stop=list(req.stop or ()) + template_stop,
                 stream=True,
                 stopping_criteria=StoppingCriteriaList([stop_when_cancelled]),
             )
@@ -207,6 +219,8 @@ class LlamaEngine:
                 finish_reason = choice.get("finish_reason") or finish_reason
             if pending:
                 self._post(_emit_all, generation.emit, pending)
+        except GenerationError as exc:
+            return exc
         except ValueError as exc:  # llama-cpp-python's way of saying the prompt does not fit
             message = str(exc)
             if "exceed context window" in message:
@@ -228,8 +242,29 @@ class LlamaEngine:
         reason = "cancelled" if cancel.is_set() or shutdown.is_set() else (finish_reason or "stop")
         ttft = None if first_token_at is None else (first_token_at - start) * 1000
         stats = _stats(max(0, checks - 1), ttft, elapsed, reason)
+        stats["prompt_tokens"] = len(prompt_tokens)
         stats["text"] = "".join(parts)
         return stats
+
+
+_chat_formatters: dict[int, Any] = {}
+
+
+def _chat_formatter(llm):
+    """The model's own chat template (GGUF metadata), as llama-cpp-python builds it."""
+    if id(llm) not in _chat_formatters:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise GenerationError("This model has no chat template; send a plain 'prompt' instead of 'messages'.",
+                                  code="NO_CHAT_TEMPLATE")
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+        _chat_formatters[id(llm)] = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
+                                                        stop_token_ids=[eos_id])
+    return _chat_formatters[id(llm)]
 
 
 def _stats(tokens_out: int, ttft_ms: float | None, elapsed_s: float, stop_reason: str) -> dict[str, Any]:

@@ -189,7 +189,7 @@ async def error_of(resp, status):
         (b"[1, 2]", "INVALID_REQUEST", "must be a JSON object"),
         (b'{"operation": "fly"}', "UNKNOWN_OPERATION", "Unknown operation 'fly'. Valid operations: hive_get"),
         (b'{"operation": "infer", "prompt": 7}', "INVALID_REQUEST", "Field 'prompt' of operation 'infer' must be a string"),
-        (b'{"operation": "infer"}', "INVALID_REQUEST", "Missing field 'prompt'"),
+        (b'{"operation": "infer"}', "INVALID_REQUEST", "needs exactly one of 'prompt' (plain text) and 'messages'"),
         (b'{"operation": "infer", "prompt": "x", "bogus": 1}', "INVALID_REQUEST", "Unknown field 'bogus'"),
     ],
 )

@@ -107,7 +107,7 @@ async def test_full_queue_answers_503(client):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ({"max_tokens": 8}, "Missing field 'prompt'"),
+    ({"max_tokens": 8}, "needs exactly one of 'prompt' (plain text) and 'messages'"),
     ({"prompt": "hi", "max_tokens": 0}, "Field 'max_tokens' of operation 'inference' must be at least 1"),
     ({"prompt": "hi", "max_tokens": 5000}, "Field 'max_tokens' (5000) must be smaller than the worker's context of 2048"),
     ({"prompt": "hi", "temperature": -0.5}, "Field 'temperature' of operation 'inference' must be at least 0"),
