@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Callable
 
 import aiohttp
@@ -25,6 +26,7 @@ from shared.job_registry import Job
 from shared.operations import BUILTIN_MODEL, Infer, parse_operation
 
 PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
+MODELS_CACHE_S = 10.0  # a request checks its model against this recent a list (a miss asks the hives again)
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -54,7 +56,12 @@ def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -
     """`hive_urls()` lists the URLs of the hives running now (asked for their models)."""
     app[appkeys.ERROR_SHAPER] = error_shaper
 
-    async def known_models() -> list[str]:
+    cache: dict[str, Any] = {"models": [BUILTIN_MODEL], "at": 0.0}
+
+    async def known_models(max_age_s: float = 0.0) -> list[str]:
+        """Models of the running hives (asking them takes a job on each: cached for requests)."""
+        if time.monotonic() - cache["at"] <= max_age_s:
+            return cache["models"]
         models = [BUILTIN_MODEL]
         token = app[appkeys.TOKEN]
         for url in hive_urls():
@@ -67,6 +74,7 @@ def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -
                             models += [m["id"] for m in payload["models"] if m["id"] not in models]
             except RbeeError:
                 continue  # a hive that does not answer has no models to offer right now
+        cache.update(models=models, at=time.monotonic())
         return models
 
     async def list_models(request: web.Request) -> web.Response:
@@ -88,7 +96,7 @@ def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -
             operation, stream, include_usage = to_infer(body, chat)
         except OpenAIError as exc:
             return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
-        if operation.model not in await known_models():
+        if operation.model not in await known_models(MODELS_CACHE_S) and operation.model not in await known_models():
             return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                      f"(GET /v1/models lists them).", "invalid_request_error", "model",
                                 "model_not_found")
