@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
-import os
 import re
 import sys
 
 from hive.app import SHUTDOWN_REQUESTED, create_app
 from hive.config import DEFAULT_HIVE_PORT, HiveConfig
-from shared.daemon import serve
+from shared.daemon import configure_logging, serve
 from shared.events import set_default_actor
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
@@ -39,8 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
-                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    configure_logging(PROG)
     set_default_actor("hive")
     args = parse_args(argv)
     if not 0 <= args.port <= 65535:

@@ -15,6 +15,7 @@ import aiohttp
 
 from keeper_tui.errors import QueenNotRunning, QueenStartFailed
 from shared.paths import RbeePaths
+from shared.process import tail_file
 
 DEFAULT_QUEEN_URL = "http://127.0.0.1:7833"
 START_TIMEOUT_S = 30.0
@@ -64,7 +65,7 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
     while time.monotonic() - started < START_TIMEOUT_S:
         if proc.poll() is not None:
             raise QueenStartFailed(f"queen-rbee exited with code {proc.returncode} while starting. "
-                                   f"The end of {log_path}:\n{_tail(log_path)}")
+                                   f"The end of {log_path}:\n{tail_file(log_path, 15)}")
         if await queen_health(url) is not None:
             say(f"queen is awake at {url} ({time.monotonic() - started:.1f} s, log: {log_path})")
             return proc.pid
@@ -72,7 +73,7 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
         delay = min(delay * 1.5, 0.5)
     proc.terminate()
     raise QueenStartFailed(f"queen-rbee did not answer at {url} within {START_TIMEOUT_S:g} s. "
-                           f"The end of {log_path}:\n{_tail(log_path)}")
+                           f"The end of {log_path}:\n{tail_file(log_path, 15)}")
 
 
 async def stop_queen(url: str, token: str, say: Callable[[str], None]) -> bool:
@@ -113,9 +114,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True
 
-
-def _tail(path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
-    except OSError:
-        return "(no log)"

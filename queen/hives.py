@@ -22,6 +22,7 @@ from queen import remote_hives
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError, UnknownHive
 from queen.hives_conf import RemoteHost, load_hives_conf
+from shared.process import tail_file
 from shared.events import detached_task, narrate
 from shared.operations import LOCAL_HIVE
 
@@ -176,7 +177,7 @@ class HiveRegistry:
                 proc.kill()
             await proc.wait()
             hive.state, hive.process = "crashed", None
-            tail = _tail(log_path)
+            tail = tail_file(log_path, 10)
             raise HiveUnavailable(f"Hive {hive.alias} did not start (exit code {proc.returncode}). "
                                   f"Its log {log_path} ends with:\n{tail}")
         hive.url = m.group(1).decode()
@@ -256,9 +257,3 @@ class HiveRegistry:
                                           timeout=aiohttp.ClientTimeout(total=5)):
                 pass
 
-
-def _tail(path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
-    except OSError:
-        return "(no log)"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 
 from queen.app import SHUTDOWN_REQUESTED, STATE, create_app
 from queen.config import DEFAULT_QUEEN_PORT, QueenConfig
 from hive.config import DEFAULT_HIVE_PORT
-from shared.daemon import serve
+from shared.daemon import configure_logging, serve
 from shared.events import set_default_actor
 from shared.token import load_or_create_token
 
@@ -42,8 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
-                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    configure_logging(PROG)
     set_default_actor("queen")
     args = parse_args(argv)
     for name in ("port", "local_hive_port"):

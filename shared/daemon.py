@@ -22,6 +22,12 @@ from shared.process import watch_parent
 log = logging.getLogger("rbee.daemon")
 
 
+def configure_logging(prog: str) -> None:
+    """Daemons log to stderr (their log file when started by a parent); RBEE_LOG=info shows more."""
+    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
+                        format=f"{prog} %(levelname)s %(name)s: %(message)s")
+
+
 def advertised_url(host: str, port: int, advertise_host: str | None = None) -> str:
     """How others reach a daemon: its bind address, unless it binds every interface."""
     shown = advertise_host or (socket.gethostname() if host in ("0.0.0.0", "::", "") else host)

@@ -36,3 +36,11 @@ async def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         await asyncio.sleep(interval_s)
+
+
+def tail_file(path, lines: int = 10) -> str:
+    """The last lines of a log, for error messages that say what a process said before it died."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError:
+        return "(no log)"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +14,7 @@ from pathlib import Path
 from shared.builtin_model import is_gguf
 from shared.errors import RbeeError
 from shared.events import set_default_actor
-from shared.daemon import serve
+from shared.daemon import configure_logging, serve
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
 from worker.app import ADVERTISED, create_app
@@ -147,8 +145,7 @@ async def run(config: WorkerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("RBEE_LOG", "WARNING").upper(), stream=sys.stderr,
-                        format=f"{PROG} %(levelname)s %(name)s: %(message)s")
+    configure_logging(PROG)
     set_default_actor("worker")
     args = parse_args(argv)
     try:

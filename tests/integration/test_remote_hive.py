@@ -14,7 +14,7 @@ import pytest
 from shared.events import Data, End, Error, Narration, Token
 from shared.job_client import JobClient
 from shared.operations import Infer
-from tests.support.processes import children_of, pid_alive, start_queen
+from tests.support.processes import pid_alive, start_queen
 from tests.support.sshd import free_port, keygen, sshd_binary, start_sshd
 
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
