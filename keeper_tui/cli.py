@@ -26,6 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_QUEEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 EXAMPLES = """examples:
   rbee infer "Why is the sky blue?"              answer a prompt on the built-in model
+  rbee infer --chat "Why is the sky blue?"       the same as a chat message (better for instruct models)
   rbee infer --max-tokens 64 --seed 1 "Hello"    sampling options
   rbee --json infer "Hello" | jq .               one JSON object per line, for scripts
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("infer", "Answer a prompt: the text goes to stdout, progress to stderr.",
                 'rbee infer --model smollm2-135m --max-tokens 64 "Why is the sky blue?"')
     p.add_argument("prompt", help="the prompt (quote it)")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a chat message, in the model's own chat template (instruct models "
+                        "such as the built-in answer questions better this way)")
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference (default {BUILTIN_MODEL})")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
     p.add_argument("--max-tokens", type=int, help="most tokens to generate (worker default 128)")
@@ -103,7 +107,8 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if c == "infer":
         fields = {k: getattr(args, k) for k in ("model", "hive_id", "max_tokens", "temperature", "top_p", "top_k",
                                                 "seed", "stop") if getattr(args, k) is not None}
-        return _parse({"operation": "infer", "prompt": args.prompt, **fields}, parser)
+        text = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
+        return _parse({"operation": "infer", **text, **fields}, parser)
     if c == "status":
         return _parse({"operation": "status"}, parser)
     if c == "hive":

@@ -85,6 +85,15 @@ def test_json_infer_is_one_object_per_line_ending_in_the_result(keeper):
     assert result["tokens_out"] == 12
 
 
+def test_chat_mode_uses_the_models_template(keeper):
+    out = keeper("--json", "infer", "--chat", "--max-tokens", "16", "--temperature", "0", "What is 2+2?")
+    assert out.returncode == 0, out.stderr
+    events = json_lines(out.stdout)
+    result = events[-1]
+    assert result["state"] == "completed" and result["prompt_tokens"] > 10  # the template wraps the question
+    assert "<|im_start|>" not in result["text"]  # the template's markers stop generation, never leak
+
+
 def test_no_autostart_without_a_queen_fails_clearly(keeper):
     out = keeper("--no-autostart", "infer", "hello")
     assert out.returncode == 3
