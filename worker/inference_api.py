@@ -12,17 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.errors import InvalidRequest, RbeeError
+from shared.errors import InvalidRequest
 from shared.inference import InferenceRequest, parse_inference_request
 from shared.job_registry import Job, JobRegistry
 from shared.job_routes import setup_job_api
 from worker.appkeys import CONFIG, ENGINE
-
-
-class QueueFull(RbeeError):
-    title = "Worker busy"
-    code = "QUEUE_FULL"
-    status = 503
+from worker.errors import NotReady, QueueFull
 
 
 def pending_jobs(registry: JobRegistry) -> int:
@@ -39,8 +34,7 @@ def setup_inference_api(app: web.Application) -> None:
             raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) must be smaller than the "
                                  f"worker's context of {engine.n_ctx} tokens.")
         if engine.state in ("loading", "failed"):
-            raise RbeeError(f"The model is {engine.state}; wait for GET /health to say ready.",
-                            code="NOT_READY", status=503)
+            raise NotReady(f"The model is {engine.state}; wait for GET /health to say ready.")
         return request
 
     def admit(registry: JobRegistry) -> None:

@@ -20,13 +20,9 @@ from shared.token import load_or_create_token
 from worker.app import ADVERTISED, create_app
 from worker.appkeys import ENGINE, HEARTBEAT, SHUTDOWN_REQUESTED
 from worker.config import WorkerConfig, all_cores
+from worker.errors import WorkerStartError
 
 PROG = "llm-worker-rbee"
-
-
-class WorkerStartError(RbeeError):
-    title = "Worker cannot start"
-    code = "WORKER_START"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
