@@ -48,7 +48,9 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
     supervisor = WorkerSupervisor(config, app[shared_keys.TOKEN])
     await supervisor.start()
     caps = await asyncio.to_thread(detect_capabilities)
-    app[EXECUTOR] = HiveExecutor(config, ModelStore(catalog, config.paths.model_dir), supervisor, caps)
+    store = ModelStore(catalog, config.paths.model_dir)
+    store.register_builtin()
+    app[EXECUTOR] = HiveExecutor(config, store, supervisor, caps)
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hive.catalog import CatalogEntry, ModelCatalog
 from hive.errors import DownloadFailed, ModelNotFound, ModelReferenceError
-from shared.builtin_model import builtin_model_path, builtin_model_sha256, is_gguf
+from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, is_gguf
 from shared.events import Data, emit, narrate
 from shared.operations import BUILTIN_MODEL
 
@@ -71,6 +71,18 @@ class ModelStore:
         self.catalog = catalog
         self.model_dir = model_dir
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def register_builtin(self) -> None:
+        """The built-in model is always here: list it from the start (cheap: its sha256 is in its wheel)."""
+        if self.catalog.get(BUILTIN_MODEL) is not None:
+            return
+        digest = builtin_model_sha256()
+        try:
+            path = builtin_model_path()
+        except BuiltinModelMissing:
+            return
+        if digest is not None:  # without the wheel's record, the first use hashes it instead
+            self.catalog.add(BUILTIN_MODEL, BUILTIN_MODEL, path, path.stat().st_size, digest, False)
 
     def lookup(self, model_id: str) -> CatalogEntry:
         """A catalog entry by id or by any spelling of its reference."""

@@ -103,7 +103,8 @@ async def test_sigkilled_hive_leaves_no_worker(hive, client):
 
 async def test_models_builtin_and_local_files(client, tmp_path):
     _, events = await run(client, {"operation": "model_list"})
-    assert data_of(events, "model_list")["models"] == []
+    listed = data_of(events, "model_list")["models"]  # the built-in is listed from the start
+    assert [(m["id"], m["sha256"], m["downloaded"]) for m in listed] == [("smollm2-135m", BUILTIN_SHA, False)]
     _, events = await run(client, {"operation": "model_download", "model": "smollm2-135m"})
     entry = data_of(events, "model_download")
     assert entry["id"] == "smollm2-135m" and entry["sha256"] == BUILTIN_SHA and entry["downloaded"] is False
@@ -145,7 +146,7 @@ async def test_non_gguf_file_is_refused(client, tmp_path):
     _, events = await run(client, {"operation": "model_download", "model": f"file:{bogus}"})
     assert "is not a GGUF model" in next(e for e in events if isinstance(e, Error)).message
     _, events = await run(client, {"operation": "model_list"})
-    assert data_of(events, "model_list")["models"] == []
+    assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
 
 
 async def test_hive_refuses_queen_operations(client):
@@ -217,7 +218,7 @@ async def test_hub_404_is_a_clear_failure(hub_hive):
         _, events = await run(client, {"operation": "model_download", "model": "hf:nobody/nothing:x.gguf"})
         assert "has no repository 'nobody/nothing'" in next(e for e in events if isinstance(e, Error)).message
         _, events = await run(client, {"operation": "model_list"})
-        assert data_of(events, "model_list")["models"] == []
+        assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
 
 
 async def test_a_dropped_transfer_resumes_with_a_range_request(hub_hive, hub):
@@ -243,7 +244,7 @@ async def test_hub_dying_mid_download_fails_cleanly_and_a_retry_succeeds(hub_hiv
         assert error.code == "DOWNLOAD_FAILED" and "run the download again to retry" in error.message
         assert events[-1] == End(state="failed")
         _, listed = await run(client, {"operation": "model_list"})
-        assert data_of(listed, "model_list")["models"] == []  # no half file in the catalog
+        assert [m["id"] for m in data_of(listed, "model_list")["models"]] == ["smollm2-135m"]  # no half file in the catalog
         leftovers = [p for p in (home / "data" / "models").rglob("*") if p.is_file()]
         assert all(not p.name.endswith((".gguf", ".incomplete")) for p in leftovers), leftovers
 
@@ -265,7 +266,7 @@ async def test_cancelled_download_stops_the_transfer(hub_hive, hub):
         await asyncio.sleep(0.3)
         assert [p for p in children_of(hive.proc.pid)] == []  # the downloader is gone
         _, events = await run(client, {"operation": "model_list"})
-        assert data_of(events, "model_list")["models"] == []
+        assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
 
 
 def test_port_already_taken_is_one_clear_line(hive, tmp_path):
