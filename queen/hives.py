@@ -61,6 +61,7 @@ class HiveRegistry:
         self._session = session
         self._queen_url = queen_url
         self._hives: dict[str, HiveHandle] = {LOCAL_HIVE: HiveHandle(LOCAL_HIVE, local=True)}
+        self._conf_stamp: tuple[int, int] | None = None
 
     @property
     def auth(self) -> dict[str, str]:
@@ -71,8 +72,16 @@ class HiveRegistry:
         return self.config.paths.config_dir / "hives.conf"
 
     def _sync_conf(self) -> None:
-        """Re-read hives.conf, so edits apply without a restart."""
+        """Re-read hives.conf when it changed, so edits apply without a restart."""
+        try:
+            st = self.conf_path.stat()
+        except FileNotFoundError:
+            st = None
+        stamp = (st.st_mtime_ns, st.st_size) if st else None
+        if stamp is not None and stamp == self._conf_stamp:
+            return
         remotes = load_hives_conf(self.conf_path)
+        self._conf_stamp = stamp
         for alias, host in remotes.items():
             hive = self._hives.get(alias)
             if hive is None:
