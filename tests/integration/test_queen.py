@@ -243,3 +243,33 @@ async def test_shutdown_and_sigkill_leave_no_process_behind(home):
         while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert not [p for p in pids if pid_alive(p)], f"left behind after {how}"
+
+
+async def test_cancelling_a_queen_job_cancels_the_download_it_drives(tmp_path, aiohttp_server):
+    from tests.support.fake_hub import FakeHub
+    from tests.support.processes import start_daemon, BIN
+    from shared.builtin_model import builtin_model_path
+
+    hub = FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()}, bytes_per_s=10e6)  # ~10 s in all
+    server = await aiohttp_server(hub.app())
+    home = tmp_path / "home"
+    queen = await asyncio.to_thread(
+        start_daemon, [str(BIN / "queen-rbee"), "--port", "0", "--local-hive-port", "0"], home,
+        env={"HF_ENDPOINT": str(server.make_url("")).rstrip("/"), "HF_HOME": str(home / "hf")})
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            job = await client.submit({"operation": "model_download", "model": "hf:test-org/tiny-GGUF:m.gguf"})
+            async for event in client.stream(job.job_id):
+                if isinstance(event, Data) and event.action == "download_progress" and event.payload["done"] > 3e6:
+                    assert (await client.cancel(job.job_id))["state"] == "cancelled"
+            hive_pid = next(h["pid"] for h in (await client.request("GET", "/v1/hives"))["hives"])
+            for _ in range(50):  # the hive's job is cancelled too: its downloader process is gone
+                if not children_of(hive_pid):
+                    break
+                await asyncio.sleep(0.1)
+            assert children_of(hive_pid) == []
+            _, events = await run(client, {"operation": "model_list"})
+            models = next(e.payload for e in events if isinstance(e, Data))["models"]
+            assert [m["id"] for m in models] == ["smollm2-135m"]
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
