@@ -280,3 +280,20 @@ def test_port_already_taken_is_one_clear_line(hive, tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"rbee-hive: cannot listen on 127.0.0.1:{port}: address already in use "
         "(is another one running? pick another --port)"]
+
+
+async def test_a_worker_that_ignores_sigterm_is_killed(tmp_path):
+    daemon = await asyncio.to_thread(start_hive, tmp_path / "home", "--worker-stop-timeout", "1")
+    try:
+        async with JobClient(daemon.url, daemon.token) as client:
+            _, events = await run(client, {"operation": "worker_spawn"})
+            worker = data_of(events, "worker_spawn")
+            os.kill(worker["pid"], signal.SIGSTOP)  # frozen: it cannot act on SIGTERM
+            _, events = await run(client, {"operation": "worker_delete", "id": worker["id"]})
+            assert events[-1].state == "completed"
+            said = [e.human for e in events if isinstance(e, Narration)]
+            assert f"{worker['id']} did not stop within 1 s; killing it" in said
+            assert data_of(events, "worker_delete")["exit_code"] == -9
+            assert not pid_alive(worker["pid"])
+    finally:
+        await asyncio.to_thread(daemon.stop)
