@@ -25,22 +25,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import PROMPT, run_direct  # noqa: E402
 from shared.builtin_model import builtin_model_path  # noqa: E402
 from tests.support.processes import BIN, start_daemon  # noqa: E402
 from worker.config import all_cores  # noqa: E402
 
-PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
-
-
-def run_direct(llm, max_tokens: int):
-    start = time.perf_counter()
-    first, parts = None, []
-    for chunk in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0, stream=True):
-        if text := chunk["choices"][0]["text"]:
-            first = first or time.perf_counter()
-            parts.append(text)
-    total = time.perf_counter() - start
-    return (first - start) * 1000, len(parts) / total, "".join(parts)
 
 
 async def run_queen(session, url, auth, max_tokens: int, started: float | None = None):
@@ -95,8 +84,8 @@ def main() -> None:
                 d, q = run_direct(llm, args.max_tokens), asyncio.run(queen_round())
             else:
                 q, d = asyncio.run(queen_round()), run_direct(llm, args.max_tokens)
-            if d[2] != q[2]:
-                raise SystemExit(f"the two paths generated different text:\n{d[2]!r}\n{q[2]!r}")
+            if d.text != q[2]:
+                raise SystemExit(f"the two paths generated different text:\n{d.text!r}\n{q[2]!r}")
             direct.append(d)
             via_queen.append(q)
             print(f"round {r + 1}: direct {d[1]:7.1f} tok/s ttft {d[0]:6.1f} ms | "

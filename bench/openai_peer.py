@@ -26,12 +26,12 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import PROMPT  # noqa: E402
 from shared.builtin_model import builtin_model_path  # noqa: E402
 from tests.support.processes import BIN, start_queen  # noqa: E402
 from tests.support.sshd import free_port  # noqa: E402
 from worker.config import all_cores  # noqa: E402
 
-PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 SERVER_EXTRAS = ["fastapi", "uvicorn", "sse-starlette", "starlette-context", "pydantic-settings"]
 
 

@@ -24,26 +24,12 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import PROMPT, run_direct  # noqa: E402
 from shared.builtin_model import builtin_model_path  # noqa: E402
 from tests.support.processes import start_worker  # noqa: E402
 from worker.config import all_cores  # noqa: E402
 
-PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # keeps going well past 128 tokens at temperature 0
 CTX = 2048
-
-
-def run_direct(llm, max_tokens: int) -> tuple[float, float, int, str]:
-    start = time.perf_counter()
-    first = None
-    parts = []
-    for chunk in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0, stream=True):
-        text = chunk["choices"][0]["text"]
-        if text:
-            if first is None:
-                first = time.perf_counter()
-            parts.append(text)
-    total = time.perf_counter() - start
-    return (first - start) * 1000, len(parts) / total, len(parts), "".join(parts)
 
 
 async def run_worker(session: aiohttp.ClientSession, url: str, auth: dict, max_tokens: int):

@@ -15,7 +15,7 @@ import aiohttp
 
 from keeper_tui.errors import QueenNotRunning, QueenStartFailed
 from shared.paths import RbeePaths
-from shared.process import tail_file
+from shared.process import pid_alive, tail_file
 
 DEFAULT_QUEEN_URL = "http://127.0.0.1:7833"
 START_TIMEOUT_S = 30.0
@@ -94,23 +94,8 @@ async def stop_queen(url: str, token: str, say: Callable[[str], None]) -> bool:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline:
         # Done when the process is gone (it stops its hives first), not merely when it stops answering.
-        gone = not _alive(pid) if (local and pid) else await queen_health(url) is None
+        gone = not pid_alive(pid) if (local and pid) else await queen_health(url) is None
         if gone:
             return True
         await asyncio.sleep(0.1)
     raise QueenNotRunning(f"The queen at {url} still answers {STOP_TIMEOUT_S:g} s after being asked to stop.")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-

@@ -51,3 +51,12 @@ async def _cancel_quietly(client: JobClient, job_id: str) -> None:
         await client.cancel(job_id)
     except Exception:  # the hive may have finished or gone; the cancel was best effort
         pass
+
+
+async def hive_answers(session: aiohttp.ClientSession, url: str, alias: str) -> bool:
+    """True when a hive answers /health at `url` as `alias` (not some other service on that port)."""
+    try:
+        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return resp.status == 200 and (await resp.json()).get("hive_id") == alias
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return False

@@ -21,6 +21,7 @@ import aiohttp
 from queen import remote_hives
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError, UnknownHive
+from queen.forwarding import hive_answers
 from queen.hives_conf import RemoteHost, load_hives_conf
 from shared.process import tail_file
 from shared.events import detached_task, narrate
@@ -113,13 +114,7 @@ class HiveRegistry:
         return list(self._hives.values())
 
     async def healthy(self, hive: HiveHandle) -> bool:
-        if not hive.url:
-            return False
-        try:
-            async with self._session.get(hive.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                return resp.status == 200 and (await resp.json()).get("hive_id") == hive.alias
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return False
+        return bool(hive.url) and await hive_answers(self._session, hive.url, hive.alias)
 
     async def ensure_running(self, alias: str) -> str:
         """The hive's URL, starting the local hive first when it is not running."""

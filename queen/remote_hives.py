@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from queen.errors import HiveUnavailable
+from queen.forwarding import hive_answers
 from queen.hives_conf import RemoteHost
 from queen.ssh import SshError, connect, q, run, upload
 from queen.wheelhouse import build_wheelhouse
@@ -118,7 +119,7 @@ async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession
         await run(conn, host, command, action="hive_start")
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if await _healthy(session, url, host.alias):
+            if await hive_answers(session, url, host.alias):
                 narrate("hive_start", f"Hive {host.alias} is up at {url}", target=host.alias)
                 return url
             alive, _ = await run(conn, host, f"kill -0 $(cat {q(home)}/hive.pid) 2>/dev/null", action="hive_start",
@@ -132,18 +133,10 @@ async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession
                           "(is the port reachable from here?).")
 
 
-async def _healthy(session: aiohttp.ClientSession, url: str, alias: str) -> bool:
-    try:
-        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            return resp.status == 200 and (await resp.json()).get("hive_id") == alias
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        return False
-
-
 async def stop(host: RemoteHost, token: str, session: aiohttp.ClientSession) -> None:
     """POST /v1/shutdown; if the hive does not go, stop it by its pid over SSH."""
     url = f"http://{host.hostname}:{host.hive_port}"
-    if await _healthy(session, url, host.alias):
+    if await hive_answers(session, url, host.alias):
         try:
             async with session.post(url + "/v1/shutdown", headers={"Authorization": f"Bearer {token}"},
                                     timeout=aiohttp.ClientTimeout(total=5)):

@@ -38,6 +38,21 @@ async def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
         await asyncio.sleep(interval_s)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return not sys.platform.startswith("linux")
+
+
 def tail_file(path, lines: int = 10) -> str:
     """The last lines of a log, for error messages that say what a process said before it died."""
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shared.builtin_model import builtin_model_path
 from shared.paths import RbeePaths
+from shared.process import pid_alive  # noqa: F401  (tests import it from here)
 from shared.token import load_or_create_token
 
 BIN = Path(sys.executable).parent
@@ -119,15 +120,3 @@ def children_of(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
