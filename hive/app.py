@@ -1,16 +1,18 @@
 """`create_app(config, token)`: the hive's aiohttp application.
 
-Resources, each owned by a cleanup_ctx: the model catalog (SQLite), the worker supervisor (its client
-session and every worker process: stopped gracefully on shutdown).
+Resources, each owned by a cleanup_ctx: the model catalog (SQLite, in its own thread), the worker
+supervisor (its client session and every worker process: stopped gracefully on shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import AsyncIterator
 
 from aiohttp import web
 
+from hive.appkeys import CONFIG, EXECUTOR
 from hive.capabilities import detect_capabilities
 from hive.catalog import ModelCatalog
 from hive.config import HiveConfig
@@ -22,15 +24,10 @@ from shared.app import create_base_app
 from shared.job_routes import setup_job_api
 from shared.operations import HIVE_OPERATIONS
 
-CONFIG = web.AppKey("hive_config", HiveConfig)
-EXECUTOR = web.AppKey("hive_executor", HiveExecutor)
-SHUTDOWN_REQUESTED = web.AppKey("hive_shutdown_requested", asyncio.Event)
-
 
 def create_app(config: HiveConfig, token: str) -> web.Application:
     app = create_base_app(token, health=health)
     app[CONFIG] = config
-    app[SHUTDOWN_REQUESTED] = asyncio.Event()
     app.cleanup_ctx.append(hive_ctx)
 
     async def execute(operation, job):
@@ -38,24 +35,22 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
 
     setup_job_api(app, execute, actor="hive", operations=HIVE_OPERATIONS)
     app.router.add_get("/v1/capabilities", capabilities)
-    app.router.add_post("/v1/shutdown", shutdown)
     return app
 
 
 async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    catalog = ModelCatalog(config.paths.data_dir / "models.db")
-    supervisor = WorkerSupervisor(config, app[shared_keys.TOKEN])
-    await supervisor.start()
-    caps = await asyncio.to_thread(detect_capabilities)
-    store = ModelStore(catalog, config.paths.model_dir)
-    store.register_builtin()
-    app[EXECUTOR] = HiveExecutor(config, store, supervisor, caps)
-    try:
+    async with contextlib.AsyncExitStack() as resources:
+        catalog = ModelCatalog(config.paths.data_dir / "models.db")
+        resources.push_async_callback(catalog.close)
+        await catalog.open()
+        supervisor = WorkerSupervisor(config, app[shared_keys.TOKEN])
+        resources.push_async_callback(supervisor.close)
+        caps = await asyncio.to_thread(detect_capabilities)
+        store = ModelStore(catalog, config.paths.model_dir)
+        await store.register_builtin()
+        app[EXECUTOR] = HiveExecutor(config, store, supervisor, caps)
         yield
-    finally:
-        await supervisor.close()
-        catalog.close()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -69,11 +64,5 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def capabilities(request: web.Request) -> web.Response:
-    caps = await asyncio.to_thread(detect_capabilities)
-    request.app[EXECUTOR].capabilities = caps
-    return web.json_response({"hive_id": request.app[CONFIG].hive_id, **caps})
-
-
-async def shutdown(request: web.Request) -> web.Response:
-    request.app[SHUTDOWN_REQUESTED].set()
-    return web.json_response({"status": "shutting down"}, status=202)
+    executor = request.app[EXECUTOR]
+    return web.json_response({"hive_id": request.app[CONFIG].hive_id, **await executor.refresh_capabilities()})

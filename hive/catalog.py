@@ -1,4 +1,5 @@
-"""The hive's model catalog: one SQLite file under the data dir, one row per provisioned model."""
+"""The hive's model catalog: one SQLite file under the data dir, one row per provisioned model.
+Queries run in the database's own thread (shared/sqlite.py), never on the event loop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from shared.sqlite import SqliteThread
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -35,34 +38,37 @@ class CatalogEntry:
 
 
 class ModelCatalog:
-    """Small, quick queries on a local file: called inline from the event loop."""
-
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit; each statement is atomic
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = SqliteThread(path, setup=lambda db: db.execute(_SCHEMA))
 
-    def close(self) -> None:
-        self._db.close()
+    async def open(self) -> None:
+        await self._db.open()
 
-    def get(self, model_id: str) -> CatalogEntry | None:
-        row = self._db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def get(self, model_id: str) -> CatalogEntry | None:
+        row = await self._db.run(lambda db: db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone())
         return _entry(row) if row else None
 
-    def list(self) -> list[CatalogEntry]:
-        return [_entry(r) for r in self._db.execute("SELECT * FROM models ORDER BY added_at")]
+    async def list(self) -> list[CatalogEntry]:
+        rows = await self._db.run(lambda db: db.execute("SELECT * FROM models ORDER BY added_at").fetchall())
+        return [_entry(r) for r in rows]
 
-    def add(self, model_id: str, reference: str, path: Path, size: int, sha256: str, downloaded: bool) -> CatalogEntry:
+    async def add(self, model_id: str, reference: str, path: Path, size: int, sha256: str,
+                  downloaded: bool) -> CatalogEntry:
         entry = CatalogEntry(model_id, reference, str(path), size, sha256, time.time(), downloaded)
-        self._db.execute(
-            "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (entry.id, entry.reference, entry.path, entry.size, entry.sha256, entry.added_at, int(downloaded)),
-        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (entry.id, entry.reference, entry.path, entry.size, entry.sha256, entry.added_at,
+                        int(downloaded)))
+
+        await self._db.run(insert)
         return entry
 
-    def remove(self, model_id: str) -> None:
-        self._db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+    async def remove(self, model_id: str) -> None:
+        await self._db.run(lambda db: db.execute("DELETE FROM models WHERE id = ?", (model_id,)))
 
 
 def _entry(row: tuple) -> CatalogEntry:

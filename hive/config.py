@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.operations import LOCAL_HIVE
 from shared.paths import RbeePaths
-
-DEFAULT_HIVE_PORT = 7835
+from shared.ports import DEFAULT_HIVE_PORT
 
 
 @dataclass(frozen=True)
 class HiveConfig:
-    hive_id: str = "localhost"
+    hive_id: str = LOCAL_HIVE
     host: str = "127.0.0.1"
     port: int = DEFAULT_HIVE_PORT
     queen_url: str | None = None  # handed to workers for their heartbeats

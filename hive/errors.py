@@ -9,11 +9,6 @@ class HiveError(RbeeError):
     status = 400
 
 
-class ModelReferenceError(HiveError):
-    title = "Bad model reference"
-    code = "BAD_MODEL_REFERENCE"
-
-
 class ModelNotFound(HiveError):
     title = "Model not found"
     code = "MODEL_NOT_FOUND"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hive.capabilities import detect_capabilities
@@ -12,7 +13,7 @@ from hive.workers import WorkerSupervisor
 from shared.events import Data, emit
 from shared.job_registry import Job
 from shared.operations import (
-    ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
+    HiveOperation, ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
 )
 
 
@@ -25,11 +26,12 @@ class HiveExecutor:
         self.capabilities = capabilities
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
-        hive_id = getattr(op, "hive_id", self.config.hive_id)
-        if hive_id != self.config.hive_id:
-            raise HiveError(f"This is hive '{self.config.hive_id}', not '{hive_id}'.", code="WRONG_HIVE")
+        if not isinstance(op, HiveOperation):
+            raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
+        if op.hive_id != self.config.hive_id:
+            raise HiveError(f"This is hive '{self.config.hive_id}', not '{op.hive_id}'.", code="WRONG_HIVE")
         if isinstance(op, WorkerSpawn):
-            device = self.resolve_device(op.worker, op.device)
+            device = await self.resolve_device(op.worker, op.device)
             entry = await self.store.provision(op.model)
             worker = await self.supervisor.spawn(entry, device)
             emit(Data(action="worker_spawn", payload=worker.to_dict()))
@@ -51,28 +53,33 @@ class HiveExecutor:
             emit(Data(action="model_download", payload=entry.to_dict()))
             return {"model": entry.id, "sha256": entry.sha256}
         if isinstance(op, ModelList):
-            models = [e.to_dict() for e in self.store.catalog.list()]
+            models = [e.to_dict() for e in await self.store.catalog.list()]
             emit(Data(action="model_list", payload={"hive_id": self.config.hive_id, "models": models}))
             return None
         if isinstance(op, ModelGet):
-            emit(Data(action="model_get", payload=self.store.lookup(op.id).to_dict()))
+            emit(Data(action="model_get", payload=(await self.store.lookup(op.id)).to_dict()))
             return None
         if isinstance(op, ModelDelete):
-            entry = self.store.lookup(op.id)
+            entry = await self.store.lookup(op.id)
             users = [w.id for w in self.supervisor.all() if w.model == entry.id and w.alive]
             if users:
                 raise HiveError(f"Model {entry.id} is in use by {', '.join(users)}; delete those workers first.",
                                 code="MODEL_IN_USE", status=409)
-            emit(Data(action="model_delete", payload=self.store.delete(entry.id).to_dict()))
+            emit(Data(action="model_delete", payload=(await self.store.delete(entry.id)).to_dict()))
             return None
         raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
 
-    def resolve_device(self, kind: str, index: int) -> str:
+    async def refresh_capabilities(self) -> dict[str, Any]:
+        """Detect again (nvidia-smi blocks for a while: in a thread), and remember the answer."""
+        self.capabilities = await asyncio.to_thread(detect_capabilities)
+        return self.capabilities
+
+    async def resolve_device(self, kind: str, index: int) -> str:
         if kind == "cpu":
             return "cpu"
         device = f"{kind}:{index}"
         if kind == "cuda":
-            self.capabilities = detect_capabilities()  # GPUs may have changed since start-up
+            await self.refresh_capabilities()  # GPUs may have changed since start-up
             if device in self.capabilities["devices"]:
                 return device
             have = ", ".join(self.capabilities["devices"])

@@ -8,10 +8,12 @@ import contextlib
 import re
 import sys
 
-from hive.app import SHUTDOWN_REQUESTED, create_app
-from hive.config import DEFAULT_HIVE_PORT, HiveConfig
+from hive.app import create_app
+from hive.config import HiveConfig
 from shared.daemon import configure_logging, serve
 from shared.events import set_default_actor
+from shared.operations import LOCAL_HIVE
+from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL, valid_port
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
 
@@ -23,11 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=PROG,
         description="Manage models and llm-worker-rbee processes on this machine, driven by the queen over "
                     "rbee's job API. Normally started by queen-rbee (locally, or over SSH).",
-        epilog="example: rbee-hive --hive-id localhost --port 7835 --queen-url http://127.0.0.1:7833",
+        epilog=f"example: rbee-hive --hive-id {LOCAL_HIVE} --port {DEFAULT_HIVE_PORT} --queen-url {DEFAULT_QUEEN_URL}",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
     parser.add_argument("--port", type=int, default=DEFAULT_HIVE_PORT, help=f"port (default {DEFAULT_HIVE_PORT})")
-    parser.add_argument("--hive-id", default="localhost", help="this hive's name, as the queen knows it")
+    parser.add_argument("--hive-id", default=LOCAL_HIVE, help="this hive's name, as the queen knows it")
     parser.add_argument("--advertise-host",
                         help="host name the queen reaches this machine at; given to workers (default: bind address)")
     parser.add_argument("--queen-url", help="the queen's URL, handed to workers for their heartbeats")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("hive")
     args = parse_args(argv)
-    if not 0 <= args.port <= 65535:
+    if not valid_port(args.port, allow_zero=True):
         print(f"{PROG}: --port must be between 0 and 65535, not {args.port}", file=sys.stderr)
         sys.exit(2)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
@@ -55,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,
-                                   shutdown_requested=app[SHUTDOWN_REQUESTED],
                                    exit_with_parent=args.exit_with_parent,
                                    advertise_host=args.advertise_host)))
 

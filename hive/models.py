@@ -1,4 +1,4 @@
-"""Model references and provisioning: turn `smollm2-135m`, `hf:org/repo:file.gguf` or `file:/path` into a
+"""Provisioning: turn `smollm2-135m`, `hf:org/repo:file.gguf` or `file:/path` into a
 GGUF on this machine with a catalog row, narrating what happens."""
 
 from __future__ import annotations
@@ -7,53 +7,18 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from hive.catalog import CatalogEntry, ModelCatalog
-from hive.errors import DownloadFailed, ModelNotFound, ModelReferenceError
+from hive.errors import DownloadFailed, ModelNotFound
 from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, is_gguf
 from shared.events import Data, emit, narrate
-from shared.operations import BUILTIN_MODEL
+from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
 
-_HF = re.compile(r"hf:(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[\w.-]+(?:/[\w.-]+)*\.gguf)")
 NARRATE_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    scheme: str  # builtin | hf | file
-    id: str  # canonical reference, also the catalog id
-    repo: str | None = None
-    file: str | None = None
-    path: Path | None = None
-
-
-def parse_reference(reference: str) -> ModelRef:
-    ref = reference.strip()
-    if ref == BUILTIN_MODEL:
-        return ModelRef("builtin", BUILTIN_MODEL)
-    if ref.startswith("hf:"):
-        m = _HF.fullmatch(ref)
-        if not m or ".." in m.group("file").split("/"):
-            raise ModelReferenceError(
-                f"Malformed hf: reference '{ref}'. Expected hf:<org>/<repo>:<file>.gguf, "
-                "for example hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf.")
-        return ModelRef("hf", ref, repo=m.group("repo"), file=m.group("file"))
-    if ref.startswith("file:"):
-        raw = ref[len("file:"):]
-        if not raw:
-            raise ModelReferenceError("A file: reference needs a path, e.g. file:/models/my-model.gguf.")
-        path = Path(raw).expanduser().resolve()
-        return ModelRef("file", f"file:{path}", path=path)
-    scheme = ref.split(":", 1)[0] + ":" if ":" in ref else None
-    what = f"Unknown model reference scheme '{scheme}'" if scheme else f"Unknown model '{ref}'"
-    raise ModelReferenceError(
-        f"{what}. Use {BUILTIN_MODEL} (built in), hf:<org>/<repo>:<file>.gguf or file:<path to a .gguf>.")
 
 
 def sha256_of(path: Path) -> str:
@@ -72,9 +37,9 @@ class ModelStore:
         self.model_dir = model_dir
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def register_builtin(self) -> None:
+    async def register_builtin(self) -> None:
         """The built-in model is always here: list it from the start (cheap: its sha256 is in its wheel)."""
-        if self.catalog.get(BUILTIN_MODEL) is not None:
+        if await self.catalog.get(BUILTIN_MODEL) is not None:
             return
         digest = builtin_model_sha256()
         try:
@@ -82,16 +47,16 @@ class ModelStore:
         except BuiltinModelMissing:
             return
         if digest is not None:  # without the wheel's record, the first use hashes it instead
-            self.catalog.add(BUILTIN_MODEL, BUILTIN_MODEL, path, path.stat().st_size, digest, False)
+            await self.catalog.add(BUILTIN_MODEL, BUILTIN_MODEL, path, path.stat().st_size, digest, False)
 
-    def lookup(self, model_id: str) -> CatalogEntry:
+    async def lookup(self, model_id: str) -> CatalogEntry:
         """A catalog entry by id or by any spelling of its reference."""
-        entry = self.catalog.get(model_id)
+        entry = await self.catalog.get(model_id)
         if entry is None:
             with contextlib.suppress(ModelReferenceError):
-                entry = self.catalog.get(parse_reference(model_id).id)
+                entry = await self.catalog.get(parse_reference(model_id).id)
         if entry is None:
-            known = ", ".join(e.id for e in self.catalog.list()) or "none yet"
+            known = ", ".join(e.id for e in await self.catalog.list()) or "none yet"
             raise ModelNotFound(f"No model '{model_id}' in this hive's catalog (models: {known}).")
         return entry
 
@@ -99,7 +64,7 @@ class ModelStore:
         ref = parse_reference(reference)
         lock = self._locks.setdefault(ref.id, asyncio.Lock())
         async with lock:
-            entry = self.catalog.get(ref.id)
+            entry = await self.catalog.get(ref.id)
             if entry is not None and Path(entry.path).is_file():
                 narrate("model_ready", f"Model {ref.id} is already here ({_mb(entry.size)})", target=ref.id)
                 return entry
@@ -113,14 +78,14 @@ class ModelStore:
             if digest is None:
                 narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
                 digest = await asyncio.to_thread(sha256_of, path)
-            entry = self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
+            entry = await self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
             narrate("model_ready", f"Model {ref.id} is in the catalog ({_mb(entry.size)}, sha256 {digest[:12]}…)",
                     target=ref.id)
             return entry
 
-    def delete(self, model_id: str) -> CatalogEntry:
-        entry = self.lookup(model_id)
-        self.catalog.remove(entry.id)
+    async def delete(self, model_id: str) -> CatalogEntry:
+        entry = await self.lookup(model_id)
+        await self.catalog.remove(entry.id)
         if entry.downloaded:
             Path(entry.path).unlink(missing_ok=True)
             narrate("model_delete", f"Deleted {entry.id} and its file {entry.path}", target=entry.id)
@@ -132,7 +97,6 @@ class ModelStore:
     @staticmethod
     def _check_local_file(ref: ModelRef) -> Path:
         path = ref.path
-        assert path is not None
         if not path.exists():
             raise ModelNotFound(f"The file {path} does not exist.")
         if not path.is_file():
@@ -142,7 +106,6 @@ class ModelStore:
         return path
 
     async def _download(self, ref: ModelRef) -> Path:
-        assert ref.repo and ref.file
         dest = self.model_dir / "hf" / ref.repo
         dest.mkdir(parents=True, exist_ok=True)
         narrate("model_download", f"Downloading {ref.file} from {ref.repo}", target=ref.id)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import re
 import signal
 import sys
 import time
@@ -20,9 +19,30 @@ import aiohttp
 from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
 from hive.errors import WorkerNotFound, WorkerStartFailed
+from shared.client import DaemonClient
 from shared.events import detached_task, narrate
+from shared.handshake import listening_url
+from shared.heartbeat import EngineState
+from shared.wire import WireEnum
 
 STDERR_LINES_KEPT = 20
+
+
+class ProcessState(WireEnum):
+    """A worker process as its hive sees it: starting -> loading -> ready; stopping -> stopped; crashed
+    (exited by itself) or failed (never became ready)."""
+
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    FAILED = "failed"
+
+    @property
+    def running(self) -> bool:
+        return self in (ProcessState.STARTING, ProcessState.LOADING, ProcessState.READY)
 
 
 @dataclass(eq=False)
@@ -33,7 +53,7 @@ class WorkerProcess:
     device: str
     proc: asyncio.subprocess.Process
     url: str | None = None
-    state: str = "starting"  # starting -> loading -> ready; stopping -> stopped; crashed; failed
+    state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None
     started_at: float = field(default_factory=time.time)
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=STDERR_LINES_KEPT))
@@ -47,7 +67,7 @@ class WorkerProcess:
     def to_dict(self, live_state: str | None = None) -> dict[str, Any]:
         return {
             "id": self.id, "model": self.model, "device": self.device, "pid": self.proc.pid, "url": self.url,
-            "state": live_state or self.state, "exit_code": self.exit_code, "started_at": self.started_at,
+            "state": live_state or self.state.value, "exit_code": self.exit_code, "started_at": self.started_at,
         }
 
 
@@ -56,16 +76,21 @@ class WorkerSupervisor:
         self.config = config
         self._token = token
         self._workers: dict[str, WorkerProcess] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # opened on first use, inside the hive's context
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
 
     async def close(self) -> None:
         """Stop every worker (gracefully, then by force) and the client session."""
-        await asyncio.gather(*(self.stop(w) for w in self._workers.values() if w.alive), return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        try:
+            await asyncio.gather(*(self.stop(w) for w in self._workers.values() if w.alive), return_exceptions=True)
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
     def get(self, worker_id: str) -> WorkerProcess:
         worker = self._workers.get(worker_id)
@@ -97,7 +122,7 @@ class WorkerSupervisor:
             await asyncio.wait_for(self._until_ready(worker), self.config.worker_ready_timeout_s)
         except asyncio.TimeoutError:
             await self.stop(worker)
-            worker.state = "failed"
+            worker.state = ProcessState.FAILED
             raise WorkerStartFailed(f"{worker_id} was not ready after {self.config.worker_ready_timeout_s:g} s; "
                                     f"stopped it. Last lines:\n{_tail(worker)}") from None
         except BaseException:
@@ -107,14 +132,13 @@ class WorkerSupervisor:
         return worker
 
     async def _until_ready(self, worker: WorkerProcess) -> None:
-        line = await worker.proc.stdout.readline()  # type: ignore[union-attr]
-        m = re.search(rb"listening on (http://\S+)", line)
-        if not m:
+        url = listening_url(await worker.proc.stdout.readline())  # type: ignore[union-attr]
+        if url is None:
             await worker.exited.wait()
             raise WorkerStartFailed(f"{worker.id} exited with code {worker.exit_code} before listening: "
                                     f"{_tail(worker)}")
-        worker.url = m.group(1).decode()
-        worker.state = "loading"
+        worker.url = url
+        worker.state = ProcessState.LOADING
         narrate("worker_loading", f"{worker.id} listens on {worker.url}; loading {worker.model}", target=worker.id)
         while True:
             if not worker.alive:
@@ -122,8 +146,8 @@ class WorkerSupervisor:
                 raise WorkerStartFailed(f"{worker.id} exited with code {worker.exit_code} while loading "
                                         f"{worker.model}: {_tail(worker)}")
             health = await self.health(worker)
-            if health and health.get("state") in ("ready", "busy"):
-                worker.state = "ready"
+            if health and health.get("state") in (EngineState.READY, EngineState.BUSY):
+                worker.state = ProcessState.READY
                 narrate("worker_ready", f"{worker.id} is ready ({worker.model}, {health.get('threads')} threads)",
                         target=worker.id)
                 return
@@ -131,21 +155,17 @@ class WorkerSupervisor:
                 await asyncio.wait_for(worker.exited.wait(), 0.05)
 
     async def health(self, worker: WorkerProcess) -> dict | None:
-        if not worker.url or not worker.alive or self._session is None:
+        if not worker.url or not worker.alive:
             return None
-        try:
-            async with self._session.get(worker.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                return await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return None
+        return await DaemonClient(worker.url, self._token, session=self.session).health_or_none()
 
     async def live_state(self, worker: WorkerProcess) -> str:
         """ready/busy/loading as the worker itself says, for listings."""
-        if worker.state in ("ready", "loading"):
+        if worker.state in (ProcessState.READY, ProcessState.LOADING):
             health = await self.health(worker)
-            if health:
-                return health.get("state", worker.state)
-        return worker.state
+            if health and isinstance(health.get("state"), str):
+                return health["state"]
+        return worker.state.value
 
     async def _watch(self, worker: WorkerProcess) -> None:
         """Collect stderr and notice the exit the moment it happens."""
@@ -165,10 +185,10 @@ class WorkerSupervisor:
         code = await worker.proc.wait()
         await asyncio.wait(drains, timeout=1.0)
         worker.exit_code = code
-        if worker.state == "stopping":
-            worker.state = "stopped"
-        elif worker.state in ("ready", "loading", "starting"):
-            worker.state = "crashed"
+        if worker.state is ProcessState.STOPPING:
+            worker.state = ProcessState.STOPPED
+        elif worker.state.running:
+            worker.state = ProcessState.CRASHED
             narrate("worker_crashed", f"{worker.id} ({worker.model}) exited unexpectedly with code {code}",
                     target=worker.id, level="error")
         worker.exited.set()
@@ -177,7 +197,7 @@ class WorkerSupervisor:
         """SIGTERM (the worker finishes its token and exits), then SIGKILL after the timeout."""
         if not worker.alive:
             return
-        worker.state = "stopping"
+        worker.state = ProcessState.STOPPING
         with contextlib.suppress(ProcessLookupError):
             worker.proc.send_signal(signal.SIGTERM)
         try:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hive.config import DEFAULT_HIVE_PORT
 from shared.paths import RbeePaths
-
-DEFAULT_QUEEN_PORT = 7833
+from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
 
 
 @dataclass(frozen=True)
@@ -24,3 +22,7 @@ class QueenConfig:
     def __post_init__(self) -> None:
         if self.paths is None:
             object.__setattr__(self, "paths", RbeePaths.from_env())
+
+    @property
+    def bind_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

@@ -26,9 +26,3 @@ class WorkerCrashed(QueenError):
     code = "WORKER_CRASHED"
     status = 502
 
-
-class ForwardedFailure(QueenError):
-    """A hive's job failed; its error event is already in the queen's stream."""
-
-    reported = True
-    code = "HIVE_JOB_FAILED"

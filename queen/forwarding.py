@@ -1,62 +1,99 @@
-"""Run an operation on a hive and weave the hive's events into the current queen job's stream."""
+"""Running a job on another daemon (a hive's job API, a worker's inference API) as part of a queen job:
+submit, weave its events into the queen job's stream, cancel it when the queen job is cancelled, and
+turn how it ended into a result or a failure. Hive operations and inference both go through here."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import aiohttp
-
-from queen.errors import ForwardedFailure
-from shared.events import End, Error, Narration, current_job_id, emit
+from queen.errors import QueenError
+from shared.client import DaemonClient
+from shared.errors import RbeeError, ServerUnreachable, StreamTimeout
+from shared.events import End, Error, Event, Narration, current_job_id, emit
 from shared.job_client import JobClient
-from shared.operations import Operation
+from shared.wire import WireMessage
 
 
-async def forward(session: aiohttp.ClientSession, hive_url: str, token: str, operation: Operation) -> dict[str, Any]:
-    """Returns the hive job's end stats; raises ForwardedFailure when it failed (its error already shown).
+class RemoteJobFailed(QueenError):
+    """The remote job ended failed or cancelled; `reported` when its error event is already in the stream."""
 
-    Cancelling the calling task cancels the hive's job too.
+    title = "Remote job failed"
+    code = "HIVE_JOB_FAILED"
+    status = 502
+
+
+class RemoteJobLost(QueenError):
+    """The remote daemon did not take the job, or its stream broke and could not be resumed."""
+
+    title = "Remote daemon lost"
+    code = "REMOTE_LOST"
+    status = 502
+
+    def __init__(self, message: str, *, submitted: bool) -> None:
+        super().__init__(message)
+        self.submitted = submitted
+
+
+@dataclass(frozen=True)
+class RemoteOutcome:
+    job_id: str
+    stats: dict[str, Any]
+
+
+def weave(event: Event) -> None:
+    """Forward a remote event into the current queen job: one story, narration under the queen's job id."""
+    if isinstance(event, Narration) and (queen_job := current_job_id()):
+        event = dataclasses.replace(event, job_id=queen_job)
+    emit(event)
+
+
+async def run_remote_job(client: JobClient, request: WireMessage, *,
+                         on_event: Callable[[Event], None] = weave,
+                         failed_code: str = "HIVE_JOB_FAILED") -> RemoteOutcome:
+    """Submit `request`, hand every event but `end` to `on_event`, and return the end stats.
+
+    Raises RemoteJobFailed when the remote job did not complete, RemoteJobLost when the daemon did not
+    answer or its stream broke; an error the daemon answered at submit (queue full, bad request) is
+    raised as it came. Cancelling the caller cancels the remote job.
     """
-    async with JobClient(hive_url, token, session=session) as client:
-        submitted = await client.submit(operation)
-        end: End | None = None
-        last_error: Error | None = None
-        queen_job = current_job_id()
-        try:
-            async for event in client.stream(submitted.job_id):
-                if isinstance(event, End):
-                    end = event
-                    continue
-                if isinstance(event, Narration) and queen_job:
-                    event = dataclasses.replace(event, job_id=queen_job)  # one story, under the queen's job
-                elif isinstance(event, Error):
-                    last_error = event
-                emit(event)
-        except asyncio.CancelledError:
-            await asyncio.shield(_cancel_quietly(client, submitted.job_id))
-            raise
-    if end is None or end.state != "completed":
-        state = end.state if end else "lost"
-        message = last_error.message if last_error else f"the hive's {operation.name} job ended {state}"
-        failure = ForwardedFailure(message, code=last_error.code if last_error else "HIVE_JOB_FAILED")
-        failure.reported = last_error is not None
-        raise failure
-    return dict(end.stats)
+    try:
+        submitted = await client.submit(request)
+    except (ServerUnreachable, StreamTimeout) as exc:
+        raise RemoteJobLost(f"{client.base_url} did not take the job: {exc.message}", submitted=False) from exc
+    end: End | None = None
+    last_error: Error | None = None
+    try:
+        async for event in client.stream(submitted.job_id):
+            if isinstance(event, End):
+                end = event
+                continue
+            if isinstance(event, Error):
+                last_error = event
+            on_event(event)
+    except asyncio.CancelledError:
+        await asyncio.shield(_cancel_quietly(client, submitted.job_id))
+        raise
+    except RbeeError as exc:
+        raise RemoteJobLost(f"the stream from {client.base_url} broke ({exc.message})", submitted=True) from exc
+    if end is None:
+        raise RemoteJobLost(f"{client.base_url} ended the stream without finishing", submitted=True)
+    if end.state != "completed":
+        if last_error is not None:
+            raise RemoteJobFailed(last_error.message, code=last_error.code, reported=True)
+        raise RemoteJobFailed(f"the {request.name} ended {end.state}", code=failed_code)
+    return RemoteOutcome(submitted.job_id, dict(end.stats))
 
 
 async def _cancel_quietly(client: JobClient, job_id: str) -> None:
-    try:
+    with contextlib.suppress(RbeeError):  # the daemon may have finished or gone; the cancel was best effort
         await client.cancel(job_id)
-    except Exception:  # the hive may have finished or gone; the cancel was best effort
-        pass
 
 
-async def hive_answers(session: aiohttp.ClientSession, url: str, alias: str) -> bool:
-    """True when a hive answers /health at `url` as `alias` (not some other service on that port)."""
-    try:
-        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            return resp.status == 200 and (await resp.json()).get("hive_id") == alias
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        return False
+async def hive_answers(client: DaemonClient, alias: str) -> bool:
+    """True when a hive answers /health at the client's URL as `alias` (not some other service there)."""
+    health = await client.health_or_none()
+    return health is not None and health.get("hive_id") == alias

@@ -1,14 +1,21 @@
-"""Job history in SQLite, so `GET /v1/jobs` and `GET /v1/jobs/{id}` survive a queen restart."""
+"""Job history in SQLite, so `GET /v1/jobs` and `GET /v1/jobs/{id}` survive a queen restart.
+
+Every query runs in the database's own thread (shared/sqlite.py): recording a job costs the event loop
+one snapshot of the row, and the trim that keeps the table bounded deletes below an indexed bound.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from shared.job_registry import Job
+from shared.sqlite import SqliteThread
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -22,44 +29,66 @@ CREATE TABLE IF NOT EXISTS jobs (
     text        TEXT,               -- what an infer generated
     result      TEXT,               -- JSON
     error       TEXT                -- JSON {code, message}
-)
+);
+CREATE INDEX IF NOT EXISTS jobs_created_at ON jobs (created_at);
 """
+log = logging.getLogger("rbee.queen.history")
+
 KEEP = 1000  # rows kept; older ones are dropped
+LIST_LIMIT = 200
+_INTERRUPTED = json.dumps({"code": "QUEEN_STOPPED", "message": "The queen stopped while this job ran."})
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    # Jobs that were running when the queen last stopped did not finish.
+    db.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE state IN ('queued', 'running')",
+               (time.time(), _INTERRUPTED))
 
 
 class JobHistoryStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        # Jobs that were running when the queen last stopped did not finish.
-        self._db.execute(
-            "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE state IN ('queued', 'running')",
-            (time.time(), json.dumps({"code": "QUEEN_STOPPED", "message": "The queen stopped while this job ran."})),
-        )
+        self._db = SqliteThread(path, setup=_setup)
 
-    def close(self) -> None:
-        self._db.close()
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
 
     def record(self, job: Job) -> None:
-        result = job.result or {}
-        self._db.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.operation.name, json.dumps(job.operation.to_dict()), job.state.value, job.created_at,
-             job.started_at, job.finished_at, result.get("text"),
-             json.dumps({k: v for k, v in result.items() if k != "text"}) if result else None,
-             json.dumps(job.error) if job.error else None),
-        )
-        self._db.execute("DELETE FROM jobs WHERE job_id NOT IN "
-                         "(SELECT job_id FROM jobs ORDER BY created_at DESC LIMIT ?)", (KEEP,))
+        """Snapshot the job now (on the loop) and write it in the database thread."""
+        row = _row(job)
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            # The KEEP-th newest row's time bounds what stays; both lookups walk the created_at index.
+            db.execute("DELETE FROM jobs WHERE created_at < "
+                       "(SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?)", (KEEP - 1,))
+
+        self._db.submit(write).add_done_callback(_log_failure)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        row = await self._db.run(lambda db: db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
         return _summary(row) if row else None
 
-    def list(self) -> list[dict[str, Any]]:
-        return [_summary(r) for r in self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT 200")]
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self._db.run(lambda db: db.execute(
+            "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (LIST_LIMIT,)).fetchall())
+        return [_summary(r) for r in rows]
+
+
+def _log_failure(future: Future) -> None:
+    if (exc := future.exception()) is not None:
+        log.error("could not record a job in the history: %s", exc)
+
+
+def _row(job: Job) -> tuple:
+    result = job.result or {}
+    return (job.id, job.operation.name, json.dumps(job.operation.to_dict()), job.state.value, job.created_at,
+            job.started_at, job.finished_at, result.get("text"),
+            json.dumps({k: v for k, v in result.items() if k != "text"}) if result else None,
+            json.dumps(job.error) if job.error else None)
 
 
 def _summary(row: tuple) -> dict[str, Any]:

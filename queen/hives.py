@@ -9,25 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
-
 from queen import remote_hives
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError, UnknownHive
-from queen.forwarding import hive_answers
+from queen.forwarding import hive_answers, run_remote_job
 from queen.hives_conf import RemoteHost, load_hives_conf
-from shared.process import tail_file
+from shared.errors import RbeeError
 from shared.events import detached_task, narrate
-from shared.operations import LOCAL_HIVE
+from shared.handshake import listening_url
+from shared.job_client import Clients
+from shared.operations import LOCAL_HIVE, HiveOperation
+from shared.ports import LOOPBACK_HOSTS
+from shared.process import tail_file
+from shared.wire import WireEnum
 
 STOP_TIMEOUT_S = 20.0
+
+
+class HiveState(WireEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNREACHABLE = "unreachable"
+    CRASHED = "crashed"
 
 
 @dataclass(eq=False)
@@ -35,7 +45,7 @@ class HiveHandle:
     alias: str
     local: bool
     url: str | None = None
-    state: str = "stopped"  # stopped | starting | running | unreachable | crashed
+    state: HiveState = HiveState.STOPPED
     process: asyncio.subprocess.Process | None = None
     started_at: float | None = None
     capabilities: dict[str, Any] | None = None
@@ -46,7 +56,7 @@ class HiveHandle:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "alias": self.alias, "local": self.local, "url": self.url, "state": self.state,
+            "alias": self.alias, "local": self.local, "url": self.url, "state": self.state.value,
             "host": self.remote.where if self.remote else None,
             "pid": self.process.pid if self.process and self.process.returncode is None else None,
             "started_by_queen": self.process is not None, "started_at": self.started_at,
@@ -55,25 +65,19 @@ class HiveHandle:
 
 
 class HiveRegistry:
-    def __init__(self, config: QueenConfig, token: str, session: aiohttp.ClientSession,
-                 queen_url: Callable[[], str]) -> None:
+    def __init__(self, config: QueenConfig, clients: Clients, queen_url: Callable[[], str]) -> None:
         self.config = config
-        self._token = token
-        self._session = session
+        self._clients = clients
         self._queen_url = queen_url
         self._hives: dict[str, HiveHandle] = {LOCAL_HIVE: HiveHandle(LOCAL_HIVE, local=True)}
         self._conf_stamp: tuple[int, int] | None = None
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"}
 
     @property
     def conf_path(self):
         return self.config.paths.config_dir / "hives.conf"
 
     def _sync_conf(self) -> None:
-        """Re-read hives.conf when it changed, so edits apply without a restart."""
+        """Re-read hives.conf when it changed (by mtime and size), so edits apply without a restart."""
         try:
             st = self.conf_path.stat()
         except FileNotFoundError:
@@ -113,54 +117,62 @@ class HiveRegistry:
         self._sync_conf()
         return list(self._hives.values())
 
+    def running(self) -> list[HiveHandle]:
+        """The hives known to be running now (as of their last check)."""
+        return [h for h in self.all() if h.url and h.state is HiveState.RUNNING]
+
     async def healthy(self, hive: HiveHandle) -> bool:
-        return bool(hive.url) and await hive_answers(self._session, hive.url, hive.alias)
+        return bool(hive.url) and await hive_answers(self._clients.daemon(hive.url), hive.alias)
+
+    async def forward(self, op: HiveOperation) -> dict[str, Any]:
+        """Run a worker_*/model_* operation on its hive (started first if it is the local one), its
+        events woven into the current job; returns the hive job's end stats."""
+        url = await self.ensure_running(op.hive_id)
+        return (await run_remote_job(self._clients.jobs(url), op)).stats
 
     async def ensure_running(self, alias: str) -> str:
         """The hive's URL, starting the local hive first when it is not running."""
         hive = self.get(alias)
-        if hive.state == "running" and hive.url and (hive.process is None or hive.process.returncode is None):
+        if hive.state is HiveState.RUNNING and hive.url and (hive.process is None or hive.process.returncode is None):
             return hive.url
         async with hive.lock:
             if hive.url and await self.healthy(hive):
-                hive.state = "running"
+                hive.state = HiveState.RUNNING
                 return hive.url
             if not hive.local:
                 raise HiveUnavailable(f"Hive '{alias}' is not running; start it with `rbee hive start {alias}` "
                                       f"(install it first with `rbee hive install {alias}`).")
-            await self._start_local(hive)
-            assert hive.url
-            return hive.url
+            return await self._start_local(hive)
 
     async def start(self, alias: str) -> HiveHandle:
         hive = self.get(alias)
         if await self.healthy(hive):
-            hive.state = "running"
+            hive.state = HiveState.RUNNING
             narrate("hive_start", f"Hive {alias} is already running at {hive.url}", target=alias)
             return hive
         if hive.remote is not None:
             queen_url = self._queen_url()
-            if "127.0.0.1" in queen_url and hive.remote.hostname not in ("127.0.0.1", "localhost"):
+            if "127.0.0.1" in queen_url and hive.remote.hostname not in LOOPBACK_HOSTS:
                 narrate("hive_start", f"The queen listens on {queen_url}, which {alias} cannot reach: its workers' "
                                       "heartbeats will not arrive. Start the queen with --host 0.0.0.0.",
                         target=alias, level="warn")
             async with hive.lock:
-                hive.url = await remote_hives.start(hive.remote, queen_url, self._session)
-                hive.state, hive.started_remotely, hive.started_at = "running", True, time.time()
+                hive.url = await remote_hives.start(hive.remote, queen_url, self._clients)
+                hive.state, hive.started_remotely, hive.started_at = HiveState.RUNNING, True, time.time()
             return hive
         await self.ensure_running(alias)
         return hive
 
-    async def _start_local(self, hive: HiveHandle) -> None:
+    async def _start_local(self, hive: HiveHandle) -> str:
         port = self.config.local_hive_port
         if port:  # a hive left by an earlier queen may already answer on the fixed port: adopt it
-            hive.url = f"http://127.0.0.1:{port}"
+            url = hive.url = f"http://127.0.0.1:{port}"
             if await self.healthy(hive):
-                hive.state = "running"
-                narrate("hive_start", f"Found hive {hive.alias} already running at {hive.url}", target=hive.alias)
-                return
+                hive.state = HiveState.RUNNING
+                narrate("hive_start", f"Found hive {hive.alias} already running at {url}", target=hive.alias)
+                return url
         narrate("hive_start", f"Starting hive {hive.alias}", target=hive.alias)
-        hive.state = "starting"
+        hive.state = HiveState.STARTING
         log_dir = self.config.paths.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"hive-{hive.alias}.log"
@@ -175,22 +187,23 @@ class HiveRegistry:
             line = await asyncio.wait_for(proc.stdout.readline(), self.config.hive_start_timeout_s)  # type: ignore[union-attr]
         except asyncio.TimeoutError:
             line = b""
-        m = re.search(rb"listening on (http://\S+)", line)
-        if not m:
+        url = listening_url(line)
+        if url is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            hive.state, hive.process = "crashed", None
+            hive.state, hive.process = HiveState.CRASHED, None
             tail = tail_file(log_path, 10)
             raise HiveUnavailable(f"Hive {hive.alias} did not start (exit code {proc.returncode}). "
                                   f"Its log {log_path} ends with:\n{tail}")
-        hive.url = m.group(1).decode()
-        hive.state = "running"
+        hive.url = url
+        hive.state = HiveState.RUNNING
         hive.started_at = time.time()
         hive.exit_code = None
         detached_task(self._watch(hive, proc), name=f"watch-hive-{hive.alias}")
-        narrate("hive_start", f"Hive {hive.alias} is up at {hive.url} ({time.monotonic() - started:.2f} s)",
+        narrate("hive_start", f"Hive {hive.alias} is up at {url} ({time.monotonic() - started:.2f} s)",
                 target=hive.alias)
+        return url
 
     async def _watch(self, hive: HiveHandle, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(Exception):
@@ -199,7 +212,7 @@ class HiveRegistry:
         code = await proc.wait()
         if hive.process is proc:
             hive.exit_code = code
-            hive.state = "stopped" if code == 0 else "crashed"
+            hive.state = HiveState.STOPPED if code == 0 else HiveState.CRASHED
             hive.url = None
             hive.process = None
 
@@ -207,8 +220,8 @@ class HiveRegistry:
         hive = self.get(alias)
         if hive.remote is not None:
             narrate("hive_stop", f"Stopping hive {alias} (and its workers)", target=alias)
-            await remote_hives.stop(hive.remote, self._token, self._session)
-            hive.state, hive.started_remotely = "stopped", False
+            await remote_hives.stop(hive.remote, self._clients)
+            hive.state, hive.started_remotely = HiveState.STOPPED, False
             narrate("hive_stop", f"Hive {alias} stopped", target=alias)
             return hive
         proc = hive.process
@@ -217,10 +230,8 @@ class HiveRegistry:
             return hive
         narrate("hive_stop", f"Stopping hive {alias} (and its workers)", target=alias)
         if hive.url:
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with self._session.post(hive.url + "/v1/shutdown", headers=self.auth,
-                                              timeout=aiohttp.ClientTimeout(total=5)):
-                    pass
+            with contextlib.suppress(RbeeError):  # not answering: the process is stopped below
+                await self._clients.daemon(hive.url).shutdown()
         if proc is not None:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
@@ -230,22 +241,25 @@ class HiveRegistry:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGKILL)
                 await proc.wait()
-        hive.state, hive.url, hive.process = "stopped", None, None
+        hive.state, hive.url, hive.process = HiveState.STOPPED, None, None
         narrate("hive_stop", f"Hive {alias} stopped", target=alias)
         return hive
 
     async def status(self, alias: str) -> dict[str, Any]:
+        """Check the hive's health now, and describe it."""
         hive = self.get(alias)
         if hive.url:
             healthy = await self.healthy(hive)
-            hive.state = "running" if healthy else ("stopped" if hive.remote else "unreachable")
+            hive.state = HiveState.RUNNING if healthy else (HiveState.STOPPED if hive.remote else HiveState.UNREACHABLE)
         return hive.to_dict()
+
+    async def statuses(self) -> list[dict[str, Any]]:
+        """Every hive's status, checked concurrently (one slow hive costs one timeout, not one each)."""
+        return list(await asyncio.gather(*(self.status(h.alias) for h in self.all())))
 
     async def refresh_capabilities(self, alias: str) -> dict[str, Any]:
         url = await self.ensure_running(alias)
-        async with self._session.get(url + "/v1/capabilities", headers=self.auth,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            caps = await resp.json()
+        caps = await self._clients.daemon(url).request("GET", "/v1/capabilities")
         self.get(alias).capabilities = caps
         return caps
 
@@ -256,8 +270,7 @@ class HiveRegistry:
                              return_exceptions=True)
 
     async def _shutdown_remote(self, hive: HiveHandle) -> None:
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with self._session.post(f"{hive.url}/v1/shutdown", headers=self.auth,
-                                          timeout=aiohttp.ClientTimeout(total=5)):
-                pass
+        if hive.url:
+            with contextlib.suppress(RbeeError):
+                await self._clients.daemon(hive.url).shutdown()
 

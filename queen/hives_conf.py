@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from queen.errors import QueenError
-
-DEFAULT_HIVE_PORT = 7835
+from shared.ports import DEFAULT_HIVE_PORT, valid_port
 DEFAULT_INSTALL_DIR = "~/.local/share/rbee-hive"
 KEYS = {
     "hostname": "hostname", "port": "port", "user": "user", "identityfile": "identity_file",
@@ -94,14 +93,13 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
             raise HivesConfError(f"{path}, line {line}: unknown keyword '{unknown[0]}' for {alias}. "
                                  f"Known: {', '.join(sorted(KEYS))}.")
         fields = {KEYS[k]: v for k, v in options.items()}
-        for key in ("port", "hive_port"):
+        for key, keyword in (("port", "Port"), ("hive_port", "HivePort")):
             if key in fields:
-                try:
-                    fields[key] = int(fields[key])
-                    assert 0 < fields[key] < 65536
-                except (ValueError, AssertionError):
-                    raise HivesConfError(f"{path}: {key.replace('_', '')} of {alias} must be a port number, "
-                                         f"not {options[key.replace('_', '')]!r}.") from None
+                raw = fields[key]
+                if not raw.isdigit() or not valid_port(int(raw)):
+                    raise HivesConfError(f"{path}: {keyword} of {alias} must be a port number (1-65535), "
+                                         f"not {raw!r}.")
+                fields[key] = int(raw)
         shk = fields.get("strict_host_key_checking", "yes").lower()
         if shk not in ("yes", "accept-new"):
             raise HivesConfError(f"{path}: StrictHostKeyChecking of {alias} must be yes or accept-new, not {shk!r}.")

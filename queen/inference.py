@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-import aiohttp
-
-from queen.errors import ForwardedFailure, WorkerCrashed
+from queen.errors import WorkerCrashed
+from queen.forwarding import RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
-from queen.worker_registry import WorkerInfo, WorkerRegistry
-from shared.errors import RbeeError
-from shared.events import End, Error, Token, emit, narrate
-from shared.inference import InferenceRequest
-from shared.job_client import JobClient
+from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
+from shared.events import Error, Event, Started, Token, emit, narrate
+from shared.job_client import Clients
 from shared.job_registry import Job
+from shared.models import parse_reference
 from shared.operations import Infer
-
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-
-
-def canonical_model(reference: str) -> str:
-    """The catalog id a hive gives this reference (what workers report in heartbeats)."""
-    from hive.models import parse_reference  # pure parsing; no I/O
-
-    return parse_reference(reference).id
 
 
 class InferenceRunner:
-    def __init__(self, scheduler: Scheduler, workers: WorkerRegistry, session: aiohttp.ClientSession,
-                 token: str) -> None:
+    def __init__(self, scheduler: Scheduler, workers: WorkerRegistry, clients: Clients) -> None:
         self.scheduler = scheduler
         self.workers = workers
-        self._session = session
-        self._token = token
+        self._clients = clients
 
     async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
-        model = canonical_model(op.model)
+        model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
         worker = await self.scheduler.acquire(model, op.hive_id, job.id)
         try:
             return await self._generate(worker, op, started)
@@ -47,53 +33,33 @@ class InferenceRunner:
                 self.workers.release(worker)
 
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
-        fields = {k: getattr(op, k) for k in SAMPLING_FIELDS if getattr(op, k) is not None}
-        request = InferenceRequest(prompt=op.prompt, messages=op.messages, **fields)
-        client = JobClient(worker.url, self._token, session=self._session, path="/v1/inference",
-                           max_resumes=1, resume_backoff=0.05)
-        try:
-            submitted = await client.submit(request)
-        except RbeeError as exc:
-            if exc.code in ("QUEUE_FULL", "NOT_READY", "INVALID_REQUEST"):
-                raise
-            self._lost(worker)
-            raise WorkerCrashed(f"Worker {worker.worker_id} on hive {worker.hive_id} did not take the request: "
-                                f"{exc.message} The next request will use a fresh worker.") from exc
-        narrate("infer_start", f"Generating on {worker.worker_id} ({worker.model})", target=worker.worker_id)
+        client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05)
         parts: list[str] = []
         first_token_at: float | None = None
-        end: End | None = None
-        error: Error | None = None
+
+        def on_event(event: Event) -> None:
+            nonlocal first_token_at
+            if isinstance(event, Token):
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                parts.append(event.t)
+                emit(event)
+            elif isinstance(event, Started):  # the worker took it (its first event)
+                narrate("infer_start", f"Generating on {worker.worker_id} ({worker.model})", target=worker.worker_id)
+            elif isinstance(event, Error):
+                emit(event)
+
         try:
-            async for event in client.stream(submitted.job_id):
-                if isinstance(event, Token):
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    parts.append(event.t)
-                    emit(event)
-                elif isinstance(event, End):
-                    end = event
-                elif isinstance(event, Error):
-                    error = event
-                    emit(event)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(client, submitted.job_id))
-            raise
-        except RbeeError as exc:  # the stream broke and could not be resumed: the worker is gone
-            self._lost(worker)
-            raise WorkerCrashed(
-                f"Worker {worker.worker_id} on hive {worker.hive_id} died mid-generation after {len(parts)} "
-                f"tokens ({exc.message}). The next request will start a fresh worker.") from exc
-        if end is None:
-            self._lost(worker)
-            raise WorkerCrashed(f"Worker {worker.worker_id} on hive {worker.hive_id} ended the stream without "
-                                f"finishing, after {len(parts)} tokens.")
-        if end.state != "completed":
-            failure = ForwardedFailure(error.message if error else f"the generation ended {end.state}",
-                                       code=error.code if error else "GENERATION_FAILED")
-            failure.reported = error is not None
-            raise failure
-        stats = dict(end.stats)
+            outcome = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
+        except RemoteJobLost as exc:
+            self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
+            where = f"Worker {worker.worker_id} on hive {worker.hive_id}"
+            if not exc.submitted:
+                raise WorkerCrashed(f"{where} did not take the request: {exc.message}. The next request will use "
+                                    "a fresh worker.") from exc
+            raise WorkerCrashed(f"{where} died mid-generation after {len(parts)} tokens ({exc.message}). The next "
+                                "request will start a fresh worker.") from exc
+        stats = outcome.stats
         return {
             "text": "".join(parts),
             "tokens_out": stats.get("tokens_out"),
@@ -105,13 +71,3 @@ class InferenceRunner:
             "hive_id": worker.hive_id,
             "model": worker.model,
         }
-
-    def _lost(self, worker: WorkerInfo) -> None:
-        self.workers.mark(worker.worker_id, "crashed")
-
-    @staticmethod
-    async def _cancel(client: JobClient, job_id: str) -> None:
-        try:
-            await client.cancel(job_id)
-        except Exception:  # the worker may be gone already
-            pass

@@ -8,11 +8,11 @@ import contextlib
 import os
 import sys
 
-from queen.app import SHUTDOWN_REQUESTED, STATE, create_app
-from queen.config import DEFAULT_QUEEN_PORT, QueenConfig
-from hive.config import DEFAULT_HIVE_PORT
+from queen.app import create_app
+from queen.config import QueenConfig
 from shared.daemon import configure_logging, serve
 from shared.events import set_default_actor
+from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT, valid_port
 from shared.token import load_or_create_token
 
 PROG = "queen-rbee"
@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=PROG,
         description="The rbee orchestrator: runs jobs (POST /v1/jobs), starts hives, schedules inference onto "
                     "workers. Normally started by `rbee` when it finds no queen.",
-        epilog="example: queen-rbee --port 7833",
+        epilog=f"example: queen-rbee --port {DEFAULT_QUEEN_PORT}",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_QUEEN_PORT, help=f"port (default {DEFAULT_QUEEN_PORT})")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     set_default_actor("queen")
     args = parse_args(argv)
     for name in ("port", "local_hive_port"):
-        if not 0 <= getattr(args, name) <= 65535:
+        if not valid_port(getattr(args, name), allow_zero=True):
             print(f"{PROG}: --{name.replace('_', '-')} must be between 0 and 65535", file=sys.stderr)
             sys.exit(2)
     if args.max_workers_per_hive < 1 or args.worker_idle_timeout <= 0 or args.heartbeat_timeout <= 0:
@@ -56,13 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                          max_workers_per_hive=args.max_workers_per_hive,
                          worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
     app = create_app(config, load_or_create_token(config.paths))
-
-    def listening(url: str) -> None:
-        app[STATE].url = url
-
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port,
-                                   shutdown_requested=app[SHUTDOWN_REQUESTED], on_listening=listening)))
+        sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port)))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from queen.appkeys import CLIENTS, HIVES
+from queen.forwarding import run_remote_job
 from shared import appkeys
 from shared.errors import InvalidRequest, RbeeError
-from shared.events import DONE_FRAME
+from shared.events import DONE_FRAME, Data, Event
+from shared.inference import SAMPLING_FIELDS
 from shared.job_client import JobClient
 from shared.job_registry import Job
-from shared.operations import BUILTIN_MODEL, Infer, parse_operation
+from shared.models import BUILTIN_MODEL
+from shared.operations import Infer, ModelList
+from shared.wire import parse_message
 
 PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
 MODELS_CACHE_S = 10.0  # a request checks its model against this recent a list (a miss asks the hives again)
@@ -52,8 +57,7 @@ def error_shaper(request: web.Request, status: int, code: str, message: str) -> 
     return openai_error(status, message, kind, code="invalid_api_key" if status == 401 else code.lower())
 
 
-def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -> None:
-    """`hive_urls()` lists the URLs of the hives running now (asked for their models)."""
+def setup_openai_api(app: web.Application) -> None:
     app[appkeys.ERROR_SHAPER] = error_shaper
 
     cache: dict[str, Any] = {"models": [BUILTIN_MODEL], "at": 0.0}
@@ -62,18 +66,12 @@ def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -
         """Models of the running hives (asking them takes a job on each: cached for requests)."""
         if time.monotonic() - cache["at"] <= max_age_s:
             return cache["models"]
+        clients = app[CLIENTS]
+        per_hive = await asyncio.gather(*(hive_models(clients.jobs(h.url, request_timeout=5), h.alias)
+                                          for h in app[HIVES].running() if h.url))
         models = [BUILTIN_MODEL]
-        token = app[appkeys.TOKEN]
-        for url in hive_urls():
-            try:
-                async with JobClient(url, token, request_timeout=5) as client:
-                    job = await client.submit({"operation": "model_list"})
-                    async for event in client.stream(job.job_id):
-                        payload = getattr(event, "payload", None)
-                        if isinstance(payload, dict) and "models" in payload:
-                            models += [m["id"] for m in payload["models"] if m["id"] not in models]
-            except RbeeError:
-                continue  # a hive that does not answer has no models to offer right now
+        for ids in per_hive:
+            models += [m for m in ids if m not in models]
         cache.update(models=models, at=time.monotonic())
         return models
 
@@ -111,13 +109,28 @@ def setup_openai_api(app: web.Application, hive_urls: Callable[[], list[str]]) -
     app.router.add_post("/v1/chat/completions", chat_completions)
 
 
+async def hive_models(client: JobClient, alias: str) -> list[str]:
+    """The model ids in one hive's catalog; none when it does not answer."""
+    found: list[str] = []
+
+    def collect(event: Event) -> None:
+        if isinstance(event, Data) and isinstance(event.payload, dict):
+            found.extend(str(m["id"]) for m in event.payload.get("models", []) if isinstance(m, dict) and "id" in m)
+
+    try:
+        await run_remote_job(client, ModelList(hive_id=alias), on_event=collect)
+    except RbeeError:
+        return []  # a hive that does not answer has no models to offer right now
+    return found
+
+
 def to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool]:
     if not isinstance(body, dict):
         raise OpenAIError("The body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise OpenAIError("'model' is required (a model id from GET /v1/models).", param="model")
-    fields: dict[str, Any] = {"operation": "infer", "model": model}
+    fields: dict[str, Any] = {"model": model}
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -134,28 +147,22 @@ def to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool]:
     n = body.get("n", 1)
     if n != 1:
         raise OpenAIError("Only n=1 is supported.", param="n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    for name, value in (("max_tokens", max_tokens), ("temperature", body.get("temperature")),
-                        ("top_p", body.get("top_p")), ("seed", body.get("seed"))):
-        if value is not None:
-            fields[name] = value
+    sampling = {f.name: body.get(f.name) for f in SAMPLING_FIELDS}
+    sampling["max_tokens"] = body.get("max_completion_tokens", body.get("max_tokens"))
+    fields.update((name, value) for name, value in sampling.items() if value is not None)
     if isinstance(fields.get("temperature"), (int, float)) and not isinstance(fields["temperature"], bool) \
             and fields["temperature"] > 2:
         raise OpenAIError("'temperature' must be between 0 and 2.", param="temperature")
-    stop = body.get("stop")
-    if stop is not None:
-        fields["stop"] = stop
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise OpenAIError("'stream' must be true or false.", param="stream")
     options = body.get("stream_options") or {}
     include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
     try:
-        operation = parse_operation(fields)
+        operation = parse_message(Infer, fields)
     except InvalidRequest as exc:
-        param = exc.message.split("'")[1] if exc.message.count("'") >= 2 else None
-        raise OpenAIError(exc.message.replace("of operation 'infer' ", ""), param=param) from None
-    assert isinstance(operation, Infer)
+        message = f"'{exc.field}' {exc.problem}." if exc.field and exc.problem else exc.message
+        raise OpenAIError(message, param=exc.field) from None
     return operation, stream, include_usage
 
 

@@ -10,12 +10,11 @@ Layout on the remote, all under InstallDir (default ~/.local/share/rbee-hive):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers
@@ -23,7 +22,9 @@ from queen.hives_conf import RemoteHost
 from queen.ssh import SshError, connect, q, run, upload
 from queen.wheelhouse import build_wheelhouse
 from shared import __version__
+from shared.errors import RbeeError
 from shared.events import narrate
+from shared.job_client import Clients
 
 MIN_PYTHON = (3, 10)
 MARKER = "rbee-install.json"
@@ -100,7 +101,7 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
     return {"alias": host.alias, "install_dir": root, "version": __version__, "wheels": len(files)}
 
 
-async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession) -> str:
+async def start(host: RemoteHost, queen_url: str, clients: Clients) -> str:
     """Start rbee-hive detached on the remote; returns its URL once its health answers."""
     url = f"http://{host.hostname}:{host.hive_port}"
     async with await connect(host) as conn:
@@ -119,7 +120,7 @@ async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession
         await run(conn, host, command, action="hive_start")
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if await hive_answers(session, url, host.alias):
+            if await hive_answers(clients.daemon(url), host.alias):
                 narrate("hive_start", f"Hive {host.alias} is up at {url}", target=host.alias)
                 return url
             alive, _ = await run(conn, host, f"kill -0 $(cat {q(home)}/hive.pid) 2>/dev/null", action="hive_start",
@@ -133,16 +134,12 @@ async def start(host: RemoteHost, queen_url: str, session: aiohttp.ClientSession
                           "(is the port reachable from here?).")
 
 
-async def stop(host: RemoteHost, token: str, session: aiohttp.ClientSession) -> None:
+async def stop(host: RemoteHost, clients: Clients) -> None:
     """POST /v1/shutdown; if the hive does not go, stop it by its pid over SSH."""
-    url = f"http://{host.hostname}:{host.hive_port}"
-    if await hive_answers(session, url, host.alias):
-        try:
-            async with session.post(url + "/v1/shutdown", headers={"Authorization": f"Bearer {token}"},
-                                    timeout=aiohttp.ClientTimeout(total=5)):
-                pass
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
+    hive = clients.daemon(f"http://{host.hostname}:{host.hive_port}")
+    if await hive_answers(hive, host.alias):
+        with contextlib.suppress(RbeeError):  # not answering: it is stopped by its pid below
+            await hive.shutdown()
     async with await connect(host) as conn:
         root = await _install_dir(conn, host)
         pidfile = f"{q(root)}/home/hive.pid"
@@ -160,8 +157,8 @@ async def stop(host: RemoteHost, token: str, session: aiohttp.ClientSession) -> 
         await run(conn, host, f"rm -f {pidfile}", action="hive_stop", check=False, quiet=True)
 
 
-async def uninstall(host: RemoteHost, token: str, session: aiohttp.ClientSession) -> dict[str, Any]:
-    await stop(host, token, session)
+async def uninstall(host: RemoteHost, clients: Clients) -> dict[str, Any]:
+    await stop(host, clients)
     async with await connect(host) as conn:
         root = await _install_dir(conn, host)
         status, _ = await run(conn, host, f"test -f {q(root)}/{MARKER}", action="hive_uninstall", check=False)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-
 from queen.config import QueenConfig
-from queen.forwarding import forward
 from queen.hives import HiveRegistry
 from queen.worker_registry import WorkerInfo, WorkerRegistry
 from shared.events import narrate
@@ -16,13 +13,10 @@ from shared.operations import LOCAL_HIVE, WorkerSpawn
 
 
 class Scheduler:
-    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry,
-                 session: aiohttp.ClientSession, token: str) -> None:
+    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry) -> None:
         self.config = config
         self.hives = hives
         self.workers = workers
-        self._session = session
-        self._token = token
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str) -> WorkerInfo:
@@ -51,9 +45,6 @@ class Scheduler:
 
     async def _spawn(self, model: str, hive_id: str) -> WorkerInfo:
         narrate("schedule", f"No idle worker has {model}; spawning one on {hive_id}", target=hive_id)
-        hive_url = await self.hives.ensure_running(hive_id)
-        result = await forward(self._session, hive_url, self._token, WorkerSpawn(hive_id=hive_id, model=model))
-        worker = self.workers.get(result["worker_id"])  # its ready heartbeat may have arrived already
-        if worker is None:
-            worker = self.workers.add(WorkerInfo(result["worker_id"], hive_id, result["url"], model, "ready"))
-        return worker
+        result = await self.hives.forward(WorkerSpawn(hive_id=hive_id, model=model))
+        # Its ready heartbeat may have arrived already; `add` keeps that record then.
+        return self.workers.add(str(result["worker_id"]), hive_id, str(result["url"]), model)

@@ -1,14 +1,34 @@
 """Live workers, as their heartbeats tell the queen (the one source of truth), plus leases: a worker
-runs one generation at a time, and a lease says whose it is."""
+runs one generation at a time, and a lease says whose it is.
+
+Reading never changes anything: a worker silent past the heartbeat timeout reads as `lost` from then
+on, computed from the time of its last heartbeat.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import InvalidRequest
+from shared.heartbeat import Heartbeat
+from shared.wire import WireEnum
+
+
+class WorkerStatus(WireEnum):
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    FAILED = "failed"  # its model did not load
+    LOST = "lost"  # no heartbeat for too long
+    CRASHED = "crashed"  # a request to it failed as only a dead worker fails
+    STOPPED = "stopped"  # the queen stopped it, or its hive
+
+    @property
+    def alive(self) -> bool:
+        return self in (WorkerStatus.LOADING, WorkerStatus.READY, WorkerStatus.BUSY)
 
 
 @dataclass
@@ -17,7 +37,8 @@ class WorkerInfo:
     hive_id: str
     url: str
     model: str
-    state: str  # loading | ready | busy | lost | crashed | stopped
+    reported: WorkerStatus  # what its last heartbeat said, or what the queen found out since
+    heartbeat_timeout_s: float
     pid: int | None = None
     queue_depth: int = 0
     device: str = "cpu"
@@ -26,19 +47,27 @@ class WorkerInfo:
     leased_by: str | None = None  # the queen job generating on it right now
 
     @property
-    def schedulable(self) -> bool:
-        return self.state in ("ready", "busy") and self.leased_by is None
+    def state(self) -> WorkerStatus:
+        if self.reported.alive and time.monotonic() - self.last_seen > self.heartbeat_timeout_s:
+            return WorkerStatus.LOST
+        return self.reported
 
     @property
     def alive(self) -> bool:
-        return self.state in ("loading", "ready", "busy")
+        return self.state.alive
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state in (WorkerStatus.READY, WorkerStatus.BUSY) and self.leased_by is None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
         now = time.monotonic()
-        d["seen_s_ago"] = round(now - d.pop("last_seen"), 2)
-        d["idle_s"] = round(now - d.pop("last_used"), 2) if self.leased_by is None else 0.0
-        return d
+        return {
+            "worker_id": self.worker_id, "hive_id": self.hive_id, "url": self.url, "model": self.model,
+            "state": self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
+            "leased_by": self.leased_by, "seen_s_ago": round(now - self.last_seen, 2),
+            "idle_s": round(now - self.last_used, 2) if self.leased_by is None else 0.0,
+        }
 
 
 class WorkerRegistry:
@@ -47,33 +76,28 @@ class WorkerRegistry:
         self._timeout = heartbeat_timeout_s
         self._changed = asyncio.Event()
 
-    def heartbeat(self, payload: Any) -> WorkerInfo:
-        if not isinstance(payload, dict):
-            raise InvalidRequest("A heartbeat is a JSON object.")
-        try:
-            worker_id, url, model, state = (str(payload[k]) for k in ("worker_id", "url", "model", "state"))
-        except KeyError as exc:
-            raise InvalidRequest(f"Heartbeat is missing field {exc}.") from None
-        hive_id = str(payload.get("hive_id") or "localhost")
-        worker = self._workers.get(worker_id)
+    def heartbeat(self, beat: Heartbeat) -> WorkerInfo:
+        reported = WorkerStatus(beat.state.value)
+        worker = self._workers.get(beat.worker_id)
         if worker is None:
-            worker = self._workers[worker_id] = WorkerInfo(worker_id, hive_id, url, model, state)
-        worker.url, worker.model, worker.hive_id = url, model, hive_id
-        if worker.state not in ("crashed", "stopped") or state == "ready":
-            worker.state = state
-        worker.pid = payload.get("pid")
-        worker.queue_depth = int(payload.get("queue_depth") or 0)
-        worker.device = str(payload.get("device") or "cpu")
+            worker = self._workers[beat.worker_id] = WorkerInfo(
+                beat.worker_id, beat.hive_id, beat.url, beat.model, reported, self._timeout)
+        worker.url, worker.model, worker.hive_id = beat.url, beat.model, beat.hive_id
+        # A worker the queen gave up on comes back only by saying it is ready again.
+        if worker.reported not in (WorkerStatus.CRASHED, WorkerStatus.STOPPED) or reported is WorkerStatus.READY:
+            worker.reported = reported
+        worker.pid, worker.queue_depth, worker.device = beat.pid, beat.queue_depth, beat.device
         worker.last_seen = time.monotonic()
         self.notify()
         return worker
 
-    def add(self, worker: WorkerInfo) -> WorkerInfo:
-        """Register a worker the queen just had spawned (before its first heartbeat arrives)."""
-        existing = self._workers.get(worker.worker_id)
+    def add(self, worker_id: str, hive_id: str, url: str, model: str) -> WorkerInfo:
+        """Register a worker the queen just had spawned (its first heartbeat may not have arrived yet)."""
+        existing = self._workers.get(worker_id)
         if existing is not None:
             return existing
-        self._workers[worker.worker_id] = worker
+        worker = self._workers[worker_id] = WorkerInfo(worker_id, hive_id, url, model, WorkerStatus.READY,
+                                                       self._timeout)
         self.notify()
         return worker
 
@@ -81,35 +105,31 @@ class WorkerRegistry:
         return self._workers.get(worker_id)
 
     def all(self) -> list[WorkerInfo]:
-        self.mark_lost()
         return list(self._workers.values())
 
-    def mark(self, worker_id: str, state: str) -> None:
+    def mark(self, worker_id: str, status: WorkerStatus) -> None:
         if (worker := self._workers.get(worker_id)) is not None:
-            worker.state = state
+            worker.reported = status
             worker.leased_by = None
             self.notify()
+
+    def mark_hive(self, hive_id: str, status: WorkerStatus) -> None:
+        """Every worker of a hive that stopped or went away."""
+        for worker in self._workers.values():
+            if worker.hive_id == hive_id:
+                self.mark(worker.worker_id, status)
 
     def forget(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
         self.notify()
 
-    def mark_lost(self) -> None:
-        now = time.monotonic()
-        for worker in self._workers.values():
-            if worker.alive and now - worker.last_seen > self._timeout:
-                worker.state = "lost"
-                worker.leased_by = None
-
     def idle(self, model: str, hive_id: str | None) -> WorkerInfo | None:
         """An idle ready worker for the model, the least recently used first (keeps others warm)."""
-        self.mark_lost()
         candidates = [w for w in self._workers.values()
                       if w.model == model and w.schedulable and (hive_id is None or w.hive_id == hive_id)]
         return min(candidates, key=lambda w: w.last_used) if candidates else None
 
     def count_alive(self, model: str, hive_id: str) -> int:
-        self.mark_lost()
         return sum(1 for w in self._workers.values() if w.model == model and w.hive_id == hive_id and w.alive)
 
     def lease(self, worker: WorkerInfo, job_id: str) -> None:
@@ -125,7 +145,5 @@ class WorkerRegistry:
         self._changed = asyncio.Event()
 
     async def wait_for_change(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass

@@ -1,7 +1,9 @@
-"""The base every daemon's `create_app` starts from: middlewares, a body limit and `GET /health`."""
+"""The base every daemon's `create_app` starts from: middlewares, a body limit, `GET /health`, and
+`POST /v1/shutdown` (which `shared.daemon.serve` waits on)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -19,9 +21,18 @@ def create_base_app(
 ) -> web.Application:
     app = web.Application(middlewares=base_middlewares(token), client_max_size=max_body_bytes, **kwargs)
     app[appkeys.TOKEN] = token
-
-    async def default_health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
+    app[appkeys.LISTENING] = appkeys.Listening()
+    app[appkeys.SHUTDOWN_REQUESTED] = asyncio.Event()
     app.router.add_get("/health", health or default_health)
+    app.router.add_post("/v1/shutdown", shutdown)
     return app
+
+
+async def default_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    """Stop the daemon (and what it started) once this answer is sent."""
+    request.app[appkeys.SHUTDOWN_REQUESTED].set()
+    return web.json_response({"status": "shutting down"}, status=202)

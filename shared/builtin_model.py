@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from shared.errors import RbeeError
-from shared.operations import BUILTIN_MODEL
+from shared.models import BUILTIN_MODEL
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"

@@ -1,7 +1,7 @@
 """Run a daemon's app until a signal, its shutdown endpoint or a fatal condition; clean up either way.
 
-Every daemon prints one line `<prog> <id> listening on <url>` once bound (port 0 is common), which is
-how a parent learns the port.
+Every daemon prints the start-up handshake (shared/handshake.py) once bound, which is how a parent
+learns the port (port 0 is common); `app[appkeys.LISTENING]` holds the URL for the app itself.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from shared import appkeys
+from shared.handshake import listening_line
 from shared.process import watch_parent
 
 log = logging.getLogger("rbee.daemon")
@@ -41,8 +43,6 @@ async def serve(
     name: str,
     host: str,
     port: int,
-    shutdown_requested: asyncio.Event,
-    on_listening: Callable[[str], None] | None = None,
     fatal: Callable[[], Awaitable[str]] | None = None,
     exit_with_parent: bool = False,
     advertise_host: str | None = None,
@@ -69,12 +69,11 @@ async def serve(
             print(f"{prog}: cannot listen on {host}:{port}: {reason}{hint}", file=sys.stderr)
             return 1
         url = advertised_url(host, runner.addresses[0][1], advertise_host)
-        if on_listening:
-            on_listening(url)
-        print(f"{prog} {name} listening on {url}", flush=True)
+        app[appkeys.LISTENING].set(url)
+        print(listening_line(prog, name, url), flush=True)
         waits: dict[asyncio.Future, str] = {
             asyncio.ensure_future(stop.wait()): "signal",
-            asyncio.ensure_future(shutdown_requested.wait()): "shutdown request",
+            asyncio.ensure_future(app[appkeys.SHUTDOWN_REQUESTED].wait()): "shutdown request",
         }
         if fatal is not None:
             waits[asyncio.ensure_future(fatal())] = "fatal"

@@ -7,16 +7,19 @@ class RbeeError(Exception):
     """An error a user can read: a short title, a message that says what is wrong and what to do.
 
     `code` is the machine-readable form used in JSON error bodies and `error` events; `status` is the
-    HTTP status a server answers with when this escapes a handler.
+    HTTP status a server answers with when this escapes a handler. `reported` is True when the error
+    already reached the user (an `error` event forwarded from a hive or worker), so it is not told twice.
     """
 
     title = "rbee error"
     code = "RBEE_ERROR"
     status = 500
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 reported: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.reported = reported
         if code is not None:
             self.code = code
         if status is not None:
@@ -27,11 +30,20 @@ class RbeeError(Exception):
 
 
 class InvalidRequest(RbeeError):
-    """The request body or an operation in it is malformed; the message names the field."""
+    """The request body or an operation in it is malformed; the message names the field.
+
+    `field` is the offending field's name and `problem` what is wrong with it ("must be at least 1, not
+    0"), so a caller can say it in its own terms (a CLI option, an OpenAI `param`) without parsing text.
+    """
 
     title = "Invalid request"
     code = "INVALID_REQUEST"
     status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, problem: str | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.field = field
+        self.problem = problem
 
 
 class UnknownOperation(InvalidRequest):

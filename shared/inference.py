@@ -1,38 +1,51 @@
-"""The worker's inference request: what the queen (or anyone) POSTs to a worker's /v1/inference."""
+"""What a generation is asked for, defined once: the text (a prompt or chat messages) and the sampling
+parameters with their defaults. `Infer` (the queen's operation) and `InferenceRequest` (what the queen
+POSTs to a worker's /v1/inference) both inherit it; the CLI, the TUI and the OpenAI layer read the field
+list, defaults and help from here too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from shared.operations import Messages, Operation, check_prompt_or_messages, parse_fields
-
-DEFAULT_MAX_TOKENS = 128
-STOP_REASONS = ("stop", "length", "cancelled")
+from shared.errors import InvalidRequest
+from shared.wire import Messages, WireMessage, bounds, parse_message
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceRequest(Operation, register=False):
+class Generation(WireMessage):
     """Sampling defaults follow llama.cpp's own (temperature 0.8, top_p 0.95, top_k 40)."""
 
-    name: ClassVar[str] = "inference"
     prompt: str | None = field(default=None, metadata={"nonempty": True})
-    messages: Messages | None = None  # chat mode: formatted with the model's own chat template
-    max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata={"min": 1, "max": None})
-    temperature: float = field(default=0.8, metadata={"min": 0, "max": None})
-    top_p: float = field(default=0.95, metadata={"min": 0, "max": 1})
-    top_k: int = field(default=40, metadata={"min": 0, "max": None})
-    seed: int | None = None
-    stop: tuple[str, ...] | None = None
+    messages: Messages | None = None  # chat: formatted with the model's own chat template
+    max_tokens: int = field(default=128, metadata=bounds(1, help="most tokens to generate"))
+    temperature: float = field(default=0.8, metadata=bounds(0, help="sampling temperature, 0 for greedy"))
+    top_p: float = field(default=0.95, metadata=bounds(0, 1, help="nucleus sampling threshold"))
+    top_k: int = field(default=40, metadata=bounds(0, help="sample from the k most likely tokens"))
+    seed: int | None = field(default=None, metadata={"help": "the same seed and options give the same text"})
+    stop: tuple[str, ...] | None = field(default=None, metadata={"help": "stop at this string; it is not returned"})
 
     def validate(self) -> None:
-        check_prompt_or_messages(self)
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequest(f"{self.describe().capitalize()} needs exactly one of 'prompt' (plain text) and "
+                                 "'messages' (a chat: a list of {role, content}).", field="prompt",
+                                 problem="or 'messages' is needed (exactly one of the two)")
 
-    def to_dict(self) -> dict[str, Any]:
-        body = super().to_dict()
-        del body["operation"]  # a worker request is not a tagged job-API operation
-        return body
+    def to_request(self) -> "InferenceRequest":
+        """The worker request for this generation (the queen's side of the hop)."""
+        return InferenceRequest(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Generation)})
+
+
+SAMPLING_FIELDS = tuple(f for f in dataclasses.fields(Generation) if "help" in f.metadata)
+SAMPLING_DEFAULTS = {f.name: f.default for f in SAMPLING_FIELDS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceRequest(Generation):
+    name: ClassVar[str] = "inference request"
 
 
 def parse_inference_request(data: Any) -> InferenceRequest:
-    return parse_fields(InferenceRequest, data)  # type: ignore[return-value]
+    return parse_message(InferenceRequest, data)

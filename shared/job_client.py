@@ -8,7 +8,6 @@ the caller sees every event exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Mapping
@@ -17,9 +16,10 @@ import aiohttp
 from aiohttp_sse_client.client import EventSource
 from multidict import CIMultiDict
 
-from shared.errors import ServerError, ServerUnreachable, StreamTimeout
+from shared.client import DaemonClient, unreachable
+from shared.errors import ServerError, StreamTimeout
 from shared.events import DONE, Event, decode_event
-from shared.operations import Operation
+from shared.wire import WireMessage
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class SubmittedJob:
     sse_url: str
 
 
-class JobClient:
+class JobClient(DaemonClient):
     """One server's job API. Use as `async with JobClient(url, token) as client:`."""
 
     def __init__(
@@ -44,62 +44,21 @@ class JobClient:
         resume_backoff: float = 0.2,
         path: str = "/v1/jobs",  # a worker serves the same API at /v1/inference
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, token, session=session, connect_timeout=connect_timeout,
+                         request_timeout=request_timeout)
         self.path = path
-        self._token = token
-        self._own_session = session is None
-        self._session = session
-        self._connect_timeout = connect_timeout
-        self._request_timeout = request_timeout
         self._stream_idle_timeout = stream_idle_timeout
         self._max_resumes = max_resumes
         self._resume_backoff = resume_backoff
 
-    async def __aenter__(self) -> "JobClient":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
-
-    # -- plain requests ---------------------------------------------------------------------------------
-
-    async def request(self, method: str, path: str, payload: Any = None) -> Any:
-        """One JSON request; returns the decoded body or raises ServerError/ServerUnreachable."""
-        url = self.base_url + path
-        timeout = aiohttp.ClientTimeout(total=self._request_timeout, connect=self._connect_timeout)
-        try:
-            async with self.session.request(method, url, json=payload, headers=self._headers(),
-                                            timeout=timeout) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise _server_error(url, resp.status, body)
-                return json.loads(body) if body else None
-        except aiohttp.ClientConnectionError as exc:
-            raise _unreachable(self.base_url, exc) from exc
-        except asyncio.TimeoutError as exc:
-            raise StreamTimeout(f"{method} {url} got no answer within {self._request_timeout:g} s.") from exc
-
-    async def health(self) -> dict[str, Any]:
-        return await self.request("GET", "/health")
-
-    async def submit(self, operation: Operation | Mapping[str, Any]) -> SubmittedJob:
-        payload = operation.to_dict() if isinstance(operation, Operation) else dict(operation)
+    async def submit(self, operation: WireMessage | Mapping[str, Any]) -> SubmittedJob:
+        payload = operation.to_dict() if isinstance(operation, WireMessage) else dict(operation)
         body = await self.request("POST", self.path, payload)
-        return SubmittedJob(job_id=body["job_id"], sse_url=body["sse_url"])
+        try:
+            return SubmittedJob(job_id=str(body["job_id"]), sse_url=str(body["sse_url"]))
+        except (KeyError, TypeError) as exc:
+            raise ServerError(f"{self.base_url}{self.path} answered {body!r}, not a job.", code="BAD_RESPONSE",
+                              status=502) from exc
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self.request("GET", f"{self.path}/{job_id}")
@@ -148,7 +107,7 @@ class JobClient:
                     if isinstance(exc, asyncio.TimeoutError):
                         raise StreamTimeout(f"The stream of {job_id} at {self.base_url} went silent for "
                                             f"{self._stream_idle_timeout:g} s, {failures} times.") from exc
-                    raise _unreachable(self.base_url, exc) from exc
+                    raise unreachable(self.base_url, exc) from exc
                 await asyncio.sleep(self._resume_backoff * failures)
             except ConnectionError as exc:
                 # aiohttp-sse-client raises a bare ConnectionError for an HTTP error status; ask the
@@ -157,15 +116,16 @@ class JobClient:
                 raise ServerError(f"The stream of {job_id} at {self.base_url} failed: {exc}.") from exc
 
 
-def _server_error(url: str, status: int, body: bytes) -> ServerError:
-    try:
-        err = json.loads(body)["error"]
-        code, message = str(err["code"]), str(err["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = f"HTTP_{status}", body.decode(errors="replace")[:200] or f"HTTP {status}"
-    return ServerError(message, code=code, status=status)
 
+@dataclass(frozen=True)
+class Clients:
+    """Clients for any daemon, sharing one session and one token: what a daemon holds to call the others."""
 
-def _unreachable(base_url: str, exc: BaseException) -> ServerUnreachable:
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return ServerUnreachable(f"Nothing answers at {base_url} ({reason}). Is the server running?")
+    session: aiohttp.ClientSession
+    token: str
+
+    def daemon(self, url: str, **options: Any) -> DaemonClient:
+        return DaemonClient(url, self.token, session=self.session, **options)
+
+    def jobs(self, url: str, **options: Any) -> JobClient:
+        return JobClient(url, self.token, session=self.session, **options)

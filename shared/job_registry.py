@@ -66,7 +66,6 @@ class Job:
         self._cleanups: list[Cleanup] = []
         self._task: asyncio.Task[None] | None = None
         self.readers = 0  # open streams following this job
-        self.abandoned = False  # cancelled because every reader left
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -278,7 +277,7 @@ class JobRegistry:
             return JobState.CANCELLED, None
         except RbeeError as exc:
             job.error = {"code": exc.code, "message": exc.message}
-            if getattr(exc, "reported", False):
+            if exc.reported:
                 return JobState.FAILED, None  # its error event is already in the stream (forwarded)
         except Exception as exc:  # a bug: log the traceback here, give the client one clear line
             log.exception("job %s (%s) crashed", job.id, job.operation.name)

@@ -36,11 +36,11 @@ SSE_PING_S = 15.0  # keeps idle streams alive through proxies and lets us notice
 SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
 
 class JobHistory(Protocol):
-    """Where finished jobs outlive the registry (the queen keeps them in SQLite)."""
+    """Where finished jobs outlive the registry (the queen keeps them in SQLite, at appkeys.JOB_HISTORY)."""
 
-    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
-    def list(self) -> list[dict[str, Any]]: ...
+    async def list(self) -> list[dict[str, Any]]: ...
 
 
 Parse = Callable[[Any], Operation]
@@ -59,15 +59,15 @@ def setup_job_api(
     parse: Parse | None = None,
     admit: Admit | None = None,
     abandon_after_s: float | None = None,
-    history: JobHistory | None = None,
 ) -> None:
     """Add the job routes, and a registry whose jobs are all ended on shutdown.
 
     `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*); `parse`
     replaces operation parsing entirely (the worker's inference requests). `admit` may refuse a new job
     (raise a 503 RbeeError) before it is created. With `abandon_after_s`, a job whose every reader has
-    left is cancelled after that long; without it, jobs run on when readers leave. With `history`,
-    GET /v1/jobs and GET /v1/jobs/{id} also answer for jobs the registry no longer holds.
+    left is cancelled after that long; without it, jobs run on when readers leave. When the app holds a
+    history (appkeys.JOB_HISTORY), GET /v1/jobs and GET /v1/jobs/{id} also answer for jobs the registry
+    no longer holds.
     """
     allowed = frozenset(operations) if operations is not None else None
     parse_request: Parse = parse or (lambda data: parse_operation(data, allowed=allowed))
@@ -95,7 +95,6 @@ def setup_job_api(
 
         def cancel_if_still_abandoned() -> None:
             if not job.readers and not job.state.finished:
-                job.abandoned = True
                 registry.cancel(job.id)
 
         asyncio.get_running_loop().call_later(abandon_after_s, cancel_if_still_abandoned)
@@ -146,15 +145,17 @@ def setup_job_api(
         try:
             return web.json_response(request.app[appkeys.JOB_REGISTRY].get(job_id).summary())
         except JobNotFound:
-            if history is not None and (record := history.get(job_id)) is not None:
+            history = request.app.get(appkeys.JOB_HISTORY)
+            if history is not None and (record := await history.get(job_id)) is not None:
                 return web.json_response(record)
             raise
 
     async def list_jobs(request: web.Request) -> web.Response:
         live = [j.summary() for j in request.app[appkeys.JOB_REGISTRY].jobs()]
+        history = request.app.get(appkeys.JOB_HISTORY)
         if history is not None:
             seen = {j["job_id"] for j in live}
-            live += [r for r in history.list() if r["job_id"] not in seen]
+            live += [r for r in await history.list() if r["job_id"] not in seen]
         live.sort(key=lambda j: j["created_at"], reverse=True)
         return web.json_response({"jobs": live})
 

@@ -1,7 +1,7 @@
 """`create_app(config, token)`: the worker's aiohttp application.
 
-Resources, each owned by a cleanup_ctx: the llama engine thread, the heartbeat task (when a queen is
-given) and its client session.
+Resources, each owned by a cleanup_ctx: the llama engine thread, and the heartbeat task with its client
+(when a queen is given).
 """
 
 from __future__ import annotations
@@ -9,79 +9,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from shared import appkeys as shared_keys
 from shared.app import create_base_app
-from worker.appkeys import CONFIG, ENGINE, HEARTBEAT, SHUTDOWN_REQUESTED
+from shared.client import DaemonClient
+from shared.heartbeat import EngineState, Heartbeat
+from worker.appkeys import CONFIG, ENGINE, HEARTBEAT
 from worker.config import WorkerConfig
 from worker.engine import LlamaEngine
-from worker.heartbeat import Heartbeat, heartbeat_payload
+from worker.heartbeat import HeartbeatSender
 from worker.inference_api import pending_jobs, setup_inference_api
-
-
-
-@dataclass
-class Advertised:
-    """The URL others reach this worker at; known only once the socket is bound (port 0)."""
-
-    url: str
-
-
-ADVERTISED = web.AppKey("worker_advertised", Advertised)
 
 
 def create_app(config: WorkerConfig, token: str) -> web.Application:
     app = create_base_app(token, health=health)
     app[CONFIG] = config
-    app[SHUTDOWN_REQUESTED] = asyncio.Event()
-    app[ADVERTISED] = Advertised(f"http://{config.host}:{config.port}")
     app.cleanup_ctx.append(engine_ctx)
     if config.queen_url:
         app.cleanup_ctx.append(heartbeat_ctx)
     setup_inference_api(app)
-    app.router.add_post("/v1/shutdown", shutdown)
     return app
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    def state_changed(state: str) -> None:
+    def state_changed(state: EngineState) -> None:
         if HEARTBEAT in app:
             app[HEARTBEAT].poke()
 
     engine = LlamaEngine(app[CONFIG], on_state_change=state_changed)
     app[ENGINE] = engine
     engine.start()
-    yield
-    await engine.stop()
+    try:
+        yield
+    finally:
+        await engine.stop()
 
 
 async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    listening = app[shared_keys.LISTENING]
 
-    def payload() -> dict:
-        return heartbeat_payload(config.worker_id, config.hive_id, app[ADVERTISED].url, config.model_ref,
-                                 app[ENGINE].state, queue_depth(app), config.device)
+    def heartbeat() -> Heartbeat:
+        return Heartbeat(worker_id=config.worker_id, hive_id=config.hive_id or "", url=listening.url or "",
+                         model=config.model_ref, state=app[ENGINE].state, pid=os.getpid(),
+                         queue_depth=queue_depth(app), device=config.device)
 
-    heartbeat = Heartbeat(config.queen_url or "", app[shared_keys.TOKEN], payload, config.heartbeat_interval_s)
-    app[HEARTBEAT] = heartbeat
-    async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(heartbeat.run(session), name="heartbeat")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with DaemonClient(config.queen_url or "", app[shared_keys.TOKEN]) as queen:
+        sender = app[HEARTBEAT] = HeartbeatSender(queen, heartbeat, config.heartbeat_interval_s)
+        task = asyncio.create_task(sender.run(listening.bound), name="heartbeat")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def queue_depth(app: web.Application) -> int:
     """Requests waiting behind the one being generated."""
     if shared_keys.JOB_REGISTRY not in app:
         return 0
-    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - (1 if app[ENGINE].state == "busy" else 0))
+    busy = 1 if app[ENGINE].state is EngineState.BUSY else 0
+    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - busy)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -89,8 +81,8 @@ async def health(request: web.Request) -> web.Response:
     config = app[CONFIG]
     engine = app[ENGINE]
     body = {
-        "status": "ok" if engine.state != "failed" else "error",
-        "state": engine.state,
+        "status": "ok" if engine.state is not EngineState.FAILED else "error",
+        "state": engine.state.value,
         "worker_id": config.worker_id,
         "model": config.model_ref,
         "device": config.device,
@@ -104,8 +96,3 @@ async def health(request: web.Request) -> web.Response:
     if engine.load_error:
         body["error"] = engine.load_error
     return web.json_response(body)
-
-
-async def shutdown(request: web.Request) -> web.Response:
-    request.app[SHUTDOWN_REQUESTED].set()
-    return web.json_response({"status": "shutting down"}, status=202)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from shared.events import Event, Started, Token
+from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest
 from worker.config import WorkerConfig
 from worker.errors import GenerationError
@@ -42,9 +43,9 @@ class Generation:
 
 
 class LlamaEngine:
-    def __init__(self, config: WorkerConfig, on_state_change: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, config: WorkerConfig, on_state_change: Callable[[EngineState], Any] | None = None) -> None:
         self.config = config
-        self.state = "loading"  # loading -> ready <-> busy; failed if the model does not load
+        self.state = EngineState.LOADING  # loading -> ready <-> busy; failed if the model does not load
         self.load_error: str | None = None
         self.n_ctx: int = config.ctx_size
         self._on_state_change = on_state_change
@@ -70,12 +71,11 @@ class LlamaEngine:
             await asyncio.to_thread(self._thread.join)
 
     def submit(self, request: InferenceRequest, job_id: str, emit: Callable[[Event], Any]) -> Generation:
-        assert self._loop is not None
-        generation = Generation(request, job_id, emit, self._loop.create_future())
+        generation = Generation(request, job_id, emit, asyncio.get_running_loop().create_future())
         self._requests.put(generation)
         return generation
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: EngineState) -> None:
         if state != self.state:
             self.state = state
             if self._on_state_change:
@@ -101,7 +101,7 @@ class LlamaEngine:
                 if generation.cancel.is_set() or self._shutdown.is_set():
                     self._post(_resolve, generation.done, _stats(0, None, 0.0, "cancelled"))
                     continue
-                self._post(self._set_state, "busy")
+                self._post(self._set_state, EngineState.BUSY)
                 outcome = self._generate(llm, generation)
                 self._post(self._finished, generation.done, outcome)
         finally:
@@ -138,14 +138,14 @@ class LlamaEngine:
         return llm
 
     def _finished(self, done: asyncio.Future, outcome: dict[str, Any] | BaseException) -> None:
-        self._set_state("ready")  # before the result, so whoever sees the end also sees a free worker
+        self._set_state(EngineState.READY)  # before the result, so whoever sees the end also sees a free worker
         if isinstance(outcome, BaseException):
             _fail(done, outcome)
         else:
             _resolve(done, outcome)
 
     def _loaded(self, ok: bool) -> None:
-        self._set_state("ready" if ok else "failed")
+        self._set_state(EngineState.READY if ok else EngineState.FAILED)
         if self.loaded is not None and not self.loaded.done():
             self.loaded.set_result(ok)
 
@@ -163,12 +163,17 @@ class LlamaEngine:
         req = generation.request
         cancel = generation.cancel
         shutdown = self._shutdown
-        checks = 0  # llama-cpp-python checks once per sampled token, and once more when it is done
+        # Tokens generated and kept, counted from what the stopping criteria is shown: before each sampled
+        # token is used, it sees the sequence so far (prompt and earlier tokens); a token it stops on is not
+        # used. The end-of-text token counts as generated, as in llama-server.
+        n_prompt = 0
+        generated = 0
 
         def stop_when_cancelled(input_ids, logits) -> bool:
-            nonlocal checks
-            checks += 1
-            return cancel.is_set() or shutdown.is_set()
+            nonlocal generated
+            stop = cancel.is_set() or shutdown.is_set()
+            generated = len(input_ids) - n_prompt + (0 if stop else 1)
+            return stop
 
         self._post(generation.emit, Started(job_id=generation.job_id, model=self.config.model_ref))
         start = time.perf_counter()
@@ -183,6 +188,7 @@ class LlamaEngine:
             else:
                 # what create_completion does with a string, done here so the prompt's size is known
                 prompt_tokens, template_stop = llm.tokenize(req.prompt.encode("utf-8"), special=True), []
+            n_prompt = len(prompt_tokens)
             stream = llm.create_completion(
                 prompt_tokens,
                 max_tokens=req.max_tokens,
@@ -235,7 +241,7 @@ class LlamaEngine:
         elapsed = time.perf_counter() - start
         reason = "cancelled" if cancel.is_set() or shutdown.is_set() else (finish_reason or "stop")
         ttft = None if first_token_at is None else (first_token_at - start) * 1000
-        stats = _stats(max(0, checks - 1), ttft, elapsed, reason)
+        stats = _stats(generated, ttft, elapsed, reason)
         stats["prompt_tokens"] = len(prompt_tokens)
         stats["text"] = "".join(parts)
         return stats
@@ -254,8 +260,8 @@ def _chat_formatter(llm):
             raise GenerationError("This model has no chat template; send a plain 'prompt' instead of 'messages'.",
                                   code="NO_CHAT_TEMPLATE")
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
-        eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
-        bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+        eos = llm.detokenize([eos_id], special=True).decode(errors="replace") if eos_id != -1 else ""
+        bos = llm.detokenize([bos_id], special=True).decode(errors="replace") if bos_id != -1 else ""
         _chat_formatters[id(llm)] = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
                                                         stop_token_ids=[eos_id])
     return _chat_formatters[id(llm)]

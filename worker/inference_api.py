@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from shared.errors import InvalidRequest
+from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest, parse_inference_request
 from shared.job_registry import Job, JobRegistry
 from shared.job_routes import setup_job_api
@@ -33,7 +34,7 @@ def setup_inference_api(app: web.Application) -> None:
         if request.max_tokens >= engine.n_ctx:
             raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) must be smaller than the "
                                  f"worker's context of {engine.n_ctx} tokens.")
-        if engine.state in ("loading", "failed"):
+        if engine.state in (EngineState.LOADING, EngineState.FAILED):
             raise NotReady(f"The model is {engine.state}; wait for GET /health to say ready.")
         return request
 

@@ -15,10 +15,11 @@ from shared.builtin_model import is_gguf
 from shared.errors import RbeeError
 from shared.events import set_default_actor
 from shared.daemon import configure_logging, serve
+from shared.ports import DEFAULT_QUEEN_URL, valid_port
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
-from worker.app import ADVERTISED, create_app
-from worker.appkeys import ENGINE, HEARTBEAT, SHUTDOWN_REQUESTED
+from worker.app import create_app
+from worker.appkeys import ENGINE
 from worker.config import WorkerConfig, all_cores
 from worker.errors import WorkerStartError
 
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 lets the OS pick (default)")
     parser.add_argument("--advertise-host", help="host name others reach this worker at (default: the bind address)")
-    parser.add_argument("--queen-url", help="send heartbeats to this queen (e.g. http://127.0.0.1:7833)")
+    parser.add_argument("--queen-url", help=f"send heartbeats to this queen (e.g. {DEFAULT_QUEEN_URL})")
     parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
     parser.add_argument("--threads", type=int, default=0,
                         help=f"llama.cpp threads; default: all cores ({all_cores()} here)")
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> WorkerConfig:
-    if not 0 <= args.port <= 65535:
+    if not valid_port(args.port, allow_zero=True):
         raise WorkerStartError(f"--port must be between 0 and 65535, not {args.port}")
     if args.threads < 0:
         raise WorkerStartError(f"--threads must be positive, not {args.threads}")
@@ -66,6 +67,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError(f"--max-queue must not be negative, not {args.max_queue}")
     if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
         raise WorkerStartError("--abandon-after and --heartbeat-interval must be positive")
+    if args.queen_url and not args.hive_id:
+        raise WorkerStartError("--queen-url needs --hive-id: heartbeats say which hive the worker belongs to")
     check_device(args.device)
     model: Path = args.model.expanduser()
     if not model.exists():
@@ -124,11 +127,6 @@ def count_nvidia_gpus() -> int | None:
 async def run(config: WorkerConfig) -> int:
     app = create_app(config, load_or_create_token())
 
-    def listening(url: str) -> None:
-        app[ADVERTISED].url = url
-        if HEARTBEAT in app:
-            app[HEARTBEAT].poke()
-
     async def load_failed() -> str:
         engine = app[ENGINE]
         if await engine.loaded:
@@ -136,7 +134,7 @@ async def run(config: WorkerConfig) -> int:
         return engine.load_error or "the model did not load"
 
     return await serve(app, prog=PROG, name=config.worker_id, host=config.host, port=config.port,
-                       shutdown_requested=app[SHUTDOWN_REQUESTED], on_listening=listening, fatal=load_failed,
+                       fatal=load_failed,
                        exit_with_parent=config.exit_with_parent, advertise_host=config.advertise_host)
 
 

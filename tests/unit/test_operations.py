@@ -58,7 +58,8 @@ def test_round_trip_is_exact(name):
 def test_defaults_fill_in_and_survive_round_trip():
     op = parse_operation({"operation": "infer", "prompt": "Hi"})
     assert op == Infer(prompt="Hi")
-    assert op.model == "smollm2-135m" and op.hive_id is None and op.max_tokens is None
+    assert op.model == "smollm2-135m" and op.hive_id is None
+    assert (op.max_tokens, op.temperature, op.top_p, op.top_k) == (128, 0.8, 0.95, 40)  # shared/inference.py
     assert parse_operation(op.to_dict()) == op
     spawn = parse_operation({"operation": "worker_spawn"})
     assert spawn == WorkerSpawn(hive_id="localhost", model="smollm2-135m", worker="cpu", device=0)
@@ -94,7 +95,7 @@ def test_single_stop_string_is_accepted():
         ({"operation": "infer", "prompt": "x", "top_p": 1.5}, "'top_p' of operation 'infer' must be at most 1"),
         ({"operation": "infer", "prompt": "x", "stop": [1]}, "'stop' of operation 'infer' must be a list of strings"),
         ({"operation": "infer", "prompt": "x", "model": None}, "'model' of operation 'infer' must not be null"),
-        ({"operation": "infer", "prompt": "x", "promt": "y"}, "Unknown field 'promt' for operation 'infer'. Valid fields: prompt, messages, model"),
+        ({"operation": "infer", "prompt": "x", "promt": "y"}, "Unknown field 'promt' for operation 'infer'. Valid fields: prompt, messages, max_tokens"),
         ({"operation": "status", "alias": "x"}, "Unknown field 'alias' for operation 'status'. Valid fields: none"),
         ({"operation": "worker_spawn", "worker": "tpu"}, "'worker' of operation 'worker_spawn' must be one of cpu, cuda, metal, not 'tpu'"),
         ({"operation": "hive_import_ssh", "default_hive_port": 70000}, "must be at most 65535"),

@@ -1,0 +1,11 @@
+"""Typed keys of the hive's aiohttp app (the shared ones are in shared/appkeys.py)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hive.config import HiveConfig
+from hive.executor import HiveExecutor
+
+CONFIG = web.AppKey("hive_config", HiveConfig)
+EXECUTOR = web.AppKey("hive_executor", HiveExecutor)

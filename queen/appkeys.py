@@ -1,0 +1,18 @@
+"""Typed keys of the queen's aiohttp app (the shared ones are in shared/appkeys.py). All but CONFIG are
+set by `queen_ctx` when the app starts, and live exactly as long as it runs."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from queen.config import QueenConfig
+from queen.executor import QueenExecutor
+from queen.hives import HiveRegistry
+from queen.worker_registry import WorkerRegistry
+from shared.job_client import Clients
+
+CONFIG = web.AppKey("queen_config", QueenConfig)
+CLIENTS = web.AppKey("queen_clients", Clients)
+HIVES = web.AppKey("queen_hives", HiveRegistry)
+WORKERS = web.AppKey("queen_workers", WorkerRegistry)
+EXECUTOR = web.AppKey("queen_executor", QueenExecutor)

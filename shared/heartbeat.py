@@ -1,0 +1,38 @@
+"""The heartbeat a worker sends the queen (POST /v1/workers/heartbeat): who it is, where it listens, what
+it serves and how it is doing. The queen's worker registry is built from nothing else, so a malformed one
+is refused whole (400) rather than half-registered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from shared.wire import WireEnum, WireMessage, bounds, parse_message
+
+HEARTBEAT_PATH = "/v1/workers/heartbeat"
+
+
+class EngineState(WireEnum):
+    """A worker's own state, as its /health and heartbeats report it."""
+
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    FAILED = "failed"  # the model did not load
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(WireMessage):
+    name: ClassVar[str] = "heartbeat"
+    worker_id: str = field(metadata={"nonempty": True})
+    hive_id: str = field(metadata={"nonempty": True})
+    url: str = field(metadata={"nonempty": True})  # where the queen reaches the worker's inference API
+    model: str = field(metadata={"nonempty": True})  # the canonical model reference
+    state: EngineState
+    pid: int | None = field(default=None, metadata=bounds(1))
+    queue_depth: int = field(default=0, metadata=bounds(0))  # requests waiting behind the running ones
+    device: str = field(default="cpu", metadata={"nonempty": True})
+
+
+def parse_heartbeat(data: Any) -> Heartbeat:
+    return parse_message(Heartbeat, data)
