@@ -15,10 +15,14 @@ from typing import Any
 from keeper_tui.errors import KeeperError
 from keeper_tui.output import HumanRenderer, JsonRenderer, JOB_COLUMNS, job_rows, key_values, table
 from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
-from shared.errors import RbeeError
+from shared.errors import InvalidRequest, RbeeError
 from shared.events import End
+from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
-from shared.operations import BUILTIN_MODEL, LOCAL_HIVE, Operation, parse_operation
+from shared.models import BUILTIN_MODEL
+from shared.operations import LOCAL_HIVE, Operation, parse_operation
+from shared.ports import DEFAULT_QUEEN_URL
+from shared.wire import field_types
 from shared.paths import RbeePaths
 from shared.token import load_or_create_token
 
@@ -42,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run LLMs on the machines you own. rbee talks to the queen (queen-rbee), which starts hives "
                     "and workers as needed; the queen is started automatically when it is not running.")
     parser.add_argument("--queen-url", default=default_queen_url(),
-                        help="the queen to talk to (default $RBEE_QUEEN_URL or http://127.0.0.1:7833)")
+                        help=f"the queen to talk to (default $RBEE_QUEEN_URL or {DEFAULT_QUEEN_URL})")
     parser.add_argument("--json", action="store_true",
                         help="headless mode: stdout carries only JSON, one object per line, then a result line")
     parser.add_argument("--no-autostart", action="store_true", help="fail instead of starting a queen")
@@ -60,12 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "such as the built-in answer questions better this way)")
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference (default {BUILTIN_MODEL})")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
-    p.add_argument("--max-tokens", type=int, help="most tokens to generate (worker default 128)")
-    p.add_argument("--temperature", type=float, help="sampling temperature, 0 for greedy (default 0.8)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
-    p.add_argument("--top-k", type=int, help="top-k sampling (default 40)")
-    p.add_argument("--seed", type=int, help="seed: the same seed and options give the same text")
-    p.add_argument("--stop", action="append", help="stop at this string (repeatable); it is not printed")
+    add_sampling_options(p)
 
     command("status", "Show hives, workers and jobs at a glance.", "rbee status")
 
@@ -101,12 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--max-tokens, --temperature, …: one option per sampling field of shared/inference.py."""
+    types = field_types(Generation)
+    for f in SAMPLING_FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        default = "" if f.default is None else f" (default {f.default})"
+        if types[f.name] == tuple[str, ...]:
+            parser.add_argument(flag, dest=f.name, action="append", help=f"{f.metadata['help']} (repeatable)")
+        else:
+            parser.add_argument(flag, dest=f.name, type=types[f.name], help=f.metadata["help"] + default)
+
+
+# How the CLI spells a field of an operation, where that is not --field-name.
+OPTION_NAMES = {"hive_id": "--hive", "prompt": "PROMPT", "id": "ID", "alias": "ALIAS",
+                "ssh_config_path": "--ssh-config", "default_hive_port": "--hive-port"}
+
+
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
 def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Operation | None:
     """The job operation a command stands for (None: the command is not a job)."""
     c = args.command
     if c == "infer":
-        fields = {k: getattr(args, k) for k in ("model", "hive_id", "max_tokens", "temperature", "top_p", "top_k",
-                                                "seed", "stop") if getattr(args, k) is not None}
+        fields = {k: getattr(args, k) for k in ("model", "hive_id", *SAMPLING_DEFAULTS) if getattr(args, k) is not None}
         text = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
         return _parse({"operation": "infer", **text, **fields}, parser)
     if c == "status":
@@ -147,9 +166,9 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
     try:
         return parse_operation(body)
-    except RbeeError as exc:
-        parser.error(exc.message.replace("Field '", "option '").replace("_", "-"))
-    raise AssertionError  # parser.error exits
+    except InvalidRequest as exc:
+        parser.error(f"{option_name(exc.field)} {exc.problem}" if exc.field and exc.problem else exc.message)
+    raise RuntimeError("unreachable: parser.error exits")
 
 
 class Keeper:

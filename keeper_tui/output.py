@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from shared.events import Data, End, Error, Event, Narration, Started, Token, event_to_dict
+from shared.events import Data, End, Error, Event, Narration, Token, event_to_dict
 
 _COLORS = {"info": "\033[36m", "warn": "\033[33m", "error": "\033[31m"}
 _DIM, _RESET = "\033[2m", "\033[0m"
@@ -141,8 +141,6 @@ class HumanRenderer:
         elif isinstance(event, Error):
             self._end_progress()
             self.say(f"error: {event.message} [{event.code}]", "error")
-        elif isinstance(event, Started):
-            pass
 
     def end(self, end: End | None, job_id: str) -> None:
         self._end_progress()

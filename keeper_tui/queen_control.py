@@ -11,13 +11,13 @@ import time
 from typing import Callable
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from keeper_tui.errors import QueenNotRunning, QueenStartFailed
+from shared.client import DaemonClient
+from shared.errors import ServerError
 from shared.paths import RbeePaths
+from shared.ports import DEFAULT_QUEEN_URL, LOOPBACK_HOSTS
 from shared.process import pid_alive, tail_file
 
-DEFAULT_QUEEN_URL = "http://127.0.0.1:7833"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
@@ -27,12 +27,8 @@ def default_queen_url() -> str:
 
 
 async def queen_health(url: str) -> dict | None:
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                return await resp.json() if resp.status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        return None
+    async with DaemonClient(url) as queen:
+        return await queen.health_or_none()
 
 
 async def ensure_queen(url: str, paths: RbeePaths, *, autostart: bool, say: Callable[[str], None]) -> None:
@@ -47,7 +43,7 @@ async def ensure_queen(url: str, paths: RbeePaths, *, autostart: bool, say: Call
 async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) -> int:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK_HOSTS:
         raise QueenNotRunning(f"No queen answers at {url}, and rbee only starts a queen on this machine. "
                               "Start queen-rbee on that host, or use a local --queen-url.")
     say("queen is asleep, waking queen")
@@ -81,16 +77,14 @@ async def stop_queen(url: str, token: str, say: Callable[[str], None]) -> bool:
     if await queen_health(url) is None:
         return False
     say("asking the queen to stop (its hives and workers stop with it)")
-    headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url.rstrip("/") + "/v1/info", headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            pid = (await resp.json()).get("pid") if resp.status == 200 else None
-        async with session.post(url.rstrip("/") + "/v1/shutdown", headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            if resp.status >= 400:
-                raise QueenNotRunning(f"The queen at {url} refused to stop: HTTP {resp.status}.")
-    local = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    async with DaemonClient(url, token) as queen:
+        try:
+            info = await queen.request("GET", "/v1/info", timeout=10)
+            await queen.shutdown(timeout=10)
+        except ServerError as exc:
+            raise QueenNotRunning(f"The queen at {url} refused to stop: {exc.message}") from exc
+    pid = info.get("pid") if isinstance(info, dict) else None
+    local = urlsplit(url).hostname in LOOPBACK_HOSTS
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline:
         # Done when the process is gone (it stops its hives first), not merely when it stops answering.

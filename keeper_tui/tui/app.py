@@ -18,7 +18,9 @@ from keeper_tui.tui.widgets import NarrationPane, TokenPane
 from shared.errors import RbeeError
 from shared.events import Data, End, Error, Event, Narration, Token
 from shared.job_client import JobClient
-from shared.operations import BUILTIN_MODEL, LOCAL_HIVE, Operation, parse_operation
+from shared.inference import SAMPLING_DEFAULTS
+from shared.models import BUILTIN_MODEL
+from shared.operations import LOCAL_HIVE, Operation, parse_operation
 from shared.paths import RbeePaths
 from shared.token import load_or_create_token
 
@@ -63,6 +65,7 @@ class RbeeApp(App):
         self.last_job: str | None = None
         self.last_end: End | None = None
         self._client: JobClient | None = None
+        self.worker_hives: dict[str, str] = {}  # worker id -> its hive, from the Workers view
 
     # -- layout ---------------------------------------------------------------------------------------
 
@@ -74,8 +77,10 @@ class RbeeApp(App):
                     yield Input(placeholder="Ask something, then Enter", id="prompt")
                     yield Input(value=BUILTIN_MODEL, placeholder="model", id="model")
                     yield Input(placeholder="any hive", id="hive")
-                    yield Input(value="128", placeholder="max tokens", id="max_tokens", type="integer")
-                    yield Input(value="0.8", placeholder="temperature", id="temperature", type="number")
+                    yield Input(value=str(SAMPLING_DEFAULTS["max_tokens"]), placeholder="max tokens", id="max_tokens",
+                                type="integer")
+                    yield Input(value=str(SAMPLING_DEFAULTS["temperature"]), placeholder="temperature",
+                                id="temperature", type="number")
                     yield Button("Run", id="run", variant="primary")
                 with Horizontal(id="panes"):
                     with Vertical(id="answer") as answer:
@@ -251,9 +256,12 @@ class RbeeApp(App):
             if view == "jobs":
                 rows = [(j["job_id"], j["operation"], j["state"],
                          ((j.get("request") or {}).get("prompt") or "")[:50]) for j in await client.list()]
+            elif view == "workers":  # the queen's registry: every hive's workers, from their heartbeats
+                workers = (await client.request("GET", "/v1/workers"))["workers"]
+                self.worker_hives = {w["worker_id"]: w["hive_id"] for w in workers}
+                rows = [(w["worker_id"], w["hive_id"], w["model"], w["state"], w["device"], w["pid"]) for w in workers]
             else:
-                op = {"hives": {"operation": "hive_list"}, "workers": {"operation": "worker_list"},
-                      "models": {"operation": "model_list"}}[view]
+                op = {"hives": {"operation": "hive_list"}, "models": {"operation": "model_list"}}[view]
                 payload = await self._data_of(client, op)
                 rows = self._rows(view, payload)
         except RbeeError as exc:
@@ -278,9 +286,6 @@ class RbeeApp(App):
     def _rows(view: str, payload: dict) -> list[tuple]:
         if view == "hives":
             return [(h["alias"], h["state"], h.get("url"), h.get("host")) for h in payload.get("hives", [])]
-        if view == "workers":
-            return [(w["id"], LOCAL_HIVE, w["model"], w["state"], w["device"], w["pid"])
-                    for w in payload.get("workers", [])]
         return [(m["id"], f"{m['size'] / 1e6:.1f} MB", m["sha256"][:12], m["path"]) for m in payload.get("models", [])]
 
     def _selected(self, table_id: str) -> str | None:
@@ -307,7 +312,8 @@ class RbeeApp(App):
         op = {"hive-start": {"operation": "hive_start", "alias": key},
               "hive-stop": {"operation": "hive_stop", "alias": key},
               "hive-install": {"operation": "hive_install", "alias": key},
-              "worker-stop": {"operation": "worker_delete", "id": key},
+              "worker-stop": {"operation": "worker_delete", "id": key,
+                              "hive_id": self.worker_hives.get(key, LOCAL_HIVE)},
               "model-delete": {"operation": "model_delete", "id": key}}[button]
         self.run_operation(op, table.split("-")[0])
 

@@ -153,7 +153,7 @@ def test_a_failed_job_exits_non_zero_with_the_reason(keeper):
 
 @pytest.mark.parametrize("args, fragment", [
     (["infer"], "the following arguments are required: prompt"),
-    (["infer", "--max-tokens", "0", "hi"], "option 'max-tokens' of operation 'infer' must be at least 1"),
+    (["infer", "--max-tokens", "0", "hi"], "rbee: error: --max-tokens must be at least 1, not 0"),
     (["infer", "--temperature", "hot", "hi"], "argument --temperature: invalid float value: 'hot'"),
     (["worker", "get"], "worker get needs a worker id"),
     (["model", "download"], "model download needs a model reference"),

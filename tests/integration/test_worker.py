@@ -108,12 +108,12 @@ async def test_full_queue_answers_503(client):
 
 @pytest.mark.parametrize("body, fragment", [
     ({"max_tokens": 8}, "needs exactly one of 'prompt' (plain text) and 'messages'"),
-    ({"prompt": "hi", "max_tokens": 0}, "Field 'max_tokens' of operation 'inference' must be at least 1"),
+    ({"prompt": "hi", "max_tokens": 0}, "Field 'max_tokens' of the inference request must be at least 1"),
     ({"prompt": "hi", "max_tokens": 5000}, "Field 'max_tokens' (5000) must be smaller than the worker's context of 2048"),
-    ({"prompt": "hi", "temperature": -0.5}, "Field 'temperature' of operation 'inference' must be at least 0"),
+    ({"prompt": "hi", "temperature": -0.5}, "Field 'temperature' of the inference request must be at least 0"),
     ({"prompt": "hi", "model": "x"}, "Unknown field 'model'"),
     ({"prompt": "hi", "operation": "infer"}, "Unknown field 'operation'"),
-    ({"prompt": ""}, "Field 'prompt' of operation 'inference' must not be empty"),
+    ({"prompt": ""}, "Field 'prompt' of the inference request must not be empty"),
     (["hi"], "must be a JSON object"),
 ])
 async def test_bad_requests_get_400_naming_the_field(worker, body, fragment):
