@@ -1,0 +1,68 @@
+"""The queen with two hives (a second hive process with its own id stands in for another machine):
+models and workers of every hive are visible, not only the local one's; heartbeats are validated."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+from shared.events import Data
+from shared.job_client import JobClient
+from shared.operations import ModelDownload, WorkerSpawn
+from tests.support.two_hives import SECOND, start_two_hives
+
+
+@pytest.fixture
+async def hives(tmp_path):
+    setup = await asyncio.to_thread(start_two_hives, tmp_path)
+    yield setup
+    await asyncio.to_thread(setup.stop)
+
+
+async def run(client: JobClient, operation) -> list:
+    job = await client.submit(operation)
+    return [e async for e in client.stream(job.job_id)]
+
+
+async def test_models_of_every_running_hive_are_listed_and_served(hives):
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        events = await run(client, ModelDownload(hive_id=SECOND, model=hives.second_only_model))
+        assert any(isinstance(e, Data) and e.action == "model_download" for e in events)
+    openai = AsyncOpenAI(base_url=hives.queen.url + "/v1", api_key=hives.queen.token)
+    try:
+        ids = [m.id async for m in openai.models.list()]
+        assert hives.second_only_model in ids and "smollm2-135m" in ids
+        answer = await openai.completions.create(model=hives.second_only_model, prompt="The capital of France is",
+                                                 max_tokens=4, temperature=0)
+        assert answer.usage.completion_tokens > 0  # accepted, not 404 (where it runs is placement: #16)
+    finally:
+        await openai.close()
+
+
+async def test_the_queen_lists_workers_of_both_hives(hives):
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        await run(client, WorkerSpawn(hive_id="localhost"))
+        await run(client, WorkerSpawn(hive_id=SECOND))
+        workers = (await client.request("GET", "/v1/workers"))["workers"]
+    assert sorted(w["hive_id"] for w in workers) == ["localhost", SECOND]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"worker_id": "w9", "url": "http://127.0.0.1:1", "model": "m", "state": "ready"}, "hive_id"),
+    ({"worker_id": "w9", "hive_id": "h", "url": "http://127.0.0.1:1", "model": "m", "state": "ready",
+      "queue_depth": "abc"}, "queue_depth"),
+    ([1, 2], None),
+])
+async def test_a_malformed_heartbeat_is_refused_and_registers_nothing(hives, body, field):
+    headers = {"Authorization": f"Bearer {hives.queen.token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(hives.queen.url + "/v1/workers/heartbeat", json=body, headers=headers) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+        async with session.get(hives.queen.url + "/v1/workers", headers=headers) as resp:
+            assert (await resp.json())["workers"] == []
+    assert error["code"] == "INVALID_REQUEST" and (field is None or f"'{field}'" in error["message"])
+    assert not any("Traceback" in line for line in hives.queen.stderr_lines)
