@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # keeps going well past 128 tokens at temperature 0
 
@@ -26,3 +28,38 @@ def run_direct(llm, max_tokens: int) -> Run:
             parts.append(text)
     total = time.perf_counter() - start
     return Run((first - start) * 1000, len(parts) / total, len(parts), "".join(parts))
+
+
+async def run_over_http(session, url: str, path: str, body: dict, auth: dict, started: float | None = None) -> Run:
+    """One generation through a daemon's dual-call API (POST path, then follow its SSE stream)."""
+    start = started or time.perf_counter()
+    first, parts = None, []
+    async with session.post(url + path, json=body, headers=auth) as resp:
+        sse_url = (await resp.json())["sse_url"]
+    async with session.get(url + sse_url, headers=auth) as resp:
+        async for line in resp.content:
+            if not line.startswith(b"data: "):
+                continue
+            payload = line[6:].strip()
+            if payload == b"[DONE]":
+                break
+            event = json.loads(payload)
+            if event["type"] == "token":
+                first = first or time.perf_counter()
+                parts.append(event["t"])
+            elif event["type"] == "error":
+                raise SystemExit(f"{url} answered an error: {event['message']}")
+    total = time.perf_counter() - start
+    return Run((first - start) * 1000, len(parts) / total, len(parts), "".join(parts))
+
+
+def paired(base_name: str, base: list[Run], other_name: str, other: list[Run]) -> dict[str, Any]:
+    """Medians of both sides, and the ratio other/base as the median of each round's own ratio (the two
+    sides of a round ran back to back, so drift of the machine's speed cancels out)."""
+    return {
+        f"{base_name}_tokens_per_s": round(statistics.median(r.tokens_per_s for r in base), 2),
+        f"{other_name}_tokens_per_s": round(statistics.median(r.tokens_per_s for r in other), 2),
+        "ratio": round(statistics.median(o.tokens_per_s / b.tokens_per_s for o, b in zip(other, base)), 4),
+        f"{base_name}_ttft_ms": round(statistics.median(r.ttft_ms for r in base), 2),
+        f"{other_name}_ttft_ms": round(statistics.median(r.ttft_ms for r in other), 2),
+    }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,33 +24,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PROMPT, run_direct  # noqa: E402
+from bench.common import PROMPT, Run, paired, run_direct, run_over_http  # noqa: E402
 from shared.builtin_model import builtin_model_path  # noqa: E402
 from tests.support.processes import BIN, start_daemon  # noqa: E402
 from worker.config import all_cores  # noqa: E402
 
 
 
-async def run_queen(session, url, auth, max_tokens: int, started: float | None = None):
+async def run_queen(session, url, auth, max_tokens: int, started: float | None = None) -> Run:
     body = {"operation": "infer", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
-    start = started or time.perf_counter()
-    first, parts = None, []
-    async with session.post(url + "/v1/jobs", json=body, headers=auth) as resp:
-        sse_url = (await resp.json())["sse_url"]
-    async with session.get(url + sse_url, headers=auth) as resp:
-        async for line in resp.content:
-            if not line.startswith(b"data: "):
-                continue
-            if line.startswith(b"data: [DONE]"):
-                break
-            event = json.loads(line[6:])
-            if event["type"] == "token":
-                first = first or time.perf_counter()
-                parts.append(event["t"])
-            elif event["type"] == "error":
-                raise SystemExit(f"queen error: {event['message']}")
-    total = time.perf_counter() - start
-    return (first - start) * 1000, len(parts) / total, "".join(parts)
+    return await run_over_http(session, url, "/v1/jobs", body, auth, started)
 
 
 def main() -> None:
@@ -84,8 +66,8 @@ def main() -> None:
                 d, q = run_direct(llm, args.max_tokens), asyncio.run(queen_round())
             else:
                 q, d = asyncio.run(queen_round()), run_direct(llm, args.max_tokens)
-            if d.text != q[2]:
-                raise SystemExit(f"the two paths generated different text:\n{d.text!r}\n{q[2]!r}")
+            if d.text != q.text:
+                raise SystemExit(f"the two paths generated different text:\n{d.text!r}\n{q.text!r}")
             direct.append(d)
             via_queen.append(q)
             print(f"round {r + 1}: direct {d[1]:7.1f} tok/s ttft {d[0]:6.1f} ms | "
@@ -94,17 +76,9 @@ def main() -> None:
     finally:
         queen.stop(30)
 
-    def med(rows, k):
-        return statistics.median(row[k] for row in rows)
-
     print(json.dumps({
         "bench": "e2e_infer",
-        "direct_tokens_per_s": round(med(direct, 1), 2),
-        "queen_tokens_per_s": round(med(via_queen, 1), 2),
-        # the median of each round's own ratio: the two sides of a round ran back to back
-        "ratio": round(statistics.median(q[1] / d[1] for q, d in zip(via_queen, direct)), 4),
-        "direct_ttft_ms": round(med(direct, 0), 2),
-        "queen_ttft_ms": round(med(via_queen, 0), 2),
+        **paired("direct", direct, "queen", via_queen),
         "cold_first_token_s": round(cold_ttft_ms / 1000, 3),
         "rounds": args.rounds,
     }))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PROMPT, run_direct  # noqa: E402
+from bench.common import PROMPT, Run, paired, run_direct, run_over_http  # noqa: E402
 from shared.builtin_model import builtin_model_path  # noqa: E402
 from tests.support.processes import start_worker  # noqa: E402
 from worker.config import all_cores  # noqa: E402
@@ -32,27 +31,9 @@ from worker.config import all_cores  # noqa: E402
 CTX = 2048
 
 
-async def run_worker(session: aiohttp.ClientSession, url: str, auth: dict, max_tokens: int):
+async def run_worker(session: aiohttp.ClientSession, url: str, auth: dict, max_tokens: int) -> Run:
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
-    start = time.perf_counter()
-    first = None
-    parts = []
-    async with session.post(url + "/v1/inference", json=body, headers=auth) as resp:
-        sse_url = (await resp.json())["sse_url"]
-    async with session.get(url + sse_url, headers=auth) as resp:
-        async for line in resp.content:
-            if not line.startswith(b"data: "):
-                continue
-            payload = line[6:].strip()
-            if payload == b"[DONE]":
-                break
-            event = json.loads(payload)
-            if event["type"] == "token":
-                if first is None:
-                    first = time.perf_counter()
-                parts.append(event["t"])
-    total = time.perf_counter() - start
-    return (first - start) * 1000, len(parts) / total, len(parts), "".join(parts)
+    return await run_over_http(session, url, "/v1/inference", body, auth)
 
 
 def main() -> None:
@@ -94,17 +75,9 @@ def main() -> None:
         worker.stop()
         llm.close()
 
-    def med(rows, k):
-        return statistics.median(row[k] for row in rows)
-
     result = {
         "bench": "stream_overhead",
-        "direct_tokens_per_s": round(med(direct, 1), 2),
-        "worker_tokens_per_s": round(med(via_worker, 1), 2),
-        # the median of each round's own ratio: the two sides of a round ran back to back
-        "ratio": round(statistics.median(w[1] / d[1] for w, d in zip(via_worker, direct)), 4),
-        "direct_ttft_ms": round(med(direct, 0), 2),
-        "worker_ttft_ms": round(med(via_worker, 0), 2),
+        **paired("direct", direct, "worker", via_worker),
         "tokens": via_worker[0][2],
         "threads": threads,
         "rounds": args.rounds,

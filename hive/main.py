@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
@@ -10,10 +9,10 @@ import sys
 
 from hive.app import create_app
 from hive.config import HiveConfig
-from shared.daemon import configure_logging, serve
+from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.events import set_default_actor
 from shared.operations import LOCAL_HIVE
-from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL, valid_port
+from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
 
@@ -21,14 +20,11 @@ PROG = "rbee-hive"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Manage models and llm-worker-rbee processes on this machine, driven by the queen over "
-                    "rbee's job API. Normally started by queen-rbee (locally, or over SSH).",
-        epilog=f"example: rbee-hive --hive-id {LOCAL_HIVE} --port {DEFAULT_HIVE_PORT} --queen-url {DEFAULT_QUEEN_URL}",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
-    parser.add_argument("--port", type=int, default=DEFAULT_HIVE_PORT, help=f"port (default {DEFAULT_HIVE_PORT})")
+    parser = daemon_arg_parser(
+        PROG, "Manage models and llm-worker-rbee processes on this machine, driven by the queen over rbee's job API. "
+              "Normally started by queen-rbee (locally, or over SSH).",
+        f"rbee-hive --hive-id {LOCAL_HIVE} --port {DEFAULT_HIVE_PORT} --queen-url {DEFAULT_QUEEN_URL}",
+        default_port=DEFAULT_HIVE_PORT, host_help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
     parser.add_argument("--hive-id", default=LOCAL_HIVE, help="this hive's name, as the queen knows it")
     parser.add_argument("--advertise-host",
                         help="host name the queen reaches this machine at; given to workers (default: bind address)")
@@ -44,9 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("hive")
     args = parse_args(argv)
-    if not valid_port(args.port, allow_zero=True):
-        print(f"{PROG}: --port must be between 0 and 65535, not {args.port}", file=sys.stderr)
-        sys.exit(2)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hive.catalog import CatalogEntry, ModelCatalog
 from hive.errors import DownloadFailed, ModelNotFound
-from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, is_gguf
+from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, gguf_problem, is_gguf
 from shared.events import Data, emit, narrate
 from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
 
@@ -96,13 +96,11 @@ class ModelStore:
 
     @staticmethod
     def _check_local_file(ref: ModelRef) -> Path:
-        path = ref.path
-        if not path.exists():
-            raise ModelNotFound(f"The file {path} does not exist.")
-        if not path.is_file():
-            raise ModelReferenceError(f"{path} is not a file.")
-        if not is_gguf(path):
-            raise ModelReferenceError(f"{path} is not a GGUF model (its first bytes are not 'GGUF').")
+        path = Path(ref.path or "")
+        problem = gguf_problem(path)
+        if problem is not None:
+            error = ModelNotFound if not path.exists() else ModelReferenceError
+            raise error(f"The file {path} {problem}.")
         return path
 
     async def _download(self, ref: ModelRef) -> Path:

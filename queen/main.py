@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -10,24 +9,20 @@ import sys
 
 from queen.app import create_app
 from queen.config import QueenConfig
-from shared.daemon import configure_logging, serve
+from shared.daemon import configure_logging, daemon_arg_parser, port_number, serve
 from shared.events import set_default_actor
-from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT, valid_port
+from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
 from shared.token import load_or_create_token
 
 PROG = "queen-rbee"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="The rbee orchestrator: runs jobs (POST /v1/jobs), starts hives, schedules inference onto "
-                    "workers. Normally started by `rbee` when it finds no queen.",
-        epilog=f"example: queen-rbee --port {DEFAULT_QUEEN_PORT}",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_QUEEN_PORT, help=f"port (default {DEFAULT_QUEEN_PORT})")
-    parser.add_argument("--local-hive-port", type=int,
+    parser = daemon_arg_parser(
+        PROG, "The rbee orchestrator: runs jobs (POST /v1/jobs), starts hives, schedules inference onto workers. "
+              "Normally started by `rbee` when it finds no queen.",
+        f"queen-rbee --port {DEFAULT_QUEEN_PORT}", default_port=DEFAULT_QUEEN_PORT)
+    parser.add_argument("--local-hive-port", type=port_number,
                         default=int(os.environ.get("RBEE_LOCAL_HIVE_PORT", DEFAULT_HIVE_PORT)),
                         help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}, or $RBEE_LOCAL_HIVE_PORT; "
                              "0 lets the OS pick)")
@@ -44,10 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("queen")
     args = parse_args(argv)
-    for name in ("port", "local_hive_port"):
-        if not valid_port(getattr(args, name), allow_zero=True):
-            print(f"{PROG}: --{name.replace('_', '-')} must be between 0 and 65535", file=sys.stderr)
-            sys.exit(2)
     if args.max_workers_per_hive < 1 or args.worker_idle_timeout <= 0 or args.heartbeat_timeout <= 0:
         print(f"{PROG}: --max-workers-per-hive, --worker-idle-timeout and --heartbeat-timeout must be positive",
               file=sys.stderr)

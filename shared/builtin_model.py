@@ -51,6 +51,17 @@ def builtin_model_sha256() -> str | None:
     return None
 
 
+def gguf_problem(path: Path) -> str | None:
+    """What keeps `path` from being a GGUF model file ("does not exist", …), or None when it is one."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a file"
+    if not is_gguf(path):
+        return "is not a GGUF model (its first bytes are not 'GGUF')"
+    return None
+
+
 def is_gguf(path: Path) -> bool:
     """True when the file starts with the GGUF magic bytes."""
     try:

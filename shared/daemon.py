@@ -6,6 +6,7 @@ learns the port (port 0 is common); `app[appkeys.LISTENING]` holds the URL for t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import logging
@@ -19,9 +20,31 @@ from aiohttp import web
 
 from shared import appkeys
 from shared.handshake import listening_line
+from shared.ports import valid_port
 from shared.process import watch_parent
 
 log = logging.getLogger("rbee.daemon")
+
+
+def port_number(text: str) -> int:
+    """argparse type for a port option: a TCP port, 0 letting the OS pick."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not valid_port(port, allow_zero=True):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {port}")
+    return port
+
+
+def daemon_arg_parser(prog: str, description: str, example: str, *, default_port: int,
+                      host_help: str = "address to bind (default 127.0.0.1)") -> argparse.ArgumentParser:
+    """The command line every daemon starts from: what it is, an example, --host and --port."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=f"example: {example}")
+    parser.add_argument("--host", default="127.0.0.1", help=host_help)
+    parser.add_argument("--port", type=port_number, default=default_port,
+                        help=f"port (default {default_port}{'; 0 lets the OS pick' if default_port else ', the OS picks'})")
+    return parser
 
 
 def configure_logging(prog: str) -> None:

@@ -36,16 +36,13 @@ class JobClient(DaemonClient):
         base_url: str,
         token: str | None = None,
         *,
-        session: aiohttp.ClientSession | None = None,
-        connect_timeout: float = 5.0,
-        request_timeout: float = 30.0,
         stream_idle_timeout: float = 60.0,  # the server pings every 15 s; silence this long is a dead link
         max_resumes: int = 5,
         resume_backoff: float = 0.2,
         path: str = "/v1/jobs",  # a worker serves the same API at /v1/inference
+        **options: Any,  # session, connect_timeout, request_timeout: see DaemonClient
     ) -> None:
-        super().__init__(base_url, token, session=session, connect_timeout=connect_timeout,
-                         request_timeout=request_timeout)
+        super().__init__(base_url, token, **options)
         self.path = path
         self._stream_idle_timeout = stream_idle_timeout
         self._max_resumes = max_resumes

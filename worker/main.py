@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.builtin_model import is_gguf
+from shared.builtin_model import gguf_problem
 from shared.errors import RbeeError
 from shared.events import set_default_actor
-from shared.daemon import configure_logging, serve
-from shared.ports import DEFAULT_QUEEN_URL, valid_port
+from shared.daemon import configure_logging, daemon_arg_parser, serve
+from shared.ports import DEFAULT_QUEEN_URL
 from shared.process import die_with_parent
 from shared.token import load_or_create_token
 from worker.app import create_app
@@ -27,17 +27,13 @@ PROG = "llm-worker-rbee"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Serve one GGUF model through llama.cpp with rbee's inference API "
-                    "(POST /v1/inference, then stream its tokens over SSE). Normally started by rbee-hive.",
-        epilog="example: llm-worker-rbee --worker-id w1 --model ./model.gguf --model-ref smollm2-135m --port 0",
-    )
+    parser = daemon_arg_parser(
+        PROG, "Serve one GGUF model through llama.cpp with rbee's inference API (POST /v1/inference, then stream "
+              "its tokens over SSE). Normally started by rbee-hive.",
+        "llm-worker-rbee --worker-id w1 --model ./model.gguf --model-ref smollm2-135m --port 0", default_port=0)
     parser.add_argument("--worker-id", required=True, help="this worker's id, as the hive and queen know it")
     parser.add_argument("--model", required=True, type=Path, help="path to the GGUF file")
     parser.add_argument("--model-ref", help="the model's reference (e.g. smollm2-135m); defaults to the file name")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 lets the OS pick (default)")
     parser.add_argument("--advertise-host", help="host name others reach this worker at (default: the bind address)")
     parser.add_argument("--queen-url", help=f"send heartbeats to this queen (e.g. {DEFAULT_QUEEN_URL})")
     parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
@@ -57,8 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> WorkerConfig:
-    if not valid_port(args.port, allow_zero=True):
-        raise WorkerStartError(f"--port must be between 0 and 65535, not {args.port}")
     if args.threads < 0:
         raise WorkerStartError(f"--threads must be positive, not {args.threads}")
     if args.ctx_size < 16:
@@ -71,12 +65,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError("--queen-url needs --hive-id: heartbeats say which hive the worker belongs to")
     check_device(args.device)
     model: Path = args.model.expanduser()
-    if not model.exists():
-        raise WorkerStartError(f"model file {model} does not exist")
-    if not model.is_file():
-        raise WorkerStartError(f"model path {model} is not a file")
-    if not is_gguf(model):
-        raise WorkerStartError(f"model file {model} is not a GGUF file (its first bytes are not 'GGUF')")
+    if (problem := gguf_problem(model)) is not None:
+        raise WorkerStartError(f"model file {model} {problem}")
     return WorkerConfig(
         worker_id=args.worker_id,
         model_path=model.resolve(),

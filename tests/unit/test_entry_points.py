@@ -27,7 +27,7 @@ def test_keeper_without_a_command_and_no_terminal_prints_help(script):
 @pytest.mark.parametrize("args, fragment", [
     (["--worker-id", "w", "--model", "m.gguf", "--port", "abc"], "argument --port: invalid int value: 'abc'"),
     (["--model", "m.gguf"], "the following arguments are required: --worker-id"),
-    (["--worker-id", "w", "--model", __file__, "--port", "70000"], "--port must be between 0 and 65535"),
+    (["--worker-id", "w", "--model", __file__, "--port", "70000"], "argument --port: must be between 0 and 65535, not 70000"),
 ])
 def test_worker_bad_arguments_are_usage_errors(args, fragment):
     out = subprocess.run([str(BIN / "llm-worker-rbee"), *args], capture_output=True, text=True, timeout=60)
@@ -36,7 +36,7 @@ def test_worker_bad_arguments_are_usage_errors(args, fragment):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--port", "99999"], "--port must be between 0 and 65535"),
+    (["--port", "99999"], "argument --port: must be between 0 and 65535, not 99999"),
     (["--hive-id", "a b"], "--hive-id may hold letters"),
     (["--port", "x"], "argument --port: invalid int value"),
 ])
