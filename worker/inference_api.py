@@ -32,8 +32,9 @@ def setup_inference_api(app: web.Application) -> None:
         request = parse_inference_request(data)
         engine = app[ENGINE]
         if request.max_tokens >= engine.n_ctx:
-            raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) must be smaller than the "
-                                 f"worker's context of {engine.n_ctx} tokens.")
+            problem = f"must be smaller than the worker's context of {engine.n_ctx} tokens"
+            raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) {problem}.", field="max_tokens",
+                                 problem=problem)
         if engine.state in (EngineState.LOADING, EngineState.FAILED):
             raise NotReady(f"The model is {engine.state}; wait for GET /health to say ready.")
         return request
