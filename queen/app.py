@@ -31,6 +31,7 @@ from shared import appkeys as shared_keys
 from shared.app import create_base_app
 from shared.errors import RbeeError
 from shared.heartbeat import HEARTBEAT_PATH, parse_heartbeat
+from shared.http import read_json
 from shared.job_client import Clients
 from shared.job_routes import setup_job_api
 from shared.operations import WorkerDelete
@@ -110,7 +111,7 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    worker = request.app[WORKERS].heartbeat(parse_heartbeat(await request.json()))
+    worker = request.app[WORKERS].heartbeat(parse_heartbeat(await read_json(request)))
     return web.json_response({"ok": True, "worker_id": worker.worker_id})
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from shared import appkeys
-from shared.errors import RbeeError, Unauthorized
+from shared.errors import InvalidRequest, RbeeError, Unauthorized
 from shared.token import tokens_equal
 
 log = logging.getLogger("rbee.http")
@@ -28,6 +29,15 @@ _HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     503: "UNAVAILABLE",
 }
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; anything else is a 400 naming the problem (the size is bounded by the app)."""
+    body = await request.read()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
 
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from typing import Any, AsyncIterator, Callable, Collection, Protocol
 
@@ -23,6 +22,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from shared import appkeys
 from shared.errors import InvalidRequest, JobNotFound
 from shared.events import DONE_FRAME, sse_frame
+from shared.http import read_json
 from shared.job_registry import Executor, Job, JobLimits, JobRegistry
 from shared.operations import Operation, parse_operation
 
@@ -100,12 +100,7 @@ def setup_job_api(
         asyncio.get_running_loop().call_later(abandon_after_s, cancel_if_still_abandoned)
 
     async def create_job(request: web.Request) -> web.Response:
-        body = await request.read()  # size already bounded by the app's client_max_size
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
-        operation = parse_request(data)
+        operation = parse_request(await read_json(request))
         registry = request.app[appkeys.JOB_REGISTRY]
         if admit is not None:
             admit(registry)

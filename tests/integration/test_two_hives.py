@@ -4,6 +4,7 @@ models and workers of every hive are visible, not only the local one's; heartbea
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -55,11 +56,13 @@ async def test_the_queen_lists_workers_of_both_hives(hives):
     ({"worker_id": "w9", "hive_id": "h", "url": "http://127.0.0.1:1", "model": "m", "state": "ready",
       "queue_depth": "abc"}, "queue_depth"),
     ([1, 2], None),
+    ("not json", None),
 ])
 async def test_a_malformed_heartbeat_is_refused_and_registers_nothing(hives, body, field):
     headers = {"Authorization": f"Bearer {hives.queen.token}"}
     async with aiohttp.ClientSession() as session:
-        async with session.post(hives.queen.url + "/v1/workers/heartbeat", json=body, headers=headers) as resp:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        async with session.post(hives.queen.url + "/v1/workers/heartbeat", data=data, headers=headers) as resp:
             assert resp.status == 400
             error = (await resp.json())["error"]
         async with session.get(hives.queen.url + "/v1/workers", headers=headers) as resp:
