@@ -1,0 +1,42 @@
+"""The keeper's command line: sampling options come from shared/inference.py, and a bad value is reported
+as the option the user typed, from the error's structured field (never by rewriting its text)."""
+
+from __future__ import annotations
+
+import pytest
+
+from keeper_tui.cli import build_parser, operation_for
+from shared.inference import SAMPLING_FIELDS
+from shared.operations import Infer
+
+
+def parse(*argv: str):
+    parser = build_parser()
+    return operation_for(parser.parse_args(argv), parser)
+
+
+def test_every_sampling_field_is_an_option_with_its_default_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["infer", "--help"])
+    help_text = capsys.readouterr().out
+    for f in SAMPLING_FIELDS:
+        assert "--" + f.name.replace("_", "-") in help_text
+    assert "(default 128)" in help_text and "(default 0.8)" in help_text
+
+
+def test_options_become_the_operation():
+    op = parse("infer", "--top-k", "5", "--stop", "a", "--stop", "b", "--hive", "gpu_1", "Hello")
+    assert op == Infer(prompt="Hello", top_k=5, stop=("a", "b"), hive_id="gpu_1")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("infer", "--max-tokens", "0", "hi"), "--max-tokens must be at least 1, not 0"),
+    (("infer", "--stop", "", "hi"), "--stop must not contain empty strings"),
+    (("worker", "spawn", "--hive", "gpu_1", "--device", "-1"), "--device must be at least 0, not -1"),
+    (("hive", "start", " "), "ALIAS must not be empty"),
+])
+def test_bad_values_name_the_option(argv, said, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(*argv)
+    assert exit_.value.code == 2
+    assert f"rbee: error: {said}" in capsys.readouterr().err
