@@ -58,7 +58,7 @@ def gguf_problem(path: Path) -> str | None:
     if not path.is_file():
         return "is not a file"
     if not is_gguf(path):
-        return "is not a GGUF model (its first bytes are not 'GGUF')"
+        return "is not a GGUF file (its first bytes are not 'GGUF')"
     return None
 
 

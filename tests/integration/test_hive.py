@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import signal
-import time
 
 import aiohttp
 import pytest
@@ -18,6 +17,7 @@ from shared.inference import InferenceRequest
 from shared.job_client import JobClient
 from tests.support.fake_hub import FakeHub
 from tests.support.processes import children_of, pid_alive, start_hive
+from tests.support.waiting import until
 
 BUILTIN_SHA = hashlib.sha256(builtin_model_path().read_bytes()).hexdigest()
 HF_REF = "hf:test-org/tiny-GGUF:smollm2-135m-q4_1.gguf"
@@ -68,12 +68,13 @@ async def test_worker_lifecycle_spawn_infer_crash_delete_shutdown(hive, client):
     assert "Paris" in "".join(t.t for t in tokens)
 
     os.kill(worker["pid"], signal.SIGKILL)
-    for _ in range(40):
+
+    async def crashed():
         state = await worker_state(client, worker["id"])
-        if state["state"] == "crashed":
-            break
-        await asyncio.sleep(0.05)
-    assert state["state"] == "crashed" and state["exit_code"] == -9
+        return state if state["state"] == "crashed" else None
+
+    state = await until(crashed, what=f"the hive to see {worker['id']} crash")
+    assert state["exit_code"] == -9
 
     _, deleted = await run(client, {"operation": "worker_delete", "id": worker["id"]})
     assert deleted[-1].state == "completed"
@@ -95,10 +96,7 @@ async def test_sigkilled_hive_leaves_no_worker(hive, client):
     _, events = await run(client, {"operation": "worker_spawn"})
     pid = data_of(events, "worker_spawn")["pid"]
     hive.proc.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert not pid_alive(pid), "a worker outlived its SIGKILLed hive"
+    await until(lambda: not pid_alive(pid), what="the worker to exit with its SIGKILLed hive")
 
 
 async def test_models_builtin_and_local_files(client, tmp_path):
@@ -144,7 +142,7 @@ async def test_non_gguf_file_is_refused(client, tmp_path):
     bogus = tmp_path / "notes.gguf"
     bogus.write_text("hello")
     _, events = await run(client, {"operation": "model_download", "model": f"file:{bogus}"})
-    assert "is not a GGUF model" in next(e for e in events if isinstance(e, Error)).message
+    assert "is not a GGUF file" in next(e for e in events if isinstance(e, Error)).message
     _, events = await run(client, {"operation": "model_list"})
     assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
 
@@ -263,8 +261,8 @@ async def test_cancelled_download_stops_the_transfer(hub_hive, hub):
             if isinstance(event, Data) and event.payload["done"] > 5_000_000:
                 assert (await client.cancel(job.job_id))["state"] == "cancelled"
                 break
-        await asyncio.sleep(0.3)
-        assert [p for p in children_of(hive.proc.pid)] == []  # the downloader is gone
+        await until(lambda: children_of(hive.proc.pid) == [],
+                    what=lambda: f"the downloader to be gone (the hive still has {children_of(hive.proc.pid)})")
         _, events = await run(client, {"operation": "model_list"})
         assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
 

@@ -11,6 +11,7 @@ from shared.job_registry import JobLimits
 from shared.operations import HIVE_OPERATIONS
 from tests.integration.conftest import AUTH, TOKEN
 from tests.integration.sse import payloads, read_sse
+from tests.support.waiting import until
 
 
 async def submit(client, body):
@@ -34,6 +35,22 @@ async def stream(client, job_id, headers=None, limit=None):
 
 def infer(tokens, delay=0.0):
     return {"operation": "infer", "prompt": f"tokens={tokens} delay={delay}"}
+
+
+async def job_state(client, job_id):
+    resp = await client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def until_tokens_flow(client, job_id):
+    """Wait until the job runs and has emitted a token (its first event is the narration)."""
+
+    async def flowing():
+        state = await job_state(client, job_id)
+        return state["state"] == "running" and state["events"] >= 2
+
+    await until(flowing, what=f"{job_id} to be running with a token out")
 
 
 async def test_dual_call_streams_the_whole_story(client):
@@ -73,7 +90,7 @@ async def test_last_event_id_resume_loses_and_repeats_nothing(client):
 async def test_cancel_mid_job_ends_cancelled_and_runs_cleanup(client, executor):
     job_id = await submit(client, infer(1000, 0.01))
     reader = asyncio.create_task(stream(client, job_id))
-    await asyncio.sleep(0.1)
+    await until_tokens_flow(client, job_id)
     resp = await client.delete(f"/v1/jobs/{job_id}", headers=AUTH)
     assert resp.status == 200
     assert (await resp.json())["state"] == "cancelled"
@@ -146,10 +163,11 @@ async def test_slow_reader_blocks_neither_the_job_nor_other_readers(client):
 async def test_event_log_is_bounded_and_readers_are_told_what_was_dropped(aiohttp_client, make_job_app):
     client = await aiohttp_client(make_job_app(limits=JobLimits(max_events=100)))
     job_id = await submit(client, infer(1000))
-    resp = await client.get(f"/v1/jobs/{job_id}", headers=AUTH)
-    while (await resp.json())["state"] != "completed":
-        await asyncio.sleep(0.01)
-        resp = await client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+
+    async def completed():
+        return (await job_state(client, job_id))["state"] == "completed"
+
+    await until(completed, what=f"{job_id} to complete")
     events = payloads(await stream(client, job_id))
     assert len(events) <= 101
     assert events[0]["action"] == "events_dropped" and events[0]["level"] == "warn"
@@ -162,12 +180,11 @@ async def test_finished_jobs_are_evicted_after_retention(aiohttp_client, make_jo
     client = await aiohttp_client(make_job_app(limits=JobLimits(retention_s=0.2)))
     job_id = await submit(client, {"operation": "status"})
     await stream(client, job_id)
-    for _ in range(100):
-        resp = await client.get(f"/v1/jobs/{job_id}", headers=AUTH)
-        if resp.status == 404:
-            break
-        await asyncio.sleep(0.05)
-    assert resp.status == 404
+
+    async def evicted():
+        return (await client.get(f"/v1/jobs/{job_id}", headers=AUTH)).status == 404
+
+    await until(evicted, timeout=10, interval=0.05, what=f"{job_id} to be evicted (retention 0.2 s)")
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -253,7 +270,13 @@ async def test_shutdown_ends_running_jobs_and_open_streams(aiohttp_server, make_
         job_id = (await resp.json())["job_id"]
         stream_resp = await session.get(server.make_url(f"/v1/jobs/{job_id}/stream"), headers=AUTH)
         reader = asyncio.create_task(read_sse(stream_resp))
-        await asyncio.sleep(0.1)
+
+        async def tokens_flow():
+            async with session.get(server.make_url(f"/v1/jobs/{job_id}"), headers=AUTH) as resp:
+                state = await resp.json()
+            return state["state"] == "running" and state["events"] >= 2
+
+        await until(tokens_flow, what=f"{job_id} to be running with a token out")
         await asyncio.wait_for(server.close(), 10)
         messages = await asyncio.wait_for(reader, 5)
     events = payloads(messages)

@@ -7,12 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.processes import daemon_env, pid_alive
+from tests.support.waiting import wait_until
 
 RBEE = str(Path(sys.executable).parent / "rbee")
 FRANCE = ["--temperature", "0", "--max-tokens", "12", "The capital of France is"]
@@ -55,10 +55,8 @@ def keeper(tmp_path):
     pid = k.queen_pid()
     k("queen", "stop", timeout=60)
     if pid is not None:
-        deadline = time.monotonic() + 20
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not pid_alive(pid), "the queen outlived `rbee queen stop`"
+        wait_until(lambda: not pid_alive(pid), timeout=20, interval=0.1,
+                   what="the queen to exit after `rbee queen stop`")
 
 
 def test_autostart_and_human_stdout_holds_exactly_the_answer(keeper):

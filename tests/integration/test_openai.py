@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import openai
@@ -10,6 +9,7 @@ import pytest
 
 from shared.job_client import JobClient
 from tests.support.processes import start_queen
+from tests.support.waiting import until
 
 FRANCE = "The capital of France is"
 
@@ -95,12 +95,14 @@ async def test_abandoned_stream_frees_the_worker_within_a_second(queen):
     await stream.close()  # the client goes away mid-generation
     abandoned_at = time.monotonic()
     async with JobClient(queen.url, queen.token) as jobs:
-        while True:
-            workers = (await jobs.request("GET", "/v1/workers"))["workers"]
-            if all(w["leased_by"] is None for w in workers):
-                break
-            assert time.monotonic() - abandoned_at < 1.0, workers
-            await asyncio.sleep(0.05)
+        workers = []
+
+        async def released():
+            workers[:] = (await jobs.request("GET", "/v1/workers"))["workers"]
+            return all(w["leased_by"] is None for w in workers)
+
+        await until(released, timeout=1.0 - (time.monotonic() - abandoned_at), interval=0.05,
+                    what=lambda: f"the worker to be released within a second (workers: {workers})")
         recent = [j for j in await jobs.list() if j["operation"] == "infer"]
         assert recent[0]["state"] == "cancelled"  # each request is a queen job
     await client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import aiohttp
 import pytest
@@ -14,6 +13,7 @@ from shared.events import Data, End, Error, Narration, Token
 from shared.job_client import JobClient
 from shared.operations import Infer
 from tests.support.processes import children_of, pid_alive, start_queen
+from tests.support.waiting import until
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 HELLO = dict(prompt="The capital of France is", max_tokens=8, temperature=0)
@@ -31,11 +31,7 @@ async def queen(home):
     pids = children_of(daemon.proc.pid)
     await asyncio.to_thread(daemon.stop, 30)
     for pid in pids:  # every test must leave nothing behind
-        for _ in range(50):
-            if not pid_alive(pid):
-                break
-            await asyncio.sleep(0.1)
-        assert not pid_alive(pid), f"process {pid} outlived the queen"
+        await until(lambda: not pid_alive(pid), what=f"process {pid} to exit with the queen")
 
 
 @pytest.fixture
@@ -107,10 +103,11 @@ async def test_cancel_mid_stream_stops_the_generation(client, queen):
             assert (await client.cancel(job.job_id))["state"] == "cancelled"
     assert seen[-1].state == "cancelled"
     assert sum(isinstance(e, Token) for e in seen) < 30
-    for _ in range(30):  # the worker is free again
-        if all(w["state"] == "ready" and w["leased_by"] is None for w in await workers_of(queen)):
-            break
-        await asyncio.sleep(0.1)
+
+    async def worker_free():
+        return all(w["state"] == "ready" and w["leased_by"] is None for w in await workers_of(queen))
+
+    await until(worker_free, interval=0.1, what="the worker to be ready and unleased again")
     _, events = await run(client, Infer(**HELLO))
     assert events[-1].state == "completed" and "worker_found" in narrations(events)
 
@@ -155,12 +152,11 @@ async def test_silent_worker_is_lost_and_never_scheduled(home):
             frozen = (await workers_of(queen))[0]
             os.kill(frozen["pid"], signal.SIGSTOP)  # alive, but silent
             try:
-                for _ in range(50):
+                async def lost():
                     states = {w["worker_id"]: w["state"] for w in await workers_of(queen)}
-                    if states[frozen["worker_id"]] == "lost":
-                        break
-                    await asyncio.sleep(0.1)
-                assert states[frozen["worker_id"]] == "lost"
+                    return states[frozen["worker_id"]] == "lost"
+
+                await until(lost, interval=0.1, what="the silent worker to be marked lost (heartbeat timeout 1.5 s)")
                 _, events = await run(client, Infer(**HELLO))
                 assert events[-1].state == "completed" and "worker_spawn" in narrations(events)
             finally:
@@ -175,11 +171,11 @@ async def test_idle_workers_are_stopped(home):
         async with JobClient(queen.url, queen.token) as client:
             await run(client, Infer(**HELLO))
         pid = (await workers_of(queen))[0]["pid"]
-        for _ in range(80):
-            if not await workers_of(queen) and not pid_alive(pid):
-                break
-            await asyncio.sleep(0.1)
-        assert await workers_of(queen) == [] and not pid_alive(pid)
+
+        async def stopped():
+            return await workers_of(queen) == [] and not pid_alive(pid)
+
+        await until(stopped, interval=0.1, what="the idle worker to be stopped and forgotten (idle timeout 1 s)")
     finally:
         await asyncio.to_thread(queen.stop, 30)
 
@@ -239,10 +235,8 @@ async def test_shutdown_and_sigkill_leave_no_process_behind(home):
         else:
             queen.proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(queen.proc.wait, 10)
-        deadline = time.monotonic() + 15
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert not [p for p in pids if pid_alive(p)], f"left behind after {how}"
+        await until(lambda: not any(pid_alive(p) for p in pids), timeout=15,
+                    what=lambda: f"every child to exit after {how} (left: {[p for p in pids if pid_alive(p)]})")
 
 
 async def test_cancelling_a_queen_job_cancels_the_download_it_drives(tmp_path, aiohttp_server):
@@ -263,11 +257,9 @@ async def test_cancelling_a_queen_job_cancels_the_download_it_drives(tmp_path, a
                 if isinstance(event, Data) and event.action == "download_progress" and event.payload["done"] > 3e6:
                     assert (await client.cancel(job.job_id))["state"] == "cancelled"
             hive_pid = next(h["pid"] for h in (await client.request("GET", "/v1/hives"))["hives"])
-            for _ in range(50):  # the hive's job is cancelled too: its downloader process is gone
-                if not children_of(hive_pid):
-                    break
-                await asyncio.sleep(0.1)
-            assert children_of(hive_pid) == []
+            # the hive's job is cancelled too: its downloader process is gone
+            await until(lambda: children_of(hive_pid) == [], interval=0.1,
+                        what=lambda: f"the hive's downloader to be gone (children: {children_of(hive_pid)})")
             _, events = await run(client, {"operation": "model_list"})
             models = next(e.payload for e in events if isinstance(e, Data))["models"]
             assert [m["id"] for m in models] == ["smollm2-135m"]

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import aiohttp
 import pytest
@@ -17,6 +17,7 @@ from shared.events import End, Error, Started, Token
 from shared.inference import InferenceRequest
 from shared.job_client import JobClient
 from tests.support.processes import daemon_env, pid_alive, start_worker
+from tests.support.waiting import until, wait_until
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting for a long time
 
@@ -37,6 +38,14 @@ async def client(worker):
 async def generate(client, **fields):
     job = await client.submit(InferenceRequest(**fields))
     return job.job_id, [e async for e in client.stream(job.job_id)]
+
+
+async def until_not_running(client, job_id, what):
+    async def stopped():
+        state = await client.get(job_id)
+        return state if state["state"] != "running" else None
+
+    return await until(stopped, timeout=15, interval=0.1, what=what)
 
 
 async def test_short_generation_streams_ordered_tokens_that_make_the_text(client):
@@ -136,11 +145,7 @@ async def test_reader_that_disconnects_stops_the_generation(client, worker):
     async for event in client.stream(job.job_id):
         if isinstance(event, Token):
             break  # the client goes away mid-stream
-    for _ in range(60):  # --abandon-after 1
-        state = await client.get(job.job_id)
-        if state["state"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    state = await until_not_running(client, job.job_id, "the abandoned generation to stop (--abandon-after 1)")
     assert state["state"] == "cancelled"
     assert state["result"]["stop_reason"] == "cancelled" and state["result"]["tokens_out"] < 1000
     assert worker.health()["state"] == "ready"
@@ -188,13 +193,19 @@ def test_truncated_gguf_never_says_ready_and_exits_nonzero(tmp_path):
     truncated.write_bytes(builtin_model_path().read_bytes()[: 2 * 1024 * 1024])
     daemon = start_worker(tmp_path, model=truncated, wait_ready=False)
     states = set()
-    while daemon.proc.poll() is None:
+
+    def exited() -> bool:  # and, until then, every state it reports
         if (health := daemon.health()) is not None:
             states.add(health["state"])
-        time.sleep(0.02)
+        return daemon.proc.poll() is not None
+
+    try:
+        wait_until(exited, timeout=60, what="the worker with a truncated model to exit")
+    finally:
+        daemon.stop()
     assert daemon.proc.returncode == 1
     assert "ready" not in states
-    time.sleep(0.2)
+    assert daemon.stderr_closed.wait(10), "the worker's stderr never closed"
     assert any(f"cannot load model {truncated}" in line for line in daemon.stderr_lines)
     assert not any("Traceback" in line for line in daemon.stderr_lines)
 
@@ -216,24 +227,35 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path):
     parent_code = (
         "import subprocess, sys, time\n"
         f"p = subprocess.Popen([{str(sys.executable)!r}, '-m', 'worker.main', '--worker-id', 'orphan', "
-        f"'--model', {str(builtin_model_path())!r}], stdout=subprocess.DEVNULL)\n"
+        f"'--model', {str(builtin_model_path())!r}, '--port', '0'])\n"  # its stdout is the parent's
         "print(p.pid, flush=True)\n"
-        "time.sleep(600)\n"
+        "time.sleep(600)\n"  # the parent just lives on, until the test kills it
     )
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
                               env=daemon_env(tmp_path))
-    worker_pid = int(parent.stdout.readline())
+    said: list[str] = []  # the parent's line (the worker's pid), then the worker's own `listening on`
+
+    def read_all() -> None:
+        for line in parent.stdout:
+            said.append(line)
+
+    threading.Thread(target=read_all, daemon=True).start()
+    worker_pid = None
     try:
-        time.sleep(1.0)
+        wait_until(lambda: said, what="the parent to print its worker's pid")
+        worker_pid = int(said[0])
+        # Listening means the worker is up, with its parent watch in place, before the parent dies.
+        wait_until(lambda: any("listening on" in line for line in said) or not pid_alive(worker_pid),
+                   timeout=60, what=lambda: f"the worker to start listening (so far: {said})")
         assert pid_alive(worker_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
-        deadline = time.monotonic() + 10
-        while pid_alive(worker_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not pid_alive(worker_pid), "the worker outlived its SIGKILLed parent"
+        wait_until(lambda: not pid_alive(worker_pid), what="the worker to exit with its SIGKILLed parent")
     finally:
-        if pid_alive(worker_pid):
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+        if worker_pid is not None and pid_alive(worker_pid):
             os.kill(worker_pid, signal.SIGKILL)
 
 
@@ -253,11 +275,8 @@ async def test_heartbeats_reach_the_queen_url_and_a_dead_queen_does_no_harm(tmp_
         start_worker, tmp_path, "--queen-url", str(server.make_url("")).rstrip("/"), "--hive-id", "localhost",
         "--heartbeat-interval", "0.3")
     try:
-        for _ in range(50):
-            if any(b[1]["state"] == "ready" for b in beats):
-                break
-            await asyncio.sleep(0.1)
-        auth, beat = next(b for b in beats if b[1]["state"] == "ready")
+        auth, beat = await until(lambda: next((b for b in beats if b[1]["state"] == "ready"), None),
+                                 what=lambda: f"a heartbeat saying ready (got {beats})")
         assert auth == f"Bearer {daemon.token}"
         assert beat["worker_id"] == "test-worker" and beat["hive_id"] == "localhost"
         assert beat["url"] == daemon.url and beat["model"] == "smollm2-135m" and beat["pid"] == daemon.proc.pid
@@ -272,9 +291,6 @@ async def test_heartbeats_reach_the_queen_url_and_a_dead_queen_does_no_harm(tmp_
 
 async def test_generation_nobody_comes_to_read_is_stopped(client, worker):
     job = await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
-    for _ in range(60):  # --abandon-after 1, and nobody ever opens the stream
-        state = await client.get(job.job_id)
-        if state["state"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    # --abandon-after 1, and nobody ever opens the stream
+    state = await until_not_running(client, job.job_id, "the unread generation to stop (--abandon-after 1)")
     assert state["state"] == "cancelled" and state["result"]["stop_reason"] == "cancelled"

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.builtin_model import builtin_model_path
+from shared.handshake import listening_url
 from shared.paths import RbeePaths
 from shared.process import pid_alive  # noqa: F401  (tests import it from here)
 from shared.token import load_or_create_token
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -35,6 +35,7 @@ class Daemon:
     url: str
     token: str
     stderr_lines: list[str] = field(default_factory=list)
+    stderr_closed: threading.Event = field(default_factory=threading.Event)  # every stderr line is in
 
     @property
     def auth(self) -> dict[str, str]:
@@ -58,25 +59,30 @@ class Daemon:
         return self.proc.returncode
 
 
-def _drain(stream, sink: list[str]) -> None:
-    for line in stream:
-        sink.append(line.rstrip("\n"))
+def _drain(stream, sink: list[str], closed: threading.Event | None = None) -> None:
+    try:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+    finally:
+        if closed is not None:
+            closed.set()
 
 
 def start_daemon(cmd: list[str], home: Path, *, env: dict[str, str] | None = None) -> Daemon:
-    """Start a daemon, read its `listening on URL` line, keep draining its output."""
+    """Start a daemon, read its start-up handshake (shared/handshake.py), keep draining its output."""
     token = load_or_create_token(RbeePaths.from_env({"RBEE_HOME": str(home)}))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=daemon_env(home, **(env or {})))
     daemon = Daemon(proc, "", token)
-    threading.Thread(target=_drain, args=(proc.stderr, daemon.stderr_lines), daemon=True).start()
+    threading.Thread(target=_drain, args=(proc.stderr, daemon.stderr_lines, daemon.stderr_closed),
+                     daemon=True).start()
     line = proc.stdout.readline()
-    m = re.search(r"listening on (http://\S+)", line)
-    if not m:
+    url = listening_url(line)
+    if url is None:
         proc.wait(10)
-        time.sleep(0.1)
+        daemon.stderr_closed.wait(5)  # so the message below holds everything it said
         raise RuntimeError(f"{cmd[0]} did not start: {line!r} {daemon.stderr_lines}")
-    daemon.url = m.group(1)
+    daemon.url = url
     threading.Thread(target=_drain, args=(proc.stdout, []), daemon=True).start()
     return daemon
 
@@ -87,13 +93,24 @@ def start_worker(home: Path, *args: str, model: Path | None = None, wait_ready: 
            str(model or builtin_model_path()), "--model-ref", "smollm2-135m", "--port", "0", *args]
     daemon = start_daemon(cmd, home)
     if wait_ready:
-        deadline = time.monotonic() + timeout
-        while (health := daemon.health()) is None or health["state"] != "ready":
-            if daemon.proc.poll() is not None or time.monotonic() > deadline:
-                daemon.stop()
-                raise RuntimeError(f"worker never became ready: {daemon.stderr_lines}")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            if daemon.proc.poll() is not None:
+                raise _Exited
+            health = daemon.health()
+            return health is not None and health["state"] == "ready"
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.05, what="the worker to become ready")
+        except (_Exited, AssertionError):
+            daemon.stop()
+            daemon.stderr_closed.wait(5)
+            raise RuntimeError(f"worker never became ready: {daemon.stderr_lines}") from None
     return daemon
+
+
+class _Exited(Exception):
+    """The process being waited on is gone: stop waiting now."""
 
 
 def start_hive(home: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:

@@ -7,9 +7,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 
 def sshd_binary() -> str | None:
@@ -72,15 +73,22 @@ LogLevel ERROR
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def accepting() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited: {proc.stderr.read()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
+                return True
         except OSError:
-            time.sleep(0.05)
+            return False
+
+    try:
+        wait_until(accepting, interval=0.05, what=f"sshd to accept connections on port {port}")
+    except AssertionError:
+        proc.kill()
+        proc.wait(5)
+        raise
     known_hosts = root / "known_hosts"
     key_type, key_b64 = host_key.with_suffix(".pub").read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
