@@ -35,8 +35,11 @@ async def run_over_http(session, url: str, path: str, body: dict, auth: dict, st
     start = started or time.perf_counter()
     first, parts = None, []
     async with session.post(url + path, json=body, headers=auth) as resp:
+        if resp.status != 201:
+            raise SystemExit(f"POST {url}{path} answered {resp.status}: {await resp.text()}")
         sse_url = (await resp.json())["sse_url"]
     async with session.get(url + sse_url, headers=auth) as resp:
+        resp.raise_for_status()
         async for line in resp.content:
             if not line.startswith(b"data: "):
                 continue

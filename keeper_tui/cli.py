@@ -16,7 +16,7 @@ from keeper_tui.errors import KeeperError
 from keeper_tui.output import HumanRenderer, JsonRenderer, JOB_COLUMNS, job_rows, key_values, table
 from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
 from shared.errors import InvalidRequest, RbeeError
-from shared.events import End
+from shared.events import End, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL
@@ -213,7 +213,7 @@ class Keeper:
             state = end.state if end else "failed"
             self.render.end(end, job.job_id)
             self._result(job.job_id, state, dict(end.stats) if end else {})
-            return EXIT_OK if state == "completed" else EXIT_FAILED
+            return EXIT_OK if state == JobState.COMPLETED else EXIT_FAILED
 
     async def _follow(self, client: JobClient, job_id: str) -> End | None:
         end = None

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from shared.events import Data, End, Error, Event, Narration, Token, event_to_dict
+from shared.events import Data, End, Error, Event, JobState, Narration, Token, event_to_dict
 
 _COLORS = {"info": "\033[36m", "warn": "\033[33m", "error": "\033[31m"}
 _DIM, _RESET = "\033[2m", "\033[0m"
@@ -149,13 +149,13 @@ class HumanRenderer:
         if end is None:
             return
         stats = end.stats
-        if "tokens_out" in stats and end.state == "completed":
+        if "tokens_out" in stats and end.state is JobState.COMPLETED:
             ttft = stats.get("ttft_ms")
             self.say(f"{stats.get('tokens_out')} tokens, {stats.get('tokens_per_s')} tokens/s, first token after "
                      f"{ttft:.0f} ms, on {stats.get('worker_id')} ({stats.get('hive_id')})" if ttft is not None
                      else f"{stats.get('tokens_out')} tokens")
-        elif end.state != "completed":
-            self.say(f"job {job_id} {end.state}", "error" if end.state == "failed" else "warn")
+        elif end.state is not JobState.COMPLETED:
+            self.say(f"job {job_id} {end.state}", "error" if end.state is JobState.FAILED else "warn")
 
     def _progress(self, p: dict[str, Any]) -> None:
         total, done = p.get("total") or 0, p.get("done") or 0

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from queen.errors import QueenError
 from shared.client import DaemonClient
 from shared.errors import RbeeError, ServerUnreachable, StreamTimeout
-from shared.events import End, Error, Event, Narration, current_job_id, emit
+from shared.events import End, Error, Event, JobState, Narration, current_job_id, emit
 from shared.job_client import JobClient
 from shared.wire import WireMessage
 
@@ -81,7 +81,7 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
         raise RemoteJobLost(f"the stream from {client.base_url} broke ({exc.message})", submitted=True) from exc
     if end is None:
         raise RemoteJobLost(f"{client.base_url} ended the stream without finishing", submitted=True)
-    if end.state != "completed":
+    if end.state is not JobState.COMPLETED:
         if last_error is not None:
             raise RemoteJobFailed(last_error.message, code=last_error.code, reported=True)
         raise RemoteJobFailed(f"the {request.name} ended {end.state}", code=failed_code)

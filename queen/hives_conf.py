@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from queen.errors import QueenError
+from shared.operations import LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, valid_port
 DEFAULT_INSTALL_DIR = "~/.local/share/rbee-hive"
 KEYS = {
@@ -86,7 +87,7 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
             raise HivesConfError(f"{path}, line {line}: a hive's Host line names exactly one alias "
                                  f"(letters, digits, '.', '_', '-'), not {' '.join(patterns)!r}.")
         alias = patterns[0]
-        if alias == "localhost":
+        if alias == LOCAL_HIVE:
             raise HivesConfError(f"{path}, line {line}: 'localhost' is the queen's own hive; pick another alias.")
         unknown = sorted(set(options) - set(KEYS))
         if unknown:
@@ -142,7 +143,7 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
         for pattern in patterns:
             if any(c in pattern for c in "*?!"):
                 report.skipped.append((pattern, "wildcard"))
-            elif not ALIAS.fullmatch(pattern) or pattern == "localhost":
+            elif not ALIAS.fullmatch(pattern) or pattern == LOCAL_HIVE:
                 report.skipped.append((pattern, "not usable as a hive alias"))
             elif pattern in existing or any(h.alias == pattern for h in new):
                 report.skipped.append((pattern, "already in hives.conf"))

@@ -9,11 +9,16 @@ from queen.errors import WorkerCrashed
 from queen.forwarding import RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
+from shared.errors import ServerError
 from shared.events import Error, Event, Started, Token, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job
 from shared.models import parse_reference
 from shared.operations import Infer
+
+
+# A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
+ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST"})
 
 
 class InferenceRunner:
@@ -51,6 +56,12 @@ class InferenceRunner:
 
         try:
             outcome = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
+        except ServerError as exc:  # it answered at submit: busy or a bad request is ours to report as is
+            if exc.code in ANSWERS_OF_A_LIVE_WORKER:
+                raise
+            self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
+            raise WorkerCrashed(f"Worker {worker.worker_id} on hive {worker.hive_id} did not take the request: "
+                                f"{exc.message} The next request will use a fresh worker.") from exc
         except RemoteJobLost as exc:
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
             where = f"Worker {worker.worker_id} on hive {worker.hive_id}"

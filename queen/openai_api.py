@@ -22,11 +22,11 @@ from queen.appkeys import CLIENTS, HIVES
 from queen.forwarding import run_remote_job
 from shared import appkeys
 from shared.errors import InvalidRequest, RbeeError
-from shared.events import DONE_FRAME, Data, Event
+from shared.events import DONE_FRAME, Data, Event, JobState
 from shared.inference import SAMPLING_FIELDS
 from shared.job_client import JobClient
 from shared.job_registry import Job
-from shared.models import BUILTIN_MODEL
+from shared.models import BUILTIN_MODEL, parse_reference
 from shared.operations import Infer, ModelList
 from shared.wire import parse_message
 
@@ -67,8 +67,10 @@ def setup_openai_api(app: web.Application) -> None:
         if time.monotonic() - cache["at"] <= max_age_s:
             return cache["models"]
         clients = app[CLIENTS]
+        # Every hive with an address, not only those seen running: one the queen has not used since it
+        # started may well be up; one that is not answers nothing, quickly.
         per_hive = await asyncio.gather(*(hive_models(clients.jobs(h.url, request_timeout=5), h.alias)
-                                          for h in app[HIVES].running() if h.url))
+                                          for h in app[HIVES].all() if h.url))
         models = [BUILTIN_MODEL]
         for ids in per_hive:
             models += [m for m in ids if m not in models]
@@ -94,7 +96,8 @@ def setup_openai_api(app: web.Application) -> None:
             operation, stream, include_usage = to_infer(body, chat)
         except OpenAIError as exc:
             return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
-        if operation.model not in await known_models(MODELS_CACHE_S) and operation.model not in await known_models():
+        model = canonical(operation.model)
+        if model not in await known_models(MODELS_CACHE_S) and model not in await known_models():
             return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                      f"(GET /v1/models lists them).", "invalid_request_error", "model",
                                 "model_not_found")
@@ -122,6 +125,14 @@ async def hive_models(client: JobClient, alias: str) -> list[str]:
     except RbeeError:
         return []  # a hive that does not answer has no models to offer right now
     return found
+
+
+def canonical(model: str) -> str:
+    """The catalog id of a model reference (`file:~/m.gguf` is `file:/home/me/m.gguf`)."""
+    try:
+        return parse_reference(model).id
+    except InvalidRequest:
+        return model  # not a reference at all: it will not be found either
 
 
 def to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool]:
@@ -194,9 +205,9 @@ async def whole_response(request: web.Request, job: Job, ids: str, model: str, c
         except asyncio.CancelledError:
             registry.cancel(job.id)
             raise
-    if job.state.value != "completed":
+    if job.state is not JobState.COMPLETED:
         error = job.error or {"code": "CANCELLED", "message": f"The generation ended {job.state.value}."}
-        return openai_error(502 if job.state.value == "failed" else 499, error["message"], "server_error",
+        return openai_error(502 if job.state is JobState.FAILED else 499, error["message"], "server_error",
                             code=error["code"].lower())
     result = job.result or {}
     finish = _FINISH.get(result.get("stop_reason") or "stop", "stop")
@@ -241,7 +252,7 @@ async def stream_response(request: web.Request, job: Job, ids: str, model: str, 
                     out.append("data: " + json.dumps({"error": {"message": event["message"], "type": "server_error",
                                                                 "param": None, "code": event["code"].lower()}})
                                + "\n\n")
-                elif event["type"] == "end" and event["state"] == "completed":
+                elif event["type"] == "end" and event["state"] == JobState.COMPLETED:
                     out.append(chunk(None, _FINISH.get(event.get("stop_reason") or "stop", "stop")))
                     if include_usage:
                         out.append("data: " + json.dumps({"id": ids, "object": kind, "created": created,

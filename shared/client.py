@@ -73,6 +73,9 @@ class DaemonClient:
             raise unreachable(self.base_url, exc) from exc
         except asyncio.TimeoutError as exc:
             raise StreamTimeout(f"{method} {url} got no answer within {total:g} s.") from exc
+        except (aiohttp.ClientError, ValueError) as exc:  # not HTTP, a malformed answer, a bad URL
+            raise ServerError(f"{method} {url} failed: {exc or type(exc).__name__}.", code="BAD_RESPONSE",
+                              status=502) from exc
         if not body:
             return None
         try:

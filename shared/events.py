@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Union
 
 from shared.errors import InvalidRequest
+from shared.wire import WireEnum
 
 DONE = "[DONE]"
 Level = Literal["info", "warn", "error"]
@@ -26,6 +27,20 @@ log = logging.getLogger("rbee.narration")
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class JobState(WireEnum):
+    """A job's life, on every daemon: the `state` of its summary and of its stream's `end` event."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -75,9 +90,12 @@ class Started:
 class End:
     """Last event before `[DONE]`; `stats` are flattened into the JSON object (tokens_out, ttft_ms, ...)."""
 
-    state: str
+    state: JobState
     stats: Mapping[str, Any] = field(default_factory=dict)
     type: Literal["end"] = "end"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", JobState(self.state))  # "completed" is JobState.COMPLETED
 
 
 Event = Union[Narration, Token, Data, Error, Started, End]
@@ -87,7 +105,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     if isinstance(event, Token):  # the hot path: keep it a plain dict literal
         return {"type": "token", "t": event.t, "i": event.i}
     if isinstance(event, End):
-        return {"type": "end", "state": event.state, **event.stats}
+        return {"type": "end", "state": event.state.value, **event.stats}
     if isinstance(event, Narration):
         d = {"type": "narration", "actor": event.actor, "action": event.action, "human": event.human,
              "level": event.level, "ts": event.ts}
@@ -138,7 +156,9 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
             return Started(job_id=d["job_id"], model=d["model"], started_at=d.get("started_at") or now_ms())
         if kind == "end":
             stats = {k: v for k, v in d.items() if k not in ("type", "state")}
-            return End(state=d["state"], stats=stats)
+            return End(state=JobState(d["state"]), stats=stats)
+    except ValueError as exc:
+        raise InvalidRequest(f"Malformed '{kind}' event: {exc}.") from exc
     except (KeyError, TypeError) as exc:
         raise InvalidRequest(f"Malformed '{kind}' event: missing {exc}.") from exc
     raise InvalidRequest(f"Unknown event type {kind!r}.")

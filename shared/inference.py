@@ -44,7 +44,11 @@ SAMPLING_DEFAULTS = {f.name: f.default for f in SAMPLING_FIELDS}
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceRequest(Generation):
-    name: ClassVar[str] = "inference request"
+    name: ClassVar[str] = "inference"
+
+    @classmethod
+    def describe(cls) -> str:
+        return "the inference request"
 
 
 def parse_inference_request(data: Any) -> InferenceRequest:

@@ -8,7 +8,6 @@ is bounded per job. Finished jobs are evicted after a retention period.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 import uuid
@@ -16,22 +15,10 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from shared.errors import JobConflict, JobNotFound, RbeeError
-from shared.events import End, Error, Event, Narration, bind_job, encode_event, unbind_job
+from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
 from shared.operations import Operation
 
 log = logging.getLogger("rbee.jobs")
-
-
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 Executor = Callable[[Operation, "Job"], Awaitable["dict[str, Any] | None"]]
@@ -154,7 +141,7 @@ class Job:
     # -- lifecycle (driven by the registry) -------------------------------------------------------------
 
     def _finish(self, state: JobState, stats: dict[str, Any] | None = None) -> None:
-        self._append(encode_event(End(state=state.value, stats=stats or {})))
+        self._append(encode_event(End(state=state, stats=stats or {})))
         self.state = state
         self.finished_at = time.time()
         self._changed.set()

@@ -41,8 +41,8 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
     engine = LlamaEngine(app[CONFIG], on_state_change=state_changed)
     app[ENGINE] = engine
-    engine.start()
     try:
+        engine.start()
         yield
     finally:
         await engine.stop()

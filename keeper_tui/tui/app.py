@@ -16,13 +16,14 @@ from textual.widgets import (
 from keeper_tui.queen_control import default_queen_url, ensure_queen
 from keeper_tui.tui.widgets import NarrationPane, TokenPane
 from shared.errors import RbeeError
-from shared.events import Data, End, Error, Event, Narration, Token
+from shared.events import Data, End, Error, Event, JobState, Narration, Token
 from shared.job_client import JobClient
-from shared.inference import SAMPLING_DEFAULTS
+from shared.inference import SAMPLING_DEFAULTS, Generation
 from shared.models import BUILTIN_MODEL
 from shared.operations import LOCAL_HIVE, Operation, parse_operation
 from shared.paths import RbeePaths
 from shared.token import load_or_create_token
+from shared.wire import field_types
 
 CSS = """
 #form { height: auto; padding: 0 1; }
@@ -155,7 +156,8 @@ class RbeeApp(App):
                                 "model": self.query_one("#model", Input).value.strip() or BUILTIN_MODEL}
         if hive := self.query_one("#hive", Input).value.strip():
             body["hive_id"] = hive
-        for field, cast in (("max_tokens", int), ("temperature", float)):
+        types = field_types(Generation)
+        for field, cast in (("max_tokens", types["max_tokens"]), ("temperature", types["temperature"])):
             raw = self.query_one(f"#{field}", Input).value.strip()
             if raw:
                 try:
@@ -211,10 +213,10 @@ class RbeeApp(App):
     @staticmethod
     def _stats(end: End) -> str:
         s = end.stats
-        if end.state == "completed" and "tokens_out" in s:
+        if end.state is JobState.COMPLETED and "tokens_out" in s:
             return (f"completed · {s.get('tokens_out')} tokens · first token {s.get('ttft_ms')} ms · "
                     f"{s.get('tokens_per_s')} tokens/s · {s.get('worker_id')} on {s.get('hive_id')}")
-        return end.state
+        return end.state.value
 
     def action_cancel_job(self) -> None:
         if self.current_job is None:

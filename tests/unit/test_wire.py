@@ -93,3 +93,10 @@ async def test_client_turns_error_bodies_into_typed_errors(aiohttp_server):
     async with DaemonClient(f"http://127.0.0.1:{port}") as gone:
         with pytest.raises(ServerUnreachable, match=f"Nothing answers at http://127.0.0.1:{port}"):
             await gone.health()
+
+
+async def test_a_url_that_is_not_http_is_a_typed_error_not_a_crash():
+    async with DaemonClient("localhost:7833") as client:  # a scheme forgotten, as people do
+        with pytest.raises(ServerError, match="failed"):
+            await client.request("GET", "/health")
+        assert await client.health_or_none() is None
