@@ -17,7 +17,7 @@ class EngineState(WireEnum):
 
     LOADING = "loading"
     READY = "ready"
-    BUSY = "busy"
+    BUSY = "busy"  # every slot taken
     FAILED = "failed"  # the model did not load
 
 
@@ -30,7 +30,9 @@ class Heartbeat(WireMessage):
     model: str = field(metadata={"nonempty": True})  # the canonical model reference
     state: EngineState
     pid: int | None = field(default=None, metadata=bounds(1))
-    queue_depth: int = field(default=0, metadata=bounds(0))  # requests waiting behind the running ones
+    queue_depth: int = field(default=0, metadata=bounds(0))  # requests waiting for a slot
+    slots: int = field(default=1, metadata=bounds(1))  # requests it generates at once
+    slots_busy: int = field(default=0, metadata=bounds(0))
     device: str = field(default="cpu", metadata={"nonempty": True})
 
 

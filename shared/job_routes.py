@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import sys
-from typing import Any, AsyncIterator, Callable, Collection, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Protocol
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
@@ -43,7 +44,7 @@ class JobHistory(Protocol):
     async def list(self) -> list[dict[str, Any]]: ...
 
 
-Parse = Callable[[Any], Operation]
+Parse = Callable[[Any], "Operation | Awaitable[Operation]"]
 Admit = Callable[[JobRegistry], None]
 
 
@@ -101,6 +102,8 @@ def setup_job_api(
 
     async def create_job(request: web.Request) -> web.Response:
         operation = parse_request(await read_json(request))
+        if inspect.isawaitable(operation):  # a parser that must leave the loop (a worker tokenizing)
+            operation = await operation
         registry = request.app[appkeys.JOB_REGISTRY]
         if admit is not None:
             admit(registry)

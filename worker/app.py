@@ -55,7 +55,8 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     def heartbeat() -> Heartbeat:
         return Heartbeat(worker_id=config.worker_id, hive_id=config.hive_id or "", url=listening.url or "",
                          model=config.model_ref, state=app[ENGINE].state, pid=os.getpid(),
-                         queue_depth=queue_depth(app), device=config.device)
+                         queue_depth=queue_depth(app), device=config.device, slots=app[ENGINE].slots_total,
+                         slots_busy=app[ENGINE].slots_busy)
 
     async with DaemonClient(config.queen_url or "", app[shared_keys.TOKEN]) as queen:
         sender = app[HEARTBEAT] = HeartbeatSender(queen, heartbeat, config.heartbeat_interval_s)
@@ -69,11 +70,10 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def queue_depth(app: web.Application) -> int:
-    """Requests waiting behind the one being generated."""
+    """Requests waiting for a slot."""
     if shared_keys.JOB_REGISTRY not in app:
         return 0
-    busy = 1 if app[ENGINE].state is EngineState.BUSY else 0
-    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - busy)
+    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - app[ENGINE].slots_busy)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -88,7 +88,8 @@ async def health(request: web.Request) -> web.Response:
         "device": config.device,
         "threads": config.threads,
         "ctx_size": engine.n_ctx,
-        "slots": 1,
+        "slots": engine.slots_total,
+        "slots_busy": engine.slots_busy,
         "queue_depth": queue_depth(app),
         "max_queue": config.max_queue,
         "pid": os.getpid(),

@@ -25,9 +25,10 @@ class WorkerConfig:
     queen_url: str | None = None
     hive_id: str | None = None
     threads: int = 0  # 0: all cores
-    ctx_size: int = 2048
+    ctx_size: int = 2048  # per slot (capped at the model's trained context)
+    parallel: int = 4  # slots: requests decoded together in one batch
     device: str = "cpu"  # cpu | cuda:N
-    max_queue: int = 8  # requests waiting behind the running one; more are refused with 503
+    max_queue: int = 8  # requests waiting for a slot; more are refused with 503
     abandon_after_s: float = 5.0  # a generation nobody reads for this long is cancelled
     heartbeat_interval_s: float = 5.0
     exit_with_parent: bool = True

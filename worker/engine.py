@@ -1,59 +1,115 @@
-"""The one thread that owns the Llama: loads it, runs generations one at a time, and closes it.
+"""The one thread that owns the llama.cpp context and decodes every active request together.
 
-llama.cpp is not safe to drive from several threads, and its calls block; so everything touching the
-model runs here, and the event loop only ever receives events through `call_soon_threadsafe`.
-A generation is cancelled through a threading.Event that the stopping criteria reads on every token.
+llama.cpp is not safe to drive from several threads and its calls block, so everything touching the
+context runs in this thread; the event loop only receives events through `call_soon_threadsafe`.
+
+Continuous batching, as llama-server does it: the context has `parallel` slots (llama.cpp sequences,
+each with its own share of the KV cache). Each step admits waiting requests into free slots, then
+decodes one batch holding the next token of every generating sequence plus a chunk of each new prompt,
+and samples each sequence with its own sampler chain. A request whose prompt starts with what a slot
+already holds (the next turn of a chat, a shared system prompt) reuses those KV cells. Cancelling sets
+an Event that the loop reads every step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import ctypes
+import dataclasses
 import logging
 import queue
+import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from shared.errors import InvalidRequest
 from shared.events import Event, Started, Token
 from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest
 from worker.config import WorkerConfig
-from worker.errors import GenerationError
+from worker.errors import GenerationError, NotReady
 
 log = logging.getLogger("rbee.worker.engine")
 
 # Tokens reach the event loop in small batches: the first at once (TTFT), then at most one hand-over
-# per TOKEN_FLUSH_S. Each hand-over wakes this loop, the queen and the client, and every wake-up steals
-# CPU from llama.cpp's threads when they use every core: measured on 2 cores, per-token hand-over cost
-# 8-12 % of throughput end to end, 20 ms about 5 %, 50 ms under 3 %. 20 updates a second still reads
-# as a smooth stream.
+# per TOKEN_FLUSH_S and sequence. Each hand-over wakes this loop, the queen and the client, and every
+# wake-up steals CPU from llama.cpp's threads when they use every core: measured on 2 cores, per-token
+# hand-over cost 8-12 % of throughput end to end, 20 ms about 5 %, 50 ms under 3 %.
 TOKEN_FLUSH_S = 0.05
+BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence's next one, then prompts
+MIN_P = 0.05  # llama-cpp-python's default, kept so answers match what it gives
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedRequest(InferenceRequest):
+    """An inference request with its prompt already tokenized (and chat-formatted): sizes are checked
+    before it is queued, and the owner thread does no text work."""
+
+    prompt_tokens: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()  # the request's and the chat template's
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body.pop("prompt_tokens", None)
+        body.pop("stop_strings", None)
+        return body
 
 
 @dataclass(eq=False)
 class Generation:
     """One request on its way through the engine. `done` resolves (on the loop) to the end stats."""
 
-    request: InferenceRequest
+    request: PreparedRequest
     job_id: str
     emit: Callable[[Event], Any]
     done: asyncio.Future
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(eq=False)
+class Slot:
+    """A llama.cpp sequence: what its KV cells hold, and the generation using it, if any."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV cells are in the cache, in order
+    last_used: float = 0.0
+    gen: Generation | None = None
+    sampler: Any = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to decode
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    batch_index: int = -1  # where its logits are in this step's batch (-1: none)
+    reused: int = 0
+    generated: int = 0
+    started: float = 0.0
+    first_token_at: float | None = None
+    decoder: Any = None
+    held: str = ""  # decoded text not yet emitted (it may be the start of a stop string)
+    parts: list[str] = field(default_factory=list)
+    outbox: list[Token] = field(default_factory=list)
+    last_flush: float = 0.0
+
+
 class LlamaEngine:
     def __init__(self, config: WorkerConfig, on_state_change: Callable[[EngineState], Any] | None = None) -> None:
         self.config = config
-        self.state = EngineState.LOADING  # loading -> ready <-> busy; failed if the model does not load
+        self.state = EngineState.LOADING  # loading -> ready <-> busy (every slot taken); failed if it does not load
         self.load_error: str | None = None
-        self.n_ctx: int = config.ctx_size
+        self.n_ctx: int = config.ctx_size  # per slot
+        self.slots_total = config.parallel
+        self.slots_busy = 0
         self._on_state_change = on_state_change
         self._requests: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.loaded: asyncio.Future | None = None  # resolves True when ready, False when loading failed
         self._shutdown = threading.Event()
+        self._model = self._ctx = self._vocab = None
+        self._chat_formatter: Any = None
+        self._busy_told = 0  # owner thread: the busy-slot count last handed to the loop
 
     # -- loop side ------------------------------------------------------------------------------------
 
@@ -64,22 +120,86 @@ class LlamaEngine:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Stop the current generation, drain the queue, close the model, join the thread."""
+        """Stop every generation, close the model, join the thread."""
         self._shutdown.set()
         self._requests.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
-    def submit(self, request: InferenceRequest, job_id: str, emit: Callable[[Event], Any]) -> Generation:
+    def prepare(self, request: InferenceRequest) -> PreparedRequest:
+        """Tokenize (and chat-format) a request and check it fits a slot. Runs in any thread: the
+        vocabulary is read-only once loaded."""
+        if self._vocab is None or self.state in (EngineState.LOADING, EngineState.FAILED):
+            raise NotReady(f"The model is {self.state}; wait for GET /health to say ready.")
+        stops = list(request.stop or ())
+        if request.messages is not None:
+            tokens, template_stops = self._chat_prompt(request.messages)
+            stops += template_stops
+        else:
+            tokens = self.tokenize(request.prompt or "", add_special=True)
+        if len(tokens) >= self.n_ctx:
+            problem = (f"is {len(tokens)} tokens long; a slot of this worker holds {self.n_ctx} "
+                       f"(--ctx-size), the answer included")
+            raise InvalidRequest(f"The prompt {problem}. Shorten it, or start the worker with a larger --ctx-size.",
+                                 field="prompt", problem=problem, code="PROMPT_TOO_LONG")
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(InferenceRequest)}
+        return PreparedRequest(**fields, prompt_tokens=tuple(tokens), stop_strings=tuple(s for s in stops if s))
+
+    def submit(self, request: PreparedRequest, job_id: str, emit: Callable[[Event], Any]) -> Generation:
         generation = Generation(request, job_id, emit, asyncio.get_running_loop().create_future())
         self._requests.put(generation)
         return generation
+
+    def _set_busy(self, busy: int) -> None:
+        self.slots_busy = busy
+        state = EngineState.BUSY if busy >= self.slots_total else EngineState.READY
+        if self.state in (EngineState.READY, EngineState.BUSY) and state != self.state:
+            self._set_state(state)
 
     def _set_state(self, state: EngineState) -> None:
         if state != self.state:
             self.state = state
             if self._on_state_change:
                 self._on_state_change(state)
+
+    def _loaded(self, ok: bool) -> None:
+        self._set_state(EngineState.READY if ok else EngineState.FAILED)
+        if self.loaded is not None and not self.loaded.done():
+            self.loaded.set_result(ok)
+
+    # -- text (any thread) ------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:  # the buffer was too small: -n is what it needs
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _chat_prompt(self, messages) -> tuple[list[int], list[str]]:
+        """The model's own chat template (GGUF metadata), as llama-cpp-python's formatter renders it."""
+        if self._chat_formatter is None:
+            raise GenerationError("This model has no chat template; send a plain 'prompt' instead of 'messages'.",
+                                  code="NO_CHAT_TEMPLATE", status=400)
+        formatted = self._chat_formatter(messages=[{"role": r, "content": c} for r, c in messages])
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        return self.tokenize(formatted.prompt, add_special=not formatted.added_special), stop
 
     # -- thread side ------------------------------------------------------------------------------------
 
@@ -89,23 +209,87 @@ class LlamaEngine:
         except RuntimeError:
             pass  # the loop is closed: the process is exiting, nobody is listening
 
-    def _run(self) -> None:
-        llm = self._load()
-        if llm is None:
-            return
+    def _load(self) -> bool:
+        cfg = self.config
         try:
-            while True:
-                generation = self._requests.get()
-                if generation is None:
-                    break
-                if generation.cancel.is_set() or self._shutdown.is_set():
-                    self._post(_resolve, generation.done, _stats(0, None, 0.0, "cancelled"))
-                    continue
-                self._post(self._set_state, EngineState.BUSY)
-                outcome = self._generate(llm, generation)
-                self._post(self._finished, generation.done, outcome)
+            import llama_cpp
+
+            _quiet_llama_logs()
+            llama_cpp.llama_backend_init()
+            mparams = llama_cpp.llama_model_default_params()
+            mparams.n_gpu_layers = cfg.gpu_layers
+            mparams.main_gpu = cfg.gpu_index
+            model = llama_cpp.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
+            if not model:
+                raise ValueError("llama.cpp could not load it (see the lines above in this log)")
+            self._model = model
+            self._vocab = llama_cpp.llama_model_get_vocab(model)
+            trained = llama_cpp.llama_model_n_ctx_train(model)
+            self.n_ctx = min(cfg.ctx_size, trained) if trained > 0 else cfg.ctx_size
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = self.n_ctx * cfg.parallel
+            cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
+            cparams.n_seq_max = cfg.parallel
+            cparams.n_threads = cparams.n_threads_batch = cfg.threads
+            cparams.kv_unified = False  # each slot its own share of the cache, as llama-server -np N
+            cparams.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(model, cparams)
+            if not ctx:
+                raise ValueError(f"llama.cpp could not make a context of {self.n_ctx} tokens x {cfg.parallel} slots")
+            self._ctx = ctx
+            self._chat_formatter = self._make_chat_formatter()
+        except Exception as exc:  # a bad file, too little memory
+            self.load_error = f"cannot load model {cfg.model_path}: {exc}"
+            self._free()
+            self._post(self._loaded, False)
+            return False
+        self._post(self._loaded, True)
+        return True
+
+    def _make_chat_formatter(self):
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_model_meta_val_str(self._model, b"tokenizer.chat_template", buf, len(buf))
+        if n <= 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self._model, b"tokenizer.chat_template", buf, len(buf))
+        eos_id, bos_id = llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_bos(self._vocab)
+        eos = self.piece(eos_id, special=True).decode(errors="replace") if eos_id != -1 else ""
+        bos = self.piece(bos_id, special=True).decode(errors="replace") if bos_id != -1 else ""
+        return Jinja2ChatFormatter(template=buf.value.decode(errors="replace"), eos_token=eos, bos_token=bos,
+                                   stop_token_ids=[eos_id])
+
+    def _free(self) -> None:
+        import llama_cpp
+
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+        self._ctx = self._model = None
+
+    def _run(self) -> None:
+        if not self._load():
+            return
+        import llama_cpp
+
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        slots = [Slot(seq) for seq in range(self.config.parallel)]
+        waiting: deque[Generation] = deque()
+        try:
+            while self._step(slots, waiting):
+                pass
         finally:
-            # Cancel whatever is still queued, then free the model in the thread that owns it.
+            for slot in slots:
+                if slot.gen is not None:
+                    self._finish(slot, "cancelled")
+            for gen in waiting:
+                self._post(_resolve, gen.done, _stats(0, None, 0.0, "cancelled"))
             while True:
                 try:
                     pending = self._requests.get_nowait()
@@ -113,158 +297,220 @@ class LlamaEngine:
                     break
                 if pending is not None:
                     self._post(_resolve, pending.done, _stats(0, None, 0.0, "cancelled"))
-            llm.close()
+            llama_cpp.llama_batch_free(self._batch)
+            self._vocab = None
+            self._free()
 
-    def _load(self):
-        cfg = self.config
+    def _step(self, slots: list[Slot], waiting: deque[Generation]) -> bool:
+        """One step: take new requests, drop cancelled ones, admit, decode one batch, sample. False: stop."""
+        idle = not waiting and all(s.gen is None for s in slots)
         try:
-            from llama_cpp import Llama  # heavy: imported only in the worker, in this thread
+            item = self._requests.get(block=idle)
+            while True:
+                if item is None:
+                    return False
+                waiting.append(item)
+                item = self._requests.get_nowait()
+        except queue.Empty:
+            pass
+        if self._shutdown.is_set():
+            return False
+        for slot in slots:
+            if slot.gen is not None and slot.gen.cancel.is_set():
+                self._finish(slot, "cancelled")
+        for gen in [g for g in waiting if g.cancel.is_set()]:
+            waiting.remove(gen)
+            self._post(_resolve, gen.done, _stats(0, None, 0.0, "cancelled"))
+        while waiting and any(s.gen is None for s in slots):
+            self._admit(waiting.popleft(), slots)
+        busy = sum(1 for s in slots if s.gen is not None)
+        if busy != self._busy_told:  # only changes cross to the loop: each hand-over costs a wake-up
+            self._busy_told = busy
+            self._post(self._set_busy, busy)
+        if any(s.gen is not None for s in slots):
+            self._decode_and_sample([s for s in slots if s.gen is not None])
+        return True
 
-            llm = Llama(
-                model_path=str(cfg.model_path),
-                n_ctx=cfg.ctx_size,
-                n_threads=cfg.threads,
-                n_threads_batch=cfg.threads,
-                n_gpu_layers=cfg.gpu_layers,
-                main_gpu=cfg.gpu_index,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
-            self.load_error = f"cannot load model {cfg.model_path}: {exc}"
-            self._post(self._loaded, False)
-            return None
-        self.n_ctx = llm.n_ctx()
-        self._post(self._loaded, True)
-        return llm
+    def _admit(self, gen: Generation, slots: list[Slot]) -> None:
+        """Into the free slot whose cache shares the longest prefix with the prompt (the least recently
+        used among equals, so other cached conversations survive longer)."""
+        import llama_cpp
 
-    def _finished(self, done: asyncio.Future, outcome: dict[str, Any] | BaseException) -> None:
-        self._set_state(EngineState.READY)  # before the result, so whoever sees the end also sees a free worker
+        tokens = list(gen.request.prompt_tokens)
+        free = [s for s in slots if s.gen is None]
+        slot = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
+        keep = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last prompt token gives logits
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+        req = gen.request
+        slot.cached, slot.pending, slot.reused = tokens[:keep], tokens[keep:], keep
+        slot.gen, slot.next_token, slot.generated = gen, None, 0
+        slot.started, slot.first_token_at, slot.last_flush = time.perf_counter(), None, 0.0
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.held, slot.parts, slot.outbox = "", [], []
+        slot.sampler = _sampler_chain(req.temperature, req.top_k, req.top_p, req.seed)
+        self._post(gen.emit, Started(job_id=gen.job_id, model=self.config.model_ref))
+
+    def _decode_and_sample(self, active: list[Slot]) -> None:
+        import llama_cpp
+
+        batch, n = self._batch, 0
+
+        def add(token: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = logits
+            n += 1
+
+        generating = [s for s in active if s.next_token is not None]
+        for slot in generating:
+            slot.batch_index = n
+            add(slot.next_token, len(slot.cached), slot.seq, True)
+        chunks: list[tuple[Slot, int]] = []
+        for slot in (s for s in active if s.pending):  # prompts share what is left of the batch
+            take = min(len(slot.pending), BATCH_TOKENS - n)
+            if take <= 0:
+                break
+            start = len(slot.cached)
+            for k in range(take):
+                add(slot.pending[k], start + k, slot.seq, k == take - 1 and take == len(slot.pending))
+            slot.batch_index = n - 1 if take == len(slot.pending) else -1
+            chunks.append((slot, take))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            for slot in active:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                slot.cached = []
+                self._finish(slot, GenerationError(f"llama.cpp could not decode (status {status}): the cache is "
+                                                   "full or the request too large", status=500))
+            return
+        for slot in generating:
+            slot.cached.append(slot.next_token)  # type: ignore[arg-type]
+            slot.next_token = None
+        for slot, take in chunks:
+            slot.cached.extend(slot.pending[:take])
+            del slot.pending[:take]
+        for slot in generating + [s for s, _ in chunks if not s.pending]:
+            if slot.gen is not None and slot.batch_index >= 0:
+                self._sample(slot)
+
+    def _sample(self, slot: Slot) -> None:
+        import llama_cpp
+
+        gen = slot.gen
+        assert gen is not None  # callers pass active slots only
+        req = gen.request
+        token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, slot.batch_index)
+        slot.generated += 1
+        now = time.perf_counter()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.held += slot.decoder.decode(self.piece(token))
+        stops = req.stop_strings
+        hit = min((i for i in (slot.held.find(s) for s in stops) if i >= 0), default=-1)
+        if hit >= 0:
+            slot.held = slot.held[:hit]
+            self._finish(slot, "stop")
+            return
+        if slot.generated >= req.max_tokens or len(slot.cached) >= self.n_ctx:
+            self._finish(slot, "length")  # at most max_tokens, and never past the slot's context
+            return
+        keep = _stop_prefix_len(slot.held, stops)
+        self._queue_text(slot, slot.held[:len(slot.held) - keep], now)
+        slot.held = slot.held[len(slot.held) - keep:]
+        slot.next_token = token
+
+    def _queue_text(self, slot: Slot, text: str, now: float) -> None:
+        if text:
+            slot.parts.append(text)
+            slot.outbox.append(Token(t=text, i=len(slot.parts) - 1))
+        if slot.outbox and (now - slot.last_flush >= TOKEN_FLUSH_S):
+            self._post(_emit_all, slot.gen.emit, slot.outbox)  # type: ignore[union-attr]
+            slot.outbox, slot.last_flush = [], now
+
+    def _finish(self, slot: Slot, outcome: str | BaseException) -> None:
+        """End the slot's generation: the rest of its text, then its stats (or error); the slot keeps its
+        cache for the next request that shares the prefix."""
+        import llama_cpp
+
+        gen = slot.gen
+        assert gen is not None
+        if isinstance(outcome, str) and outcome != "cancelled":
+            slot.held += slot.decoder.decode(b"", final=True)
+            self._queue_text(slot, slot.held, float("inf"))
+        elif slot.outbox:
+            self._post(_emit_all, gen.emit, slot.outbox)
         if isinstance(outcome, BaseException):
-            _fail(done, outcome)
+            self._post(_fail, gen.done, outcome)
         else:
-            _resolve(done, outcome)
-
-    def _loaded(self, ok: bool) -> None:
-        self._set_state(EngineState.READY if ok else EngineState.FAILED)
-        if self.loaded is not None and not self.loaded.done():
-            self.loaded.set_result(ok)
-
-    @staticmethod
-    def _chat_prompt(llm, messages) -> tuple[list[int], list[str]]:
-        formatted = _chat_formatter(llm)(messages=[{"role": r, "content": c} for r, c in messages])
-        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
-        tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
-        return tokens, stop
-
-    def _generate(self, llm, generation: Generation) -> dict[str, Any] | BaseException:
-        """Run one generation, posting its events; return its stats or the error it ended with."""
-        from llama_cpp import StoppingCriteriaList
-
-        req = generation.request
-        cancel = generation.cancel
-        shutdown = self._shutdown
-        # Tokens generated and kept, counted from what the stopping criteria is shown: before each sampled
-        # token is used, it sees the sequence so far (prompt and earlier tokens); a token it stops on is not
-        # used. The end-of-text token counts as generated, as in llama-server.
-        n_prompt = 0
-        generated = 0
-
-        def stop_when_cancelled(input_ids, logits) -> bool:
-            nonlocal generated
-            stop = cancel.is_set() or shutdown.is_set()
-            generated = len(input_ids) - n_prompt + (0 if stop else 1)
-            return stop
-
-        self._post(generation.emit, Started(job_id=generation.job_id, model=self.config.model_ref))
-        start = time.perf_counter()
-        first_token_at: float | None = None
-        finish_reason = None
-        index = 0
-        parts: list[str] = []
-        stream = None
-        try:
-            if req.messages is not None:
-                prompt_tokens, template_stop = self._chat_prompt(llm, req.messages)
-            else:
-                # what create_completion does with a string, done here so the prompt's size is known
-                prompt_tokens, template_stop = llm.tokenize(req.prompt.encode("utf-8"), special=True), []
-            n_prompt = len(prompt_tokens)
-            stream = llm.create_completion(
-                prompt_tokens,
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                seed=req.seed,
-                stop=list(req.stop or ()) + template_stop,
-                stream=True,
-                stopping_criteria=StoppingCriteriaList([stop_when_cancelled]),
-            )
-            pending: list[Token] = []
-            last_flush = 0.0
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                text = choice["text"]
-                if text:
-                    now = time.perf_counter()
-                    if first_token_at is None:
-                        first_token_at = now
-                    parts.append(text)
-                    pending.append(Token(t=text, i=index))
-                    index += 1
-                    if now - last_flush >= TOKEN_FLUSH_S:
-                        self._post(_emit_all, generation.emit, pending)
-                        pending = []
-                        last_flush = now
-                finish_reason = choice.get("finish_reason") or finish_reason
-            if pending:
-                self._post(_emit_all, generation.emit, pending)
-        except GenerationError as exc:
-            return exc
-        except ValueError as exc:  # llama-cpp-python's way of saying the prompt does not fit
-            message = str(exc)
-            if "exceed context window" in message:
-                error = GenerationError(
-                    f"The prompt is longer than the worker's context ({self.n_ctx} tokens): {message}. "
-                    "Shorten the prompt or start the worker with a larger --ctx-size.",
-                    code="PROMPT_TOO_LONG",
-                )
-            else:
-                error = GenerationError(f"Generation failed: {message}")
-            return error
-        except Exception as exc:
-            log.exception("generation %s failed", generation.job_id)
-            return GenerationError(f"Generation failed: {type(exc).__name__}: {exc}", status=500)
-        finally:
-            if stream is not None:
-                stream.close()  # in the owner thread, as llama-cpp-python requires
-        elapsed = time.perf_counter() - start
-        reason = "cancelled" if cancel.is_set() or shutdown.is_set() else (finish_reason or "stop")
-        ttft = None if first_token_at is None else (first_token_at - start) * 1000
-        stats = _stats(generated, ttft, elapsed, reason)
-        stats["prompt_tokens"] = len(prompt_tokens)
-        stats["text"] = "".join(parts)
-        return stats
+            ttft = None if slot.first_token_at is None else (slot.first_token_at - slot.started) * 1000
+            stats = _stats(slot.generated, ttft, time.perf_counter() - slot.started, outcome)
+            stats.update(prompt_tokens=len(gen.request.prompt_tokens), prompt_tokens_reused=slot.reused,
+                         text="".join(slot.parts))
+            self._post(_resolve, gen.done, stats)
+        if slot.pending:  # cancelled mid-prompt: what was decoded stays cached
+            slot.pending = []
+        llama_cpp.llama_sampler_free(slot.sampler)
+        slot.sampler, slot.gen, slot.next_token, slot.outbox = None, None, None, []
+        slot.last_used = time.monotonic()
 
 
-_chat_formatters: dict[int, Any] = {}
+_log_callback: Any = None  # kept referenced: llama.cpp calls it from C
 
 
-def _chat_formatter(llm):
-    """The model's own chat template (GGUF metadata), as llama-cpp-python builds it."""
-    if id(llm) not in _chat_formatters:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+def _quiet_llama_logs() -> None:
+    """llama.cpp narrates every load at length on stderr; keep only its warnings and errors, in our log."""
+    global _log_callback
+    import llama_cpp
 
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise GenerationError("This model has no chat template; send a plain 'prompt' instead of 'messages'.",
-                                  code="NO_CHAT_TEMPLATE")
-        eos_id, bos_id = llm.token_eos(), llm.token_bos()
-        eos = llm.detokenize([eos_id], special=True).decode(errors="replace") if eos_id != -1 else ""
-        bos = llm.detokenize([bos_id], special=True).decode(errors="replace") if bos_id != -1 else ""
-        _chat_formatters[id(llm)] = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                                                        stop_token_ids=[eos_id])
-    return _chat_formatters[id(llm)]
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+            log.warning("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _sampler_chain(temperature: float, top_k: int, top_p: float, seed: int | None):
+    """The sampler chain llama-cpp-python builds for the same parameters (so answers match it)."""
+    import llama_cpp
+
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if temperature == 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    for sampler in (llama_cpp.llama_sampler_init_top_k(top_k), llama_cpp.llama_sampler_init_top_p(top_p, 1),
+                    llama_cpp.llama_sampler_init_min_p(MIN_P, 1), llama_cpp.llama_sampler_init_temp(temperature),
+                    llama_cpp.llama_sampler_init_dist(random.getrandbits(32) if seed is None else seed & 0xFFFFFFFF)):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """How much of the end of `text` could be the start of a stop string (held back until it is not)."""
+    best = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:length]):
+                best = length
+                break
+    return best
 
 
 def _stats(tokens_out: int, ttft_ms: float | None, elapsed_s: float, stop_reason: str) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from aiohttp import web
 
 from shared.errors import InvalidRequest
 from shared.heartbeat import EngineState
-from shared.inference import InferenceRequest, parse_inference_request
+from shared.inference import parse_inference_request
 from shared.job_registry import Job, JobRegistry
 from shared.job_routes import setup_job_api
 from worker.appkeys import CONFIG, ENGINE
+from worker.engine import PreparedRequest
 from worker.errors import NotReady, QueueFull
 
 
@@ -28,24 +29,25 @@ def pending_jobs(registry: JobRegistry) -> int:
 def setup_inference_api(app: web.Application) -> None:
     config = app[CONFIG]
 
-    def parse(data: Any) -> InferenceRequest:
+    async def parse(data: Any) -> PreparedRequest:
         request = parse_inference_request(data)
         engine = app[ENGINE]
         if request.max_tokens >= engine.n_ctx:
-            problem = f"must be smaller than the worker's context of {engine.n_ctx} tokens"
+            problem = f"must be smaller than the context of a slot of this worker, {engine.n_ctx} tokens"
             raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) {problem}.", field="max_tokens",
                                  problem=problem)
         if engine.state in (EngineState.LOADING, EngineState.FAILED):
             raise NotReady(f"The model is {engine.state}; wait for GET /health to say ready.")
-        return request
+        return await asyncio.to_thread(engine.prepare, request)  # tokenizing a long prompt takes a while
 
     def admit(registry: JobRegistry) -> None:
         waiting = pending_jobs(registry)
-        if waiting >= 1 + config.max_queue:  # one generating, max_queue waiting behind it
-            raise QueueFull(f"The worker's queue is full ({config.max_queue} requests waiting behind the "
-                            "running one). Retry later, or spawn another worker for this model.")
+        if waiting >= config.parallel + config.max_queue:  # every slot busy, max_queue waiting for one
+            raise QueueFull(f"The worker's queue is full ({config.parallel} slots busy, {config.max_queue} "
+                            "requests waiting for one). Retry later, or start a worker with more --parallel "
+                            "slots.")
 
-    async def execute(request: InferenceRequest, job: Job) -> dict[str, Any]:
+    async def execute(request: PreparedRequest, job: Job) -> dict[str, Any]:
         def emit(event) -> None:
             if not job.state.finished:  # a late token from the engine after a cancel is dropped
                 job.emit(event)
@@ -54,7 +56,7 @@ def setup_inference_api(app: web.Application) -> None:
 
         async def stop_generation() -> None:
             generation.cancel.set()
-            job.result = await generation.done  # the engine stops within one token
+            job.result = await generation.done  # the engine stops within one step
 
         try:
             return await asyncio.shield(generation.done)

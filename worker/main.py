@@ -39,10 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
     parser.add_argument("--threads", type=int, default=0,
                         help=f"llama.cpp threads; default: all cores ({all_cores()} here)")
-    parser.add_argument("--ctx-size", type=int, default=2048, help="context length in tokens (default 2048)")
+    parser.add_argument("--ctx-size", type=int, default=2048,
+                        help="context of each slot in tokens, prompt and answer (default 2048, at most the "
+                             "model's trained context)")
+    parser.add_argument("--parallel", type=int, default=4,
+                        help="slots: requests generated together in one batch (default 4)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
     parser.add_argument("--max-queue", type=int, default=8,
-                        help="requests that may wait behind the running one; more get 503 (default 8)")
+                        help="requests that may wait for a free slot; more get 503 (default 8)")
     parser.add_argument("--abandon-after", type=float, default=5.0, metavar="SECONDS",
                         help="cancel a generation once nobody has read its stream for this long (default 5)")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS",
@@ -57,6 +61,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError(f"--threads must be positive, not {args.threads}")
     if args.ctx_size < 16:
         raise WorkerStartError(f"--ctx-size must be at least 16, not {args.ctx_size}")
+    if not 1 <= args.parallel <= 64:
+        raise WorkerStartError(f"--parallel must be between 1 and 64, not {args.parallel}")
     if args.max_queue < 0:
         raise WorkerStartError(f"--max-queue must not be negative, not {args.max_queue}")
     if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
@@ -77,6 +83,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         hive_id=args.hive_id,
         threads=args.threads,
         ctx_size=args.ctx_size,
+        parallel=args.parallel,
         device=args.device,
         max_queue=args.max_queue,
         abandon_after_s=args.abandon_after,

@@ -24,7 +24,8 @@ COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    daemon = start_worker(tmp_path_factory.mktemp("worker-home"), "--max-queue", "2", "--abandon-after", "1")
+    daemon = start_worker(tmp_path_factory.mktemp("worker-home"), "--parallel", "4", "--max-queue", "2",
+                          "--abandon-after", "1")
     yield daemon
     assert daemon.stop() == 0
 
@@ -102,7 +103,7 @@ async def test_cancel_mid_stream_then_the_next_request_works(client, worker):
 
 async def test_full_queue_answers_503(client):
     jobs = [await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
-            for _ in range(3)]  # one running, two waiting (--max-queue 2)
+            for _ in range(4 + 2)]  # four slots busy, two waiting (--parallel 4 --max-queue 2)
     try:
         with pytest.raises(ServerError) as err:
             await client.submit(InferenceRequest(prompt="Hi", max_tokens=8))
@@ -118,7 +119,7 @@ async def test_full_queue_answers_503(client):
 @pytest.mark.parametrize("body, fragment", [
     ({"max_tokens": 8}, "needs exactly one of 'prompt' (plain text) and 'messages'"),
     ({"prompt": "hi", "max_tokens": 0}, "Field 'max_tokens' of the inference request must be at least 1"),
-    ({"prompt": "hi", "max_tokens": 5000}, "Field 'max_tokens' (5000) must be smaller than the worker's context of 2048"),
+    ({"prompt": "hi", "max_tokens": 5000}, "Field 'max_tokens' (5000) must be smaller than the context of a slot of this worker, 2048 tokens"),
     ({"prompt": "hi", "temperature": -0.5}, "Field 'temperature' of the inference request must be at least 0"),
     ({"prompt": "hi", "model": "x"}, "Unknown field 'model'"),
     ({"prompt": "hi", "operation": "infer"}, "Unknown field 'operation'"),
@@ -133,10 +134,10 @@ async def test_bad_requests_get_400_naming_the_field(worker, body, fragment):
 
 
 async def test_prompt_longer_than_context_is_a_clear_error(client, worker):
-    _, events = await generate(client, prompt="bee " * 3000, max_tokens=8)
-    error = next(e for e in events if isinstance(e, Error))
-    assert error.code == "PROMPT_TOO_LONG" and "longer than the worker's context (2048 tokens)" in error.message
-    assert events[-1] == End(state="failed")
+    with pytest.raises(ServerError) as err:  # refused before it is queued
+        await client.submit(InferenceRequest(prompt="bee " * 3000, max_tokens=8))
+    assert (err.value.status, err.value.code) == (400, "PROMPT_TOO_LONG")
+    assert "The prompt is 3001 tokens long; a slot of this worker holds 2048" in err.value.message
     assert worker.health()["state"] == "ready"
 
 
@@ -155,7 +156,7 @@ async def test_health_reports_ready_model_and_queue(worker):
     health = worker.health()
     assert health["state"] == "ready" and health["model"] == "smollm2-135m"
     assert health["threads"] == len(os.sched_getaffinity(0))  # all cores, not llama.cpp's half
-    assert health["queue_depth"] == 0 and health["slots"] == 1
+    assert health["queue_depth"] == 0 and health["slots"] == 4 and health["slots_busy"] == 0
 
 
 # --- process lifecycle ---------------------------------------------------------------------------------
