@@ -19,6 +19,7 @@ class HiveConfig:
     paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+    worker_slots: int = 4  # requests each worker generates at once (its --parallel)
 
     def __post_init__(self) -> None:
         if self.paths is None:

@@ -10,7 +10,7 @@ from hive.config import HiveConfig
 from hive.errors import DeviceNotFound, HiveError
 from hive.models import ModelStore
 from hive.workers import WorkerSupervisor
-from shared.events import Data, emit
+from shared.events import Data, emit, narrate
 from shared.job_registry import Job
 from shared.operations import (
     HiveOperation, ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
@@ -32,10 +32,11 @@ class HiveExecutor:
             raise HiveError(f"This is hive '{self.config.hive_id}', not '{op.hive_id}'.", code="WRONG_HIVE")
         if isinstance(op, WorkerSpawn):
             device = await self.resolve_device(op.worker, op.device)
+            threads = self.thread_budget(device)
             entry = await self.store.provision(op.model)
-            worker = await self.supervisor.spawn(entry, device)
+            worker = await self.supervisor.spawn(entry, device, threads)
             emit(Data(action="worker_spawn", payload=worker.to_dict()))
-            return {"worker_id": worker.id, "url": worker.url}
+            return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots}
         if isinstance(op, WorkerList):
             workers = [w.to_dict(await self.supervisor.live_state(w)) for w in self.supervisor.all()]
             emit(Data(action="worker_list", payload={"hive_id": self.config.hive_id, "workers": workers}))
@@ -68,6 +69,25 @@ class HiveExecutor:
             emit(Data(action="model_delete", payload=(await self.store.delete(entry.id)).to_dict()))
             return None
         raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
+
+    def thread_budget(self, device: str) -> int:
+        """llama.cpp threads for a new worker: what the running CPU workers leave of this machine's cores
+        (more threads than cores only make them fight). A GPU worker's threads only feed its GPU."""
+        cores = int(self.capabilities["cpu"]["cores"])
+        if device != "cpu":
+            return cores
+        used = self.supervisor.threads_in_use()
+        free = cores - used
+        if free < 1:
+            holders = ", ".join(f"{w.id} ({w.model}, {w.threads} threads)" for w in self.supervisor.all()
+                                if w.alive and w.device == "cpu")
+            raise HiveError(f"Every one of the {cores} cores of hive {self.config.hive_id} runs a worker already: "
+                            f"{holders}. Stop one (`rbee worker delete ID`) or wait until it goes idle and is "
+                            "stopped.", code="THREAD_BUDGET", status=409)
+        if used:
+            narrate("thread_budget", f"{used} of {cores} cores run other workers: the new one gets {free} threads",
+                    target=self.config.hive_id, level="warn")
+        return free
 
     async def refresh_capabilities(self) -> dict[str, Any]:
         """Detect again (nvidia-smi blocks for a while: in a thread), and remember the answer."""

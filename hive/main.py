@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queen-url", help="the queen's URL, handed to workers for their heartbeats")
     parser.add_argument("--worker-stop-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="a worker that has not exited this long after SIGTERM is killed (default 10)")
+    parser.add_argument("--worker-slots", type=int, default=4,
+                        help="requests each worker generates together in one batch (default 4)")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit (stopping every worker) when the process that started the hive dies")
     return parser.parse_args(argv)
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)
     config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
-                        advertise_host=args.advertise_host, worker_stop_timeout_s=args.worker_stop_timeout)
+                        advertise_host=args.advertise_host, worker_stop_timeout_s=args.worker_stop_timeout,
+                        worker_slots=args.worker_slots)
     if args.exit_with_parent:
         die_with_parent()
     app = create_app(config, load_or_create_token(config.paths))

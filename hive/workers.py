@@ -52,6 +52,8 @@ class WorkerProcess:
     model_path: str
     device: str
     proc: asyncio.subprocess.Process
+    threads: int = 1
+    slots: int = 1
     url: str | None = None
     state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None
@@ -67,7 +69,7 @@ class WorkerProcess:
     def to_dict(self, live_state: str | None = None) -> dict[str, Any]:
         return {
             "id": self.id, "model": self.model, "device": self.device, "pid": self.proc.pid, "url": self.url,
-            "state": live_state or self.state.value, "exit_code": self.exit_code, "started_at": self.started_at,
+            "state": live_state or self.state.value, "threads": self.threads, "slots": self.slots, "exit_code": self.exit_code, "started_at": self.started_at,
         }
 
 
@@ -102,11 +104,18 @@ class WorkerSupervisor:
     def all(self) -> list[WorkerProcess]:
         return list(self._workers.values())
 
-    async def spawn(self, model: CatalogEntry, device: str) -> WorkerProcess:
+    def threads_in_use(self) -> int:
+        """llama.cpp threads of the CPU workers still running (the hive's thread budget spends these); a
+        worker being stopped has stopped generating, so its threads are free already."""
+        return sum(w.threads for w in self._workers.values()
+                   if w.alive and w.device == "cpu" and w.state is not ProcessState.STOPPING)
+
+    async def spawn(self, model: CatalogEntry, device: str, threads: int) -> WorkerProcess:
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
-                "--hive-id", self.config.hive_id, "--device", device]
+                "--hive-id", self.config.hive_id, "--device", device, "--threads", str(threads),
+                "--parallel", str(self.config.worker_slots)]
         if self.config.queen_url:
             argv += ["--queen-url", self.config.queen_url]
         if self.config.advertise_host:
@@ -115,7 +124,8 @@ class WorkerSupervisor:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
-        worker = WorkerProcess(worker_id, model.id, model.path, device, proc)
+        worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads,
+                               slots=self.config.worker_slots)
         self._workers[worker_id] = worker
         worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
         try:

@@ -51,10 +51,10 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
 
 
 MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("sha256_h", "sha256"), ("downloaded", "downloaded"), ("path", "path")]
-WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("pid", "pid"),
-                  ("url", "url")]
+WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("slots", "slots"),
+                  ("threads", "threads"), ("pid", "pid"), ("url", "url")]
 QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"),
-                        ("device", "device"), ("pid", "pid"), ("url", "url")]
+                        ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
 HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
 JOB_COLUMNS = [("job_id", "job"), ("operation", "operation"), ("state", "state"), ("age", "age"),
                ("summary", "summary")]
@@ -73,7 +73,8 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         out.write("hives\n")
         table(payload.get("hives", []), HIVE_COLUMNS, out)
         out.write("\nworkers\n")
-        table(payload.get("workers", []), QUEEN_WORKER_COLUMNS, out)
+        workers = [{**w, "slots_h": f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}"} for w in payload.get("workers", [])]
+        table(workers, QUEEN_WORKER_COLUMNS, out)
         jobs = payload.get("jobs", {})
         out.write(f"\njobs: {jobs.get('running', 0)} running, {jobs.get('recent', 0)} recent\n")
     elif isinstance(payload, dict):

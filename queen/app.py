@@ -76,7 +76,7 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         hives = app[HIVES] = HiveRegistry(config, clients, queen_url=lambda: queen_url(app))
         resources.push_async_callback(hives.close)
         resources.push_async_callback(jobs.cancel_all)  # before the hives they drive are stopped
-        runner = InferenceRunner(Scheduler(config, hives, workers), workers, clients)
+        runner = InferenceRunner(Scheduler(config, hives, workers, clients), workers, clients)
         app[EXECUTOR] = QueenExecutor(hives, workers, runner, clients, jobs, config.paths.data_dir)
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers), name="idle-worker-reaper")
         resources.push_async_callback(stop_task, reaper)
@@ -96,7 +96,7 @@ async def reap_idle_workers(config: QueenConfig, hives: HiveRegistry, workers: W
         await asyncio.sleep(period)
         now = time.monotonic()
         for worker in workers.all():
-            if worker.alive and worker.leased_by is None and now - worker.last_used > config.worker_idle_timeout_s:
+            if worker.alive and worker.idle and now - worker.last_used > config.worker_idle_timeout_s:
                 log.info("stopping %s: idle for %.0f s", worker.worker_id, now - worker.last_used)
                 try:
                     await hives.forward(WorkerDelete(hive_id=worker.hive_id, id=worker.worker_id))

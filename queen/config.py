@@ -14,7 +14,7 @@ class QueenConfig:
     port: int = DEFAULT_QUEEN_PORT
     paths: RbeePaths = None  # type: ignore[assignment]  # from the environment when not given
     local_hive_port: int = DEFAULT_HIVE_PORT  # 0: let the OS pick (tests)
-    max_workers_per_hive: int = 2  # per model: a second concurrent request may get a second worker
+    max_workers_per_hive: int = 1  # per model: its slots serve concurrent requests; more workers, more processes
     worker_idle_timeout_s: float = 15 * 60  # idle workers are stopped after this
     heartbeat_timeout_s: float = 15.0  # a worker silent this long is lost and never scheduled
     hive_start_timeout_s: float = 60.0

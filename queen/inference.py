@@ -34,8 +34,7 @@ class InferenceRunner:
         try:
             return await self._generate(worker, op, started)
         finally:
-            if worker.leased_by == job.id:
-                self.workers.release(worker)
+            self.workers.release(worker, job.id)
 
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
         client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05)

@@ -27,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=int(os.environ.get("RBEE_LOCAL_HIVE_PORT", DEFAULT_HIVE_PORT)),
                         help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}, or $RBEE_LOCAL_HIVE_PORT; "
                              "0 lets the OS pick)")
-    parser.add_argument("--max-workers-per-hive", type=int, default=2,
-                        help="workers per model on one hive; more concurrent requests wait (default 2)")
+    parser.add_argument("--max-workers-per-hive", type=int, default=1,
+                        help="workers per model on one hive (default 1: its slots serve concurrent requests; "
+                             "more wait for a free slot)")
     parser.add_argument("--worker-idle-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="stop workers idle this long (default 900)")
     parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",

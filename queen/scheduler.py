@@ -1,20 +1,29 @@
-"""Finding a worker for a model: a warm idle one, else a new one on a hive (downloading the model first
-if needed), else wait for one to come free. Each step is narrated."""
+"""Finding a worker for a model: a free slot of a running one, else a new worker on a hive (downloading
+the model first if needed), else wait for a slot to come free. Each step is narrated.
+
+One model gets one worker per hive by default (`max_workers_per_hive`): its slots serve concurrent
+requests in one batch, which beats two processes fighting over the same cores."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
-from queen.worker_registry import WorkerInfo, WorkerRegistry
+from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
-from shared.operations import LOCAL_HIVE, WorkerSpawn
+from shared.errors import RbeeError
+from shared.job_client import Clients
+from shared.operations import LOCAL_HIVE, WorkerDelete, WorkerSpawn
+
+DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED)
 
 
 class Scheduler:
-    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry) -> None:
+    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry, clients: Clients) -> None:
         self.config = config
+        self._clients = clients
         self.hives = hives
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
@@ -25,11 +34,11 @@ class Scheduler:
         self.hives.get(target)  # an unknown hive fails before anything starts
         waiting_said = False
         while True:
-            worker = self.workers.idle(model, hive_id)
+            worker = self.workers.with_free_slot(model, hive_id)
             if worker is not None:
                 self.workers.lease(worker, job_id)
-                narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id}",
-                        target=worker.worker_id)
+                narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id} (slot "
+                                        f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
                 return worker
             lock = self._spawning.setdefault((target, model), asyncio.Lock())
             if not lock.locked() and self.workers.count_alive(model, target) < self.config.max_workers_per_hive:
@@ -38,13 +47,27 @@ class Scheduler:
                     self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                     return worker
             if not waiting_said:
-                narrate("worker_wait", f"Every worker for {model} on {target} is busy; waiting for one",
+                narrate("worker_wait", f"Every slot for {model} on {target} is busy; waiting for one",
                         target=model)
                 waiting_said = True
             await self.workers.wait_for_change(1.0)
 
     async def _spawn(self, model: str, hive_id: str) -> WorkerInfo:
-        narrate("schedule", f"No idle worker has {model}; spawning one on {hive_id}", target=hive_id)
+        narrate("schedule", f"No worker with a free slot has {model}; spawning one on {hive_id}", target=hive_id)
+        await self._stop_dead_workers(hive_id)
         result = await self.hives.forward(WorkerSpawn(hive_id=hive_id, model=model))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
-        return self.workers.add(str(result["worker_id"]), hive_id, str(result["url"]), model)
+        return self.workers.add(str(result["worker_id"]), hive_id, str(result["url"]), model,
+                                int(result.get("slots") or 1))
+
+    async def _stop_dead_workers(self, hive_id: str) -> None:
+        """Workers the queen gave up on (silent, crashed) may still hold memory and cores on their hive:
+        have the hive stop them (a frozen one takes its stop timeout to be killed, so the new worker does
+        not wait for that: the hive no longer counts a worker it is stopping against its cores)."""
+        for dead in [w for w in self.workers.all() if w.hive_id == hive_id and w.state in DEAD]:
+            narrate("worker_cleanup", f"Stopping {dead.worker_id} ({dead.state}) before starting another",
+                    target=dead.worker_id, level="warn")
+            self.workers.forget(dead.worker_id)
+            url = await self.hives.ensure_running(hive_id)
+            with contextlib.suppress(RbeeError):  # it may be gone already
+                await self._clients.jobs(url).submit(WorkerDelete(hive_id=hive_id, id=dead.worker_id))

@@ -1,5 +1,5 @@
 """Live workers, as their heartbeats tell the queen (the one source of truth), plus leases: a worker
-runs one generation at a time, and a lease says whose it is.
+generates for as many requests at once as it has slots, and each lease says which queen job holds one.
 
 Reading never changes anything: a worker silent past the heartbeat timeout reads as `lost` from then
 on, computed from the time of its last heartbeat.
@@ -42,9 +42,10 @@ class WorkerInfo:
     pid: int | None = None
     queue_depth: int = 0
     device: str = "cpu"
+    slots: int = 1
     last_seen: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
-    leased_by: str | None = None  # the queen job generating on it right now
+    leases: set[str] = field(default_factory=set)  # the queen jobs generating on it right now
 
     @property
     def state(self) -> WorkerStatus:
@@ -57,16 +58,23 @@ class WorkerInfo:
         return self.state.alive
 
     @property
-    def schedulable(self) -> bool:
-        return self.state in (WorkerStatus.READY, WorkerStatus.BUSY) and self.leased_by is None
+    def free_slots(self) -> int:
+        if self.state not in (WorkerStatus.READY, WorkerStatus.BUSY):
+            return 0
+        return max(0, self.slots - len(self.leases))
+
+    @property
+    def idle(self) -> bool:
+        return not self.leases
 
     def to_dict(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "worker_id": self.worker_id, "hive_id": self.hive_id, "url": self.url, "model": self.model,
             "state": self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
-            "leased_by": self.leased_by, "seen_s_ago": round(now - self.last_seen, 2),
-            "idle_s": round(now - self.last_used, 2) if self.leased_by is None else 0.0,
+            "slots": self.slots, "slots_busy": len(self.leases), "leases": sorted(self.leases),
+            "seen_s_ago": round(now - self.last_seen, 2),
+            "idle_s": round(now - self.last_used, 2) if self.idle else 0.0,
         }
 
 
@@ -86,18 +94,18 @@ class WorkerRegistry:
         # A worker the queen gave up on comes back only by saying it is ready again.
         if worker.reported not in (WorkerStatus.CRASHED, WorkerStatus.STOPPED) or reported is WorkerStatus.READY:
             worker.reported = reported
-        worker.pid, worker.queue_depth, worker.device = beat.pid, beat.queue_depth, beat.device
+        worker.pid, worker.queue_depth, worker.device, worker.slots = beat.pid, beat.queue_depth, beat.device, beat.slots
         worker.last_seen = time.monotonic()
         self.notify()
         return worker
 
-    def add(self, worker_id: str, hive_id: str, url: str, model: str) -> WorkerInfo:
+    def add(self, worker_id: str, hive_id: str, url: str, model: str, slots: int = 1) -> WorkerInfo:
         """Register a worker the queen just had spawned (its first heartbeat may not have arrived yet)."""
         existing = self._workers.get(worker_id)
         if existing is not None:
             return existing
         worker = self._workers[worker_id] = WorkerInfo(worker_id, hive_id, url, model, WorkerStatus.READY,
-                                                       self._timeout)
+                                                       self._timeout, slots=slots)
         self.notify()
         return worker
 
@@ -110,7 +118,7 @@ class WorkerRegistry:
     def mark(self, worker_id: str, status: WorkerStatus) -> None:
         if (worker := self._workers.get(worker_id)) is not None:
             worker.reported = status
-            worker.leased_by = None
+            worker.leases.clear()
             self.notify()
 
     def mark_hive(self, hive_id: str, status: WorkerStatus) -> None:
@@ -123,22 +131,24 @@ class WorkerRegistry:
         self._workers.pop(worker_id, None)
         self.notify()
 
-    def idle(self, model: str, hive_id: str | None) -> WorkerInfo | None:
-        """An idle ready worker for the model, the least recently used first (keeps others warm)."""
+    def with_free_slot(self, model: str, hive_id: str | None) -> WorkerInfo | None:
+        """A ready worker for the model with a slot free: the least loaded first, then the least recently
+        used (keeps the others warm)."""
         candidates = [w for w in self._workers.values()
-                      if w.model == model and w.schedulable and (hive_id is None or w.hive_id == hive_id)]
-        return min(candidates, key=lambda w: w.last_used) if candidates else None
+                      if w.model == model and w.free_slots and (hive_id is None or w.hive_id == hive_id)]
+        return min(candidates, key=lambda w: (len(w.leases), w.last_used)) if candidates else None
 
     def count_alive(self, model: str, hive_id: str) -> int:
         return sum(1 for w in self._workers.values() if w.model == model and w.hive_id == hive_id and w.alive)
 
     def lease(self, worker: WorkerInfo, job_id: str) -> None:
-        worker.leased_by = job_id
+        worker.leases.add(job_id)
 
-    def release(self, worker: WorkerInfo) -> None:
-        worker.leased_by = None
-        worker.last_used = time.monotonic()
-        self.notify()
+    def release(self, worker: WorkerInfo, job_id: str) -> None:
+        if job_id in worker.leases:
+            worker.leases.discard(job_id)
+            worker.last_used = time.monotonic()
+            self.notify()
 
     def notify(self) -> None:
         self._changed.set()

@@ -120,7 +120,7 @@ class RbeeApp(App):
 
     def on_mount(self) -> None:
         for table_id, columns in (("hives-table", ("alias", "state", "url", "host")),
-                                  ("workers-table", ("id", "hive", "model", "state", "device", "pid")),
+                                  ("workers-table", ("id", "hive", "model", "state", "device", "slots busy", "pid")),
                                   ("models-table", ("id", "size", "sha256", "path")),
                                   ("jobs-table", ("job", "operation", "state", "summary"))):
             self.query_one(f"#{table_id}", DataTable).add_columns(*columns)
@@ -261,7 +261,8 @@ class RbeeApp(App):
             elif view == "workers":  # the queen's registry: every hive's workers, from their heartbeats
                 workers = (await client.request("GET", "/v1/workers"))["workers"]
                 self.worker_hives = {w["worker_id"]: w["hive_id"] for w in workers}
-                rows = [(w["worker_id"], w["hive_id"], w["model"], w["state"], w["device"], w["pid"]) for w in workers]
+                rows = [(w["worker_id"], w["hive_id"], w["model"], w["state"], w["device"],
+                         f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}", w["pid"]) for w in workers]
             else:
                 op = {"hives": {"operation": "hive_list"}, "models": {"operation": "model_list"}}[view]
                 payload = await self._data_of(client, op)

@@ -92,6 +92,20 @@ async def test_worker_lifecycle_spawn_infer_crash_delete_shutdown(hive, client):
     assert not pid_alive(second["pid"])
 
 
+async def test_cpu_workers_share_the_cores_and_never_exceed_them(hive, client):
+    cores = len(os.sched_getaffinity(0))
+    _, events = await run(client, {"operation": "worker_spawn"})
+    first = data_of(events, "worker_spawn")
+    assert first["threads"] == cores and first["slots"] == 4  # one worker, every core, four slots
+    _, events = await run(client, {"operation": "worker_spawn"})
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "THREAD_BUDGET" and f"Every one of the {cores} cores" in error.message
+    assert first["id"] in error.message and events[-1].state == "failed"
+    await run(client, {"operation": "worker_delete", "id": first["id"]})
+    _, events = await run(client, {"operation": "worker_spawn"})  # the cores are free again
+    assert data_of(events, "worker_spawn")["threads"] == cores
+
+
 async def test_sigkilled_hive_leaves_no_worker(hive, client):
     _, events = await run(client, {"operation": "worker_spawn"})
     pid = data_of(events, "worker_spawn")["pid"]

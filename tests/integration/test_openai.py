@@ -99,7 +99,7 @@ async def test_abandoned_stream_frees_the_worker_within_a_second(queen):
 
         async def released():
             workers[:] = (await jobs.request("GET", "/v1/workers"))["workers"]
-            return all(w["leased_by"] is None for w in workers)
+            return all(w["leases"] == [] for w in workers)
 
         await until(released, timeout=1.0 - (time.monotonic() - abandoned_at), interval=0.05,
                     what=lambda: f"the worker to be released within a second (workers: {workers})")

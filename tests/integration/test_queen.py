@@ -108,7 +108,7 @@ async def test_cancel_mid_stream_stops_the_generation(client, queen):
     assert sum(isinstance(e, Token) for e in seen) < 30
 
     async def worker_free():
-        return all(w["state"] == "ready" and w["leased_by"] is None for w in await workers_of(queen))
+        return all(w["state"] == "ready" and w["leases"] == [] for w in await workers_of(queen))
 
     await until(worker_free, interval=0.1, what="the worker to be ready and unleased again")
     _, events = await run(client, Infer(**HELLO))
@@ -145,6 +145,16 @@ async def test_two_concurrent_requests_with_one_worker_allowed(home):
             assert len(await workers_of(queen)) == 1
     finally:
         await asyncio.to_thread(queen.stop, 30)
+
+
+async def test_four_concurrent_requests_share_one_worker_s_slots(client, queen):
+    await run(client, Infer(**HELLO))  # warm: one worker with four slots
+    results = await asyncio.gather(*(run(client, Infer(prompt=p, max_tokens=12, temperature=0))
+                                     for p in ("The capital of France is", COUNTING, "Once upon a time", "Hello")))
+    assert all(events[-1].state == "completed" for _, events in results)
+    assert all("worker_wait" not in narrations(events) for _, events in results)  # a free slot for each
+    workers = await workers_of(queen)
+    assert len(workers) == 1 and workers[0]["slots"] == 4
 
 
 async def test_silent_worker_is_lost_and_never_scheduled(home):

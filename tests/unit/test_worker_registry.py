@@ -51,13 +51,13 @@ def test_heartbeat_round_trips():
 def test_a_silent_worker_reads_as_lost_without_anyone_changing_it():
     registry = WorkerRegistry(heartbeat_timeout_s=0.05)
     worker = registry.heartbeat(beat())
-    assert registry.idle("smollm2-135m", None) is worker
+    assert registry.with_free_slot("smollm2-135m", None) is worker
     worker.last_seen = time.monotonic() - 1  # as if its last heartbeat came a second ago
     assert worker.state is WorkerStatus.LOST and worker.reported is WorkerStatus.READY  # read, not written
-    assert registry.idle("smollm2-135m", None) is None
+    assert registry.with_free_slot("smollm2-135m", None) is None
     assert registry.count_alive("smollm2-135m", "localhost") == 0
     registry.heartbeat(beat())  # it speaks again: schedulable again
-    assert registry.idle("smollm2-135m", None) is worker
+    assert registry.with_free_slot("smollm2-135m", None) is worker
 
 
 def test_crashed_workers_come_back_only_when_ready_again():
@@ -70,19 +70,19 @@ def test_crashed_workers_come_back_only_when_ready_again():
     assert registry.get("w1").state is WorkerStatus.READY
 
 
-def test_idle_prefers_the_least_recently_used_and_respects_hive_and_leases():
+def test_a_free_slot_goes_to_the_least_recently_used_and_respects_hive_and_leases():
     registry = WorkerRegistry(heartbeat_timeout_s=15)
     a, b = registry.heartbeat(beat("a")), registry.heartbeat(beat("b", hive_id="gpu1"))
     a.last_used, b.last_used = 10.0, 5.0
-    assert registry.idle("smollm2-135m", None) is b
-    assert registry.idle("smollm2-135m", "localhost") is a
+    assert registry.with_free_slot("smollm2-135m", None) is b
+    assert registry.with_free_slot("smollm2-135m", "localhost") is a
     registry.lease(b, "job-1")
-    assert registry.idle("smollm2-135m", None) is a
+    assert registry.with_free_slot("smollm2-135m", None) is a
     registry.lease(a, "job-2")
-    assert registry.idle("smollm2-135m", None) is None
-    assert registry.idle("other-model", None) is None
-    registry.release(b)
-    assert b.leased_by is None and registry.idle("smollm2-135m", None) is b
+    assert registry.with_free_slot("smollm2-135m", None) is None
+    assert registry.with_free_slot("other-model", None) is None
+    registry.release(b, "job-1")
+    assert not b.leases and registry.with_free_slot("smollm2-135m", None) is b
 
 
 def test_marking_a_hive_stops_its_workers_only():
@@ -96,7 +96,7 @@ def test_marking_a_hive_stops_its_workers_only():
 def scheduler(tmp_path, registry: WorkerRegistry) -> Scheduler:
     config = QueenConfig(max_workers_per_hive=1)
     hives = HiveRegistry(config, clients=None, queen_url=lambda: "http://127.0.0.1:1")  # type: ignore[arg-type]
-    return Scheduler(config, hives, registry)
+    return Scheduler(config, hives, registry, clients=None)  # type: ignore[arg-type]  # never spawns here
 
 
 async def test_scheduler_leases_a_warm_worker_and_the_next_job_waits_for_its_release(tmp_path):
@@ -104,15 +104,30 @@ async def test_scheduler_leases_a_warm_worker_and_the_next_job_waits_for_its_rel
     worker = registry.heartbeat(beat())
     sched = scheduler(tmp_path, registry)
     first = await sched.acquire("smollm2-135m", None, "job-1")
-    assert first is worker and worker.leased_by == "job-1"
+    assert first is worker and worker.leases == {"job-1"}
     second = asyncio.create_task(sched.acquire("smollm2-135m", None, "job-2"))
     await asyncio.sleep(0)  # one turn of the loop: it finds every worker busy (the limit of 1 forbids a spawn)
     assert not second.done()
-    registry.release(worker)
-    assert await asyncio.wait_for(second, 5) is worker and worker.leased_by == "job-2"
+    registry.release(worker, "job-1")
+    assert await asyncio.wait_for(second, 5) is worker and worker.leases == {"job-2"}
 
 
 async def test_scheduler_refuses_an_unknown_hive_before_anything_starts(tmp_path):
     sched = scheduler(tmp_path, WorkerRegistry(heartbeat_timeout_s=15))
     with pytest.raises(UnknownHive, match="Unknown hive 'nowhere'"):
         await sched.acquire("smollm2-135m", "nowhere", "job-1")
+
+
+def test_slots_take_several_leases_and_the_least_loaded_worker_goes_first():
+    registry = WorkerRegistry(heartbeat_timeout_s=15)
+    a = registry.heartbeat(parse_heartbeat({"worker_id": "a", "hive_id": "localhost", "url": "http://x/a",
+                                            "model": "m", "state": "ready", "slots": 2}))
+    b = registry.heartbeat(parse_heartbeat({"worker_id": "b", "hive_id": "gpu1", "url": "http://x/b",
+                                            "model": "m", "state": "ready", "slots": 2}))
+    a.last_used, b.last_used = 1.0, 2.0
+    for job in ("j1", "j2", "j3", "j4"):
+        registry.lease(registry.with_free_slot("m", None), job)
+    assert a.leases == {"j1", "j3"} and b.leases == {"j2", "j4"}
+    assert registry.with_free_slot("m", None) is None and a.to_dict()["slots_busy"] == 2
+    registry.release(b, "j4")
+    assert registry.with_free_slot("m", None) is b and not a.idle
