@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("hive")
     args = parse_args(argv)
+    if not 1 <= args.worker_slots <= 64:
+        print(f"{PROG}: --worker-slots must be between 1 and 64, not {args.worker_slots}", file=sys.stderr)
+        sys.exit(2)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)

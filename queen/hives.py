@@ -181,6 +181,7 @@ class HiveRegistry:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hive.main", "--hive-id", hive.alias, "--host", "127.0.0.1",
                 "--port", str(port), "--queen-url", self._queen_url(), "--exit-with-parent",
+                "--worker-slots", str(self.config.worker_slots),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file)
         hive.process = proc
         try:

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "more wait for a free slot)")
     parser.add_argument("--worker-idle-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="stop workers idle this long (default 900)")
+    parser.add_argument("--worker-slots", type=int, default=4,
+                        help="requests each worker of the local hive generates together (default 4)")
     parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="a worker silent this long is lost and never scheduled (default 15)")
     return parser.parse_args(argv)
@@ -41,12 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("queen")
     args = parse_args(argv)
+    if not 1 <= args.worker_slots <= 64:
+        print(f"{PROG}: --worker-slots must be between 1 and 64", file=sys.stderr)
+        sys.exit(2)
     if args.max_workers_per_hive < 1 or args.worker_idle_timeout <= 0 or args.heartbeat_timeout <= 0:
         print(f"{PROG}: --max-workers-per-hive, --worker-idle-timeout and --heartbeat-timeout must be positive",
               file=sys.stderr)
         sys.exit(2)
     config = QueenConfig(host=args.host, port=args.port, local_hive_port=args.local_hive_port,
-                         max_workers_per_hive=args.max_workers_per_hive,
+                         max_workers_per_hive=args.max_workers_per_hive, worker_slots=args.worker_slots,
                          worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
