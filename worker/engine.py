@@ -35,12 +35,16 @@ from worker.errors import GenerationError, NotReady
 
 log = logging.getLogger("rbee.worker.engine")
 
-# Tokens reach the event loop in small batches: the first at once (TTFT), then at most one hand-over
-# per TOKEN_FLUSH_S and sequence. Each hand-over wakes this loop, the queen and the client, and every
-# wake-up steals CPU from llama.cpp's threads when they use every core: measured on 2 cores, per-token
-# hand-over cost 8-12 % of throughput end to end, 20 ms about 5 %, 50 ms under 3 %.
+# Tokens reach the event loop in small batches: a request's first at once (TTFT), then every sequence's
+# new tokens together in one hand-over per TOKEN_FLUSH_S. Each hand-over wakes this loop, the queen and
+# the client, and every wake-up steals CPU from llama.cpp's threads when they use every core: measured
+# on 2 cores, per-token hand-over cost 8-12 % of throughput end to end, 20 ms about 5 %, 50 ms under 3 %.
 TOKEN_FLUSH_S = 0.05
 BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence's next one, then prompts
+# While other sequences are generating, a new prompt goes in by chunks of this many tokens, so a long one
+# delays their next token by a fraction of a second per step rather than by seconds (on 2 cores a
+# 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s).
+PROMPT_CHUNK_WHILE_GENERATING = 128
 MIN_P = 0.05  # llama-cpp-python's default, kept so answers match what it gives
 
 
@@ -89,8 +93,7 @@ class Slot:
     decoder: Any = None
     held: str = ""  # decoded text not yet emitted (it may be the start of a stop string)
     parts: list[str] = field(default_factory=list)
-    outbox: list[Token] = field(default_factory=list)
-    last_flush: float = 0.0
+    outbox: list[Token] = field(default_factory=list)  # tokens for the loop's next hand-over
 
 
 class LlamaEngine:
@@ -110,6 +113,8 @@ class LlamaEngine:
         self._model = self._ctx = self._vocab = None
         self._chat_formatter: Any = None
         self._busy_told = 0  # owner thread: the busy-slot count last handed to the loop
+        self._deliver_now = False  # owner thread: a first token waits for its hand-over
+        self._delivered_at = 0.0
 
     # -- loop side ------------------------------------------------------------------------------------
 
@@ -329,6 +334,7 @@ class LlamaEngine:
             self._post(self._set_busy, busy)
         if any(s.gen is not None for s in slots):
             self._decode_and_sample([s for s in slots if s.gen is not None])
+            self._deliver(slots)
         return True
 
     def _admit(self, gen: Generation, slots: list[Slot]) -> None:
@@ -344,7 +350,7 @@ class LlamaEngine:
         req = gen.request
         slot.cached, slot.pending, slot.reused = tokens[:keep], tokens[keep:], keep
         slot.gen, slot.next_token, slot.generated = gen, None, 0
-        slot.started, slot.first_token_at, slot.last_flush = time.perf_counter(), None, 0.0
+        slot.started, slot.first_token_at = time.perf_counter(), None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.held, slot.parts, slot.outbox = "", [], []
         slot.sampler = _sampler_chain(req.temperature, req.top_k, req.top_p, req.seed)
@@ -367,8 +373,9 @@ class LlamaEngine:
             slot.batch_index = n
             add(slot.next_token, len(slot.cached), slot.seq, True)
         chunks: list[tuple[Slot, int]] = []
+        budget = len(generating) + PROMPT_CHUNK_WHILE_GENERATING if generating else BATCH_TOKENS
         for slot in (s for s in active if s.pending):  # prompts share what is left of the batch
-            take = min(len(slot.pending), BATCH_TOKENS - n)
+            take = min(len(slot.pending), budget - n)
             if take <= 0:
                 break
             start = len(slot.cached)
@@ -420,17 +427,29 @@ class LlamaEngine:
             self._finish(slot, "length")  # at most max_tokens, and never past the slot's context
             return
         keep = _stop_prefix_len(slot.held, stops)
-        self._queue_text(slot, slot.held[:len(slot.held) - keep], now)
+        self._queue_text(slot, slot.held[:len(slot.held) - keep])
         slot.held = slot.held[len(slot.held) - keep:]
         slot.next_token = token
 
-    def _queue_text(self, slot: Slot, text: str, now: float) -> None:
+    def _queue_text(self, slot: Slot, text: str) -> None:
         if text:
             slot.parts.append(text)
             slot.outbox.append(Token(t=text, i=len(slot.parts) - 1))
-        if slot.outbox and (now - slot.last_flush >= TOKEN_FLUSH_S):
-            self._post(_emit_all, slot.gen.emit, slot.outbox)  # type: ignore[union-attr]
-            slot.outbox, slot.last_flush = [], now
+            if len(slot.parts) == 1:
+                self._deliver_now = True  # a first token goes out at once
+
+    def _deliver(self, slots: list[Slot]) -> None:
+        """Hand every sequence's new tokens to the loop in one call, at most once per TOKEN_FLUSH_S."""
+        now = time.perf_counter()
+        if not (self._deliver_now or now - self._delivered_at >= TOKEN_FLUSH_S):
+            return
+        batch = [(s.gen.emit, s.outbox) for s in slots if s.gen is not None and s.outbox]
+        if batch:
+            self._post(_deliver_all, batch)
+            for slot in slots:
+                slot.outbox = [] if slot.gen is not None else slot.outbox
+            self._delivered_at = now
+        self._deliver_now = False
 
     def _finish(self, slot: Slot, outcome: str | BaseException) -> None:
         """End the slot's generation: the rest of its text, then its stats (or error); the slot keeps its
@@ -441,8 +460,8 @@ class LlamaEngine:
         assert gen is not None
         if isinstance(outcome, str) and outcome != "cancelled":
             slot.held += slot.decoder.decode(b"", final=True)
-            self._queue_text(slot, slot.held, float("inf"))
-        elif slot.outbox:
+            self._queue_text(slot, slot.held)
+        if slot.outbox:  # its last tokens before its end
             self._post(_emit_all, gen.emit, slot.outbox)
         if isinstance(outcome, BaseException):
             self._post(_fail, gen.done, outcome)
@@ -520,6 +539,11 @@ def _stats(tokens_out: int, ttft_ms: float | None, elapsed_s: float, stop_reason
         "tokens_per_s": round(tokens_out / elapsed_s, 2) if elapsed_s > 0 and tokens_out else 0.0,
         "stop_reason": stop_reason,
     }
+
+
+def _deliver_all(batch) -> None:
+    for emit, events in batch:
+        _emit_all(emit, events)
 
 
 def _emit_all(emit, events) -> None:

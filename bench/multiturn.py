@@ -1,0 +1,84 @@
+"""The next turn of a long chat: time to first token of turn 2 (its ~1,500 tokens of history already in
+the worker's cache from turn 1) against the same size of prompt sent cold, through rbee's OpenAI
+endpoint (queen -> worker). Each round uses two fresh conversations of the same shape: A is sent as
+turn 1, then turn 2 (measured, warm); B is sent straight as its turn 2 (measured, cold). The last line
+printed is one JSON object.
+
+    .venv/bin/python bench/multiturn.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from openai import AsyncOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import start_queen  # noqa: E402
+
+MODEL = "smollm2-135m"
+
+
+def history(tag: str) -> list[dict]:
+    """About 1,500 tokens of earlier conversation, unique to `tag` from its first word (no shared prefix)."""
+    facts = " ".join(f"Fact {k} of {tag}: the number {k} squared is {k * k}." for k in range(1, 90))
+    return [{"role": "system", "content": f"Conversation {tag}. You are a careful assistant."},
+            {"role": "user", "content": f"Remember these facts. {facts}"},
+            {"role": "assistant", "content": "I have noted all of them."},
+            {"role": "user", "content": "What is 7 squared?"}]
+
+
+async def ttft(client: AsyncOpenAI, messages: list[dict]) -> tuple[float, str]:
+    start = time.perf_counter()
+    first, parts = None, []
+    stream = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                                  stream=True)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            parts.append(chunk.choices[0].delta.content)
+    return ((first or time.perf_counter()) - start) * 1000, "".join(parts)
+
+
+async def run(rounds: int, home: Path) -> dict:
+    queen = await asyncio.to_thread(start_queen, home)
+    client = AsyncOpenAI(base_url=queen.url + "/v1", api_key=queen.token, max_retries=0, timeout=600)
+    warm, cold = [], []
+    try:
+        await ttft(client, [{"role": "user", "content": "Hello"}])  # the worker spawned and loaded
+        for r in range(rounds):
+            turn1 = history(f"A{r}")
+            _, answer = await ttft(client, turn1)
+            turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And 8 squared?"}]
+            warm.append((await ttft(client, turn2))[0])
+            b = history(f"B{r}")
+            cold.append((await ttft(client, b + [{"role": "assistant", "content": answer},
+                                                  {"role": "user", "content": "And 8 squared?"}]))[0])
+            print(f"round {r + 1}: turn 2 {warm[-1]:6.1f} ms | cold {cold[-1]:6.1f} ms", file=sys.stderr)
+    finally:
+        await client.close()
+        await asyncio.to_thread(queen.stop, 30)
+    return {"bench": "multiturn", "turn2_ttft_ms": round(statistics.median(warm), 1),
+            "cold_ttft_ms": round(statistics.median(cold), 1),
+            "ratio": round(statistics.median(w / c for w, c in zip(warm, cold)), 3), "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
+        print(json.dumps(asyncio.run(run(args.rounds, Path(tmp)))))
+
+
+if __name__ == "__main__":
+    main()
