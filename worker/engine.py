@@ -45,6 +45,7 @@ BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence
 # delays their next token by a fraction of a second per step rather than by seconds (on 2 cores a
 # 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s).
 PROMPT_CHUNK_WHILE_GENERATING = 128
+MIN_SHARED_PREFIX = 32  # tokens: below this, computing a prefix again is cheaper than copying a cache
 MIN_P = 0.05  # llama-cpp-python's default, kept so answers match what it gives
 
 
@@ -339,13 +340,24 @@ class LlamaEngine:
 
     def _admit(self, gen: Generation, slots: list[Slot]) -> None:
         """Into the free slot whose cache shares the longest prefix with the prompt (the least recently
-        used among equals, so other cached conversations survive longer)."""
+        used among equals, so other cached conversations survive longer). When a busy slot shares a
+        clearly longer prefix (a system prompt the running requests have too), its cache is copied into
+        the stalest free slot instead of computing that prefix again."""
         import llama_cpp
 
         tokens = list(gen.request.prompt_tokens)
         free = [s for s in slots if s.gen is None]
-        slot = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
-        keep = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last prompt token gives logits
+        own = {s.seq: _common_prefix(s.cached, tokens) for s in free}
+        slot = max(free, key=lambda s: (own[s.seq], -s.last_used))
+        common = own[slot.seq]
+        busy = [s for s in slots if s.gen is not None]
+        source = max(busy, key=lambda s: _common_prefix(s.cached, tokens), default=None)
+        if source is not None and _common_prefix(source.cached, tokens) >= common + MIN_SHARED_PREFIX:
+            slot = min(free, key=lambda s: s.last_used)
+            llama_cpp.llama_memory_seq_cp(self._memory, source.seq, slot.seq, -1, -1)  # the whole sequence
+            slot.cached = list(source.cached)
+            common = _common_prefix(slot.cached, tokens)
+        keep = min(common, len(tokens) - 1)  # the last prompt token gives the logits to sample from
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
         req = gen.request
         slot.cached, slot.pending, slot.reused = tokens[:keep], tokens[keep:], keep

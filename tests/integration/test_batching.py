@@ -108,3 +108,32 @@ async def test_the_next_turn_of_a_chat_reuses_the_cached_prefix(client):
     # everything of turn 1's prompt is cached; its answer too where it tokenizes the same way
     assert end2.stats["prompt_tokens_reused"] >= end1.stats["prompt_tokens"] - 1
     assert end2.stats["prompt_tokens_reused"] < end2.stats["prompt_tokens"]
+
+
+async def test_a_prefix_a_running_request_holds_is_shared_with_a_new_one(tmp_path):
+    system = {"role": "system", "content": "You are a patient teacher. " * 40}  # ~250 tokens both share
+    long_one = [system, {"role": "user", "content": "Count from 1 to 100."}]
+    second = [system, {"role": "user", "content": "What is the capital of France?"}]
+    reference = await asyncio.to_thread(start_worker, tmp_path / "reference")  # computes `second` cold
+    shared = await asyncio.to_thread(start_worker, tmp_path / "shared")
+    try:
+        async with JobClient(reference.url, reference.token, path="/v1/inference") as cold, \
+                JobClient(shared.url, shared.token, path="/v1/inference") as warm:
+            cold_text, cold_end = await chat(cold, second)
+            running = await warm.submit({"messages": long_one, "max_tokens": 200, "temperature": 0})
+            async for event in warm.stream(running.job_id):
+                if isinstance(event, Token):
+                    break  # it is generating: its slot holds the system prompt
+            text, end = await chat(warm, second)
+            await warm.cancel(running.job_id)
+    finally:
+        await asyncio.to_thread(reference.stop)
+        await asyncio.to_thread(shared.stop)
+    assert end.stats["prompt_tokens_reused"] >= 200 and cold_end.stats["prompt_tokens_reused"] == 0
+    assert text == cold_text  # the copied cache computes exactly what a cold prompt does
+
+
+async def chat(client: JobClient, messages: list[dict]) -> tuple[str, End]:
+    job = await client.submit({"messages": messages, "max_tokens": 16, "temperature": 0})
+    events = [e async for e in client.stream(job.job_id)]
+    return "".join(e.t for e in events if isinstance(e, Token)), events[-1]
