@@ -14,7 +14,7 @@ from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.events import set_default_actor
 from shared.operations import LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL
-from shared.process import die_with_parent
+from shared.process import die_with_parent, keep_files_private
 from shared.token import load_or_create_token
 
 PROG = "rbee-hive"
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                         worker_slots=args.worker_slots)
     if args.exit_with_parent:
         die_with_parent()
+    keep_files_private()
+    config.paths.make_private()
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,

@@ -16,6 +16,7 @@ from hive.catalog import CatalogEntry, ModelCatalog
 from hive.errors import DownloadFailed, ModelNotFound
 from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, gguf_problem, is_gguf
 from shared.events import Data, emit, narrate
+from shared.process import CHILD_CWD
 from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
 
 NARRATE_EVERY_S = 1.0
@@ -109,7 +110,7 @@ class ModelStore:
         narrate("model_download", f"Downloading {ref.file} from {ref.repo}", target=ref.id)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hive.hf_fetch", "--repo", ref.repo, "--file", ref.file, "--dest", str(dest),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD)
         stderr_task = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
         started = time.monotonic()
         first_done: int | None = None

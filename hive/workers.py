@@ -23,6 +23,7 @@ from shared.client import DaemonClient
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.heartbeat import EngineState
+from shared.process import CHILD_CWD
 from shared.wire import WireEnum
 
 STDERR_LINES_KEPT = 20
@@ -123,7 +124,7 @@ class WorkerSupervisor:
         narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD)
         worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads,
                                slots=self.config.worker_slots)
         self._workers[worker_id] = worker

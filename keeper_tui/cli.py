@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from keeper_tui.errors import KeeperError
 from keeper_tui.output import HumanRenderer, JsonRenderer, JOB_COLUMNS, job_rows, key_values, table
 from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
-from shared.errors import InvalidRequest, RbeeError
+from shared.errors import InvalidRequest, RbeeError, ServerUnreachable, StreamTimeout
 from shared.events import End, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
@@ -164,6 +165,10 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
+    model = body.get("model")
+    if isinstance(model, str) and model.startswith("file:"):
+        # relative to where the user is, not to where the queen and hive happen to run
+        body["model"] = "file:" + os.path.abspath(os.path.expanduser(model[len("file:"):] or "."))
     try:
         return parse_operation(body)
     except InvalidRequest as exc:
@@ -201,6 +206,9 @@ class Keeper:
                 if not interrupted.is_set():
                     raise
                 end = None
+            except (ServerUnreachable, StreamTimeout) as exc:  # the queen was there a moment ago
+                raise KeeperError(f"The queen at {self.url} went away while job {job.job_id} ran ({exc.message}). "
+                                  f"Its log is {self.paths.log_dir / 'queen.log'}.") from exc
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
             if interrupted.is_set():
@@ -300,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_OK)
     try:
         code = asyncio.run(dispatch(args, parser))
+    except BrokenPipeError:  # `rbee jobs list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
+        code = EXIT_OK
     except KeeperError as exc:
         print(f"rbee: {exc.message}", file=sys.stderr)
         code = exc.exit_code

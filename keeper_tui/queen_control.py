@@ -16,7 +16,7 @@ from shared.client import DaemonClient
 from shared.errors import ServerError
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_QUEEN_URL, LOOPBACK_HOSTS
-from shared.process import pid_alive, tail_file
+from shared.process import CHILD_CWD, keep_files_private, pid_alive, tail_file
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -47,7 +47,8 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
         raise QueenNotRunning(f"No queen answers at {url}, and rbee only starts a queen on this machine. "
                               "Start queen-rbee on that host, or use a local --queen-url.")
     say("queen is asleep, waking queen")
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    keep_files_private()  # the log and pid file it writes here
+    paths.make_private()
     log_path = paths.log_dir / "queen.log"
     started = time.monotonic()
     with open(log_path, "ab") as log:
@@ -55,6 +56,7 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
             [sys.executable, "-m", "queen.main", "--host", host, "--port", str(port)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl+C in this terminal must not reach the queen
+            cwd=CHILD_CWD,  # not the user's directory: a `shared/` folder there would be imported
         )
     (paths.state_dir / "queen.pid").write_text(f"{proc.pid}\n")
     delay = 0.05

@@ -26,7 +26,7 @@ from shared.handshake import listening_url
 from shared.job_client import Clients
 from shared.operations import LOCAL_HIVE, HiveOperation
 from shared.ports import LOOPBACK_HOSTS
-from shared.process import tail_file
+from shared.process import CHILD_CWD, tail_file
 from shared.wire import WireEnum
 
 STOP_TIMEOUT_S = 20.0
@@ -182,7 +182,7 @@ class HiveRegistry:
                 sys.executable, "-m", "hive.main", "--hive-id", hive.alias, "--host", "127.0.0.1",
                 "--port", str(port), "--queen-url", self._queen_url(), "--exit-with-parent",
                 "--worker-slots", str(self.config.worker_slots),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file)
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=CHILD_CWD)
         hive.process = proc
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), self.config.hive_start_timeout_s)  # type: ignore[union-attr]

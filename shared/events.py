@@ -124,7 +124,8 @@ def encode_event(event: Event) -> str:
     return _dumps(event_to_dict(event))
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: `NaN` is not JSON; an event holding one is a bug to see, not something to send.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def sse_frame(data: str, seq: int | None = None) -> str:

@@ -14,17 +14,21 @@ from shared.errors import InvalidRequest
 from shared.wire import Messages, WireMessage, bounds, parse_message
 
 
+MAX_TOKENS_LIMIT = 1 << 20  # a worker also refuses more than its slot's context, with the sizes
+
+
 @dataclass(frozen=True, kw_only=True)
 class Generation(WireMessage):
     """Sampling defaults follow llama.cpp's own (temperature 0.8, top_p 0.95, top_k 40)."""
 
     prompt: str | None = field(default=None, metadata={"nonempty": True})
     messages: Messages | None = None  # chat: formatted with the model's own chat template
-    max_tokens: int = field(default=128, metadata=bounds(1, help="most tokens to generate"))
-    temperature: float = field(default=0.8, metadata=bounds(0, help="sampling temperature, 0 for greedy"))
+    max_tokens: int = field(default=128, metadata=bounds(1, MAX_TOKENS_LIMIT, help="most tokens to generate"))
+    temperature: float = field(default=0.8, metadata=bounds(0, 100, help="sampling temperature, 0 for greedy"))
     top_p: float = field(default=0.95, metadata=bounds(0, 1, help="nucleus sampling threshold"))
-    top_k: int = field(default=40, metadata=bounds(0, help="sample from the k most likely tokens"))
-    seed: int | None = field(default=None, metadata={"help": "the same seed and options give the same text"})
+    top_k: int = field(default=40, metadata=bounds(0, 1 << 20, help="sample from the k most likely tokens"))
+    seed: int | None = field(default=None, metadata=bounds(0, 2**64 - 1, help="the same seed and options give the "
+                                                                            "same text"))
     stop: tuple[str, ...] | None = field(default=None, metadata={"help": "stop at this string; it is not returned"})
 
     def validate(self) -> None:

@@ -22,7 +22,7 @@ class RbeePaths:
         env = os.environ if env is None else env
         home = env.get("RBEE_HOME")
         if home:
-            root = Path(home).expanduser()
+            root = Path(home).expanduser().absolute()
             return cls(root / "config", root / "data", root / "state")
         user_home = Path(env.get("HOME") or Path.home())
 
@@ -37,6 +37,13 @@ class RbeePaths:
             xdg("XDG_DATA_HOME", ".local/share"),
             xdg("XDG_STATE_HOME", ".local/state"),
         )
+
+    def make_private(self) -> None:
+        """Create the directories owner-only (0700), and tighten ones an older rbee made 0755."""
+        for directory in (self.config_dir, self.data_dir, self.state_dir, self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if directory.stat().st_mode & 0o077:
+                directory.chmod(0o700)
 
     @property
     def token_file(self) -> Path:

@@ -38,6 +38,18 @@ async def watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
         await asyncio.sleep(interval_s)
 
 
+# Where rbee starts its daemons: `python -m pkg` puts the working directory first on sys.path, so a
+# daemon started from a directory that holds a `shared/` (or `queen/`, ...) folder would import that.
+# Every path handed to a child is absolute (RbeePaths are), so no child needs the parent's directory.
+CHILD_CWD = "/"
+
+
+def keep_files_private() -> None:
+    """Files and directories this process creates are its user's alone (databases with every prompt,
+    their -wal/-shm, logs, pid files): the token is not the only secret rbee writes."""
+    os.umask(0o077)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:

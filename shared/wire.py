@@ -130,6 +130,8 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
     if base is str:
         if not isinstance(value, str):
             raise bad(f"must be a string, not {json_type(value)}")
+        if not _valid_unicode(value):
+            raise bad("must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
         if meta.get("nonempty") and not value.strip():
             raise bad("must not be empty")
         if "choices" in meta and value not in meta["choices"]:
@@ -154,6 +156,8 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
                 raise InvalidRequest(f"Field '{name}' of {cls.describe()}: item {k} must be an object with 'role' "
                                      f"({', '.join(ROLES)}) and 'content' (a string).", field=name,
                                      problem=f"item {k} must be an object with 'role' and 'content'")
+            if not _valid_unicode(m["content"]):
+                raise bad(f"item {k} must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
             out.append((m["role"], m["content"]))
         return tuple(out)
     if base == tuple[str, ...]:
@@ -163,8 +167,19 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
             raise bad("must be a list of strings")
         if any(not v for v in value):
             raise bad("must not contain empty strings")
+        if not all(_valid_unicode(v) for v in value):
+            raise bad("must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
         return tuple(value)
     raise TypeError(f"unsupported field type {hint!r}")  # a programming error, caught by tests
+
+
+def _valid_unicode(text: str) -> bool:
+    """JSON lets `\\ud800` through; no UTF-8 file, terminal or socket can hold it afterwards."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _in_bounds(bad, value: float, meta: Mapping[str, Any]) -> Any:

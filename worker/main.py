@@ -16,7 +16,7 @@ from shared.errors import RbeeError
 from shared.events import set_default_actor
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.ports import DEFAULT_QUEEN_URL
-from shared.process import die_with_parent
+from shared.process import die_with_parent, keep_files_private
 from shared.token import load_or_create_token
 from worker.app import create_app
 from worker.appkeys import ENGINE
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     except RbeeError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    keep_files_private()
     if config.exit_with_parent:
         die_with_parent()
     with contextlib.suppress(KeyboardInterrupt):

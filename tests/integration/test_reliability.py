@@ -1,0 +1,107 @@
+"""Reliability through the real `rbee` and daemons: bad input refused up front, private files, no imports
+from the user's directory, clean pipes, a clear word when the queen dies mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+
+import aiohttp
+import pytest
+
+from tests.integration.test_keeper import RBEE, Keeper, keeper  # noqa: F401  (the fixture)
+
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+
+
+def auth(keeper: Keeper) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(keeper.home / 'config' / 'token').read_text().strip()}"}
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_every_file_rbee_writes_is_private(keeper):
+    assert keeper("infer", "--max-tokens", "4", "Hello").returncode == 0
+    home = keeper.home
+    for directory in ("config", "data", "state", "state/logs"):
+        assert mode(home / directory) == 0o700, directory
+    files = [p for p in home.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"token", "queen.db", "models.db", "queen.log", "hive-localhost.log", "queen.pid"} <= names
+    assert any(n.endswith("-wal") for n in names)
+    assert [str(p) for p in files if mode(p) & 0o077] == []
+
+
+async def test_bad_numbers_and_text_are_refused_before_anything_runs(keeper):
+    assert keeper("queen", "start").returncode == 0
+    bodies = [
+        ('{"operation":"infer","prompt":"x\\ud800y"}', "prompt", "valid Unicode"),
+        ('{"operation":"infer","prompt":"x","temperature":NaN}', "temperature", "finite"),
+        ('{"operation":"infer","prompt":"x","temperature":Infinity}', "temperature", "finite"),
+        ('{"operation":"infer","prompt":"x","temperature":1e308}', "temperature", "at most 100"),
+        ('{"operation":"infer","prompt":"x","top_k":1000000000000000000000000000000}', "top_k", "at most"),
+        ('{"operation":"infer","prompt":"x","seed":1000000000000000000000000000000}', "seed", "at most"),
+        ('{"operation":"infer","messages":[{"role":"user","content":"\\udfff"}]}', "messages", "valid Unicode"),
+    ]
+    async with aiohttp.ClientSession(headers={**auth(keeper), "Content-Type": "application/json"}) as session:
+        for body, field, problem in bodies:
+            async with session.post(keeper.url + "/v1/jobs", data=body) as resp:
+                assert resp.status == 400, body
+                error = (await resp.json())["error"]
+                assert f"'{field}'" in error["message"] and problem in error["message"], (body, error)
+        async with session.post(keeper.url + "/v1/chat/completions", data=json.dumps(
+                {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}],
+                 "max_tokens": 100000})) as resp:
+            assert resp.status == 400  # found by the worker (its context), still the client's mistake
+        async with session.get(keeper.url + "/v1/jobs") as resp:
+            text = await resp.text()
+    assert "NaN" not in text and "Infinity" not in text
+    listed = keeper("jobs", "list")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+
+
+def test_daemons_never_import_from_the_user_s_directory(keeper, tmp_path):
+    trap = tmp_path / "project"
+    (trap / "shared").mkdir(parents=True)
+    (trap / "shared" / "__init__.py").write_text("raise ImportError('imported from the working directory')\n")
+    out = subprocess.run([RBEE, "infer", "--max-tokens", "4", "Hello"], capture_output=True, text=True,
+                         timeout=120, env=keeper.env, cwd=trap, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert "imported from the working directory" not in (keeper.home / "state" / "logs" / "queen.log").read_text()
+
+
+def test_a_closed_pipe_is_not_a_traceback(keeper):
+    assert keeper("infer", "--max-tokens", "4", "Hello").returncode == 0
+    for _ in range(3):
+        assert keeper("status").returncode == 0  # some lines to list
+    out = subprocess.run(f"'{RBEE}' jobs list | head -c 1", shell=True, capture_output=True, text=True,
+                         timeout=120, env=keeper.env, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr
+
+
+def test_a_queen_that_dies_mid_job_is_said_plainly(keeper):
+    assert keeper("infer", "--max-tokens", "4", "Hello").returncode == 0  # warm
+    proc = keeper.popen("infer", "--temperature", "0", "--max-tokens", "1000", COUNTING)
+    first = proc.stdout.read(1)  # the answer has started
+    assert first
+    os.kill(keeper.queen_pid(), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "went away while job" in err and "Traceback" not in err
+
+
+def test_a_relative_file_reference_means_the_user_s_directory(keeper, tmp_path):
+    from shared.builtin_model import builtin_model_path
+
+    here = tmp_path / "mine"
+    here.mkdir()
+    (here / "m.gguf").symlink_to(builtin_model_path())
+    out = subprocess.run([RBEE, "--json", "model", "download", "file:m.gguf"], capture_output=True, text=True,
+                         timeout=120, env=keeper.env, cwd=here, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert any(f"file:{here / 'm.gguf'}" in line for line in out.stdout.splitlines())
