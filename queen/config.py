@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.paths import RbeePaths
-from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
+from shared.ports import DEFAULT_QUEEN_PORT
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class QueenConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_QUEEN_PORT
     paths: RbeePaths = None  # type: ignore[assignment]  # from the environment when not given
-    local_hive_port: int = DEFAULT_HIVE_PORT  # 0: let the OS pick (tests)
+    local_hive_port: int = 0  # 0: a free port, learned from the hive's start-up line (no clash between users)
     max_workers_per_hive: int = 1  # per model: its slots serve concurrent requests; more workers, more processes
     worker_idle_timeout_s: float = 15 * 60  # idle workers are stopped after this
     heartbeat_timeout_s: float = 15.0  # a worker silent this long is lost and never scheduled

@@ -124,6 +124,14 @@ class HiveRegistry:
     async def healthy(self, hive: HiveHandle) -> bool:
         return bool(hive.url) and await hive_answers(self._clients.daemon(hive.url), hive.alias)
 
+    async def _shares_our_token(self, url: str) -> bool:
+        """A hive is ours only if it takes our token: an authenticated request proves it (health does not)."""
+        try:
+            await self._clients.daemon(url).request("GET", "/v1/jobs", timeout=5)
+        except RbeeError:
+            return False
+        return True
+
     async def forward(self, op: HiveOperation) -> dict[str, Any]:
         """Run a worker_*/model_* operation on its hive (started first if it is the local one), its
         events woven into the current job; returns the hive job's end stats."""
@@ -165,12 +173,17 @@ class HiveRegistry:
 
     async def _start_local(self, hive: HiveHandle) -> str:
         port = self.config.local_hive_port
-        if port:  # a hive left by an earlier queen may already answer on the fixed port: adopt it
+        if port:  # a hive left by an earlier queen may already answer on the fixed port: adopt it if it is ours
             url = hive.url = f"http://127.0.0.1:{port}"
             if await self.healthy(hive):
-                hive.state = HiveState.RUNNING
-                narrate("hive_start", f"Found hive {hive.alias} already running at {url}", target=hive.alias)
-                return url
+                if await self._shares_our_token(url):
+                    hive.state = HiveState.RUNNING
+                    narrate("hive_start", f"Found hive {hive.alias} already running at {url}", target=hive.alias)
+                    return url
+                narrate("hive_start", f"The hive at {url} answers with another token (another user's, or another "
+                                      "rbee home): starting our own on a free port", target=hive.alias, level="warn")
+                port = 0
+            hive.url = None
         narrate("hive_start", f"Starting hive {hive.alias}", target=hive.alias)
         hive.state = HiveState.STARTING
         log_dir = self.config.paths.log_dir

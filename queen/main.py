@@ -25,9 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
               "Normally started by `rbee` when it finds no queen.",
         f"queen-rbee --port {DEFAULT_QUEEN_PORT}", default_port=DEFAULT_QUEEN_PORT)
     parser.add_argument("--local-hive-port", type=port_number,
-                        default=int(os.environ.get("RBEE_LOCAL_HIVE_PORT", DEFAULT_HIVE_PORT)),
-                        help=f"port for the local hive it starts (default {DEFAULT_HIVE_PORT}, or $RBEE_LOCAL_HIVE_PORT; "
-                             "0 lets the OS pick)")
+                        default=int(os.environ.get("RBEE_LOCAL_HIVE_PORT", "0")),
+                        help="port for the local hive it starts (default: a free one, or $RBEE_LOCAL_HIVE_PORT; "
+                             f"e.g. {DEFAULT_HIVE_PORT} to adopt a hive a previous queen left running there)")
     parser.add_argument("--max-workers-per-hive", type=int, default=1,
                         help="workers per model on one hive (default 1: its slots serve concurrent requests; "
                              "more wait for a free slot)")

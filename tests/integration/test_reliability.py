@@ -105,3 +105,25 @@ def test_a_relative_file_reference_means_the_user_s_directory(keeper, tmp_path):
                          timeout=120, env=keeper.env, cwd=here, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert any(f"file:{here / 'm.gguf'}" in line for line in out.stdout.splitlines())
+
+
+async def test_the_queen_adopts_a_hive_only_when_it_takes_the_queen_s_token(tmp_path):
+    from shared.events import Narration
+    from shared.job_client import JobClient
+    from shared.operations import Infer
+    from tests.support.processes import start_hive, start_queen
+
+    stranger = start_hive(tmp_path / "someone-else")  # its own home, so its own token
+    port = stranger.url.rsplit(":", 1)[1]
+    queen = start_queen(tmp_path / "me", "--local-hive-port", port)
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            job = await client.submit(Infer(prompt="Hello", max_tokens=4))
+            events = [e async for e in client.stream(job.job_id)]
+        assert events[-1].state == "completed"
+        said = " ".join(e.human for e in events if isinstance(e, Narration))
+        assert "answers with another token" in said and "Found hive" not in said
+        assert stranger.proc.poll() is None  # left alone
+    finally:
+        queen.stop(30)
+        stranger.stop(30)
