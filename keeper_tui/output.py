@@ -88,7 +88,8 @@ def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for job in jobs:
         request = job.get("request") or {}
-        summary = request.get("prompt") or request.get("model") or request.get("alias") or request.get("id") or ""
+        summary = job.get("about") or request.get("prompt") or request.get("model") or request.get("alias") \
+            or request.get("id") or ""
         summary = summary.replace("\n", " ")
         rows.append({**job, "age": _age(now - (job.get("created_at") or now)),
                      "summary": summary[:40] + ("…" if len(summary) > 40 else "")})

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from shared.job_registry import Job
+from shared.job_registry import Job, about
 from shared.sqlite import SqliteThread
 
 _SCHEMA = """
@@ -28,19 +28,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     text        TEXT,               -- what an infer generated
     result      TEXT,               -- JSON
-    error       TEXT                -- JSON {code, message}
+    error       TEXT,               -- JSON {code, message}
+    about       TEXT                -- what the job is about, for listings
 );
 CREATE INDEX IF NOT EXISTS jobs_created_at ON jobs (created_at);
 """
+COLUMNS = "job_id, operation, request, state, created_at, started_at, finished_at, text, result, error, about"
+LIGHT_COLUMNS = "job_id, operation, state, created_at, started_at, finished_at, error, about"
+# A request or answer is kept whole up to this size; beyond it, its long texts are cut (and it says so),
+# so a thousand one-megabyte prompts cost the disk tens of megabytes, not a gigabyte.
+TEXT_CAP = 16 << 10
 log = logging.getLogger("rbee.queen.history")
 
 KEEP = 1000  # rows kept; older ones are dropped
-LIST_LIMIT = 200
+LIST_LIMIT = 100
 _INTERRUPTED = json.dumps({"code": "QUEEN_STOPPED", "message": "The queen stopped while this job ran."})
 
 
 def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
+    if "about" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # made by an older rbee
+        db.execute("ALTER TABLE jobs ADD COLUMN about TEXT")
     # Jobs that were running when the queen last stopped did not finish.
     db.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE state IN ('queued', 'running')",
                (time.time(), _INTERRUPTED))
@@ -61,7 +69,7 @@ class JobHistoryStore:
         row = _row(job)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            db.execute(f"INSERT OR REPLACE INTO jobs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             # The KEEP-th newest row's time bounds what stays; both lookups walk the created_at index.
             db.execute("DELETE FROM jobs WHERE created_at < "
                        "(SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?)", (KEEP - 1,))
@@ -69,13 +77,19 @@ class JobHistoryStore:
         self._db.submit(write).add_done_callback(_log_failure)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        row = await self._db.run(lambda db: db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
+        row = await self._db.run(lambda db: db.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?",
+                                                       (job_id,)).fetchone())
         return _summary(row) if row else None
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, *, limit: int = LIST_LIMIT, before: float | None = None) -> list[dict[str, Any]]:
+        """Light records, newest first: no request, no answer (those are for get)."""
+        bound = float("inf") if before is None else before
         rows = await self._db.run(lambda db: db.execute(
-            "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (LIST_LIMIT,)).fetchall())
-        return [_summary(r) for r in rows]
+            f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE created_at < ? ORDER BY created_at DESC LIMIT ?",
+            (bound, limit)).fetchall())
+        return [{"job_id": r[0], "operation": r[1], "state": r[2], "created_at": r[3], "started_at": r[4],
+                 "finished_at": r[5], "error": json.loads(r[6]) if r[6] else None, "about": r[7] or "",
+                 "from_history": True} for r in rows]
 
 
 def _log_failure(future: Future) -> None:
@@ -85,10 +99,28 @@ def _log_failure(future: Future) -> None:
 
 def _row(job: Job) -> tuple:
     result = job.result or {}
-    return (job.id, job.operation.name, json.dumps(job.operation.to_dict()), job.state.value, job.created_at,
-            job.started_at, job.finished_at, result.get("text"),
+    text = result.get("text")
+    return (job.id, job.operation.name, json.dumps(capped(job.operation.to_dict())), job.state.value,
+            job.created_at, job.started_at, job.finished_at, text[:TEXT_CAP] if isinstance(text, str) else text,
             json.dumps({k: v for k, v in result.items() if k != "text"}) if result else None,
-            json.dumps(job.error) if job.error else None)
+            json.dumps(job.error) if job.error else None, about(job.operation))
+
+
+def capped(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with each long text cut at TEXT_CAP characters, marked `"truncated": true` if any was."""
+    out, cut = dict(request), False
+    if isinstance(out.get("prompt"), str) and len(out["prompt"]) > TEXT_CAP:
+        out["prompt"], cut = out["prompt"][:TEXT_CAP], True
+    if isinstance(out.get("messages"), list):
+        messages = []
+        for m in out["messages"]:
+            if len(m.get("content", "")) > TEXT_CAP:
+                m, cut = {**m, "content": m["content"][:TEXT_CAP]}, True
+            messages.append(m)
+        out["messages"] = messages
+    if cut:
+        out["truncated"] = True
+    return out
 
 
 def _summary(row: tuple) -> dict[str, Any]:
@@ -98,5 +130,5 @@ def _summary(row: tuple) -> dict[str, Any]:
     return {
         "job_id": row[0], "operation": row[1], "request": json.loads(row[2]), "state": row[3],
         "created_at": row[4], "started_at": row[5], "finished_at": row[6], "result": result,
-        "error": json.loads(row[9]) if row[9] else None, "from_history": True,
+        "error": json.loads(row[9]) if row[9] else None, "about": row[10] or "", "from_history": True,
     }

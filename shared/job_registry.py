@@ -31,6 +31,21 @@ class JobLimits:
     max_events: int = 20_000  # per job; older events are dropped (readers are told) beyond this
     retention_s: float = 600.0  # how long a finished job stays readable
     max_finished: int = 1_000  # and at most this many finished jobs are kept
+    max_finished_bytes: int = 64 << 20  # and at most about this much of their requests and answers
+
+
+ABOUT_CHARS = 120
+
+
+def about(operation: Operation) -> str:
+    """A line saying what a job is about, for listings: the start of its prompt or last message, or its
+    model, alias or id."""
+    messages = getattr(operation, "messages", None)
+    text = (getattr(operation, "prompt", None) or (messages[-1][1] if messages else None)
+            or getattr(operation, "model", None) or getattr(operation, "alias", None)
+            or getattr(operation, "id", None) or "")
+    text = " ".join(str(text)[:ABOUT_CHARS * 2].split())
+    return text[:ABOUT_CHARS] + ("…" if len(text) > ABOUT_CHARS else "")
 
 
 class Job:
@@ -124,19 +139,32 @@ class Job:
             await self._changed.wait()
         return self.state
 
-    def summary(self) -> dict[str, Any]:
-        return {
+    @property
+    def size_bytes(self) -> int:
+        """Roughly what the job holds: its request's texts and its answer (the rest is small)."""
+        op = self.operation
+        texts = [getattr(op, "prompt", None) or ""] + [c for _, c in getattr(op, "messages", None) or ()]
+        answer = (self.result or {}).get("text") or ""
+        return 512 + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)
+
+    def summary(self, *, full: bool = True) -> dict[str, Any]:
+        """The job at a glance; `full` adds the whole request (listings leave it out: it may be a
+        megabyte of prompt)."""
+        out = {
             "job_id": self.id,
             "operation": self.operation.name,
-            "request": self.operation.to_dict(),
+            "about": about(self.operation),
             "state": self.state.value,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "events": self.next_seq,
-            "result": self.result,
             "error": self.error,
         }
+        if full:
+            out["request"] = self.operation.to_dict()
+            out["result"] = self.result
+        return out
 
     # -- lifecycle (driven by the registry) -------------------------------------------------------------
 
@@ -217,13 +245,16 @@ class JobRegistry:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def evict(self, now: float | None = None) -> int:
-        """Forget finished jobs past retention, and the oldest beyond `max_finished`."""
+        """Forget finished jobs past retention, and the oldest beyond `max_finished` or beyond
+        `max_finished_bytes` of requests and answers all together."""
         now = time.time() if now is None else now
         finished = sorted((j for j in self._jobs.values() if j.state.finished), key=lambda j: j.finished_at or 0)
         excess = len(finished) - self._limits.max_finished
+        over_bytes = sum(j.size_bytes for j in finished) - self._limits.max_finished_bytes
         evicted = 0
         for k, job in enumerate(finished):
-            if k < excess or now - (job.finished_at or now) >= self._limits.retention_s:
+            if k < excess or over_bytes > 0 or now - (job.finished_at or now) >= self._limits.retention_s:
+                over_bytes -= job.size_bytes
                 del self._jobs[job.id]
                 evicted += 1
         return evicted
@@ -247,6 +278,7 @@ class JobRegistry:
             job._finish(state, stats)
         finally:
             unbind_job(token)
+        self.evict()  # at once: a burst of big jobs must not wait for the periodic sweep
         for listener in self._listeners:
             try:
                 listener(job)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import sys
 from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Protocol
 
@@ -41,7 +42,7 @@ class JobHistory(Protocol):
 
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def list(self) -> list[dict[str, Any]]: ...
+    async def list(self, *, limit: int, before: float | None) -> list[dict[str, Any]]: ...
 
 
 Parse = Callable[[Any], "Operation | Awaitable[Operation]"]
@@ -149,13 +150,20 @@ def setup_job_api(
             raise
 
     async def list_jobs(request: web.Request) -> web.Response:
-        live = [j.summary() for j in request.app[appkeys.JOB_REGISTRY].jobs()]
+        """The newest jobs first, `limit` at a time (`before`: the `next_before` of the previous page);
+        light records: what each is `about`, no request or answer (GET /v1/jobs/{id} has those)."""
+        limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
+        before = _float_query(request, "before")
+        live = [j.summary(full=False) for j in request.app[appkeys.JOB_REGISTRY].jobs()
+                if before is None or j.created_at < before]
         history = request.app.get(appkeys.JOB_HISTORY)
         if history is not None:
             seen = {j["job_id"] for j in live}
-            live += [r for r in await history.list() if r["job_id"] not in seen]
+            live += [r for r in await history.list(limit=limit, before=before) if r["job_id"] not in seen]
         live.sort(key=lambda j: j["created_at"], reverse=True)
-        return web.json_response({"jobs": live})
+        page = live[:limit]
+        next_before = page[-1]["created_at"] if len(live) > limit or (history and len(page) == limit) else None
+        return web.json_response({"jobs": page, "next_before": next_before})
 
     async def cancel_job(request: web.Request) -> web.Response:
         job = request.app[appkeys.JOB_REGISTRY].cancel(request.match_info["job_id"])
@@ -183,6 +191,31 @@ async def _write(request: web.Request, stream: EventSourceResponse, text: str) -
         if request.transport is not None:
             request.transport.abort()
         raise
+
+
+LIST_DEFAULT, LIST_MAX = 100, 1000
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidRequest(f"Query parameter '{name}' must be a whole number from {lo} to {hi}, not {raw!r}.")
+    return int(raw)
+
+
+def _float_query(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise InvalidRequest(f"Query parameter '{name}' must be a time (seconds since 1970), not {raw!r}.")
+    return value
 
 
 def _last_event_id(request: web.Request) -> int:

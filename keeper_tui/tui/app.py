@@ -256,8 +256,8 @@ class RbeeApp(App):
         try:
             client = await self.client()
             if view == "jobs":
-                rows = [(j["job_id"], j["operation"], j["state"],
-                         ((j.get("request") or {}).get("prompt") or "")[:50]) for j in await client.list()]
+                rows = [(j["job_id"], j["operation"], j["state"], (j.get("about") or "")[:50])
+                        for j in await client.list()]
             elif view == "workers":  # the queen's registry: every hive's workers, from their heartbeats
                 workers = (await client.request("GET", "/v1/workers"))["workers"]
                 self.worker_hives = {w["worker_id"]: w["hive_id"] for w in workers}

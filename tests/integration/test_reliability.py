@@ -127,3 +127,42 @@ async def test_the_queen_adopts_a_hive_only_when_it_takes_the_queen_s_token(tmp_
     finally:
         queen.stop(30)
         stranger.stop(30)
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_big_prompts_are_bounded_in_memory_history_and_listings(tmp_path):
+    from shared.job_client import JobClient
+    from tests.support.processes import start_queen
+
+    queen = start_queen(tmp_path / "home")
+    prompt = "a" * 1_000_000  # the largest a request may be: a megabyte
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            for k in range(150):  # fails at once (no such hive), after it is registered and recorded
+                job = await client.submit({"operation": "infer", "prompt": prompt + str(k), "hive_id": "nowhere"})
+                if k == 0:
+                    first = job.job_id
+            events = [e async for e in client.stream(job.job_id)]
+            assert events[-1].state == "failed"
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {queen.token}"}) as session:
+                async with session.get(queen.url + "/v1/jobs") as resp:
+                    listing = await resp.read()
+                async with session.get(queen.url + "/v1/jobs?limit=1000") as resp:
+                    everything = json.loads(await resp.read())
+                async with session.get(queen.url + f"/v1/jobs/{first}") as resp:
+                    oldest = await resp.json()  # evicted from memory long ago: from the history
+            assert len(listing) < 1_000_000 and len(json.loads(listing)["jobs"]) == 100
+            assert len(everything["jobs"]) == 150 and all("request" not in j for j in everything["jobs"])
+            assert everything["jobs"][0]["about"].startswith("aaaa") and len(everything["jobs"][0]["about"]) < 200
+            assert oldest["request"]["truncated"] is True and len(oldest["request"]["prompt"]) == 16 << 10
+            assert oldest.get("from_history") is True
+        assert rss_mb(queen.proc.pid) < 250
+        assert (tmp_path / "home" / "data" / "queen.db").stat().st_size < 20_000_000
+    finally:
+        queen.stop(30)
