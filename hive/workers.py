@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -22,9 +23,12 @@ from hive.errors import WorkerNotFound, WorkerStartFailed
 from shared.client import DaemonClient
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
-from shared.heartbeat import EngineState
+from shared.errors import RbeeError
+from shared.heartbeat import HEARTBEAT_PATH, EngineState, Heartbeat
 from shared.process import CHILD_CWD
 from shared.wire import WireEnum
+
+log = logging.getLogger("rbee.hive.workers")
 
 STDERR_LINES_KEPT = 20
 
@@ -202,7 +206,21 @@ class WorkerSupervisor:
             worker.state = ProcessState.CRASHED
             narrate("worker_crashed", f"{worker.id} ({worker.model}) exited unexpectedly with code {code}",
                     target=worker.id, level="error")
+            worker.exited.set()
+            await self._tell_queen_it_exited(worker)
         worker.exited.set()
+
+    async def _tell_queen_it_exited(self, worker: WorkerProcess) -> None:
+        """The queen hears of a crash at once, not when its heartbeats stop (15 s of failing requests)."""
+        if not self.config.queen_url or not worker.url:
+            return
+        beat = Heartbeat(worker_id=worker.id, hive_id=self.config.hive_id, url=worker.url, model=worker.model,
+                         state=EngineState.EXITED, device=worker.device, slots=worker.slots)
+        try:
+            await DaemonClient(self.config.queen_url, self._token, session=self.session).request(
+                "POST", HEARTBEAT_PATH, beat.to_dict(), timeout=2.0)
+        except RbeeError as exc:
+            log.info("could not tell the queen that %s exited: %s", worker.id, exc.message)
 
     async def stop(self, worker: WorkerProcess) -> None:
         """SIGTERM (the worker finishes its token and exits), then SIGKILL after the timeout."""

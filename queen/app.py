@@ -111,8 +111,9 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    worker = request.app[WORKERS].heartbeat(parse_heartbeat(await read_json(request)))
-    return web.json_response({"ok": True, "worker_id": worker.worker_id})
+    beat = parse_heartbeat(await read_json(request))
+    request.app[WORKERS].heartbeat(beat)
+    return web.json_response({"ok": True, "worker_id": beat.worker_id})
 
 
 async def list_workers(request: web.Request) -> web.Response:

@@ -26,3 +26,13 @@ class WorkerCrashed(QueenError):
     code = "WORKER_CRASHED"
     status = 502
 
+
+class WorkerRefused(WorkerCrashed):
+    """The request could not start on the worker: another may take it."""
+
+
+class WorkerStopped(QueenError):
+    title = "Worker stopped"
+    code = "WORKER_STOPPED"
+    status = 503
+

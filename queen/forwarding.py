@@ -84,6 +84,9 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
     if end.state is not JobState.COMPLETED:
         if last_error is not None:
             raise RemoteJobFailed(last_error.message, code=last_error.code, reported=True)
+        if end.state is JobState.CANCELLED:  # not by us (that is a CancelledError here): it is going away
+            raise RemoteJobFailed(f"{client.base_url} cancelled the {request.name} (is it shutting down?)",
+                                  code="REMOTE_CANCELLED")
         raise RemoteJobFailed(f"the {request.name} ended {end.state}", code=failed_code)
     return RemoteOutcome(submitted.job_id, dict(end.stats))
 

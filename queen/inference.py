@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from queen.errors import WorkerCrashed
-from queen.forwarding import RemoteJobLost, run_remote_job
+from queen.errors import WorkerCrashed, WorkerRefused, WorkerStopped
+from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import ServerError
@@ -18,7 +18,8 @@ from shared.operations import Infer
 
 
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
-ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST"})
+ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})
+START_ATTEMPTS = 3  # workers tried for a request that could not start, before the job fails
 
 
 class InferenceRunner:
@@ -30,11 +31,18 @@ class InferenceRunner:
     async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
         model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
-        worker = await self.scheduler.acquire(model, op.hive_id, job.id)
-        try:
-            return await self._generate(worker, op, started)
-        finally:
-            self.workers.release(worker, job.id)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            worker = await self.scheduler.acquire(model, op.hive_id, job.id)
+            try:
+                return await self._generate(worker, op, started)
+            except WorkerRefused as exc:  # nothing reached the client yet: another worker may take it
+                if attempt == START_ATTEMPTS:
+                    raise
+                narrate("infer_retry", f"{exc.message} Trying another worker.", target=worker.worker_id,
+                        level="warn")
+            finally:
+                self.workers.release(worker, job.id)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
         client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05)
@@ -59,14 +67,20 @@ class InferenceRunner:
             if exc.code in ANSWERS_OF_A_LIVE_WORKER:
                 raise
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
-            raise WorkerCrashed(f"Worker {worker.worker_id} on hive {worker.hive_id} did not take the request: "
-                                f"{exc.message} The next request will use a fresh worker.") from exc
+            raise WorkerRefused(f"Worker {worker.worker_id} on hive {worker.hive_id} did not take the request: "
+                                f"{exc.message}") from exc
+        except RemoteJobFailed as exc:
+            if exc.code != "REMOTE_CANCELLED":
+                raise
+            self.workers.mark(worker.worker_id, WorkerStatus.STOPPED)
+            raise WorkerStopped(f"Worker {worker.worker_id} on hive {worker.hive_id} stopped mid-answer after "
+                                f"{len(parts)} tokens (it, or its hive, was shut down). Ask again: another worker "
+                                "will answer.") from exc
         except RemoteJobLost as exc:
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
             where = f"Worker {worker.worker_id} on hive {worker.hive_id}"
             if not exc.submitted:
-                raise WorkerCrashed(f"{where} did not take the request: {exc.message}. The next request will use "
-                                    "a fresh worker.") from exc
+                raise WorkerRefused(f"{where} did not take the request: {exc.message}.") from exc
             raise WorkerCrashed(f"{where} died mid-generation after {len(parts)} tokens ({exc.message}). The next "
                                 "request will start a fresh worker.") from exc
         stats = outcome.stats

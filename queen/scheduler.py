@@ -17,7 +17,7 @@ from shared.errors import RbeeError
 from shared.job_client import Clients
 from shared.operations import LOCAL_HIVE, WorkerDelete, WorkerSpawn
 
-DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED)
+DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
 
 
 class Scheduler:

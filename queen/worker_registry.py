@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.heartbeat import Heartbeat
+from shared.heartbeat import EngineState, Heartbeat
 from shared.wire import WireEnum
 
 
@@ -29,6 +29,9 @@ class WorkerStatus(WireEnum):
     @property
     def alive(self) -> bool:
         return self in (WorkerStatus.LOADING, WorkerStatus.READY, WorkerStatus.BUSY)
+
+
+GOING = {EngineState.STOPPING: WorkerStatus.STOPPED, EngineState.EXITED: WorkerStatus.CRASHED}
 
 
 @dataclass
@@ -84,9 +87,13 @@ class WorkerRegistry:
         self._timeout = heartbeat_timeout_s
         self._changed = asyncio.Event()
 
-    def heartbeat(self, beat: Heartbeat) -> WorkerInfo:
-        reported = WorkerStatus(beat.state.value)
+    def heartbeat(self, beat: Heartbeat) -> WorkerInfo | None:
+        """Register or refresh a worker; a worker going away (or its hive saying it went) is unschedulable
+        from this moment, not after the heartbeat timeout. None: news of a worker the queen never knew."""
+        reported = GOING.get(beat.state) or WorkerStatus(beat.state.value)
         worker = self._workers.get(beat.worker_id)
+        if worker is None and reported in GOING.values():
+            return None
         if worker is None:
             worker = self._workers[beat.worker_id] = WorkerInfo(
                 beat.worker_id, beat.hive_id, beat.url, beat.model, reported, self._timeout)

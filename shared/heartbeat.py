@@ -19,6 +19,8 @@ class EngineState(WireEnum):
     READY = "ready"
     BUSY = "busy"  # every slot taken
     FAILED = "failed"  # the model did not load
+    STOPPING = "stopping"  # its last heartbeat: it is shutting down, its requests end now
+    EXITED = "exited"  # said by its hive: the process is gone (crashed, killed)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from typing import AsyncIterator
 
@@ -17,7 +18,7 @@ from shared import appkeys as shared_keys
 from shared.app import create_base_app
 from shared.client import DaemonClient
 from shared.heartbeat import EngineState, Heartbeat
-from worker.appkeys import CONFIG, ENGINE, HEARTBEAT
+from worker.appkeys import CONFIG, ENGINE, GOODBYE, HEARTBEAT
 from worker.config import WorkerConfig
 from worker.engine import LlamaEngine
 from worker.heartbeat import HeartbeatSender
@@ -30,6 +31,7 @@ def create_app(config: WorkerConfig, token: str) -> web.Application:
     app.cleanup_ctx.append(engine_ctx)
     if config.queen_url:
         app.cleanup_ctx.append(heartbeat_ctx)
+        app.on_shutdown.append(say_stopping)  # before the job API's own, which ends the generations
     setup_inference_api(app)
     return app
 
@@ -58,6 +60,8 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
                          queue_depth=queue_depth(app), device=config.device, slots=app[ENGINE].slots_total,
                          slots_busy=app[ENGINE].slots_busy)
 
+    app[GOODBYE] = lambda: dataclasses.replace(heartbeat(), state=EngineState.STOPPING)
+
     async with DaemonClient(config.queen_url or "", app[shared_keys.TOKEN]) as queen:
         sender = app[HEARTBEAT] = HeartbeatSender(queen, heartbeat, config.heartbeat_interval_s)
         task = asyncio.create_task(sender.run(listening.bound), name="heartbeat")
@@ -67,6 +71,11 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def say_stopping(app: web.Application) -> None:
+    if HEARTBEAT in app and GOODBYE in app and app[shared_keys.LISTENING].url:
+        await app[HEARTBEAT].say_goodbye(app[GOODBYE]())
 
 
 def queue_depth(app: web.Application) -> int:

@@ -23,6 +23,13 @@ class HeartbeatSender:
         self._poke = asyncio.Event()
         self._queen_was_up: bool | None = None
 
+    async def say_goodbye(self, heartbeat: Heartbeat) -> None:
+        """One last heartbeat saying the worker is going (short: shutdown must not wait on the queen)."""
+        try:
+            await self._queen.request("POST", HEARTBEAT_PATH, heartbeat.to_dict(), timeout=1.0)
+        except RbeeError as exc:
+            log.info("could not tell the queen this worker is stopping: %s", exc.message)
+
     def poke(self) -> None:
         """Send one now (state changed)."""
         self._poke.set()

@@ -166,3 +166,70 @@ async def test_big_prompts_are_bounded_in_memory_history_and_listings(tmp_path):
         assert (tmp_path / "home" / "data" / "queen.db").stat().st_size < 20_000_000
     finally:
         queen.stop(30)
+
+
+@pytest.fixture
+async def queen_client(tmp_path):
+    from shared.job_client import JobClient
+    from tests.support.processes import start_queen
+
+    queen = start_queen(tmp_path / "home", "--heartbeat-timeout", "60")  # only explicit news counts here
+    async with JobClient(queen.url, queen.token) as client:
+        yield queen, client
+    queen.stop(30)
+
+
+async def run_job(client, operation):
+    job = await client.submit(operation)
+    return [e async for e in client.stream(job.job_id)]
+
+
+async def workers(client) -> list[dict]:
+    return (await client.request("GET", "/v1/workers"))["workers"]
+
+
+async def test_a_request_that_cannot_start_on_a_worker_goes_to_another(queen_client):
+    from shared.events import Narration
+    from shared.operations import Infer
+    from tests.support.sshd import free_port
+
+    queen, client = queen_client
+    ghost = {"worker_id": "ghost", "hive_id": "localhost", "url": f"http://127.0.0.1:{free_port()}",
+             "model": "smollm2-135m", "state": "ready", "slots": 4}
+    await client.request("POST", "/v1/workers/heartbeat", ghost)  # registered, but nothing listens there
+    events = await run_job(client, Infer(prompt="Hello", max_tokens=4))
+    assert events[-1].state == "completed"
+    said = [e.human for e in events if isinstance(e, Narration)]
+    assert any("ghost" in s and "Trying another worker" in s for s in said)
+    assert [w["worker_id"] for w in await workers(client)] != ["ghost"]
+    assert "ghost" not in {w["worker_id"] for w in await workers(client)}  # given up, never scheduled again
+
+
+async def test_workers_that_go_away_are_unschedulable_at_once(queen_client):
+    from tests.support.waiting import until
+    from shared.events import Error, Token
+    from shared.operations import Infer
+
+    queen, client = queen_client
+    await run_job(client, Infer(prompt="Hello", max_tokens=4))
+    first = (await workers(client))[0]
+    job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+    events = []
+    async for event in client.stream(job.job_id):
+        events.append(event)
+        if isinstance(event, Token) and len(events) == 3:
+            os.kill(first["pid"], signal.SIGTERM)  # shut down mid-answer
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "WORKER_STOPPED" and "stopped mid-answer" in error.message, error
+    states = {w["worker_id"]: w["state"] for w in await workers(client)}
+    assert states[first["worker_id"]] == "stopped"  # said by its goodbye heartbeat, not 60 s later
+
+    again = await run_job(client, Infer(prompt="Hello", max_tokens=4))
+    assert again[-1].state == "completed", [e for e in again if isinstance(e, Error)]
+    second = [w for w in await workers(client) if w["state"] == "ready"][0]
+    os.kill(second["pid"], signal.SIGKILL)  # no goodbye: its hive tells the queen
+
+    async def crashed():
+        return {w["worker_id"]: w["state"] for w in await workers(client)}[second["worker_id"]] == "crashed"
+
+    await until(crashed, timeout=10, what="the hive to report the killed worker")
