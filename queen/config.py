@@ -18,6 +18,7 @@ class QueenConfig:
     worker_idle_timeout_s: float = 15 * 60  # idle workers are stopped after this
     heartbeat_timeout_s: float = 15.0  # a worker silent this long is lost and never scheduled
     hive_start_timeout_s: float = 60.0
+    worker_progress_timeout_s: float = 20.0  # a generating worker silent this long (no token, no ping) is hung
     worker_slots: int = 4  # the local hive's workers each generate this many requests at once
 
     def __post_init__(self) -> None:

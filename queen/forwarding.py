@@ -13,9 +13,12 @@ from typing import Any, Callable
 from queen.errors import QueenError
 from shared.client import DaemonClient
 from shared.errors import RbeeError, ServerUnreachable, StreamTimeout
-from shared.events import End, Error, Event, JobState, Narration, current_job_id, emit
+from shared.events import End, Error, Event, JobState, Narration, current_job_id, detached_task, emit
 from shared.job_client import JobClient
 from shared.wire import WireMessage
+
+
+CANCEL_GRACE_S = 0.5  # how long a cancelled queen job waits for the remote job to confirm its cancel
 
 
 class RemoteJobFailed(QueenError):
@@ -75,7 +78,10 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
                 last_error = event
             on_event(event)
     except asyncio.CancelledError:
-        await asyncio.shield(_cancel_quietly(client, submitted.job_id))
+        # Cancel it there too; wait for that a moment only: a hung daemon must not hold the cancel up.
+        cancel = detached_task(_cancel_quietly(client, submitted.job_id), name=f"cancel-{submitted.job_id}")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(cancel), CANCEL_GRACE_S)
         raise
     except RbeeError as exc:
         raise RemoteJobLost(f"the stream from {client.base_url} broke ({exc.message})", submitted=True) from exc
@@ -92,7 +98,8 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
 
 
 async def _cancel_quietly(client: JobClient, job_id: str) -> None:
-    with contextlib.suppress(RbeeError):  # the daemon may have finished or gone; the cancel was best effort
+    # the daemon may have finished or gone, or we are shutting down: the cancel was best effort
+    with contextlib.suppress(RbeeError, RuntimeError):
         await client.cancel(job_id)
 
 

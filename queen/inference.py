@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,13 +10,15 @@ from queen.errors import WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
-from shared.errors import ServerError
-from shared.events import Error, Event, Started, Token, emit, narrate
+from shared.errors import RbeeError, ServerError, StreamTimeout
+from shared.events import Error, Event, Started, Token, detached_task, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job
 from shared.models import parse_reference
-from shared.operations import Infer
+from shared.operations import Infer, WorkerDelete
 
+
+log = logging.getLogger("rbee.queen.inference")
 
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
 ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})
@@ -23,10 +26,21 @@ START_ATTEMPTS = 3  # workers tried for a request that could not start, before t
 
 
 class InferenceRunner:
-    def __init__(self, scheduler: Scheduler, workers: WorkerRegistry, clients: Clients) -> None:
+    def __init__(self, scheduler: Scheduler, workers: WorkerRegistry, clients: Clients,
+                 progress_timeout_s: float = 20.0) -> None:
         self.scheduler = scheduler
         self.workers = workers
         self._clients = clients
+        self._progress_timeout_s = progress_timeout_s
+
+    async def _have_hive_stop(self, worker: WorkerInfo) -> None:
+        """A worker the queen gave up on may still hold memory and cores: its hive stops it (killing it if
+        it does not stop by itself)."""
+        try:
+            url = await self.scheduler.hives.ensure_running(worker.hive_id)
+            await self._clients.jobs(url).submit(WorkerDelete(hive_id=worker.hive_id, id=worker.worker_id))
+        except RbeeError as exc:
+            log.info("could not have %s stopped: %s", worker.worker_id, exc.message)
 
     async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
@@ -45,7 +59,11 @@ class InferenceRunner:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
-        client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05)
+        # A worker that sends nothing (no token, no keep-alive ping) for the progress timeout is hung: the
+        # stream gets half of it, plus one resume.
+        half = self._progress_timeout_s / 2
+        client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05,
+                                    stream_idle_timeout=half, request_timeout=half)
         parts: list[str] = []
         first_token_at: float | None = None
 
@@ -78,9 +96,14 @@ class InferenceRunner:
                                 "will answer.") from exc
         except RemoteJobLost as exc:
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
+            detached_task(self._have_hive_stop(worker), name=f"stop-{worker.worker_id}")
             where = f"Worker {worker.worker_id} on hive {worker.hive_id}"
             if not exc.submitted:
                 raise WorkerRefused(f"{where} did not take the request: {exc.message}.") from exc
+            if isinstance(exc.__cause__, StreamTimeout):
+                raise WorkerCrashed(f"{where} made no progress for {self._progress_timeout_s:g} s after {len(parts)} "
+                                    "tokens (no token, no keep-alive): it is hung, and its hive is told to stop it. "
+                                    "Ask again: another worker will answer.", code="WORKER_HUNG") from exc
             raise WorkerCrashed(f"{where} died mid-generation after {len(parts)} tokens ({exc.message}). The next "
                                 "request will start a fresh worker.") from exc
         stats = outcome.stats

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop workers idle this long (default 900)")
     parser.add_argument("--worker-slots", type=int, default=4,
                         help="requests each worker of the local hive generates together (default 4)")
+    parser.add_argument("--worker-progress-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="a generating worker that sends nothing this long is hung: its request fails and its "
+                             "hive stops it (default 20)")
     parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="a worker silent this long is lost and never scheduled (default 15)")
     return parser.parse_args(argv)
@@ -47,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     if not 1 <= args.worker_slots <= 64:
         print(f"{PROG}: --worker-slots must be between 1 and 64", file=sys.stderr)
         sys.exit(2)
+    if args.worker_progress_timeout < 12:  # more than twice the streams' 5 s keep-alive
+        print(f"{PROG}: --worker-progress-timeout must be at least 12 seconds", file=sys.stderr)
+        sys.exit(2)
     if args.max_workers_per_hive < 1 or args.worker_idle_timeout <= 0 or args.heartbeat_timeout <= 0:
         print(f"{PROG}: --max-workers-per-hive, --worker-idle-timeout and --heartbeat-timeout must be positive",
               file=sys.stderr)
         sys.exit(2)
     config = QueenConfig(host=args.host, port=args.port, local_hive_port=args.local_hive_port,
                          max_workers_per_hive=args.max_workers_per_hive, worker_slots=args.worker_slots,
+                         worker_progress_timeout_s=args.worker_progress_timeout,
                          worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
     keep_files_private()
     config.paths.make_private()

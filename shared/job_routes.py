@@ -34,7 +34,7 @@ else:  # aiohttp depends on async-timeout before 3.11
     from async_timeout import timeout
 
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for the job to end before answering 202 "still ending"
-SSE_PING_S = 15.0  # keeps idle streams alive through proxies and lets us notice dead peers
+SSE_PING_S = 5.0  # keeps idle streams alive (a long prompt's prefill) and lets readers tell a hung peer
 SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
 
 class JobHistory(Protocol):

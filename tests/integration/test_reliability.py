@@ -233,3 +233,43 @@ async def test_workers_that_go_away_are_unschedulable_at_once(queen_client):
         return {w["worker_id"]: w["state"] for w in await workers(client)}[second["worker_id"]] == "crashed"
 
     await until(crashed, timeout=10, what="the hive to report the killed worker")
+
+
+async def test_a_hung_worker_fails_its_request_and_cancel_does_not_wait_for_it(tmp_path):
+    import time
+
+    from shared.events import Error, Token
+    from shared.job_client import JobClient
+    from shared.operations import Infer
+    from tests.support.processes import start_queen
+    from tests.support.waiting import until
+
+    queen = start_queen(tmp_path / "home", "--worker-progress-timeout", "12")
+    frozen = None
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            await run_job(client, Infer(prompt="Hello", max_tokens=4))
+            frozen = (await workers(client))[0]["pid"]
+            job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+            async for event in client.stream(job.job_id):
+                if isinstance(event, Token):
+                    os.kill(frozen, signal.SIGSTOP)  # alive, holding its slot, saying nothing
+                    break
+            started = time.monotonic()
+            cancelled = await client.cancel(job.job_id)
+            assert time.monotonic() - started < 1.5 and cancelled["state"] == "cancelled"
+
+            job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0, hive_id="localhost"))
+            events = [e async for e in client.stream(job.job_id)]  # a fresh worker may take it, or the hung one
+            if events[-1].state != "completed":
+                error = next(e for e in events if isinstance(e, Error))
+                assert error.code == "WORKER_HUNG" and "made no progress for 12 s" in error.message
+
+            async def gone():
+                return not os.path.exists(f"/proc/{frozen}") or open(f"/proc/{frozen}/stat").read().split()[2] == "Z"
+
+            await until(gone, timeout=30, interval=0.2, what="the hive to kill the hung worker")
+    finally:
+        if frozen is not None and os.path.exists(f"/proc/{frozen}"):
+            os.kill(frozen, signal.SIGCONT)
+        queen.stop(30)
