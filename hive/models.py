@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,10 +23,14 @@ from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_re
 NARRATE_EVERY_S = 1.0
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, stop: threading.Event | None = None) -> str | None:
+    """The file's sha256, or None when `stop` was set first (a cancelled job must not go on hashing a
+    file of gigabytes in its thread)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return None
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -78,7 +83,14 @@ class ModelStore:
             digest = builtin_model_sha256() if ref.scheme == "builtin" else None
             if digest is None:
                 narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
-                digest = await asyncio.to_thread(sha256_of, path)
+                stop = threading.Event()
+                try:
+                    digest = await asyncio.shield(asyncio.to_thread(sha256_of, path, stop))
+                except asyncio.CancelledError:
+                    stop.set()
+                    raise
+                if digest is None:
+                    raise asyncio.CancelledError
             entry = await self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
             narrate("model_ready", f"Model {ref.id} is in the catalog ({_mb(entry.size)}, sha256 {digest[:12]}…)",
                     target=ref.id)

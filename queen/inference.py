@@ -46,7 +46,7 @@ class InferenceRunner:
         started = time.perf_counter()
         model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
         for attempt in range(1, START_ATTEMPTS + 1):
-            worker = await self.scheduler.acquire(model, op.hive_id, job.id)
+            worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting)
             try:
                 return await self._generate(worker, op, started)
             except WorkerRefused as exc:  # nothing reached the client yet: another worker may take it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
@@ -28,8 +29,10 @@ class Scheduler:
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def acquire(self, model: str, hive_id: str | None, job_id: str) -> WorkerInfo:
-        """Lease a worker for `model` (on `hive_id` if given) to `job_id`."""
+    async def acquire(self, model: str, hive_id: str | None, job_id: str,
+                      waiting: Callable[[bool], None] = lambda _: None) -> WorkerInfo:
+        """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
+        is busy, `waiting(False)` once one is had."""
         target = hive_id or LOCAL_HIVE
         self.hives.get(target)  # an unknown hive fails before anything starts
         waiting_said = False
@@ -37,12 +40,14 @@ class Scheduler:
             worker = self.workers.with_free_slot(model, hive_id)
             if worker is not None:
                 self.workers.lease(worker, job_id)
+                waiting(False)
                 narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id} (slot "
                                         f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
                 return worker
             lock = self._spawning.setdefault((target, model), asyncio.Lock())
             if not lock.locked() and self.workers.count_alive(model, target) < self.config.max_workers_per_hive:
                 async with lock:
+                    waiting(False)
                     worker = await self._spawn(model, target)
                     self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                     return worker
@@ -50,6 +55,7 @@ class Scheduler:
                 narrate("worker_wait", f"Every slot for {model} on {target} is busy; waiting for one",
                         target=model)
                 waiting_said = True
+                waiting(True)
             await self.workers.wait_for_change(1.0)
 
     async def _spawn(self, model: str, hive_id: str) -> WorkerInfo:

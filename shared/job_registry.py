@@ -101,6 +101,11 @@ class Job:
         self._changed = asyncio.Event()
         return seq
 
+    def set_waiting(self, waiting: bool) -> None:
+        """A running job that waits its turn for something (a free worker slot) reads as queued meanwhile."""
+        if not self.state.finished:
+            self.state = JobState.QUEUED if waiting else JobState.RUNNING
+
     def add_cleanup(self, cleanup: Cleanup) -> None:
         """Run `cleanup` when the job ends, however it ends (last added runs first)."""
         self._cleanups.append(cleanup)

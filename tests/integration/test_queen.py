@@ -157,6 +157,25 @@ async def test_four_concurrent_requests_share_one_worker_s_slots(client, queen):
     assert len(workers) == 1 and workers[0]["slots"] == 4
 
 
+async def test_a_job_waiting_for_a_slot_reads_as_queued(home):
+    queen = await asyncio.to_thread(start_queen, home, "--worker-slots", "1")
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            await run(client, Infer(**HELLO))  # warm: one worker, one slot
+            busy = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+            waiting = await client.submit(Infer(**HELLO))
+
+            async def queued():
+                return (await client.get(waiting.job_id))["state"] == "queued"
+
+            await until(queued, what="the second job to wait its turn as queued")
+            await client.cancel(busy.job_id)
+            events = [e async for e in client.stream(waiting.job_id)]
+            assert events[-1].state == "completed" and "worker_wait" in narrations(events)
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
 async def test_silent_worker_is_lost_and_never_scheduled(home):
     queen = await asyncio.to_thread(start_queen, home, "--heartbeat-timeout", "1.5")
     try:
