@@ -18,7 +18,7 @@ from typing import Any, Callable
 from queen import remote_hives
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError, UnknownHive
-from queen.forwarding import hive_answers, run_remote_job
+from queen.forwarding import RemoteJobLost, hive_answers, run_remote_job
 from queen.hives_conf import RemoteHost, load_hives_conf
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
@@ -135,6 +135,17 @@ class HiveRegistry:
     async def forward(self, op: HiveOperation) -> dict[str, Any]:
         """Run a worker_*/model_* operation on its hive (started first if it is the local one), its
         events woven into the current job; returns the hive job's end stats."""
+        url = await self.ensure_running(op.hive_id)
+        try:
+            return (await run_remote_job(self._clients.jobs(url), op)).stats
+        except RemoteJobLost as exc:
+            if exc.submitted:
+                raise
+        # It went away since it was last seen (stopped, killed): look again, starting it if it is ours.
+        hive = self.get(op.hive_id)
+        hive.state = HiveState.UNREACHABLE
+        narrate("hive_check", f"Hive {hive.alias} did not answer at {url}; checking it again", target=hive.alias,
+                level="warn")
         url = await self.ensure_running(op.hive_id)
         return (await run_remote_job(self._clients.jobs(url), op)).stats
 
