@@ -273,3 +273,23 @@ async def test_a_hung_worker_fails_its_request_and_cancel_does_not_wait_for_it(t
         if frozen is not None and os.path.exists(f"/proc/{frozen}"):
             os.kill(frozen, signal.SIGCONT)
         queen.stop(30)
+
+
+async def test_a_cold_start_cancelled_while_loading_leaves_no_ghost_worker(queen_client):
+    from shared.events import Narration
+    from shared.operations import Infer
+    from tests.support.waiting import until
+
+    queen, client = queen_client  # heartbeat timeout 60 s: only explicit news can clear the worker
+    job = await client.submit(Infer(prompt="Hello", max_tokens=4))
+    async for event in client.stream(job.job_id):
+        if isinstance(event, Narration) and event.action == "worker_loading":
+            await client.cancel(job.job_id)
+            break
+
+    async def no_live_worker():
+        return all(w["state"] not in ("loading", "ready", "busy") for w in await workers(client))
+
+    await until(no_live_worker, timeout=10, what="the cancelled cold start's worker to be known gone")
+    events = await run_job(client, Infer(prompt="Hello", max_tokens=4))
+    assert events[-1].state == "completed"
