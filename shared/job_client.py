@@ -36,8 +36,8 @@ class JobClient(DaemonClient):
         base_url: str,
         token: str | None = None,
         *,
-        stream_idle_timeout: float = 60.0,  # the server pings every 15 s; silence this long is a dead link
-        max_resumes: int = 5,
+        stream_idle_timeout: float = 12.0,  # the server pings every 5 s; silence this long is a hung server
+        max_resumes: int = 1,  # a dropped stream is resumed (Last-Event-ID); a hung server is given up on
         resume_backoff: float = 0.2,
         path: str = "/v1/jobs",  # a worker serves the same API at /v1/inference
         **options: Any,  # session, connect_timeout, request_timeout: see DaemonClient
