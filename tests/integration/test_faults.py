@@ -1,4 +1,5 @@
-"""Faults while several answers stream: SIGKILL, SIGTERM or SIGSTOP of a worker, the hive or the queen.
+"""Faults while several answers stream: SIGKILL, SIGTERM or SIGSTOP of a worker, the hive or the queen,
+after a (seeded) random number of streamed tokens.
 Every client gets its end or a clear error within 30 s, nothing is left running, and the next request
 succeeds (through a new queen where the old one was killed)."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 
 import pytest
@@ -35,13 +37,15 @@ EXPECTED = {
 }
 
 
-async def follow(client: JobClient, job_id: str, started: asyncio.Event) -> str | None:
-    """The error code the stream ended with (None: completed)."""
+async def follow(client: JobClient, job_id: str, seen: list[int], started: asyncio.Event) -> str | None:
+    """The error code the stream ended with (None: completed); `seen` counts every stream's tokens."""
     error = None
     try:
         async for event in client.stream(job_id):
             if isinstance(event, Token):
-                started.set()
+                seen[0] += 1
+                if seen[0] >= seen[1]:
+                    started.set()
             elif isinstance(event, Error):
                 error = event.code
             elif isinstance(event, End):
@@ -63,7 +67,8 @@ async def test_a_fault_mid_stream_is_told_and_survived(tmp_path, target, sig):
             await until(lambda: len(children_of(queen.proc.pid)) >= 2, timeout=60, what="a hive and a worker")
             jobs = [await client.submit(Infer(prompt=COUNTING, max_tokens=300, temperature=0)) for _ in range(CLIENTS)]
             started = asyncio.Event()
-            streams = [asyncio.create_task(follow(client, j.job_id, started)) for j in jobs]
+            seen = [0, random.Random(f"{target}-{sig}").randint(1, 60)]  # strike after this many tokens in all
+            streams = [asyncio.create_task(follow(client, j.job_id, seen, started)) for j in jobs]
             await asyncio.wait_for(started.wait(), 60)
             hive_pid = next(p for p in children_of(queen.proc.pid) if "hive.main" in _cmdline(p))
             worker_pid = next(p for p in children_of(hive_pid) if "worker.main" in _cmdline(p))
