@@ -24,6 +24,7 @@ class HiveExecutor:
         self.store = store
         self.supervisor = supervisor
         self.capabilities = capabilities
+        self._spawning = asyncio.Lock()
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if not isinstance(op, HiveOperation):
@@ -32,9 +33,10 @@ class HiveExecutor:
             raise HiveError(f"This is hive '{self.config.hive_id}', not '{op.hive_id}'.", code="WRONG_HIVE")
         if isinstance(op, WorkerSpawn):
             device = await self.resolve_device(op.worker, op.device)
-            threads = self.thread_budget(device)
+            self.thread_budget(device)  # refuse early, before a download
             entry = await self.store.provision(op.model)
-            worker = await self.supervisor.spawn(entry, device, threads)
+            async with self._spawning:  # two spawns at once must not both count the same free cores
+                worker = await self.supervisor.spawn(entry, device, self.thread_budget(device))
             emit(Data(action="worker_spawn", payload=worker.to_dict()))
             return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots}
         if isinstance(op, WorkerList):

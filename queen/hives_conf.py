@@ -107,7 +107,7 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
         for key, keyword in (("port", "Port"), ("hive_port", "HivePort")):
             if key in fields:
                 raw = fields[key]
-                if not raw.isdigit() or not valid_port(int(raw)):
+                if not (raw.isascii() and raw.isdigit()) or not valid_port(int(raw)):
                     raise HivesConfError(f"{path}: {keyword} of {alias} must be a port number (1-65535), "
                                          f"not {raw!r}.")
                 fields[key] = int(raw)
@@ -152,7 +152,8 @@ def _unusable(options: dict[str, str]) -> str | None:
         return "its HostName is not a host name or address"
     if "user" in options and not _USER.fullmatch(options["user"]):
         return "its User is not a user name"
-    if "port" in options and not (options["port"].isdigit() and valid_port(int(options["port"]))):
+    port = options.get("port", "22")
+    if not (port.isascii() and port.isdigit() and valid_port(int(port))):
         return "its Port is not a port number"
     if any(ord(c) < 32 for c in options.get("identityfile", "")):
         return "its IdentityFile is not a path"
@@ -179,7 +180,7 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
             else:
                 port = options.get("port", "22")
                 new.append(RemoteHost(alias=pattern, hostname=options.get("hostname", pattern),
-                                      port=int(port) if port.isdigit() else 22, user=options.get("user"),
+                                      port=int(port) if port.isascii() and port.isdigit() else 22, user=options.get("user"),
                                       identity_file=options.get("identityfile"), hive_port=default_hive_port))
                 report.added.append(pattern)
     if new:

@@ -82,7 +82,7 @@ class InferenceRunner:
         try:
             outcome = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
         except ServerError as exc:  # it answered at submit: busy or a bad request is ours to report as is
-            if exc.code in ANSWERS_OF_A_LIVE_WORKER:
+            if exc.code in ANSWERS_OF_A_LIVE_WORKER or 400 <= exc.status < 500 or exc.status == 503:
                 raise
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
             raise WorkerRefused(f"Worker {worker.worker_id} on hive {worker.hive_id} did not take the request: "

@@ -124,8 +124,7 @@ class WorkerRegistry:
 
     def mark(self, worker_id: str, status: WorkerStatus) -> None:
         if (worker := self._workers.get(worker_id)) is not None:
-            worker.reported = status
-            worker.leases.clear()
+            worker.reported = status  # its leases end as their jobs do (each releases its own)
             self.notify()
 
     def mark_hive(self, hive_id: str, status: WorkerStatus) -> None:

@@ -64,6 +64,7 @@ class Job:
         self._limits = limits
         self._log: list[str] = []  # encoded events; _log[k] has sequence number _first_seq + k
         self._first_seq = 0
+        self._log_bytes = 0  # what the kept events take
         self._changed = asyncio.Event()
         self._cleanups: list[Cleanup] = []
         self._task: asyncio.Task[None] | None = None
@@ -91,10 +92,12 @@ class Job:
     def _append(self, encoded: str) -> int:
         seq = self.next_seq
         self._log.append(encoded)
+        self._log_bytes += len(encoded)
         overflow = len(self._log) - self._limits.max_events
         if overflow > 0:
             # Drop in chunks so trimming stays amortised O(1) per event.
             drop = max(overflow, self._limits.max_events // 4)
+            self._log_bytes -= sum(len(e) for e in self._log[:drop])
             del self._log[:drop]
             self._first_seq += drop
         self._changed.set()
@@ -150,7 +153,7 @@ class Job:
         op = self.operation
         texts = [getattr(op, "prompt", None) or ""] + [c for _, c in getattr(op, "messages", None) or ()]
         answer = (self.result or {}).get("text") or ""
-        return 512 + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)
+        return 512 + self._log_bytes + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)
 
     def summary(self, *, full: bool = True) -> dict[str, Any]:
         """The job at a glance; `full` adds the whole request (listings leave it out: it may be a

@@ -200,7 +200,7 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
         raise InvalidRequest(f"Query parameter '{name}' must be a whole number from {lo} to {hi}, not {raw!r}.")
     return int(raw)
 

@@ -26,7 +26,8 @@ from worker.inference_api import pending_jobs, setup_inference_api
 
 
 def create_app(config: WorkerConfig, token: str) -> web.Application:
-    app = create_base_app(token, health=health)
+    # The queen re-sends a 1 MB prompt JSON-escaped: non-ASCII text can take three times the bytes.
+    app = create_base_app(token, health=health, max_body_bytes=8 << 20)
     app[CONFIG] = config
     app.cleanup_ctx.append(engine_ctx)
     if config.queen_url:

@@ -110,7 +110,10 @@ class LlamaEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.loaded: asyncio.Future | None = None  # resolves True when ready, False when loading failed
+        self.died: asyncio.Future | None = None
         self._shutdown = threading.Event()
+        self._stopped = threading.Event()  # the owner thread has ended
+        self._vocab_lock = threading.Lock()  # tokenizing (any thread) never meets the model being freed
         self._model = self._ctx = self._vocab = None
         self._chat_formatter: Any = None
         self._busy_told = 0  # owner thread: the busy-slot count last handed to the loop
@@ -122,6 +125,7 @@ class LlamaEngine:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.loaded = self._loop.create_future()
+        self.died = self._loop.create_future()  # resolves (to why) if the owner thread fails after loading
         self._thread = threading.Thread(target=self._run, name="llama-owner", daemon=True)
         self._thread.start()
 
@@ -135,8 +139,12 @@ class LlamaEngine:
     def prepare(self, request: InferenceRequest) -> PreparedRequest:
         """Tokenize (and chat-format) a request and check it fits a slot. Runs in any thread: the
         vocabulary is read-only once loaded."""
-        if self._vocab is None or self.state in (EngineState.LOADING, EngineState.FAILED):
-            raise NotReady(f"The model is {self.state}; wait for GET /health to say ready.")
+        with self._vocab_lock:
+            if self._vocab is None or self.state in (EngineState.LOADING, EngineState.FAILED):
+                raise NotReady(f"The model is {self.state}; wait for GET /health to say ready.")
+            return self._prepare(request)
+
+    def _prepare(self, request: InferenceRequest) -> PreparedRequest:
         stops = list(request.stop or ())
         if request.messages is not None:
             tokens, template_stops = self._chat_prompt(request.messages)
@@ -152,6 +160,8 @@ class LlamaEngine:
         return PreparedRequest(**fields, prompt_tokens=tuple(tokens), stop_strings=tuple(s for s in stops if s))
 
     def submit(self, request: PreparedRequest, job_id: str, emit: Callable[[Event], Any]) -> Generation:
+        if self._stopped.is_set():
+            raise NotReady("The worker's engine has stopped; ask again: another worker will answer.")
         generation = Generation(request, job_id, emit, asyncio.get_running_loop().create_future())
         self._requests.put(generation)
         return generation
@@ -167,6 +177,11 @@ class LlamaEngine:
             self.state = state
             if self._on_state_change:
                 self._on_state_change(state)
+
+    def _died(self) -> None:
+        self._set_state(EngineState.FAILED)
+        if self.died is not None and not self.died.done():
+            self.died.set_result(self.load_error or "the engine failed")
 
     def _loaded(self, ok: bool) -> None:
         self._set_state(EngineState.READY if ok else EngineState.FAILED)
@@ -272,6 +287,8 @@ class LlamaEngine:
     def _free(self) -> None:
         import llama_cpp
 
+        with self._vocab_lock:
+            self._vocab = None
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
         if self._model:
@@ -287,24 +304,35 @@ class LlamaEngine:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         slots = [Slot(seq) for seq in range(self.config.parallel)]
         waiting: deque[Generation] = deque()
+        broke: BaseException | None = None
         try:
             while self._step(slots, waiting):
                 pass
+        except Exception as exc:  # a bug or llama.cpp failing: say so to every request, and die loudly
+            log.exception("the llama owner thread failed")
+            broke = exc
+            self.load_error = f"the engine failed: {type(exc).__name__}: {exc}"
+            self._post(self._died)
         finally:
+            self._stopped.set()  # from now on submit() refuses
+            ending: Any = GenerationError(f"The worker's engine failed ({broke}); ask again: another worker will "
+                                          "answer.", status=500) if broke else "cancelled"
             for slot in slots:
                 if slot.gen is not None:
-                    self._finish(slot, "cancelled")
-            for gen in waiting:
-                self._post(_resolve, gen.done, _stats(0, None, 0.0, "cancelled"))
+                    self._finish(slot, ending)
             while True:
                 try:
                     pending = self._requests.get_nowait()
                 except queue.Empty:
                     break
                 if pending is not None:
-                    self._post(_resolve, pending.done, _stats(0, None, 0.0, "cancelled"))
+                    waiting.append(pending)
+            for gen in waiting:
+                if broke:
+                    self._post(_fail, gen.done, ending)
+                else:
+                    self._post(_resolve, gen.done, _stats(0, None, 0.0, "cancelled"))
             llama_cpp.llama_batch_free(self._batch)
-            self._vocab = None
             self._free()
 
     def _step(self, slots: list[Slot], waiting: deque[Generation]) -> bool:
@@ -520,7 +548,8 @@ def _sampler_chain(temperature: float, top_k: int, top_p: float, seed: int | Non
         return chain
     for sampler in (llama_cpp.llama_sampler_init_top_k(top_k), llama_cpp.llama_sampler_init_top_p(top_p, 1),
                     llama_cpp.llama_sampler_init_min_p(MIN_P, 1), llama_cpp.llama_sampler_init_temp(temperature),
-                    llama_cpp.llama_sampler_init_dist(random.getrandbits(32) if seed is None else seed & 0xFFFFFFFF)):
+                    # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": fold bigger seeds below it
+            llama_cpp.llama_sampler_init_dist(random.getrandbits(31) if seed is None else seed % 0xFFFFFFFF)):
         llama_cpp.llama_sampler_chain_add(chain, sampler)
     return chain
 

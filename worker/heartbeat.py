@@ -22,9 +22,12 @@ class HeartbeatSender:
         self._interval_s = interval_s
         self._poke = asyncio.Event()
         self._queen_was_up: bool | None = None
+        self._gone = False
 
     async def say_goodbye(self, heartbeat: Heartbeat) -> None:
-        """One last heartbeat saying the worker is going (short: shutdown must not wait on the queen)."""
+        """One last heartbeat saying the worker is going (short: shutdown must not wait on the queen);
+        none follows it, or a "ready" sent as its generations end would bring the worker back to life."""
+        self._gone = True
         try:
             await self._queen.request("POST", HEARTBEAT_PATH, heartbeat.to_dict(), timeout=1.0)
         except RbeeError as exc:
@@ -36,7 +39,7 @@ class HeartbeatSender:
 
     async def run(self, ready_to_send: asyncio.Event) -> None:
         await ready_to_send.wait()  # the worker's URL is known once its socket is bound
-        while True:
+        while not self._gone:
             self._poke.clear()
             try:
                 await self._queen.request("POST", HEARTBEAT_PATH, self._heartbeat().to_dict(),

@@ -125,9 +125,10 @@ async def run(config: WorkerConfig) -> int:
     app = create_app(config, load_or_create_token())
 
     async def load_failed() -> str:
+        """Fatal: the model did not load, or the engine failed later (the hive then sees a crash)."""
         engine = app[ENGINE]
         if await engine.loaded:
-            await asyncio.Event().wait()  # loaded fine: never fatal
+            return await engine.died
         return engine.load_error or "the model did not load"
 
     return await serve(app, prog=PROG, name=config.worker_id, host=config.host, port=config.port,
