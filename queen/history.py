@@ -81,12 +81,14 @@ class JobHistoryStore:
                                                        (job_id,)).fetchone())
         return _summary(row) if row else None
 
-    async def list(self, *, limit: int = LIST_LIMIT, before: float | None = None) -> list[dict[str, Any]]:
-        """Light records, newest first: no request, no answer (those are for get)."""
-        bound = float("inf") if before is None else before
+    async def list(self, *, limit: int = LIST_LIMIT,
+                   before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+        """Light records, newest first, from just before the (created_at, job_id) cursor: no request, no
+        answer (those are for get)."""
+        stamp, job_id = before if before is not None else (float("inf"), "")
         rows = await self._db.run(lambda db: db.execute(
-            f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE created_at < ? ORDER BY created_at DESC LIMIT ?",
-            (bound, limit)).fetchall())
+            f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE created_at < ? OR (created_at = ? AND job_id < ?) "
+            "ORDER BY created_at DESC, job_id DESC LIMIT ?", (stamp, stamp, job_id, limit)).fetchall())
         return [{"job_id": r[0], "operation": r[1], "state": r[2], "created_at": r[3], "started_at": r[4],
                  "finished_at": r[5], "error": json.loads(r[6]) if r[6] else None, "about": r[7] or "",
                  "from_history": True} for r in rows]

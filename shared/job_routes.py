@@ -42,7 +42,7 @@ class JobHistory(Protocol):
 
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def list(self, *, limit: int, before: float | None) -> list[dict[str, Any]]: ...
+    async def list(self, *, limit: int, before: "Cursor | None") -> list[dict[str, Any]]: ...
 
 
 Parse = Callable[[Any], "Operation | Awaitable[Operation]"]
@@ -150,19 +150,21 @@ def setup_job_api(
             raise
 
     async def list_jobs(request: web.Request) -> web.Response:
-        """The newest jobs first, `limit` at a time (`before`: the `next_before` of the previous page);
-        light records: what each is `about`, no request or answer (GET /v1/jobs/{id} has those)."""
+        """The newest jobs first, `limit` at a time (`before`: the `next_before` of the previous page, a
+        cursor of creation time and job id, so jobs made in the same instant are neither lost nor
+        repeated); light records: what each is `about`, no request or answer (GET /v1/jobs/{id})."""
         limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
-        before = _float_query(request, "before")
+        before = _cursor_query(request, "before")
         live = [j.summary(full=False) for j in request.app[appkeys.JOB_REGISTRY].jobs()
-                if before is None or j.created_at < before]
+                if before is None or (j.created_at, j.id) < before]
         history = request.app.get(appkeys.JOB_HISTORY)
         if history is not None:
             seen = {j["job_id"] for j in live}
             live += [r for r in await history.list(limit=limit, before=before) if r["job_id"] not in seen]
-        live.sort(key=lambda j: j["created_at"], reverse=True)
+        live.sort(key=lambda j: (j["created_at"], j["job_id"]), reverse=True)
         page = live[:limit]
-        next_before = page[-1]["created_at"] if len(live) > limit or (history and len(page) == limit) else None
+        more = len(live) > limit or (history is not None and len(page) == limit)
+        next_before = f"{page[-1]['created_at']!r}~{page[-1]['job_id']}" if more else None
         return web.json_response({"jobs": page, "next_before": next_before})
 
     async def cancel_job(request: web.Request) -> web.Response:
@@ -205,17 +207,21 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return int(raw)
 
 
-def _float_query(request: web.Request, name: str) -> float | None:
+Cursor = tuple[float, str]  # (created_at, job_id): where a page of the job list ends
+
+
+def _cursor_query(request: web.Request, name: str) -> Cursor | None:
     raw = request.query.get(name)
     if raw is None:
         return None
+    stamp, _, job_id = raw.partition("~")
     try:
-        value = float(raw)
+        value = float(stamp)
     except ValueError:
         value = float("nan")
     if not math.isfinite(value):
-        raise InvalidRequest(f"Query parameter '{name}' must be a time (seconds since 1970), not {raw!r}.")
-    return value
+        raise InvalidRequest(f"Query parameter '{name}' must be a list's next_before, not {raw!r}.")
+    return value, job_id or "\uffff"  # a bare time: everything made before it
 
 
 def _last_event_id(request: web.Request) -> int:

@@ -157,6 +157,15 @@ async def test_big_prompts_are_bounded_in_memory_history_and_listings(tmp_path):
                     everything = json.loads(await resp.read())
                 async with session.get(queen.url + f"/v1/jobs/{first}") as resp:
                     oldest = await resp.json()  # evicted from memory long ago: from the history
+                walked, cursor = [], None
+                while True:
+                    query = "?limit=40" + (f"&before={cursor}" if cursor else "")
+                    async with session.get(queen.url + "/v1/jobs" + query) as resp:
+                        page = await resp.json()
+                    walked += [j["job_id"] for j in page["jobs"]]
+                    if not (cursor := page["next_before"]):
+                        break
+                assert len(walked) == len(set(walked)) == 150  # live and recorded jobs, each once
             assert len(listing) < 1_000_000 and len(json.loads(listing)["jobs"]) == 100
             assert len(everything["jobs"]) == 150 and all("request" not in j for j in everything["jobs"])
             assert everything["jobs"][0]["about"].startswith("aaaa") and len(everything["jobs"][0]["about"]) < 200

@@ -60,3 +60,20 @@ def test_the_trim_walks_the_created_at_index(tmp_path):
         "EXPLAIN QUERY PLAN DELETE FROM jobs WHERE created_at < "
         "(SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET 999)"))
     assert "jobs_created_at" in plan
+
+
+async def test_pages_of_the_history_lose_and_repeat_nothing_even_for_jobs_made_in_one_instant(tmp_path):
+    store = JobHistoryStore(tmp_path / "queen.db")
+    await store.open()
+    jobs = [finished_job(k // 3) for k in range(9)]  # three jobs share each creation time
+    for job in jobs:
+        store.record(job)
+    seen, cursor = [], None
+    while True:
+        page = await store.list(limit=2, before=cursor)
+        if not page:
+            break
+        seen += [r["job_id"] for r in page]
+        cursor = (page[-1]["created_at"], page[-1]["job_id"])
+    await store.close()
+    assert sorted(seen) == sorted(j.id for j in jobs) and len(seen) == len(set(seen))
