@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
+import tempfile
 import time
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, Awaitable, Callable, NamedTuple
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # keeps going well past 128 tokens at temperature 0
 
@@ -54,6 +57,12 @@ async def run_over_http(session, url: str, path: str, body: dict, auth: dict, st
                 raise SystemExit(f"{url} answered an error: {event['message']}")
     total = time.perf_counter() - start
     return Run((first - start) * 1000, len(parts) / total, len(parts), "".join(parts))
+
+
+def print_run_in_temp_home(run: Callable[[Path], Awaitable[dict]]) -> None:
+    """Run a benchmark with its own RBEE_HOME in a temporary directory; print its JSON result line."""
+    with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
+        print(json.dumps(asyncio.run(run(Path(tmp)))))
 
 
 def paired(base_name: str, base: list[Run], other_name: str, other: list[Run]) -> dict[str, Any]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,14 +19,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import start_queen  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import print_run_in_temp_home  # noqa: E402
+from tests.support.processes import rss_mb, start_queen  # noqa: E402
 
 
 async def run(jobs: int, home: Path) -> dict:
@@ -77,8 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
-        print(json.dumps(asyncio.run(run(args.jobs, Path(tmp)))))
+    print_run_in_temp_home(lambda home: run(args.jobs, home))
 
 
 if __name__ == "__main__":

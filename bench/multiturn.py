@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from openai import AsyncOpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import print_run_in_temp_home  # noqa: E402
 from tests.support.processes import start_queen  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -76,8 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
-        print(json.dumps(asyncio.run(run(args.rounds, Path(tmp)))))
+    print_run_in_temp_home(lambda home: run(args.rounds, home))
 
 
 if __name__ == "__main__":

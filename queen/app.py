@@ -76,7 +76,7 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         hives = app[HIVES] = HiveRegistry(config, clients, queen_url=lambda: queen_url(app))
         resources.push_async_callback(hives.close)
         resources.push_async_callback(jobs.cancel_all)  # before the hives they drive are stopped
-        runner = InferenceRunner(Scheduler(config, hives, workers, clients), workers, clients,
+        runner = InferenceRunner(Scheduler(config, hives, workers), workers, clients,
                                  config.worker_progress_timeout_s)
         app[EXECUTOR] = QueenExecutor(hives, workers, runner, clients, jobs, config.paths.data_dir)
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers), name="idle-worker-reaper")

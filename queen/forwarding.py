@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from queen.errors import QueenError
@@ -41,12 +40,6 @@ class RemoteJobLost(QueenError):
         self.submitted = submitted
 
 
-@dataclass(frozen=True)
-class RemoteOutcome:
-    job_id: str
-    stats: dict[str, Any]
-
-
 def weave(event: Event) -> None:
     """Forward a remote event into the current queen job: one story, narration under the queen's job id."""
     if isinstance(event, Narration) and (queen_job := current_job_id()):
@@ -56,7 +49,7 @@ def weave(event: Event) -> None:
 
 async def run_remote_job(client: JobClient, request: WireMessage, *,
                          on_event: Callable[[Event], None] = weave,
-                         failed_code: str = "HIVE_JOB_FAILED") -> RemoteOutcome:
+                         failed_code: str = "HIVE_JOB_FAILED") -> dict[str, Any]:
     """Submit `request`, hand every event but `end` to `on_event`, and return the end stats.
 
     Raises RemoteJobFailed when the remote job did not complete, RemoteJobLost when the daemon did not
@@ -94,7 +87,7 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
             raise RemoteJobFailed(f"{client.base_url} cancelled the {request.name} (is it shutting down?)",
                                   code="REMOTE_CANCELLED")
         raise RemoteJobFailed(f"the {request.name} ended {end.state}", code=failed_code)
-    return RemoteOutcome(submitted.job_id, dict(end.stats))
+    return dict(end.stats)
 
 
 async def _cancel_quietly(client: JobClient, job_id: str) -> None:

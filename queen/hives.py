@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -24,10 +25,12 @@ from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.job_client import Clients
-from shared.operations import LOCAL_HIVE, HiveOperation
+from shared.operations import LOCAL_HIVE, HiveOperation, WorkerDelete
 from shared.ports import LOOPBACK_HOSTS
 from shared.process import CHILD_CWD, tail_file
 from shared.wire import WireEnum
+
+log = logging.getLogger("rbee.queen.hives")
 
 STOP_TIMEOUT_S = 20.0
 
@@ -117,10 +120,6 @@ class HiveRegistry:
         self._sync_conf()
         return list(self._hives.values())
 
-    def running(self) -> list[HiveHandle]:
-        """The hives known to be running now (as of their last check)."""
-        return [h for h in self.all() if h.url and h.state is HiveState.RUNNING]
-
     async def healthy(self, hive: HiveHandle) -> bool:
         return bool(hive.url) and await hive_answers(self._clients.daemon(hive.url), hive.alias)
 
@@ -137,7 +136,7 @@ class HiveRegistry:
         events woven into the current job; returns the hive job's end stats."""
         url = await self.ensure_running(op.hive_id)
         try:
-            return (await run_remote_job(self._clients.jobs(url), op)).stats
+            return await run_remote_job(self._clients.jobs(url), op)
         except RemoteJobLost as exc:
             if exc.submitted:
                 raise
@@ -147,7 +146,17 @@ class HiveRegistry:
         narrate("hive_check", f"Hive {hive.alias} did not answer at {url}; checking it again", target=hive.alias,
                 level="warn")
         url = await self.ensure_running(op.hive_id)
-        return (await run_remote_job(self._clients.jobs(url), op)).stats
+        return await run_remote_job(self._clients.jobs(url), op)
+
+    async def ask_to_stop_worker(self, hive_id: str, worker_id: str) -> None:
+        """Have a hive stop a worker the queen gave up on (it may still hold memory and cores), without
+        waiting: a frozen one takes the hive's stop timeout to be killed, and the hive no longer counts a
+        worker it is stopping against its cores."""
+        try:
+            url = await self.ensure_running(hive_id)
+            await self._clients.jobs(url).submit(WorkerDelete(hive_id=hive_id, id=worker_id))
+        except RbeeError as exc:  # it may be gone already
+            log.info("could not have %s stopped on %s: %s", worker_id, hive_id, exc.message)
 
     async def ensure_running(self, alias: str) -> str:
         """The hive's URL, starting the local hive first when it is not running."""

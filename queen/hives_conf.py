@@ -58,6 +58,13 @@ class RemoteHost:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def port_number(text: str) -> int | None:
+    """The TCP port a config value names (1-65535), or None."""
+    if not (text.isascii() and text.isdigit()) or not valid_port(int(text)):
+        return None
+    return int(text)
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -106,11 +113,10 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
         fields = {KEYS[k]: v for k, v in options.items()}
         for key, keyword in (("port", "Port"), ("hive_port", "HivePort")):
             if key in fields:
-                raw = fields[key]
-                if not (raw.isascii() and raw.isdigit()) or not valid_port(int(raw)):
+                raw, fields[key] = fields[key], port_number(fields[key])
+                if fields[key] is None:
                     raise HivesConfError(f"{path}: {keyword} of {alias} must be a port number (1-65535), "
                                          f"not {raw!r}.")
-                fields[key] = int(raw)
         shk = fields.get("strict_host_key_checking", "yes").lower()
         if shk not in ("yes", "accept-new"):
             raise HivesConfError(f"{path}: StrictHostKeyChecking of {alias} must be yes or accept-new, not {shk!r}.")
@@ -152,8 +158,7 @@ def _unusable(options: dict[str, str]) -> str | None:
         return "its HostName is not a host name or address"
     if "user" in options and not _USER.fullmatch(options["user"]):
         return "its User is not a user name"
-    port = options.get("port", "22")
-    if not (port.isascii() and port.isdigit() and valid_port(int(port))):
+    if port_number(options.get("port", "22")) is None:
         return "its Port is not a port number"
     if any(ord(c) < 32 for c in options.get("identityfile", "")):
         return "its IdentityFile is not a path"
@@ -178,9 +183,8 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
             elif (why := _unusable(options)) is not None:
                 report.skipped.append((pattern, why))
             else:
-                port = options.get("port", "22")
                 new.append(RemoteHost(alias=pattern, hostname=options.get("hostname", pattern),
-                                      port=int(port) if port.isascii() and port.isdigit() else 22, user=options.get("user"),
+                                      port=int(options.get("port", "22")), user=options.get("user"),
                                       identity_file=options.get("identityfile"), hive_port=default_hive_port))
                 report.added.append(pattern)
     if new:

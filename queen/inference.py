@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -10,15 +9,13 @@ from queen.errors import WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
-from shared.errors import RbeeError, ServerError, StreamTimeout
+from shared.errors import ServerError, StreamTimeout
 from shared.events import Error, Event, Started, Token, detached_task, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job
 from shared.models import parse_reference
-from shared.operations import Infer, WorkerDelete
+from shared.operations import Infer
 
-
-log = logging.getLogger("rbee.queen.inference")
 
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
 ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})
@@ -32,15 +29,6 @@ class InferenceRunner:
         self.workers = workers
         self._clients = clients
         self._progress_timeout_s = progress_timeout_s
-
-    async def _have_hive_stop(self, worker: WorkerInfo) -> None:
-        """A worker the queen gave up on may still hold memory and cores: its hive stops it (killing it if
-        it does not stop by itself)."""
-        try:
-            url = await self.scheduler.hives.ensure_running(worker.hive_id)
-            await self._clients.jobs(url).submit(WorkerDelete(hive_id=worker.hive_id, id=worker.worker_id))
-        except RbeeError as exc:
-            log.info("could not have %s stopped: %s", worker.worker_id, exc.message)
 
     async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
@@ -80,7 +68,7 @@ class InferenceRunner:
                 emit(event)
 
         try:
-            outcome = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
+            stats = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
         except ServerError as exc:  # it answered at submit: busy or a bad request is ours to report as is
             if exc.code in ANSWERS_OF_A_LIVE_WORKER or 400 <= exc.status < 500 or exc.status == 503:
                 raise
@@ -96,7 +84,8 @@ class InferenceRunner:
                                 "will answer.") from exc
         except RemoteJobLost as exc:
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
-            detached_task(self._have_hive_stop(worker), name=f"stop-{worker.worker_id}")
+            detached_task(self.scheduler.hives.ask_to_stop_worker(worker.hive_id, worker.worker_id),
+                          name=f"stop-{worker.worker_id}")
             where = f"Worker {worker.worker_id} on hive {worker.hive_id}"
             if not exc.submitted:
                 raise WorkerRefused(f"{where} did not take the request: {exc.message}.") from exc
@@ -106,7 +95,6 @@ class InferenceRunner:
                                     "Ask again: another worker will answer.", code="WORKER_HUNG") from exc
             raise WorkerCrashed(f"{where} died mid-generation after {len(parts)} tokens ({exc.message}). The next "
                                 "request will start a fresh worker.") from exc
-        stats = outcome.stats
         return {
             "text": "".join(parts),
             "tokens_out": stats.get("tokens_out"),

@@ -7,24 +7,20 @@ requests in one batch, which beats two processes fighting over the same cores.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
-from shared.errors import RbeeError
-from shared.job_client import Clients
-from shared.operations import LOCAL_HIVE, WorkerDelete, WorkerSpawn
+from shared.operations import LOCAL_HIVE, WorkerSpawn
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
 
 
 class Scheduler:
-    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry, clients: Clients) -> None:
+    def __init__(self, config: QueenConfig, hives: HiveRegistry, workers: WorkerRegistry) -> None:
         self.config = config
-        self._clients = clients
         self.hives = hives
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
@@ -67,13 +63,9 @@ class Scheduler:
                                 int(result.get("slots") or 1))
 
     async def _stop_dead_workers(self, hive_id: str) -> None:
-        """Workers the queen gave up on (silent, crashed) may still hold memory and cores on their hive:
-        have the hive stop them (a frozen one takes its stop timeout to be killed, so the new worker does
-        not wait for that: the hive no longer counts a worker it is stopping against its cores)."""
+        """Workers the queen gave up on (silent, crashed, stopped) are stopped on their hive first."""
         for dead in [w for w in self.workers.all() if w.hive_id == hive_id and w.state in DEAD]:
             narrate("worker_cleanup", f"Stopping {dead.worker_id} ({dead.state}) before starting another",
                     target=dead.worker_id, level="warn")
             self.workers.forget(dead.worker_id)
-            url = await self.hives.ensure_running(hive_id)
-            with contextlib.suppress(RbeeError):  # it may be gone already
-                await self._clients.jobs(url).submit(WorkerDelete(hive_id=hive_id, id=dead.worker_id))
+            await self.hives.ask_to_stop_worker(hive_id, dead.worker_id)

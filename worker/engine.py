@@ -483,11 +483,11 @@ class LlamaEngine:
         now = time.perf_counter()
         if not (self._deliver_now or now - self._delivered_at >= TOKEN_FLUSH_S):
             return
-        batch = [(s.gen.emit, s.outbox) for s in slots if s.gen is not None and s.outbox]
-        if batch:
-            self._post(_deliver_all, batch)
-            for slot in slots:
-                slot.outbox = [] if slot.gen is not None else slot.outbox
+        ready = [s for s in slots if s.gen is not None and s.outbox]
+        if ready:
+            self._post(_deliver_all, [(s.gen.emit, s.outbox) for s in ready])  # type: ignore[union-attr]
+            for slot in ready:
+                slot.outbox = []
             self._delivered_at = now
         self._deliver_now = False
 

@@ -129,16 +129,9 @@ async def test_the_queen_adopts_a_hive_only_when_it_takes_the_queen_s_token(tmp_
         stranger.stop(30)
 
 
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_big_prompts_are_bounded_in_memory_history_and_listings(tmp_path):
     from shared.job_client import JobClient
-    from tests.support.processes import start_queen
+    from tests.support.processes import rss_mb, start_queen
 
     queen = start_queen(tmp_path / "home")
     prompt = "a" * 1_000_000  # the largest a request may be: a megabyte

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from shared.errors import ServerError
-from shared.events import End, Error, Started, Token
+from shared.events import End, Started, Token
 from shared.inference import InferenceRequest
 from shared.job_client import JobClient
 from tests.support.processes import daemon_env, pid_alive, start_worker

@@ -121,6 +121,14 @@ def start_queen(home: Path, *args: str) -> Daemon:
     return start_daemon([str(BIN / "queen-rbee"), "--port", "0", "--local-hive-port", "0", *args], home)
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (from /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"process {pid} reports no VmRSS")
+
+
 def children_of(pid: int) -> list[int]:
     """Every descendant of pid (from /proc), to check nothing is left behind."""
     kids: dict[int, list[int]] = {}

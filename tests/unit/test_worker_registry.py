@@ -96,7 +96,7 @@ def test_marking_a_hive_stops_its_workers_only():
 def scheduler(tmp_path, registry: WorkerRegistry) -> Scheduler:
     config = QueenConfig(max_workers_per_hive=1)
     hives = HiveRegistry(config, clients=None, queen_url=lambda: "http://127.0.0.1:1")  # type: ignore[arg-type]
-    return Scheduler(config, hives, registry, clients=None)  # type: ignore[arg-type]  # never spawns here
+    return Scheduler(config, hives, registry)
 
 
 async def test_scheduler_leases_a_warm_worker_and_the_next_job_waits_for_its_release(tmp_path):
