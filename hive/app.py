@@ -1,7 +1,8 @@
 """`create_app(config, token)`: the hive's aiohttp application.
 
 Resources, each owned by a cleanup_ctx: the model catalog (SQLite, in its own thread), the worker
-supervisor (its client session and every worker process: stopped gracefully on shutdown).
+supervisor (its client session and every worker process: stopped gracefully on shutdown). Workers'
+heartbeats go through the hive to the queen (hive/queen_link.py).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from hive.appkeys import CONFIG, EXECUTOR
+from hive.appkeys import CONFIG, EXECUTOR, QUEEN
 from hive.capabilities import detect_capabilities
 from hive.catalog import ModelCatalog
 from hive.config import HiveConfig
 from hive.executor import HiveExecutor
 from hive.models import ModelStore
+from hive.queen_link import QueenLink, setup_queen_routes
 from hive.workers import WorkerSupervisor
 from shared import appkeys as shared_keys
 from shared.app import create_base_app
@@ -34,6 +36,7 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
         return await app[EXECUTOR](operation, job)
 
     setup_job_api(app, execute, actor="hive", operations=HIVE_OPERATIONS)
+    setup_queen_routes(app, lambda: app[QUEEN])
     app.router.add_get("/v1/capabilities", capabilities)
     return app
 
@@ -44,7 +47,9 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
         catalog = ModelCatalog(config.paths.data_dir / "models.db")
         resources.push_async_callback(catalog.close)
         await catalog.open()
-        supervisor = WorkerSupervisor(config, app[shared_keys.TOKEN])
+        token = app[shared_keys.TOKEN]
+        queen = app[QUEEN] = QueenLink(config.hive_id, config.queen_url, token, lambda: supervisor.session)
+        supervisor = WorkerSupervisor(config, token, queen, heartbeat_url=lambda: app[shared_keys.LISTENING].url)
         resources.push_async_callback(supervisor.close)
         caps = await asyncio.to_thread(detect_capabilities)
         store = ModelStore(catalog, config.paths.model_dir)

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from hive.config import HiveConfig
 from hive.executor import HiveExecutor
+from hive.queen_link import QueenLink
 
 CONFIG = web.AppKey("hive_config", HiveConfig)
 EXECUTOR = web.AppKey("hive_executor", HiveExecutor)
+QUEEN = web.AppKey("hive_queen", QueenLink)

@@ -14,8 +14,7 @@ class HiveConfig:
     hive_id: str = LOCAL_HIVE
     host: str = "127.0.0.1"
     port: int = DEFAULT_HIVE_PORT
-    queen_url: str | None = None  # handed to workers for their heartbeats
-    advertise_host: str | None = None  # the name the queen reaches this machine at (for workers' URLs)
+    queen_url: str | None = None  # where worker heartbeats are relayed to (the queen may re-tell it later)
     paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
@@ -27,5 +26,5 @@ class HiveConfig:
 
     @property
     def worker_host(self) -> str:
-        """Workers bind where the hive does, so whoever reaches the hive reaches its workers."""
+        """Workers bind where the hive does (loopback: the queen reaches them through SSH forwards)."""
         return self.host

@@ -12,6 +12,7 @@ from hive.app import create_app
 from hive.config import HiveConfig
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.events import set_default_actor
+from shared.hive_control import HiveLock, HiveLockBusy
 from shared.operations import LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
@@ -25,11 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         PROG, "Manage models and llm-worker-rbee processes on this machine, driven by the queen over rbee's job API. "
               "Normally started by queen-rbee (locally, or over SSH).",
         f"rbee-hive --hive-id {LOCAL_HIVE} --port {DEFAULT_HIVE_PORT} --queen-url {DEFAULT_QUEEN_URL}",
-        default_port=DEFAULT_HIVE_PORT, host_help="address to bind (default 127.0.0.1; 0.0.0.0 on a remote)")
+        default_port=DEFAULT_HIVE_PORT,
+        host_help="address to bind (default 127.0.0.1: the queen reaches remote hives through SSH forwards, so "
+                  "no hive port needs to be open to the network)")
     parser.add_argument("--hive-id", default=LOCAL_HIVE, help="this hive's name, as the queen knows it")
-    parser.add_argument("--advertise-host",
-                        help="host name the queen reaches this machine at; given to workers (default: bind address)")
-    parser.add_argument("--queen-url", help="the queen's URL, handed to workers for their heartbeats")
+    parser.add_argument("--queen-url", help="the queen's URL: workers' heartbeats are relayed there (the queen "
+                                            "re-tells it when it reconnects)")
     parser.add_argument("--worker-stop-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="a worker that has not exited this long after SIGTERM is killed (default 10)")
     parser.add_argument("--worker-slots", type=int, default=4,
@@ -50,17 +52,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)
     config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
-                        advertise_host=args.advertise_host, worker_stop_timeout_s=args.worker_stop_timeout,
-                        worker_slots=args.worker_slots)
+                        worker_stop_timeout_s=args.worker_stop_timeout, worker_slots=args.worker_slots)
     if args.exit_with_parent:
         die_with_parent()
     keep_files_private()
     config.paths.make_private()
+    # One hive per RBEE_HOME, found (and stopped) through this lock, never through a bare pid.
+    lock = HiveLock(config.paths.state_dir)
+    try:
+        lock.acquire()
+    except HiveLockBusy as exc:
+        print(f"{PROG}: {exc} ({lock.path}); stop it first, or use another RBEE_HOME", file=sys.stderr)
+        sys.exit(1)
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,
-                                   exit_with_parent=args.exit_with_parent,
-                                   advertise_host=args.advertise_host)))
+        code = asyncio.run(serve(app, prog=PROG, name=config.hive_id, host=config.host, port=config.port,
+                                 exit_with_parent=args.exit_with_parent,
+                                 on_listening=lambda port: lock.publish(port=port, hive_id=config.hive_id)))
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,19 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
 from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
 from hive.errors import WorkerNotFound, WorkerStartFailed
+from hive.queen_link import QueenLink
 from shared.client import DaemonClient
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.errors import RbeeError
-from shared.heartbeat import HEARTBEAT_PATH, EngineState, Heartbeat
+from shared.heartbeat import EngineState, Heartbeat
 from shared.process import CHILD_CWD
 from shared.wire import WireEnum
 
@@ -79,9 +80,12 @@ class WorkerProcess:
 
 
 class WorkerSupervisor:
-    def __init__(self, config: HiveConfig, token: str) -> None:
+    def __init__(self, config: HiveConfig, token: str, queen: QueenLink,
+                 heartbeat_url: Callable[[], str | None]) -> None:
         self.config = config
         self._token = token
+        self._queen = queen
+        self._heartbeat_url = heartbeat_url  # this hive's own URL: it relays heartbeats to the queen
         self._workers: dict[str, WorkerProcess] = {}
         self._session: aiohttp.ClientSession | None = None  # opened on first use, inside the hive's context
 
@@ -121,10 +125,8 @@ class WorkerSupervisor:
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
                 "--hive-id", self.config.hive_id, "--device", device, "--threads", str(threads),
                 "--parallel", str(self.config.worker_slots)]
-        if self.config.queen_url:
-            argv += ["--queen-url", self.config.queen_url]
-        if self.config.advertise_host:
-            argv += ["--advertise-host", self.config.advertise_host]
+        if (heartbeat_url := self._heartbeat_url()) is not None:
+            argv += ["--queen-url", heartbeat_url]
         narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -212,13 +214,12 @@ class WorkerSupervisor:
 
     async def _tell_queen_it_exited(self, worker: WorkerProcess) -> None:
         """The queen hears of a crash at once, not when its heartbeats stop (15 s of failing requests)."""
-        if not self.config.queen_url or not worker.url:
+        if not worker.url:
             return
         beat = Heartbeat(worker_id=worker.id, hive_id=self.config.hive_id, url=worker.url, model=worker.model,
                          state=EngineState.EXITED, device=worker.device, slots=worker.slots)
         try:
-            await DaemonClient(self.config.queen_url, self._token, session=self.session).request(
-                "POST", HEARTBEAT_PATH, beat.to_dict(), timeout=2.0)
+            await self._queen.send(beat.to_dict())
         except RbeeError as exc:
             log.info("could not tell the queen that %s exited: %s", worker.id, exc.message)
 

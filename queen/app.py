@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -29,18 +30,19 @@ from queen.worker_registry import WorkerRegistry
 from shared import __version__
 from shared import appkeys as shared_keys
 from shared.app import create_base_app
-from shared.errors import RbeeError
+from shared.errors import RbeeError, Unauthorized
 from shared.heartbeat import HEARTBEAT_PATH, parse_heartbeat
 from shared.http import read_json
 from shared.job_client import Clients
 from shared.job_routes import setup_job_api
+from shared.token import tokens_equal
 from shared.operations import WorkerDelete
 
 log = logging.getLogger("rbee.queen")
 
 
 def create_app(config: QueenConfig, token: str) -> web.Application:
-    app = create_base_app(token)
+    app = create_base_app(token, own_auth=frozenset({("POST", HEARTBEAT_PATH)}))
     app[CONFIG] = config
 
     async def execute(operation, job):
@@ -73,8 +75,10 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         session = await resources.enter_async_context(aiohttp.ClientSession())
         clients = app[CLIENTS] = Clients(session, app[shared_keys.TOKEN])
         workers = app[WORKERS] = WorkerRegistry(config.heartbeat_timeout_s)
-        hives = app[HIVES] = HiveRegistry(config, clients, queen_url=lambda: queen_url(app))
+        hives = app[HIVES] = HiveRegistry(config, clients, queen_url=lambda: queen_url(app), workers=workers)
         resources.push_async_callback(hives.close)
+        resuming = asyncio.create_task(resume_remote_hives(app), name="resume-remote-hives")
+        resources.push_async_callback(stop_task, resuming)
         resources.push_async_callback(jobs.cancel_all)  # before the hives they drive are stopped
         runner = InferenceRunner(Scheduler(config, hives, workers), workers, clients,
                                  config.worker_progress_timeout_s)
@@ -82,6 +86,15 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers), name="idle-worker-reaper")
         resources.push_async_callback(stop_task, reaper)
         yield
+
+
+async def resume_remote_hives(app: web.Application) -> None:
+    """Once the queen listens (the remote forwards point at its port), supervise its remote hives again."""
+    await app[shared_keys.LISTENING].bound.wait()
+    try:
+        app[HIVES].resume()
+    except RbeeError as exc:  # a broken hives.conf: said again when a hive is used
+        log.warning("could not resume remote hives: %s", exc.message)
 
 
 async def stop_task(task: asyncio.Task) -> None:
@@ -112,7 +125,18 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    """From the local hive's workers (the queen's token), or relayed by a remote hive (that hive's token,
+    good for its own workers only); a remote worker's URL becomes the link's forward to it."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
     beat = parse_heartbeat(await read_json(request))
+    hives = request.app[HIVES]
+    if not tokens_equal(given.strip(), request.app[shared_keys.TOKEN]):
+        hive_token = hives.token_of(beat.hive_id)
+        if hive_token is None or not tokens_equal(given.strip(), hive_token):
+            raise Unauthorized(f"Wrong bearer token for a heartbeat of hive {beat.hive_id}.")
+        beat = dataclasses.replace(beat, url=await hives.worker_url(beat.hive_id, beat.url))
     request.app[WORKERS].heartbeat(beat)
     return web.json_response({"ok": True, "worker_id": beat.worker_id})
 

@@ -59,11 +59,15 @@ class QueenExecutor:
         elif isinstance(op, SshTest):
             emit(Data(action="ssh_test", payload=await remote_hives.ssh_test(self.hives.remote(op.alias))))
         elif isinstance(op, HiveInstall):
-            result = await remote_hives.install(self.hives.remote(op.alias), self._clients.token, self._data_dir)
-            emit(Data(action="hive_install", payload=result))
+            host = self.hives.remote(op.alias)
+            token = self.hives.store.issue_token(op.alias)  # the hive's own, never the queen's
+            emit(Data(action="hive_install", payload=await remote_hives.install(host, token, self._data_dir)))
         elif isinstance(op, HiveUninstall):
-            result = await remote_hives.uninstall(self.hives.remote(op.alias), self._clients)
-            self.workers.mark_hive(op.alias, WorkerStatus.STOPPED)
+            host = self.hives.remote(op.alias)
+            await self.hives.stop(op.alias)
+            result = await remote_hives.uninstall(host)
+            self.hives.store.revoke(op.alias)  # a copy of its token left anywhere is worth nothing now
+            narrate("hive_uninstall", f"Revoked the token of hive {op.alias}", target=op.alias)
             emit(Data(action="hive_uninstall", payload=result))
         elif isinstance(op, HiveImportSsh):
             await self.import_ssh(op)

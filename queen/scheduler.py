@@ -59,7 +59,8 @@ class Scheduler:
         await self._stop_dead_workers(hive_id)
         result = await self.hives.forward(WorkerSpawn(hive_id=hive_id, model=model))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
-        return self.workers.add(str(result["worker_id"]), hive_id, str(result["url"]), model,
+        url = await self.hives.worker_url(hive_id, str(result["url"]))
+        return self.workers.add(str(result["worker_id"]), hive_id, url, model,
                                 int(result.get("slots") or 1))
 
     async def _stop_dead_workers(self, hive_id: str) -> None:

@@ -19,6 +19,9 @@ from shared.events import narrate
 
 CONNECT_TIMEOUT_S = 10.0
 PROGRESS_EVERY_S = 1.0
+# A hive's link: a keepalive every 2 s, and 3 unanswered ones close it (a dead link is seen within ~8 s).
+KEEPALIVE_INTERVAL_S = 2.0
+KEEPALIVE_COUNT_MAX = 3
 
 
 class SshError(QueenError):
@@ -35,12 +38,14 @@ def _known_hosts(path: Path):
     return asyncssh.read_known_hosts(str(path)) if path.exists() else asyncssh.import_known_hosts("")
 
 
-async def connect(host: RemoteHost) -> asyncssh.SSHClientConnection:
+async def connect(host: RemoteHost, *, keepalive: bool = False) -> asyncssh.SSHClientConnection:
     known_hosts_path = Path(host.known_hosts).expanduser()
     options: dict[str, Any] = dict(
         port=host.port, username=host.user or getpass.getuser(), config=[],  # never read ~/.ssh/config
         known_hosts=_known_hosts(known_hosts_path), connect_timeout=CONNECT_TIMEOUT_S,
         password=None, kbdint_auth=False)
+    if keepalive:
+        options.update(keepalive_interval=KEEPALIVE_INTERVAL_S, keepalive_count_max=KEEPALIVE_COUNT_MAX)
     if host.identity_file:
         key = Path(host.identity_file).expanduser()
         if not key.exists():
@@ -129,6 +134,17 @@ async def upload(conn: asyncssh.SSHClientConnection, host: RemoteHost, files: li
         for f in files:
             await sftp.put(str(f), f"{remote_dir}/{f.name}", progress_handler=progress)
             done_before += f.stat().st_size
+
+
+async def install_dir(conn: asyncssh.SSHClientConnection, host: RemoteHost) -> str:
+    """InstallDir as an absolute path on the remote (~/ is the remote user's home)."""
+    path = host.install_dir
+    if path.startswith("~/"):
+        _, lines = await run(conn, host, 'echo "$HOME"', action="hive_install", quiet=True)
+        path = lines[-1].strip().rstrip("/") + path[1:]
+    if not path.startswith("/"):
+        raise SshError(f"InstallDir of {host.alias} must be absolute or start with ~/, not {host.install_dir!r}.")
+    return path
 
 
 def q(value: str) -> str:

@@ -25,6 +25,7 @@ class WorkerStatus(WireEnum):
     LOST = "lost"  # no heartbeat for too long
     CRASHED = "crashed"  # a request to it failed as only a dead worker fails
     STOPPED = "stopped"  # the queen stopped it, or its hive
+    UNREACHABLE = "unreachable"  # the link to its hive's machine is down; it comes back with the link
 
     @property
     def alive(self) -> bool:

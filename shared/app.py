@@ -17,9 +17,10 @@ def create_base_app(
     *,
     health: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    own_auth: frozenset[tuple[str, str]] = frozenset(),
     **kwargs: Any,
 ) -> web.Application:
-    app = web.Application(middlewares=base_middlewares(token), client_max_size=max_body_bytes, **kwargs)
+    app = web.Application(middlewares=base_middlewares(token, own_auth), client_max_size=max_body_bytes, **kwargs)
     app[appkeys.TOKEN] = token
     app[appkeys.LISTENING] = appkeys.Listening()
     app[appkeys.SHUTDOWN_REQUESTED] = asyncio.Event()

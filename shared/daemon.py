@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import signal
-import socket
 import sys
 from typing import Awaitable, Callable
 
@@ -53,9 +52,10 @@ def configure_logging(prog: str) -> None:
                         format=f"{prog} %(levelname)s %(name)s: %(message)s")
 
 
-def advertised_url(host: str, port: int, advertise_host: str | None = None) -> str:
-    """How others reach a daemon: its bind address, unless it binds every interface."""
-    shown = advertise_host or (socket.gethostname() if host in ("0.0.0.0", "::", "") else host)
+def advertised_url(host: str, port: int) -> str:
+    """How a daemon's own children and local clients reach it: its bind address, or loopback when it
+    binds every interface. Remote machines never use it: they reach rbee only through SSH forwards."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{shown}:{port}"
 
 
@@ -68,7 +68,7 @@ async def serve(
     port: int,
     fatal: Callable[[], Awaitable[str]] | None = None,
     exit_with_parent: bool = False,
-    advertise_host: str | None = None,
+    on_listening: Callable[[int], None] | None = None,
 ) -> int:
     """Returns the exit code: 0 after a signal or a shutdown request, 1 when it cannot run."""
     loop = asyncio.get_running_loop()
@@ -91,8 +91,11 @@ async def serve(
             hint = " (is another one running? pick another --port)" if exc.errno == errno.EADDRINUSE else ""
             print(f"{prog}: cannot listen on {host}:{port}: {reason}{hint}", file=sys.stderr)
             return 1
-        url = advertised_url(host, runner.addresses[0][1], advertise_host)
+        bound_port = runner.addresses[0][1]
+        url = advertised_url(host, bound_port)
         app[appkeys.LISTENING].set(url)
+        if on_listening is not None:
+            on_listening(bound_port)
         print(listening_line(prog, name, url), flush=True)
         waits: dict[asyncio.Future, str] = {
             asyncio.ensure_future(stop.wait()): "signal",

@@ -92,6 +92,10 @@ def auth_middleware(token: str, *, public: frozenset[tuple[str, str]] = frozense
     return check_token
 
 
-def base_middlewares(token: str) -> list:
-    """Error handling outermost, so an auth failure is a JSON error too."""
-    return [error_middleware, auth_middleware(token)]
+PUBLIC = frozenset({("GET", "/health")})
+
+
+def base_middlewares(token: str, own_auth: frozenset[tuple[str, str]] = frozenset()) -> list:
+    """Error handling outermost, so an auth failure is a JSON error too. `own_auth`: (method, path) pairs
+    whose handlers check credentials themselves (the queen's heartbeats take hive tokens too)."""
+    return [error_middleware, auth_middleware(token, public=PUBLIC | own_auth)]

@@ -32,7 +32,6 @@ class WorkerConfig:
     abandon_after_s: float = 5.0  # a generation nobody reads for this long is cancelled
     heartbeat_interval_s: float = 5.0
     exit_with_parent: bool = True
-    advertise_host: str | None = None  # the name others reach this worker at, when it binds 0.0.0.0
 
     def __post_init__(self) -> None:
         if self.threads <= 0:

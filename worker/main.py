@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-id", required=True, help="this worker's id, as the hive and queen know it")
     parser.add_argument("--model", required=True, type=Path, help="path to the GGUF file")
     parser.add_argument("--model-ref", help="the model's reference (e.g. smollm2-135m); defaults to the file name")
-    parser.add_argument("--advertise-host", help="host name others reach this worker at (default: the bind address)")
-    parser.add_argument("--queen-url", help=f"send heartbeats to this queen (e.g. {DEFAULT_QUEEN_URL})")
+    parser.add_argument("--queen-url", help=f"send heartbeats to this URL: the queen (e.g. {DEFAULT_QUEEN_URL}), or the "
+                                            "hive, which relays them")
     parser.add_argument("--hive-id", help="the hive this worker belongs to (sent with heartbeats)")
     parser.add_argument("--threads", type=int, default=0,
                         help=f"llama.cpp threads; default: all cores ({all_cores()} here)")
@@ -89,7 +89,6 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         abandon_after_s=args.abandon_after,
         heartbeat_interval_s=args.heartbeat_interval,
         exit_with_parent=not args.no_exit_with_parent,
-        advertise_host=args.advertise_host,
     )
 
 
@@ -133,7 +132,7 @@ async def run(config: WorkerConfig) -> int:
 
     return await serve(app, prog=PROG, name=config.worker_id, host=config.host, port=config.port,
                        fatal=load_failed,
-                       exit_with_parent=config.exit_with_parent, advertise_host=config.advertise_host)
+                       exit_with_parent=config.exit_with_parent)
 
 
 def main(argv: list[str] | None = None) -> None:

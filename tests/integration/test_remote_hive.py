@@ -1,12 +1,16 @@
-"""Remote hives over SSH against a real OpenSSH server on loopback (the "remote" is this machine)."""
+"""Remote hives over SSH against a real OpenSSH server on loopback (the "remote" is this machine). The
+multi-machine behaviour (namespaces, link cuts, captures) is in test_multi_host.py."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +75,7 @@ def hive_processes(port: int) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(b"rbee-hive" in part for part in cmd) and str(port).encode() in cmd:
+            if (b"hive.main" in cmd or any(b"rbee-hive" in part for part in cmd)) and str(port).encode() in cmd:
                 pids.append(int(entry.name))
     return pids
 
@@ -93,12 +97,21 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         assert any("Successfully installed" in h for h in said)  # the remote pip's own output, streamed
         install_dir = remote_root / "remote1"
         assert (install_dir / "venv" / "bin" / "rbee-hive").exists()
+        assert not (install_dir / "wheelhouse").exists()  # removed once installed
+        assert json.loads((install_dir / "rbee-install.json").read_text())["state"] == "installed"
+        # The hive's own token, not the queen's; the queen keeps it.
         token_file = install_dir / "home" / "config" / "token"
-        assert token_file.read_text().strip() == queen.token and oct(token_file.stat().st_mode)[-3:] == "600"
+        hive_token = token_file.read_text().strip()
+        assert hive_token != queen.token and oct(token_file.stat().st_mode)[-3:] == "600"
+        store = json.loads((queen.home / "config" / "remote-hives.json").read_text())
+        assert store["remote1"]["token"] == hive_token
 
         events = await run(client, {"operation": "hive_start", "alias": "remote1"})
         assert payload(events, "hive_start")["state"] == "running"
         assert hive_processes(hive_port)
+        async with JobClient(f"http://127.0.0.1:{hive_port}", hive_token) as hive:  # a hive token drives
+            with pytest.raises(Exception, match="Wrong bearer token"):              # nothing at the queen
+                await JobClient(queen.url, hive_token, session=hive.session).submit({"operation": "hive_list"})
 
         events = await run(client, Infer(prompt="The capital of France is", max_tokens=8, temperature=0,
                                          hive_id="remote1"))
@@ -115,6 +128,7 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         events = await run(client, {"operation": "hive_uninstall", "alias": "remote1"})
         assert payload(events, "hive_uninstall")["removed"] == str(install_dir)
         assert not install_dir.exists()
+        assert "remote1" not in json.loads((queen.home / "config" / "remote-hives.json").read_text())  # revoked
 
 
 async def test_ssh_faults_are_clear(sshd, queen, tmp_path):
@@ -175,12 +189,20 @@ async def test_hive_port_taken_and_hive_dying_after_start(sshd, queen, tmp_path)
             assert "exited right after starting" in error.message and "address already in use" in error.message
 
             assert (await run(client, {"operation": "hive_start", "alias": "fragile"}))[-1].state == "completed"
-            for pid in hive_processes(good_port):
-                os.kill(pid, 9)  # the hive dies after start
+            first = hive_processes(good_port)
+            for pid in first:
+                os.kill(pid, 9)  # the hive dies after start: the queen notices and starts it again
+            killed_at = time.monotonic()
+            while not (set(hive_processes(good_port)) - set(first)):
+                assert time.monotonic() - killed_at < 15, "the killed hive was not restarted within 15 s"
+                await asyncio.sleep(0.2)
+            events = await run(client, Infer(prompt="The capital of France is", max_tokens=4, temperature=0,
+                                             hive_id="fragile"))
+            assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
+            assert time.monotonic() - killed_at < 15, "serving again took longer than 15 s"
             status = payload(await run(client, {"operation": "hive_status", "alias": "fragile"}), "hive_status")
-            assert status["state"] == "stopped"
-            error = error_of(await run(client, Infer(prompt="hi", max_tokens=2, hive_id="fragile")))
-            assert "Hive 'fragile' is not running; start it with `rbee hive start fragile`" in error.message
+            assert status["state"] == "running"
+            assert any("restarting it" in n["human"] for n in status["notes"]), status["notes"]
             for alias in ("busy", "fragile"):
                 assert (await run(client, {"operation": "hive_uninstall", "alias": alias}))[-1].state == "completed"
     finally:
@@ -221,5 +243,33 @@ async def test_failing_remote_pip_install_shows_its_last_lines(sshd, queen, tmp_
     (queen.home / "config" / "hives.conf").write_text(host_block("broken", sshd, tmp_path / "remote"))
     async with JobClient(queen.url, queen.token, request_timeout=60) as client:
         error = error_of(await run(client, {"operation": "hive_install", "alias": "broken"}))
-    assert error.code == "REMOTE_COMMAND_FAILED" and "failed on broken" in error.message
-    assert "Last lines:" in error.message and "No matching distribution found" in error.message
+        assert error.code == "REMOTE_COMMAND_FAILED" and "failed on broken" in error.message
+        assert "Last lines:" in error.message and "No matching distribution found" in error.message
+        install_dir = tmp_path / "remote" / "broken"
+        assert json.loads((install_dir / "rbee-install.json").read_text())["state"] == "installing"
+        # A failed install can always be removed: its marker was written first.
+        events = await run(client, {"operation": "hive_uninstall", "alias": "broken"})
+        assert payload(events, "hive_uninstall")["removed"] == str(install_dir)
+    assert not install_dir.exists()
+
+
+async def test_a_stale_lock_or_pid_file_never_gets_an_unrelated_process_killed(sshd, queen, tmp_path):
+    remote = tmp_path / "remote"
+    (queen.home / "config" / "hives.conf").write_text(host_block("stale", sshd, remote))
+    home = remote / "stale" / "home"
+    (home / "state").mkdir(parents=True)
+    (home / "config").mkdir(parents=True)
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        # What a crashed hive leaves, pointing at a pid that another process now has.
+        (home / "state" / "hive.lock").write_text(json.dumps({"pid": bystander.pid, "port": 1}))
+        (home / "hive.pid").write_text(f"{bystander.pid}\n")
+        (remote / "stale" / "rbee-install.json").write_text("{}")
+        async with JobClient(queen.url, queen.token, request_timeout=60) as client:
+            events = await run(client, {"operation": "hive_stop", "alias": "stale"})
+            assert events[-1].state == "completed"
+            assert any("was not running" in e.human for e in events if isinstance(e, Narration))
+        assert bystander.poll() is None, "hive_stop killed an unrelated process"
+    finally:
+        bystander.kill()
+        bystander.wait()

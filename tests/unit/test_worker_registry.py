@@ -95,7 +95,7 @@ def test_marking_a_hive_stops_its_workers_only():
 
 def scheduler(tmp_path, registry: WorkerRegistry) -> Scheduler:
     config = QueenConfig(max_workers_per_hive=1)
-    hives = HiveRegistry(config, clients=None, queen_url=lambda: "http://127.0.0.1:1")  # type: ignore[arg-type]
+    hives = HiveRegistry(config, clients=None, queen_url=lambda: "http://127.0.0.1:1", workers=registry)  # type: ignore[arg-type]
     return Scheduler(config, hives, registry)
 
 

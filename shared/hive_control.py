@@ -1,0 +1,211 @@
+"""Finding, starting and stopping an rbee-hive by the lock it holds in its RBEE_HOME.
+
+A running hive holds an exclusive `flock` on `<state dir>/hive.lock` for its whole life and writes its pid
+and port into it; the kernel drops the lock the moment the process dies. So "is a hive running here,
+and which process is it?" is answered by the lock, never by a pid file that may name a process that
+reused the pid. A stop also checks the holder's command line before sending any signal.
+
+Standard library only, and runnable as a script: the queen pipes this file into the remote's own
+`python3 - status|start|stop ...` over SSH, so it works even when the remote's venv is half installed.
+Each command prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+LOCK_FILE = "hive.lock"
+LOG_FILE = "hive.log"
+HIVE_MODULE = "hive.main"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+class HiveLockBusy(Exception):
+    def __init__(self, record: dict) -> None:
+        super().__init__(f"another rbee-hive (pid {record.get('pid', '?')}) is running with this RBEE_HOME")
+        self.record = record
+
+
+def state_dir(home: Path) -> Path:
+    """The state dir under an RBEE_HOME (as shared/paths.py lays it out; this file imports nothing of rbee)."""
+    return Path(home) / "state"
+
+
+class HiveLock:
+    """Held by the hive process itself (rbee-hive's main), in its state dir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float = 5.0) -> None:
+        """Take the lock; a hive that is still exiting gets `wait_s` to let go of it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    record = _read_record(self.path)
+                    os.close(fd)
+                    raise HiveLockBusy(record) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        self._fd = fd
+
+    def publish(self, **record) -> None:
+        """What a controller reads back: written only while holding the lock, so it is always ours."""
+        assert self._fd is not None, "publish() before acquire()"
+        data = json.dumps({"pid": os.getpid(), "started_at": time.time(), **record}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_hive_process(pid: int, venv: str | None = None) -> bool:
+    """The pid runs `python -m hive.main` (or the rbee-hive script), from `venv` when given."""
+    argv = [a for a in _command_line(pid) if a]
+    if not argv:
+        return False
+    is_hive = HIVE_MODULE in argv or any(os.path.basename(a) == "rbee-hive" for a in argv[:2])
+    return is_hive and (venv is None or any(a.startswith(venv.rstrip("/") + "/") for a in argv[:2]))
+
+
+def status(home: Path, venv: str | None = None) -> dict:
+    """{"running": False} or the running hive's record (pid, port, hive_id, started_at)."""
+    path = state_dir(home) / LOCK_FILE
+    if not _lock_held(path):
+        return {"running": False}
+    record = _read_record(path)
+    pid = record.get("pid")
+    if not isinstance(pid, int) or "port" not in record:
+        return {"running": True, "starting": True}  # locked, not published yet
+    return {"running": True, "verified": is_hive_process(pid, venv), **record}
+
+
+def _wait_released(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _lock_held(path):
+            return True
+        time.sleep(0.1)
+    return not _lock_held(path)
+
+
+def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -> dict:
+    """SIGTERM the hive that holds the lock (it stops its workers first), SIGKILL if it does not go.
+    Nothing is signalled unless the lock is held and the holder's command line is a hive's."""
+    path = state_dir(home) / LOCK_FILE
+    found = status(home, venv)
+    if not found["running"]:
+        return {"stopped": False, "reason": "no rbee-hive holds the lock"}
+    pid = found.get("pid")
+    if not found.get("verified"):
+        return {"stopped": False, "reason": f"the lock's holder (pid {pid}) is not an rbee-hive of this install; "
+                                            "left alone"}
+    os.kill(pid, signal.SIGTERM)
+    if _wait_released(path, timeout):
+        return {"stopped": True, "pid": pid, "signal": "SIGTERM"}
+    if is_hive_process(pid, venv):
+        os.kill(pid, signal.SIGKILL)
+    return {"stopped": _wait_released(path, 5.0), "pid": pid, "signal": "SIGKILL"}
+
+
+def start(home: Path, python: str, hive_args: list[str], timeout: float = START_TIMEOUT_S) -> dict:
+    """Start a hive in its own session (it outlives this SSH command and the connection), or report
+    the one already running. Returns once it has published its port."""
+    home = Path(home)
+    venv = str(Path(python).parent.parent)
+    found = status(home, venv)
+    if found["running"] and not found.get("starting"):
+        return {**found, "already_running": True}
+    state_dir(home).mkdir(parents=True, exist_ok=True)
+    log_path = state_dir(home) / LOG_FILE
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([python, "-m", HIVE_MODULE, *hive_args], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, cwd="/", start_new_session=True, env={**os.environ, "RBEE_HOME": str(home)})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = status(home, venv)
+        if found["running"] and not found.get("starting") and found.get("pid") == proc.pid:
+            return {**found, "already_running": False}
+        code = proc.poll()
+        if code is not None:
+            return {"running": False, "exit_code": code, "log_tail": _tail(log_path, 8)}
+        time.sleep(0.05)
+    proc.kill()
+    return {"running": False, "exit_code": None, "log_tail": _tail(log_path, 8),
+            "reason": f"it did not publish its port within {timeout:g} s"}
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hive_control", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["status", "start", "stop"])
+    parser.add_argument("--home", required=True, help="the hive's RBEE_HOME")
+    parser.add_argument("--python", help="the venv's python that runs the hive (start; also identifies it)")
+    args, hive_args = parser.parse_known_args(argv)
+    venv = str(Path(args.python).parent.parent) if args.python else None
+    if args.command == "status":
+        result = status(Path(args.home), venv)
+    elif args.command == "stop":
+        result = stop(Path(args.home), venv)
+    else:
+        if not args.python:
+            parser.error("start needs --python")
+        result = start(Path(args.home), args.python, [a for a in hive_args if a != "--"])
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Three machines on one box: the queen in the root network namespace, two remotes ("hosta", "hostb")
+in namespaces of their own behind a bridge, each with its own sshd, host key and authorized key
+(tests/support/netns.py). Everything between the queen and a remote must go through SSH.
+
+The tests share one cluster with both hives installed and started (installing takes most of the time),
+and run in file order; each leaves both hives serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.events import Data, Error, Narration, Token
+from shared.job_client import JobClient
+from shared.operations import Infer
+from tests.support.netns import require_netns, start_cluster
+from tests.support.processes import start_queen
+
+pytestmark = pytest.mark.integration
+
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
+HOSTS = ("hosta", "hostb")
+
+
+async def run(client, operation):
+    job = await client.submit(operation)
+    return [e async for e in client.stream(job.job_id)]
+
+
+def payload(events, action):
+    found = [e.payload for e in events if isinstance(e, Data) and e.action == action]
+    assert found, f"no {action} data; errors: {[e.message for e in events if isinstance(e, Error)]}"
+    return found[0]
+
+
+def completed(events):
+    assert events[-1].state == "completed", [e.message for e in events if isinstance(e, Error)]
+    return events
+
+
+def hive_pids(host) -> list[int]:
+    pids = []
+    for pid in host.pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"hive.main" in cmd:
+            pids.append(pid)
+    return pids
+
+
+class Setup:
+    def __init__(self, cluster, home: Path) -> None:
+        self.cluster = cluster
+        self.home = home
+        self.queen = None
+
+    def start_queen(self):
+        self.queen = start_queen(self.home)
+        return self.queen
+
+    def client(self, **options) -> JobClient:
+        return JobClient(self.queen.url, self.queen.token, request_timeout=120, **options)
+
+    def hive_tokens(self) -> list[str]:
+        store = json.loads((self.home / "config" / "remote-hives.json").read_text())
+        return [store[h]["token"] for h in HOSTS]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    require_netns()
+    root = tmp_path_factory.mktemp("multi")
+    cluster = start_cluster(root / "net", list(HOSTS))
+    s = Setup(cluster, root / "queen-home")
+    try:
+        s.start_queen()
+        (s.home / "config" / "hives.conf").write_text("".join(
+            f"Host {h.name}\n    HostName {h.ip}\n    User {getpass.getuser()}\n    IdentityFile {cluster.client_key}\n"
+            f"    UserKnownHostsFile {cluster.known_hosts}\n    InstallDir {root / 'remote' / h.name}\n"
+            f"    Python {BASE_PYTHON}\n    HivePort 7835\n\n" for h in cluster.hosts))
+
+        async def install_and_start():
+            async with s.client() as client:
+                for alias in HOSTS:  # one at a time: two pip installs at once crawl on two cores
+                    started = time.monotonic()
+                    events = completed(await run(client, {"operation": "hive_install", "alias": alias}))
+                    s.install_s = time.monotonic() - started
+                    assert payload(events, "hive_install")["llama"] == "wheel"
+                for alias in HOSTS:
+                    completed(await run(client, {"operation": "hive_start", "alias": alias}))
+
+        asyncio.run(install_and_start())
+        yield s
+    finally:
+        async def stop_hives():
+            async with s.client() as client:
+                for alias in HOSTS:
+                    await run(client, {"operation": "hive_stop", "alias": alias})
+
+        if s.queen is not None:
+            try:
+                asyncio.run(stop_hives())
+            finally:
+                s.queen.stop(60)
+        cluster.stop()  # kills whatever is left in the namespaces
+
+
+async def test_two_remotes_serve_and_only_ssh_crosses_the_network(setup):
+    prompt = "The zanzibar quokka 7391 said that the capital of France is"
+    with setup.cluster.capture() as capture:
+        async with setup.client() as client:
+            for alias in HOSTS:
+                events = completed(await run(client, Infer(prompt=prompt, max_tokens=8, temperature=0,
+                                                           hive_id=alias)))
+                assert events[-1].stats["hive_id"] == alias
+                assert "".join(e.t for e in events if isinstance(e, Token)).strip()
+    assert capture.frames > 20 and len(capture.data) > 10_000  # the SSH traffic of two inferences
+    for secret in [setup.queen.token, *setup.hive_tokens(), prompt, "zanzibar quokka"]:
+        assert not capture.contains(secret.encode()), f"{secret[:12]}... crossed the network in clear"
+    for host in setup.cluster.hosts:
+        exposed = [(addr, port, name) for addr, port, name in host.listening()
+                   if not addr.startswith("127.") and addr not in ("::1", "[::1]")]
+        assert exposed and all(name == "sshd" for _, _, name in exposed), exposed
+
+
+async def test_a_killed_hive_is_restarted_and_serves_again(setup):
+    host = setup.cluster.host("hostb")
+    before = hive_pids(host)
+    assert before
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    async with setup.client() as client:
+        while True:
+            status = payload(await run(client, {"operation": "hive_status", "alias": "hostb"}), "hive_status")
+            if status["state"] == "running" and set(hive_pids(host)) - set(before):
+                break
+            assert time.monotonic() - killed < 15, status
+            await asyncio.sleep(0.3)
+        completed(await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="hostb")))
+    assert time.monotonic() - killed < 15
+    assert any("restarting it" in n["human"] for n in status["notes"])
+
+
+async def test_a_cut_link_is_reported_and_heals_by_itself(setup):
+    host = setup.cluster.host("hostb")
+    async with setup.client(stream_idle_timeout=30) as client:
+        job = await client.submit(Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000, temperature=0,
+                                        hive_id="hostb"))
+        events, last = [], -1
+        async for last, event in client.stream_with_ids(job.job_id):
+            events.append(event)
+            if sum(isinstance(e, Token) for e in events) >= 5:
+                break
+        host.cut()
+        cut_at = time.monotonic()
+        try:
+            async for event in client.stream(job.job_id, after=last):
+                events.append(event)
+            ended = time.monotonic() - cut_at
+            error = next(e for e in events if isinstance(e, Error))
+            assert "Lost the connection to hostb" in error.message, error.message
+            assert ended < 12, f"the stream ended {ended:.1f} s after the cut"
+            status = payload(await run(client, {"operation": "hive_status", "alias": "hostb"}), "hive_status")
+            assert status["state"] == "unreachable" and time.monotonic() - cut_at < 12
+            events = await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="hostb"))
+            error = next(e for e in events if isinstance(e, Error))
+            assert error.code == "HIVE_UNREACHABLE" and "unreachable" in error.message, error.message
+            assert "start it" not in error.message and "install" not in error.message
+            completed(await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="hosta")))  # the other one
+        finally:
+            host.restore()
+        restored = time.monotonic()
+        while True:
+            status = payload(await run(client, {"operation": "hive_status", "alias": "hostb"}), "hive_status")
+            if status["state"] == "running":
+                break
+            assert time.monotonic() - restored < 30, status
+            await asyncio.sleep(0.5)
+        events = completed(await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="hostb")))
+        assert not [e for e in events if isinstance(e, Narration) and e.action == "schedule"]  # warm worker
+
+
+async def test_a_queen_restart_readopts_both_hives_and_their_warm_workers(setup):
+    async with setup.client() as client:
+        workers = {alias: payload(await run(client, {"operation": "worker_list", "hive_id": alias}),
+                                  "worker_list")["workers"] for alias in HOSTS}
+    assert all(len(w) == 1 for w in workers.values()), workers
+    hives_before = {h.name: hive_pids(h) for h in setup.cluster.hosts}
+    setup.queen.stop(60)
+    setup.start_queen()
+    async with setup.client() as client:
+        for alias in HOSTS:
+            events = completed(await run(client, Infer(prompt="Hello", max_tokens=4, hive_id=alias)))
+            assert events[-1].stats["worker_id"] == workers[alias][0]["id"]  # the warm worker, not a new one
+            assert not [e for e in events if isinstance(e, Narration) and e.action == "worker_spawn"]
+    assert {h.name: hive_pids(h) for h in setup.cluster.hosts} == hives_before  # adopted, not restarted
