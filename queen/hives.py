@@ -378,7 +378,11 @@ class HiveRegistry:
         """Check the hive's health now, and describe it."""
         hive = self.get(alias)
         if hive.remote is not None:  # its supervisor checks it every second
-            hive.state = PHASE_STATES[hive.supervisor.phase] if hive.supervisor else HiveState.STOPPED
+            self._sync_state(hive)
+            if hive.supervisor is None:
+                hive.state = HiveState.STOPPED
+            elif hive.supervisor.link is not None and hive.supervisor.link.closed:
+                hive.state = HiveState.UNREACHABLE  # its supervisor is about to say so
         elif hive.url:
             hive.state = HiveState.RUNNING if await self.healthy(hive) else HiveState.UNREACHABLE
         return hive.to_dict()

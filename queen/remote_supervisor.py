@@ -20,6 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+import asyncssh
+
 from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers, run_remote_job
 from queen.hive_link import HiveLink
@@ -159,8 +161,11 @@ class RemoteHiveSupervisor:
                 await self._watch(self.link)
             except LinkLost as exc:
                 self._lost(str(exc))
+            except (asyncssh.Error, OSError) as exc:  # the link broke under a command or a forward
+                await self._closing(self.link)
+                self._lost(self.link.close_reason if self.link.closed else str(exc) or type(exc).__name__)
             except RbeeError as exc:
-                if self.link.closed:
+                if await self._closing(self.link):
                     self._lost(self.link.close_reason)
                 else:
                     self.note(f"Gave up on hive {self.hive.alias}: {exc.message}", "error")
@@ -168,10 +173,21 @@ class RemoteHiveSupervisor:
                     await self.link.close()
                     self.link = None
                     return
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the supervision
+                log.exception("supervising %s failed", self.hive.alias)
+                self._lost(f"unexpected error: {exc!r}")
+                await asyncio.sleep(RECONNECT_BACKOFF_S[-1])
             finally:
                 if self.link is not None:
                     await self.link.close()
                     self.link = None
+
+    @staticmethod
+    async def _closing(link: HiveLink, within: float = 1.0) -> bool:
+        """Whether the link is going down: a failure over a dying link is the link's, not the hive's."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(link.wait_closed(), within)
+        return link.closed
 
     def _lost(self, reason: str) -> None:
         if self.phase is not Phase.UNREACHABLE:
@@ -269,6 +285,8 @@ class RemoteHiveSupervisor:
                 failures = 0
 
     async def _restart(self, link: HiveLink) -> None:
+        if await self._closing(link):
+            raise LinkLost(link.close_reason)
         found = await link.control("status")
         if found.get("running"):
             return  # slow, not gone

@@ -30,7 +30,9 @@ class Scheduler:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had."""
         target = hive_id or LOCAL_HIVE
-        self.hives.get(target)  # an unknown hive fails before anything starts
+        if not self.hives.get(target).local:  # an unknown hive fails before anything starts
+            # A remote hive being (re)connected: its running workers are adopted first, not duplicated.
+            await self.hives.ensure_running(target)
         waiting_said = False
         while True:
             worker = self.workers.with_free_slot(model, hive_id)

@@ -156,7 +156,7 @@ async def test_a_killed_hive_is_restarted_and_serves_again(setup):
 async def test_a_cut_link_is_reported_and_heals_by_itself(setup):
     host = setup.cluster.host("hostb")
     async with setup.client(stream_idle_timeout=30) as client:
-        job = await client.submit(Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000, temperature=0,
+        job = await client.submit(Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=2000, temperature=0,
                                         hive_id="hostb"))
         events, last = [], -1
         async for last, event in client.stream_with_ids(job.job_id):
@@ -172,8 +172,12 @@ async def test_a_cut_link_is_reported_and_heals_by_itself(setup):
             error = next(e for e in events if isinstance(e, Error))
             assert "Lost the connection to hostb" in error.message, error.message
             assert ended < 12, f"the stream ended {ended:.1f} s after the cut"
-            status = payload(await run(client, {"operation": "hive_status", "alias": "hostb"}), "hive_status")
-            assert status["state"] == "unreachable" and time.monotonic() - cut_at < 12
+            while True:
+                status = payload(await run(client, {"operation": "hive_status", "alias": "hostb"}), "hive_status")
+                if status["state"] == "unreachable":
+                    break
+                assert time.monotonic() - cut_at < 10, f"still {status['state']} 10 s after the cut"
+                await asyncio.sleep(0.2)
             events = await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="hostb"))
             error = next(e for e in events if isinstance(e, Error))
             assert error.code == "HIVE_UNREACHABLE" and "unreachable" in error.message, error.message
