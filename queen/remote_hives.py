@@ -19,7 +19,7 @@ from typing import Any
 from queen.hive_link import HiveLink
 from queen.hives_conf import RemoteHost
 from queen.ssh import SshError, connect, install_dir, q, run, upload
-from queen.wheelhouse import REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
+from queen.wheelhouse import COMPILE_HINT, REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
 from shared import __version__
 from shared.events import narrate
 
@@ -82,8 +82,8 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
         pip = f"{q(root)}/venv/bin/python -m pip --disable-pip-version-check install --no-index " \
               f"--find-links {q(root)}/wheelhouse"
         if plan.llama == "compile":
-            narrate("hive_install", f"Compiling llama-cpp-python on {host.alias} (no wheel for its Python here): "
-                                    "about 10 minutes on 2 cores; pip's output follows", target=host.alias)
+            narrate("hive_install", f"Compiling llama-cpp-python on {host.alias} ({COMPILE_HINT}); pip's output "
+                                    "follows", target=host.alias)
         narrate("hive_install", "Installing rbee from the uploaded wheels", target=host.alias)
         await run(conn, host, f"{pip} {'-v ' if plan.llama == 'compile' else ''}rbee", action="hive_install",
                   timeout=3600)

@@ -628,10 +628,9 @@ def _wheel_tag(path: Path) -> str:
 
 
 async def plan_target(wheelhouse: Path, target: TargetPython) -> WheelhousePlan:
-    """The target's directory inside an already built wheelhouse; files fetched before are reused."""
-    plan = await _Planner(wheelhouse, target).plan()
-    narrate("hive_install", plan.reason)
-    return plan
+    """The target's directory inside an already built wheelhouse; files fetched before are reused. The
+    caller tells plan.reason (it knows which host it is for)."""
+    return await _Planner(wheelhouse, target).plan()
 
 
 async def prepare_wheelhouse(data_dir: Path, target: TargetPython) -> WheelhousePlan:

@@ -273,3 +273,32 @@ async def test_a_stale_lock_or_pid_file_never_gets_an_unrelated_process_killed(s
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def other_python() -> str | None:
+    """An interpreter of another minor version than the queen's, if this machine has one."""
+    import glob
+    import shutil
+
+    mine = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for path in sorted(glob.glob("/usr/bin/python3.*") + glob.glob("/usr/local/bin/python3.*")):
+        name = os.path.basename(path)
+        if name != mine and name.replace("python", "").replace(".", "").isdigit() and shutil.which(path):
+            if subprocess.run([path, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0:
+                return path
+    return None
+
+
+async def test_install_on_a_remote_with_another_python_version(sshd, queen, tmp_path):
+    python = other_python()
+    if python is None:
+        pytest.skip(f"this machine has no Python other than {sys.version_info[0]}.{sys.version_info[1]} with venv "
+                    "(the wheel choice for other versions is tested in test_wheelhouse_targets.py)")
+    (queen.home / "config" / "hives.conf").write_text(host_block("otherpy", sshd, tmp_path / "remote", Python=python))
+    async with JobClient(queen.url, queen.token, request_timeout=60) as client:
+        events = await run(client, {"operation": "hive_install", "alias": "otherpy"})
+        assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
+        assert (await run(client, {"operation": "hive_start", "alias": "otherpy"}))[-1].state == "completed"
+        events = await run(client, Infer(prompt="Hello", max_tokens=4, hive_id="otherpy"))
+        assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
+        assert (await run(client, {"operation": "hive_uninstall", "alias": "otherpy"}))[-1].state == "completed"
