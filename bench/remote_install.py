@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import print_run_in_temp_home  # noqa: E402
+from bench.common import PROMPT, print_run_in_temp_home  # noqa: E402
 from shared.events import Data, Error, Token  # noqa: E402
 from shared.job_client import JobClient  # noqa: E402
 from shared.operations import Infer  # noqa: E402
@@ -69,8 +69,8 @@ async def run(home: Path) -> dict:
             install_s, events, _ = await timed(client, {"operation": "hive_install", "alias": "remote"})
             info = next(e.payload for e in events if isinstance(e, Data) and e.action == "hive_install")
             start_s, _, _ = await timed(client, {"operation": "hive_start", "alias": "remote"})
-            infer_s, _, ttft = await timed(client, Infer(prompt="Why is the sky blue?", max_tokens=8, hive_id="remote"))
-            warm_s, _, warm_ttft = await timed(client, Infer(prompt="Why is the sky blue?", max_tokens=8,
+            infer_s, _, ttft = await timed(client, Infer(prompt=PROMPT, max_tokens=8, temperature=0, hive_id="remote"))
+            warm_s, _, warm_ttft = await timed(client, Infer(prompt=PROMPT + " 13,", max_tokens=8, temperature=0,
                                                              hive_id="remote"))
             await timed(client, {"operation": "hive_stop", "alias": "remote"})
         return {"remote": where, "install_s": round(install_s, 1), "wheels": info.get("wheels"),

@@ -37,7 +37,7 @@ EXAMPLES = """examples:
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
   rbee worker list                               workers on the local hive
   rbee status                                    hives, workers and jobs at a glance
-  rbee queen stop                                stop the queen and everything it started
+  rbee queen stop                                stop the queen, its local hive and workers (remote hives keep running)
 """
 
 
