@@ -49,7 +49,10 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
         await catalog.open()
         token = app[shared_keys.TOKEN]
         queen = app[QUEEN] = QueenLink(config.hive_id, config.queen_url, token, lambda: supervisor.session)
-        supervisor = WorkerSupervisor(config, token, queen, heartbeat_url=lambda: app[shared_keys.LISTENING].url)
+        # Local workers beat straight to the queen (a hung hive does not make them look lost); a remote
+        # hive's go through the hive, the one that learns where the queen is now.
+        supervisor = WorkerSupervisor(config, token, queen, heartbeat_url=lambda: (
+            app[shared_keys.LISTENING].url if config.relay_heartbeats else config.queen_url))
         resources.push_async_callback(supervisor.close)
         caps = await asyncio.to_thread(detect_capabilities)
         store = ModelStore(catalog, config.paths.model_dir)

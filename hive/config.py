@@ -14,7 +14,8 @@ class HiveConfig:
     hive_id: str = LOCAL_HIVE
     host: str = "127.0.0.1"
     port: int = DEFAULT_HIVE_PORT
-    queen_url: str | None = None  # where worker heartbeats are relayed to (the queen may re-tell it later)
+    queen_url: str | None = None  # the queen (it may re-tell its address later: PUT /v1/queen)
+    relay_heartbeats: bool = False  # workers beat to the hive, which passes them on (remote hives)
     paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long

@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hive-id", default=LOCAL_HIVE, help="this hive's name, as the queen knows it")
     parser.add_argument("--queen-url", help="the queen's URL: workers' heartbeats are relayed there (the queen "
                                             "re-tells it when it reconnects)")
+    parser.add_argument("--relay-heartbeats", action="store_true",
+                        help="workers send heartbeats to this hive, which passes them on to the queen (on a remote "
+                             "machine, where the queen's address changes with each SSH connection)")
     parser.add_argument("--worker-stop-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="a worker that has not exited this long after SIGTERM is killed (default 10)")
     parser.add_argument("--worker-slots", type=int, default=4,
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)
     config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
-                        worker_stop_timeout_s=args.worker_stop_timeout, worker_slots=args.worker_slots)
+                        relay_heartbeats=args.relay_heartbeats, worker_stop_timeout_s=args.worker_stop_timeout,
+                        worker_slots=args.worker_slots)
     if args.exit_with_parent:
         die_with_parent()
     keep_files_private()

@@ -1,7 +1,7 @@
 """Where this hive's queen is right now, and the relay of its workers' heartbeats to it.
 
-Workers send heartbeats to their hive (the same path the queen serves); the hive passes them on. On a
-remote machine the queen is reached through an SSH remote forward whose port changes with every
+On a remote machine (--relay-heartbeats) workers send heartbeats to their hive (the same path the
+queen serves), and the hive passes them on. There the queen is reached through an SSH remote forward whose port changes with every
 connection, so the queen re-tells its address (PUT /v1/queen) each time it connects, and only the hive
 has to learn it: the workers' address for heartbeats never changes."""
 

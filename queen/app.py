@@ -30,7 +30,7 @@ from queen.worker_registry import WorkerRegistry
 from shared import __version__
 from shared import appkeys as shared_keys
 from shared.app import create_base_app
-from shared.errors import RbeeError, Unauthorized
+from shared.errors import Forbidden, RbeeError, Unauthorized
 from shared.heartbeat import HEARTBEAT_PATH, parse_heartbeat
 from shared.http import read_json
 from shared.job_client import Clients
@@ -136,6 +136,9 @@ async def heartbeat(request: web.Request) -> web.Response:
         hive_token = hives.token_of(beat.hive_id)
         if hive_token is None or not tokens_equal(given.strip(), hive_token):
             raise Unauthorized(f"Wrong bearer token for a heartbeat of hive {beat.hive_id}.")
+        known = request.app[WORKERS].get(beat.worker_id)
+        if known is not None and known.hive_id != beat.hive_id:  # a hive speaks for its own workers only
+            raise Forbidden(f"Worker {beat.worker_id} belongs to hive {known.hive_id}, not {beat.hive_id}.")
         beat = dataclasses.replace(beat, url=await hives.worker_url(beat.hive_id, beat.url))
     request.app[WORKERS].heartbeat(beat)
     return web.json_response({"ok": True, "worker_id": beat.worker_id})

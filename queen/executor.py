@@ -59,21 +59,31 @@ class QueenExecutor:
         elif isinstance(op, SshTest):
             emit(Data(action="ssh_test", payload=await remote_hives.ssh_test(self.hives.remote(op.alias))))
         elif isinstance(op, HiveInstall):
-            host = self.hives.remote(op.alias)
-            token = self.hives.store.issue_token(op.alias)  # the hive's own, never the queen's
-            emit(Data(action="hive_install", payload=await remote_hives.install(host, token, self._data_dir)))
+            await self.install(op.alias)
         elif isinstance(op, HiveUninstall):
             host = self.hives.remote(op.alias)
-            await self.hives.stop(op.alias)
-            result = await remote_hives.uninstall(host)
-            self.hives.store.revoke(op.alias)  # a copy of its token left anywhere is worth nothing now
-            narrate("hive_uninstall", f"Revoked the token of hive {op.alias}", target=op.alias)
-            emit(Data(action="hive_uninstall", payload=result))
+            try:
+                await self.hives.stop(op.alias)
+            finally:  # a machine that is compromised or out of reach loses its credential regardless
+                self.hives.store.revoke(op.alias)
+                narrate("hive_uninstall", f"Revoked the token of hive {op.alias}", target=op.alias)
+            emit(Data(action="hive_uninstall", payload=await remote_hives.uninstall(host)))
         elif isinstance(op, HiveImportSsh):
             await self.import_ssh(op)
         else:
             raise QueenError(f"The queen does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
         return None
+
+    async def install(self, alias: str) -> None:
+        """(Re)install: a running hive is stopped first (its venv is replaced), and started again after."""
+        host = self.hives.remote(alias)
+        was_running = self.hives.store.keep_running(alias)
+        if was_running or self.hives.get(alias).supervisor is not None:
+            await self.hives.stop(alias)
+        token = self.hives.store.issue_token(alias)  # the hive's own, never the queen's
+        emit(Data(action="hive_install", payload=await remote_hives.install(host, token, self._data_dir)))
+        if was_running:
+            await self.hives.start(alias)
 
     async def import_ssh(self, op: HiveImportSsh) -> None:
         path = Path(op.ssh_config_path or "~/.ssh/config").expanduser()

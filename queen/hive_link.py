@@ -27,6 +27,7 @@ from shared import hive_control
 
 CONTROL_SOURCE = Path(hive_control.__file__).read_text  # read when used, not at import
 CONTROL_TIMEOUT_S = 90.0
+MAX_FORWARDS = 256  # a hive and its workers need a handful; a remote cannot make the queen open ports without end
 
 
 class HiveLink:
@@ -76,9 +77,10 @@ class HiveLink:
     async def forward_queen(self, queen_url: str) -> str:
         """A port on the remote's loopback that reaches the queen; returns the URL the hive should use."""
         if self.queen_port is None:
-            port = urlsplit(queen_url).port
+            where = urlsplit(queen_url)
+            host = "127.0.0.1" if where.hostname in (None, "0.0.0.0", "::") else where.hostname
             try:
-                listener = await self.conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", port)
+                listener = await self.conn.forward_remote_port("127.0.0.1", 0, host, where.port)
             except asyncssh.ChannelListenError as exc:
                 raise ssh.SshError(f"The SSH server of {self.host.alias} refused a port forward ({exc}); rbee needs "
                                    "`AllowTcpForwarding yes` (the default) in its sshd_config.",
@@ -94,8 +96,15 @@ class HiveLink:
                                code="REMOTE_ADDRESS")
         listener = self._forwards.get(parts.port)
         if listener is None:
+            if len(self._forwards) >= MAX_FORWARDS:
+                raise ssh.SshError(f"{self.host.alias} asked for more than {MAX_FORWARDS} forwarded ports.",
+                                   code="REMOTE_ADDRESS")
             listener = await self.conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", parts.port)
-            self._forwards[parts.port] = listener
+            if parts.port in self._forwards:  # another call made one meanwhile: keep that one
+                listener.close()
+            else:
+                self._forwards[parts.port] = listener
+            listener = self._forwards[parts.port]
         return f"http://127.0.0.1:{listener.get_port()}"
 
     async def control(self, command: str, *args: str, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:

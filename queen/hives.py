@@ -25,7 +25,7 @@ from queen.errors import HiveUnavailable, QueenError, UnknownHive
 from queen.forwarding import RemoteJobLost, hive_answers, run_remote_job
 from queen.hives_conf import RemoteHost, load_hives_conf
 from queen.remote_store import RemoteHiveStore
-from queen.remote_supervisor import Phase, RemoteHiveSupervisor
+from queen.remote_supervisor import HEALTH_EVERY_S, Phase, RemoteHiveSupervisor
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
@@ -72,6 +72,8 @@ class HiveHandle:
         }
         if self.supervisor is not None:
             info["problem"] = self.supervisor.problem
+            info["unreachable_since"] = (self.supervisor.unreachable_at
+                                         if self.supervisor.phase is Phase.UNREACHABLE else None)
             info["notes"] = list(self.supervisor.notes)[-5:]
         return info
 
@@ -204,9 +206,11 @@ class HiveRegistry:
                 raise
         # It went away since it was last seen (stopped, killed): look again, starting it if it is ours.
         hive = self.get(op.hive_id)
-        hive.state = HiveState.UNREACHABLE
-        narrate("hive_check", f"Hive {hive.alias} did not answer at {url}; checking it again", target=hive.alias,
-                level="warn")
+        if hive.local:
+            hive.state = HiveState.UNREACHABLE
+        else:  # its supervisor finds out within a second or two whether it died or its link did
+            await asyncio.sleep(2 * HEALTH_EVERY_S)
+        narrate("hive_check", f"Hive {hive.alias} did not answer; checking it again", target=hive.alias, level="warn")
         url = await self.ensure_running(op.hive_id)
         return await run_remote_job(self.clients_for(op.hive_id).jobs(url), op)
 
@@ -243,14 +247,15 @@ class HiveRegistry:
         hive = self.get(alias)
         if hive.remote is not None:
             self.clients_for(alias)  # fails clearly when the queen holds no token for it
-            self.store.set_keep_running(alias, True)
-            sup = self._supervise(hive)
-            if sup.phase is Phase.RUNNING:
-                narrate("hive_start", f"Hive {alias} is already running", target=alias)
-            else:
-                narrate("hive_start", f"Connecting to {alias} ({hive.remote.where}) over SSH", target=alias)
-                await sup.wait_up(REMOTE_START_TIMEOUT_S, narrate_action="hive_start")
-            self._sync_state(hive)
+            async with hive.lock:  # one start or stop of a remote hive at a time
+                self.store.set_keep_running(alias, True)
+                sup = self._supervise(hive)
+                if sup.phase is Phase.RUNNING:
+                    narrate("hive_start", f"Hive {alias} is already running", target=alias)
+                else:
+                    narrate("hive_start", f"Connecting to {alias} ({hive.remote.where}) over SSH", target=alias)
+                    await sup.wait_up(REMOTE_START_TIMEOUT_S, narrate_action="hive_start")
+                self._sync_state(hive)
             return hive
         if await self.healthy(hive):
             hive.state = HiveState.RUNNING
@@ -262,11 +267,10 @@ class HiveRegistry:
     def _supervise(self, hive: HiveHandle) -> RemoteHiveSupervisor:
         """The hive's supervisor, started (again, if it had given up or been stopped)."""
         if hive.supervisor is None:
-            hive.supervisor = RemoteHiveSupervisor(hive, clients=self.clients_for(hive.alias),
+            hive.supervisor = RemoteHiveSupervisor(hive, clients=lambda: self.clients_for(hive.alias),
                                                    queen_url=self._queen_url, workers=self._workers,
                                                    worker_slots=self.config.worker_slots)
-        if hive.supervisor.phase in (Phase.GAVE_UP, Phase.STOPPED) or hive.supervisor.phase is Phase.CONNECTING:
-            hive.supervisor.start()
+        hive.supervisor.start()  # unless its task runs
         return hive.supervisor
 
     def resume(self) -> None:
@@ -345,13 +349,21 @@ class HiveRegistry:
         hive = self.get(alias)
         if hive.remote is not None:
             narrate("hive_stop", f"Stopping hive {alias} (and its workers)", target=alias)
-            self.store.set_keep_running(alias, False)
-            if hive.supervisor is not None:
-                await hive.supervisor.stop()
-                hive.supervisor = None
-            self._workers.mark_hive(alias, WorkerStatus.STOPPED)
-            await remote_hives.stop(hive.remote)
-            hive.state, hive.url = HiveState.STOPPED, None
+            async with hive.lock:
+                self.store.set_keep_running(alias, False)
+                if hive.supervisor is not None:
+                    await hive.supervisor.stop()
+                    hive.supervisor = None
+                self._workers.mark_hive(alias, WorkerStatus.STOPPED)
+                hive.url = None
+                try:
+                    await remote_hives.stop(hive.remote)
+                except RbeeError as exc:
+                    hive.state = HiveState.UNREACHABLE
+                    raise HiveUnavailable(f"Could not stop hive {alias}: {exc.message} It may still run there; the "
+                                          f"queen no longer keeps it running. Run `rbee hive stop {alias}` again once "
+                                          "the machine is reachable.", code="HIVE_UNREACHABLE") from exc
+                hive.state = HiveState.STOPPED
             return hive
         proc = hive.process
         if not hive.url and proc is None:

@@ -113,7 +113,8 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
         fields = {KEYS[k]: v for k, v in options.items()}
         for key, keyword in (("port", "Port"), ("hive_port", "HivePort")):
             if key in fields:
-                raw, fields[key] = fields[key], port_number(fields[key])
+                raw = fields[key]
+                fields[key] = 0 if (key == "hive_port" and raw == "0") else port_number(raw)  # 0: any free port
                 if fields[key] is None:
                     raise HivesConfError(f"{path}: {keyword} of {alias} must be a port number (1-65535), "
                                          f"not {raw!r}.")

@@ -67,6 +67,13 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
                            code="REMOTE_PYTHON")
         narrate("hive_install", f"{host.alias} has Python {'.'.join(map(str, python))}", target=host.alias)
         root = await install_dir(conn, host)
+        # The marker is what lets uninstall `rm -rf` the directory: never put it into one rbee did not make.
+        foreign, _ = await run(conn, host, f"test -d {q(root)} && test ! -f {q(root)}/{MARKER} && "
+                                           f"test -n \"$(ls -A {q(root)})\"", action="hive_install", check=False,
+                               quiet=True)
+        if foreign == 0:
+            raise SshError(f"InstallDir {root} on {host.alias} already holds files that rbee did not put there; "
+                           "pick an empty or new directory (InstallDir in hives.conf).", code="INSTALL_DIR_TAKEN")
         marker = {"rbee": __version__, "alias": host.alias, "state": "installing", "started_at": time.time()}
         await run(conn, host, f"mkdir -p {q(root)}/wheelhouse {q(root)}/home/config && "
                               f"chmod 700 {q(root)}/home/config", action="hive_install")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -26,7 +27,7 @@ from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers, run_remote_job
 from queen.hive_link import HiveLink
 from queen.worker_registry import WorkerRegistry, WorkerStatus
-from shared.errors import RbeeError
+from shared.errors import RbeeError, ServerError
 from shared.events import Data, Event, detached_task, narrate
 from shared.heartbeat import EngineState, Heartbeat
 from shared.job_client import Clients
@@ -39,17 +40,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("rbee.queen.remote")
 
 HEALTH_EVERY_S = 1.0
-HEALTH_TIMEOUT_S = 2.0
 HEALTH_FAILURES = 2  # failed checks in a row, the link up: the hive is gone
 RESTARTS = 5  # restarts allowed within RESTART_WINDOW_S before giving up (until `rbee hive start`)
 RESTART_WINDOW_S = 300.0
 RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 4.0, 8.0)
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)  # the last one repeats while the machine is away
 NOTES_KEPT = 20
+ATTEMPTS = 5  # connections in a row that fail to bring the hive up (the link itself being up) before giving up
+# SSH failures that trying again cannot fix: the user has to change something (hives.conf, known_hosts, keys).
+PERMANENT_SSH = frozenset({"SSH_AUTH_REFUSED", "SSH_UNKNOWN_HOST_KEY", "SSH_KEY_MISSING", "SSH_HOST_KEY",
+                           "SSH_ERROR", "SSH_FORWARDING_REFUSED", "REMOTE_ADDRESS"})
 
 
 class LinkLost(Exception):
     pass
+
+
+class GiveUp(HiveUnavailable):
+    """Trying again will not help (the hive exits as it starts, or died too often): wait for the user."""
 
 
 class Phase(WireEnum):
@@ -61,12 +69,11 @@ class Phase(WireEnum):
 
 
 class RemoteHiveSupervisor:
-    def __init__(self, hive: "HiveHandle", *, clients: Clients, queen_url: Callable[[], str],
+    def __init__(self, hive: "HiveHandle", *, clients: Callable[[], Clients], queen_url: Callable[[], str],
                  workers: WorkerRegistry, worker_slots: int) -> None:
         assert hive.remote is not None
         self.hive = hive
-        self.host = hive.remote
-        self.clients = clients
+        self._clients = clients  # read at each use: a reinstall gives the hive a new token
         self._queen_url = queen_url
         self._workers = workers
         self._worker_slots = worker_slots
@@ -74,11 +81,23 @@ class RemoteHiveSupervisor:
         self.link: HiveLink | None = None
         self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=NOTES_KEPT)
         self.problem: str | None = None  # why it is not running, in words
-        self.unreachable_since: float | None = None
+        self.unreachable_since: float | None = None  # monotonic, for "how long"
+        self.unreachable_at: float | None = None  # wall clock, for `rbee hive status`
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[str, str], None]] = []
         self._restarts: list[float] = []
         self._task: asyncio.Task | None = None
+        self._connected_once = False
+        self._hung_said = False
+
+    @property
+    def host(self):
+        """hives.conf as it is now (an edit, say a fixed IdentityFile, applies at the next connection)."""
+        return self.hive.remote
+
+    @property
+    def clients(self) -> Clients:
+        return self._clients()
 
     # -- what others see ---------------------------------------------------------------------------------
 
@@ -94,6 +113,7 @@ class RemoteHiveSupervisor:
         self._changed = asyncio.Event()
 
     def start(self) -> None:
+        """Start supervising, unless it is already (a task that ended, for whatever reason, is replaced)."""
         if self._task is None or self._task.done():
             self._restarts.clear()
             self._set(Phase.CONNECTING)
@@ -103,17 +123,21 @@ class RemoteHiveSupervisor:
         """Stop supervising (the hive itself keeps running: see HiveRegistry.stop for that)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self.link is not None:
             await self.link.close()
             self.link = None
-        self._set(Phase.STOPPED)
+        self._set(Phase.STOPPED, "it was stopped")
 
     async def wait_up(self, timeout: float, *, narrate_action: str | None = None) -> str:
-        """The hive's URL once it runs; fails at once when it is unreachable or given up on."""
+        """The hive's URL once it runs; fails at once when it is unreachable or given up on. Meanwhile the
+        supervisor's notes are narrated to the waiting job (in the job's own context)."""
+        job_context = contextvars.copy_context()
+
         def tell(human: str, level: str) -> None:
-            narrate(narrate_action or "hive_check", human, target=self.hive.alias, level=level)  # type: ignore[arg-type]
+            job_context.run(narrate, narrate_action or "hive_check", human, target=self.hive.alias,
+                            level=level)
 
         if narrate_action:
             self._listeners.append(tell)
@@ -128,6 +152,8 @@ class RemoteHiveSupervisor:
                         f"Hive {self.hive.alias} is unreachable: {self.problem} ({since:.0f} s ago). rbee keeps "
                         f"reconnecting to {self.host.where} by itself; its workers come back with the link.",
                         code="HIVE_UNREACHABLE")
+                if self._task is None or self._task.done():
+                    self._set(Phase.GAVE_UP, self.problem or "its supervision ended")
                 if self.phase in (Phase.GAVE_UP, Phase.STOPPED):
                     raise HiveUnavailable(f"Hive {self.hive.alias} is not running: {self.problem}. "
                                           f"`rbee hive start {self.hive.alias}` tries again.")
@@ -144,43 +170,53 @@ class RemoteHiveSupervisor:
     # -- the loop ----------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        failures = 0  # attempts in a row that did not bring the hive up
         while True:
+            if failures:
+                await asyncio.sleep(RECONNECT_BACKOFF_S[min(failures - 1, len(RECONNECT_BACKOFF_S) - 1)])
+            failures += 1
             try:
                 self.link = await HiveLink.open(self.host)
             except RbeeError as exc:
+                if exc.code in PERMANENT_SSH:
+                    return self._give_up(exc.message)
                 self._lost(exc.message)
-                await asyncio.sleep(RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)])
-                failures += 1
                 continue
-            failures = 0
-            if self.phase is Phase.UNREACHABLE:
-                self.note(f"Reconnected to {self.host.where}")
+            except Exception as exc:  # noqa: BLE001 - asyncssh errors raised while setting up
+                self._lost(_describe(exc))
+                continue
+            link = self.link
             try:
-                await self._bring_up(self.link)
-                await self._watch(self.link)
+                was_unreachable = self.phase is Phase.UNREACHABLE
+                await self._bring_up(link)
+                if was_unreachable:
+                    self.note(f"Reconnected to {self.host.where}; hive {self.hive.alias} serves again")
+                failures = 0
+                await self._watch(link)
             except LinkLost as exc:
                 self._lost(str(exc))
             except (asyncssh.Error, OSError) as exc:  # the link broke under a command or a forward
-                await self._closing(self.link)
-                self._lost(self.link.close_reason if self.link.closed else str(exc) or type(exc).__name__)
+                await self._closing(link)
+                self._lost(link.close_reason if link.closed else _describe(exc))
             except RbeeError as exc:
-                if await self._closing(self.link):
-                    self._lost(self.link.close_reason)
-                else:
-                    self.note(f"Gave up on hive {self.hive.alias}: {exc.message}", "error")
-                    self._set(Phase.GAVE_UP, exc.message)
-                    await self.link.close()
-                    self.link = None
-                    return
+                if await self._closing(link):
+                    self._lost(link.close_reason)
+                elif isinstance(exc, GiveUp) or exc.code in PERMANENT_SSH or failures >= ATTEMPTS:
+                    return self._give_up(exc.message)
+                else:  # a timeout, a refusal: the link is up, so try again shortly
+                    self.note(f"Could not bring hive {self.hive.alias} up: {exc.message}; trying again", "warn")
+                    self._set(Phase.CONNECTING, exc.message)
             except Exception as exc:  # noqa: BLE001 - a bug here must not end the supervision
                 log.exception("supervising %s failed", self.hive.alias)
                 self._lost(f"unexpected error: {exc!r}")
-                await asyncio.sleep(RECONNECT_BACKOFF_S[-1])
             finally:
                 if self.link is not None:
                     await self.link.close()
                     self.link = None
+
+    def _give_up(self, why: str) -> None:
+        self.note(f"Gave up on hive {self.hive.alias}: {why}", "error")
+        self._set(Phase.GAVE_UP, why)
 
     @staticmethod
     async def _closing(link: HiveLink, within: float = 1.0) -> bool:
@@ -190,11 +226,14 @@ class RemoteHiveSupervisor:
         return link.closed
 
     def _lost(self, reason: str) -> None:
+        what = "lost the connection to" if self._connected_once else "cannot connect to"
         if self.phase is not Phase.UNREACHABLE:
             self.unreachable_since = time.monotonic()
-            self.note(f"Lost the connection to {self.hive.alias} ({self.host.where}): {reason}; reconnecting", "warn")
-            self._workers.mark_hive(self.hive.alias, WorkerStatus.UNREACHABLE)
-        self._set(Phase.UNREACHABLE, f"lost the connection to {self.host.where} ({reason})")
+            self.unreachable_at = time.time()
+            self.note(f"{what.capitalize()} {self.hive.alias} ({self.host.where}): {reason}; trying again by itself",
+                      "warn")
+            self._workers.mark_hive(self.hive.alias, WorkerStatus.UNREACHABLE, only_alive=True)
+        self._set(Phase.UNREACHABLE, f"{what} {self.host.where} ({reason})")
 
     async def _bring_up(self, link: HiveLink) -> None:
         queen_url = await link.forward_queen(self._queen_url())
@@ -206,38 +245,41 @@ class RemoteHiveSupervisor:
             found = await link.control("status")
         if found.get("running") and found.get("verified"):
             url = await link.local_url(f"http://127.0.0.1:{found['port']}")
-            if await self._answers(url):
+            if await self._ours(url):
                 self.hive.url = url
                 self.note(f"Found hive {self.hive.alias} running (pid {found['pid']}); adopted it")
             else:
-                self.note(f"A hive runs on {self.hive.alias} (pid {found['pid']}) but does not take this queen's "
-                          "token; stopping it and starting ours", "warn")
+                self.note(f"The hive running on {self.hive.alias} (pid {found['pid']}) refuses the token the queen "
+                          "holds for it (installed by another queen?); stopping it and starting it again", "warn")
                 await link.control("stop")
                 await self._start_hive(link, queen_url)
         else:
             await self._start_hive(link, queen_url)
+        self._connected_once = True
         await self.clients.daemon(self.hive.url).request("PUT", "/v1/queen", {"url": queen_url}, timeout=5)
         await self._adopt_workers(link)
         self.hive.started_at = self.hive.started_at or time.time()
         self._set(Phase.RUNNING)
 
-    async def _answers(self, url: str) -> bool:
-        if not await hive_answers(self.clients.daemon(url), self.hive.alias):
-            return False
-        try:  # health is public; a request that needs the token proves the hive is ours
-            await self.clients.daemon(url).request("GET", "/v1/capabilities", timeout=5)
-        except RbeeError:
-            return False
+    async def _ours(self, url: str) -> bool:
+        """Whether the hive holding the lock takes our token for it (health is public: a request that needs
+        the token proves it). Anything but a refusal (slow, starting) is raised, to be tried again."""
+        try:
+            await self.clients.daemon(url).request("GET", "/v1/capabilities", timeout=10)
+        except ServerError as exc:
+            if exc.status == 401:
+                return False
+            raise
         return True
 
     async def _start_hive(self, link: HiveLink, queen_url: str) -> None:
         self.note(f"Starting rbee-hive on {self.hive.alias}")
         answer = await link.control("start", "--", "--host", "127.0.0.1", "--port", str(self.host.hive_port),
-                                    "--hive-id", self.hive.alias, "--queen-url", queen_url,
+                                    "--hive-id", self.hive.alias, "--queen-url", queen_url, "--relay-heartbeats",
                                     "--worker-slots", str(self._worker_slots))
         if not answer.get("running"):
             tail = "\n".join(answer.get("log_tail") or []) or "(no log)"
-            raise HiveUnavailable(f"rbee-hive on {self.hive.alias} exited right after starting "
+            raise GiveUp(f"rbee-hive on {self.hive.alias} exited right after starting "
                                   f"(exit code {answer.get('exit_code')}):\n{tail}")
         self.hive.url = await link.local_url(f"http://127.0.0.1:{answer['port']}")
         self.hive.started_at = time.time()
@@ -253,6 +295,10 @@ class RemoteHiveSupervisor:
                 listed.extend(event.payload.get("workers") or [])
 
         await run_remote_job(self.clients.jobs(self.hive.url), WorkerList(hive_id=self.hive.alias), on_event=collect)
+        running = {w["id"] for w in listed if w.get("state") in ("ready", "busy")}
+        for known in self._workers.all():  # what the queen thought ran there but no longer does
+            if known.hive_id == self.hive.alias and known.worker_id not in running:
+                self._workers.mark(known.worker_id, WorkerStatus.STOPPED)
         for w in listed:
             if w.get("state") not in ("ready", "busy") or not w.get("url"):
                 continue
@@ -275,7 +321,7 @@ class RemoteHiveSupervisor:
             if link.closed:
                 raise LinkLost(link.close_reason)
             if await hive_answers(self.clients.daemon(self.hive.url), self.hive.alias):
-                failures = 0
+                failures, self._hung_said = 0, False
                 continue
             failures += 1
             if link.closed:
@@ -288,8 +334,12 @@ class RemoteHiveSupervisor:
         if await self._closing(link):
             raise LinkLost(link.close_reason)
         found = await link.control("status")
-        if found.get("running"):
-            return  # slow, not gone
+        if found.get("running"):  # slow or hung, not gone: say so once
+            if not self._hung_said:
+                self._hung_said = True
+                self.note(f"Hive {self.hive.alias} does not answer, but its process (pid {found.get('pid')}) is "
+                          "alive; waiting for it", "warn")
+            return
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
         if len(self._restarts) >= RESTARTS:
@@ -303,3 +353,7 @@ class RemoteHiveSupervisor:
         self._set(Phase.CONNECTING, "restarting after it died")
         await asyncio.sleep(delay)
         await self._bring_up(link)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or getattr(exc, "reason", "") or type(exc).__name__

@@ -128,10 +128,10 @@ class WorkerRegistry:
             worker.reported = status  # its leases end as their jobs do (each releases its own)
             self.notify()
 
-    def mark_hive(self, hive_id: str, status: WorkerStatus) -> None:
-        """Every worker of a hive that stopped or went away."""
+    def mark_hive(self, hive_id: str, status: WorkerStatus, *, only_alive: bool = False) -> None:
+        """Every worker of a hive that stopped or went away (`only_alive`: not those already given up on)."""
         for worker in self._workers.values():
-            if worker.hive_id == hive_id:
+            if worker.hive_id == hive_id and (worker.alive or not only_alive):
                 self.mark(worker.worker_id, status)
 
     def forget(self, worker_id: str) -> None:

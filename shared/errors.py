@@ -71,6 +71,14 @@ class Unauthorized(RbeeError):
     status = 401
 
 
+class Forbidden(RbeeError):
+    """The credential is good, but not for this (a hive's token used for another hive's workers)."""
+
+    title = "Forbidden"
+    code = "FORBIDDEN"
+    status = 403
+
+
 class ServerUnreachable(RbeeError):
     """Client side: nothing answers at the URL (daemon down, wrong port)."""
 

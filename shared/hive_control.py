@@ -27,6 +27,7 @@ LOG_FILE = "hive.log"
 HIVE_MODULE = "hive.main"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+PUBLISH_WAIT_S = 10.0  # a hive publishes its pid and port right after binding; longer is not a starting hive
 
 
 class HiveLockBusy(Exception):
@@ -136,22 +137,46 @@ def _wait_released(path: Path, timeout: float) -> bool:
     return not _lock_held(path)
 
 
+def _published(home: Path, venv: str | None, wait_s: float | None = None) -> dict:
+    """The status, once a hive that holds the lock has published its pid and port (it does so right after
+    binding its port), or once the lock is free."""
+    deadline = time.monotonic() + (PUBLISH_WAIT_S if wait_s is None else wait_s)
+    found = status(home, venv)
+    while found.get("starting") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = status(home, venv)
+    return found
+
+
+def _signal(pid: int, signum: int) -> str | None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return None  # it went by itself meanwhile
+    except PermissionError:
+        return f"not allowed to signal pid {pid} (another user's process)"
+    return None
+
+
 def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -> dict:
     """SIGTERM the hive that holds the lock (it stops its workers first), SIGKILL if it does not go.
     Nothing is signalled unless the lock is held and the holder's command line is a hive's."""
     path = state_dir(home) / LOCK_FILE
-    found = status(home, venv)
+    found = _published(home, venv)
+    if found.get("starting"):
+        return {"stopped": False, "reason": "a hive holds the lock but never said its pid; left alone"}
     if not found["running"]:
         return {"stopped": False, "reason": "no rbee-hive holds the lock"}
     pid = found.get("pid")
     if not found.get("verified"):
         return {"stopped": False, "reason": f"the lock's holder (pid {pid}) is not an rbee-hive of this install; "
                                             "left alone"}
-    os.kill(pid, signal.SIGTERM)
+    if (problem := _signal(pid, signal.SIGTERM)) is not None:
+        return {"stopped": False, "pid": pid, "reason": problem}
     if _wait_released(path, timeout):
         return {"stopped": True, "pid": pid, "signal": "SIGTERM"}
-    if is_hive_process(pid, venv):
-        os.kill(pid, signal.SIGKILL)
+    if is_hive_process(pid, venv):  # checked again: the pid is only trusted while it is still the hive
+        _signal(pid, signal.SIGKILL)
     return {"stopped": _wait_released(path, 5.0), "pid": pid, "signal": "SIGKILL"}
 
 
@@ -160,8 +185,11 @@ def start(home: Path, python: str, hive_args: list[str], timeout: float = START_
     the one already running. Returns once it has published its port."""
     home = Path(home)
     venv = str(Path(python).parent.parent)
-    found = status(home, venv)
-    if found["running"] and not found.get("starting"):
+    found = _published(home, venv)
+    if found.get("starting"):
+        return {"running": False, "exit_code": None, "log_tail": _tail(state_dir(home) / LOG_FILE, 8),
+                "reason": "another hive holds the lock but has not said its port"}
+    if found["running"]:
         return {**found, "already_running": True}
     state_dir(home).mkdir(parents=True, exist_ok=True)
     log_path = state_dir(home) / LOG_FILE

@@ -1,4 +1,4 @@
-"""The queen with two hives (a second hive process with its own id stands in for another machine):
+"""The queen with two hives (the second a remote one, over a loopback sshd: tests/support/two_hives.py):
 models and workers of every hive are visible, not only the local one's; heartbeats are validated."""
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ async def test_the_queen_lists_workers_of_both_hives(hives):
         await run(client, WorkerSpawn(hive_id=SECOND))
         workers = (await client.request("GET", "/v1/workers"))["workers"]
     assert sorted(w["hive_id"] for w in workers) == ["localhost", SECOND]
+    # The second hive's own token is good for heartbeats of its own workers, and nothing else.
+    hive_token = (hives.second_home / "config" / "token").read_text().strip()
+    local = next(w for w in workers if w["hive_id"] == "localhost")
+    beat = {"worker_id": local["worker_id"], "url": "http://127.0.0.1:1", "model": "m", "state": "ready"}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {hive_token}"}) as session:
+        for body, status in [({**beat, "hive_id": "localhost"}, 401), ({**beat, "hive_id": SECOND}, 403)]:
+            async with session.post(hives.queen.url + "/v1/workers/heartbeat", json=body) as resp:
+                assert resp.status == status, await resp.text()
+        async with session.post(hives.queen.url + "/v1/jobs", json={"operation": "hive_list"}) as resp:
+            assert resp.status == 401
 
 
 @pytest.mark.parametrize("body, field", [

@@ -1,42 +1,80 @@
-"""A queen with two hives: its own `localhost`, and a second hive process with its own hive id and
-RBEE_HOME (standing in for another machine), listed in the queen's hives.conf."""
+"""A queen with two hives: its own `localhost`, and `second`, a remote hive reached the only way remote
+hives are: over SSH (a real sshd on loopback, tests/support/sshd.py), with its own token and RBEE_HOME.
+
+Installing takes half a minute, so `second` is set up as an install would leave it, from this checkout's
+venv (a symlink), and the queen adopts it as a hive it should keep running when it starts. Installing for
+real is tested in test_remote_hive.py and test_multi_host.py.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import secrets
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from shared import hive_control
 from shared.builtin_model import builtin_model_path
 from shared.paths import RbeePaths
-from tests.support.processes import Daemon, start_hive, start_queen
+from tests.support.processes import Daemon, start_queen
+from tests.support.sshd import SshServer, sshd_binary, start_sshd
+from tests.support.waiting import wait_until
 
 SECOND = "second"
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
 
 
 @dataclass
 class TwoHives:
     queen: Daemon
-    second: Daemon
+    sshd: SshServer
     queen_paths: RbeePaths
+    second_home: Path
     second_only_model: str  # a file: reference registered on the second hive only
 
     def stop(self) -> None:
-        self.second.stop(30)
-        self.queen.stop(30)
+        try:
+            self.queen.stop(30)
+        finally:
+            hive_control.stop(self.second_home)  # remote hives outlive their queen
+            self.sshd.stop()
+
+
+def require_sshd() -> None:
+    if sshd_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sshd is missing under CI: .ci/run must install openssh-server")
+        pytest.skip("OpenSSH server (sshd) is not installed; `apt-get install openssh-server` to run these")
 
 
 def start_two_hives(tmp_path: Path) -> TwoHives:
-    queen_home, second_home = tmp_path / "queen-home", tmp_path / "second-home"
-    queen = start_queen(queen_home)
+    require_sshd()
+    sshd = start_sshd(tmp_path / "sshd")
+    install = tmp_path / "second-install"
+    home = install / "home"
+    (home / "config").mkdir(parents=True)
+    os.symlink(sys.prefix, install / "venv")  # this checkout's venv stands in for the uploaded one
+    (install / "rbee-install.json").write_text(json.dumps({"alias": SECOND, "state": "installed"}))
+    token = secrets.token_urlsafe(32)
+    (home / "config" / "token").write_text(token + "\n")
+    queen_home = tmp_path / "queen-home"
     queen_paths = RbeePaths.from_env({"RBEE_HOME": str(queen_home)})
-    second_paths = RbeePaths.from_env({"RBEE_HOME": str(second_home)})
-    second_paths.config_dir.mkdir(parents=True)
-    shutil.copy(queen_paths.token_file, second_paths.token_file)  # the same token, as hive_install gives it
-    second = start_hive(second_home, "--hive-id", SECOND, "--queen-url", queen.url)
-    port = second.url.rsplit(":", 1)[1]
-    (queen_paths.config_dir / "hives.conf").write_text(f"Host {SECOND}\n    HostName 127.0.0.1\n    HivePort {port}\n")
+    queen_paths.config_dir.mkdir(parents=True)
+    (queen_paths.config_dir / "hives.conf").write_text(
+        f"Host {SECOND}\n    HostName 127.0.0.1\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
+        f"    IdentityFile {sshd.client_key}\n    UserKnownHostsFile {sshd.known_hosts}\n    HivePort 0\n"
+        f"    InstallDir {install}\n    Python {BASE_PYTHON}\n")
+    (queen_paths.config_dir / "remote-hives.json").write_text(
+        json.dumps({SECOND: {"token": token, "keep_running": True}}))
+    queen = start_queen(queen_home)
+    wait_until(lambda: hive_control.status(home).get("port"), timeout=60, what="the queen to start hive second")
     model = tmp_path / "models" / "only-on-second.gguf"
     model.parent.mkdir()
     shutil.copy(builtin_model_path(), model)
-    return TwoHives(queen, second, queen_paths, f"file:{model}")
+    return TwoHives(queen, sshd, queen_paths, home, f"file:{model}")

@@ -74,8 +74,10 @@ def test_a_second_hive_in_the_same_home_is_refused(home):
 
 
 def test_is_hive_process_checks_the_command_line_and_the_install():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "hive.main"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+                             "hive.main"], stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout.readline().strip() == "up"  # exec'd: its command line is its own now
         venv = str(__import__("pathlib").Path(sys.executable).parent.parent)
         assert hive_control.is_hive_process(proc.pid)
         assert hive_control.is_hive_process(proc.pid, venv)
@@ -83,3 +85,21 @@ def test_is_hive_process_checks_the_command_line_and_the_install():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_holder_that_never_publishes_is_waited_for_then_left_alone(home, monkeypatch):
+    monkeypatch.setattr(hive_control, "PUBLISH_WAIT_S", 0.3)
+    code = ("import time; from shared.hive_control import HiveLock; "
+            f"HiveLock({str(home / 'state')!r}).acquire(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert hive_control.status(home) == {"running": True, "starting": True}
+        answer = hive_control.stop(home)
+        assert answer["stopped"] is False and "left alone" in answer["reason"]
+        started = hive_control.start(home, sys.executable, ["--port", "0"])
+        assert started["running"] is False and "has not said its port" in started["reason"]  # no duplicate
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()

@@ -283,3 +283,11 @@ def test_values_that_hives_conf_could_not_hold_are_skipped(tmp_path):
     report = import_ssh_config(ssh_config, hives_conf, default_hive_port=7835)
     assert report.added == ["ok"] and report.skipped == [("evil", "its HostName is not a host name or address")]
     assert "rm -rf" not in hives_conf.read_text()
+
+
+def test_hive_port_zero_means_any_free_port(tmp_path):
+    from queen.hives_conf import load_hives_conf
+
+    conf = tmp_path / "hives.conf"
+    conf.write_text("Host gpu1\n    HostName 10.0.0.5\n    HivePort 0\n")
+    assert load_hives_conf(conf)["gpu1"].hive_port == 0
