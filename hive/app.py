@@ -73,4 +73,6 @@ async def health(request: web.Request) -> web.Response:
 
 async def capabilities(request: web.Request) -> web.Response:
     executor = request.app[EXECUTOR]
-    return web.json_response({"hive_id": request.app[CONFIG].hive_id, **await executor.refresh_capabilities()})
+    caps = await executor.refresh_capabilities()
+    cores_free = max(0, int(caps["cpu"]["cores"]) - executor.supervisor.threads_in_use())
+    return web.json_response({"hive_id": request.app[CONFIG].hive_id, **caps, "cores_free": cores_free})

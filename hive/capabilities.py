@@ -20,11 +20,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def ram_bytes() -> int | None:
+def ram_bytes(field: str = "MemTotal") -> int | None:
+    """A /proc/meminfo figure in bytes: MemTotal, or MemAvailable (what new processes can have without
+    swapping: free memory plus reclaimable caches)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
@@ -61,6 +63,7 @@ def detect_capabilities() -> dict[str, Any]:
     return {
         "cpu": {"model": cpu_model(), "cores": cores, "arch": platform.machine()},
         "ram_bytes": ram_bytes(),
+        "ram_available_bytes": ram_bytes("MemAvailable"),
         "gpus": gpus,
         "gpu_note": gpu_note,
         "devices": ["cpu"] + [g["device"] for g in gpus],

@@ -20,6 +20,7 @@ class HiveConfig:
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
     worker_slots: int = 4  # requests each worker generates at once (its --parallel)
+    worker_ctx_size: int = 2048  # tokens of context per slot (its --ctx-size); memory estimates use it too
 
     def __post_init__(self) -> None:
         if self.paths is None:

@@ -6,8 +6,11 @@ import asyncio
 from typing import Any
 
 from hive.capabilities import detect_capabilities
+from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
 from hive.errors import DeviceNotFound, HiveError
+from hive.gguf import GGUFError
+from hive.memory_estimate import estimate_worker_memory
 from hive.models import ModelStore
 from hive.workers import WorkerSupervisor
 from shared.events import Data, emit, narrate
@@ -25,6 +28,7 @@ class HiveExecutor:
         self.supervisor = supervisor
         self.capabilities = capabilities
         self._spawning = asyncio.Lock()
+        self._estimates: dict[tuple, dict[str, Any]] = {}  # by (path, size, ctx, slots): a GGUF does not change
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if not isinstance(op, HiveOperation):
@@ -56,11 +60,11 @@ class HiveExecutor:
             emit(Data(action="model_download", payload=entry.to_dict()))
             return {"model": entry.id, "sha256": entry.sha256}
         if isinstance(op, ModelList):
-            models = [e.to_dict() for e in await self.store.catalog.list()]
+            models = [await self.describe_model(e) for e in await self.store.catalog.list()]
             emit(Data(action="model_list", payload={"hive_id": self.config.hive_id, "models": models}))
             return None
         if isinstance(op, ModelGet):
-            emit(Data(action="model_get", payload=(await self.store.lookup(op.id)).to_dict()))
+            emit(Data(action="model_get", payload=await self.describe_model(await self.store.lookup(op.id))))
             return None
         if isinstance(op, ModelDelete):
             entry = await self.store.lookup(op.id)
@@ -71,6 +75,18 @@ class HiveExecutor:
             emit(Data(action="model_delete", payload=(await self.store.delete(entry.id)).to_dict()))
             return None
         raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
+
+    async def describe_model(self, entry: CatalogEntry) -> dict[str, Any]:
+        """The catalog entry, with what a worker of it would need here (from the GGUF's own metadata)."""
+        key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_slots)
+        if key not in self._estimates:
+            try:
+                estimate = await asyncio.to_thread(estimate_worker_memory, entry.path,
+                                                   ctx_size=self.config.worker_ctx_size, slots=self.config.worker_slots)
+                self._estimates[key] = estimate.to_dict()
+            except (GGUFError, OSError, ValueError) as exc:  # listed all the same, without a size
+                self._estimates[key] = {"error": str(exc)}
+        return {**entry.to_dict(), "estimate": self._estimates[key]}
 
     def thread_budget(self, device: str) -> int:
         """llama.cpp threads for a new worker: what the running CPU workers leave of this machine's cores

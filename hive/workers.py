@@ -124,7 +124,7 @@ class WorkerSupervisor:
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
                 "--hive-id", self.config.hive_id, "--device", device, "--threads", str(threads),
-                "--parallel", str(self.config.worker_slots)]
+                "--parallel", str(self.config.worker_slots), "--ctx-size", str(self.config.worker_ctx_size)]
         if (heartbeat_url := self._heartbeat_url()) is not None:
             argv += ["--queen-url", heartbeat_url]
         narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)

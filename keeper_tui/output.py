@@ -50,7 +50,8 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
             out.write(f"{indent}{key.ljust(width)}  {value}\n")
 
 
-MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("sha256_h", "sha256"), ("downloaded", "downloaded"), ("path", "path")]
+MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("needs_h", "needs (RAM)"), ("sha256_h", "sha256"),
+                 ("downloaded", "downloaded"), ("path", "path")]
 WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
 QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"),
@@ -62,8 +63,8 @@ JOB_COLUMNS = [("job_id", "job"), ("operation", "operation"), ("state", "state")
 
 def render_data(action: str, payload: Any, out: TextIO) -> None:
     if action == "model_list":
-        rows = [{**m, "size_h": _fmt_bytes(m.get("size")), "sha256_h": (m.get("sha256") or "")[:12]}
-                for m in payload.get("models", [])]
+        rows = [{**m, "size_h": _fmt_bytes(m.get("size")), "sha256_h": (m.get("sha256") or "")[:12],
+                 "needs_h": needs(m)} for m in payload.get("models", [])]
         table(rows, MODEL_COLUMNS, out)
     elif action == "worker_list":
         table(payload.get("workers", []), WORKER_COLUMNS, out)
@@ -81,6 +82,14 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         key_values(payload, out)
     else:
         out.write(json.dumps(payload) + "\n")
+
+
+def needs(model: dict[str, Any]) -> str:
+    """What a worker of the model needs on its hive (weights, KV cache for its context × slots, compute)."""
+    estimate = model.get("estimate") or {}
+    if "total_mb" not in estimate:
+        return "?"
+    return f"{estimate['total_mb']:.0f} MiB ({estimate.get('ctx_size')}×{estimate.get('slots')})"
 
 
 def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from textual.widgets import (
     Button, DataTable, Footer, Header, Input, Label, ProgressBar, Static, TabbedContent, TabPane,
 )
 
+from keeper_tui.output import needs
 from keeper_tui.queen_control import default_queen_url, ensure_queen
 from keeper_tui.tui.widgets import NarrationPane, TokenPane
 from shared.errors import RbeeError
@@ -121,7 +122,7 @@ class RbeeApp(App):
     def on_mount(self) -> None:
         for table_id, columns in (("hives-table", ("alias", "state", "url", "host")),
                                   ("workers-table", ("id", "hive", "model", "state", "device", "slots busy", "pid")),
-                                  ("models-table", ("id", "size", "sha256", "path")),
+                                  ("models-table", ("id", "size", "needs", "sha256", "path")),
                                   ("jobs-table", ("job", "operation", "state", "summary"))):
             self.query_one(f"#{table_id}", DataTable).add_columns(*columns)
         self.query_one("#prompt", Input).focus()
@@ -289,7 +290,8 @@ class RbeeApp(App):
     def _rows(view: str, payload: dict) -> list[tuple]:
         if view == "hives":
             return [(h["alias"], h["state"], h.get("url"), h.get("host")) for h in payload.get("hives", [])]
-        return [(m["id"], f"{m['size'] / 1e6:.1f} MB", m["sha256"][:12], m["path"]) for m in payload.get("models", [])]
+        return [(m["id"], f"{m['size'] / 1e6:.1f} MB", needs(m), m["sha256"][:12], m["path"])
+                for m in payload.get("models", [])]
 
     def _selected(self, table_id: str) -> str | None:
         table = self.query_one(f"#{table_id}", DataTable)

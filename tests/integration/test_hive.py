@@ -117,6 +117,8 @@ async def test_models_builtin_and_local_files(client, tmp_path):
     _, events = await run(client, {"operation": "model_list"})
     listed = data_of(events, "model_list")["models"]  # the built-in is listed from the start
     assert [(m["id"], m["sha256"], m["downloaded"]) for m in listed] == [("smollm2-135m", BUILTIN_SHA, False)]
+    estimate = listed[0]["estimate"]  # what a worker of it needs here, from the GGUF's metadata (#16)
+    assert (estimate["ctx_size"], estimate["slots"]) == (2048, 4) and 250 < estimate["total_mb"] < 500
     _, events = await run(client, {"operation": "model_download", "model": "smollm2-135m"})
     entry = data_of(events, "model_download")
     assert entry["id"] == "smollm2-135m" and entry["sha256"] == BUILTIN_SHA and entry["downloaded"] is False

@@ -94,7 +94,7 @@ def test_key_values_of_nothing_writes_nothing():
 def test_model_list_shows_sizes_readably_and_a_short_sha():
     models = [
         {"id": "smollm2-135m", "size": 98_400_000, "sha256": "0123456789abcdef" * 4, "downloaded": False,
-         "path": "/m/smollm2.gguf"},
+         "path": "/m/smollm2.gguf", "estimate": {"total_mb": 374.4, "ctx_size": 2048, "slots": 4}},
         {"id": "file:/x.gguf", "size": 512, "sha256": None, "downloaded": True, "path": "/x.gguf"},
         {"id": "big", "size": 2_500_000_000, "sha256": "ff", "downloaded": True, "path": None},
         {"id": "huge", "size": 5_000_000_000_000, "downloaded": True},
@@ -102,13 +102,14 @@ def test_model_list_shows_sizes_readably_and_a_short_sha():
         {"id": "unknown-size"},
     ]
     lines = rendered("model_list", {"models": models}).splitlines()
-    assert lines[0].split() == ["ID", "SIZE", "SHA256", "DOWNLOADED", "PATH"]
-    assert lines[1].split() == ["smollm2-135m", "98.4", "MB", "0123456789ab", "False", "/m/smollm2.gguf"]
-    assert lines[2].split() == ["file:/x.gguf", "512", "B", "True", "/x.gguf"]
-    assert lines[3].split() == ["big", "2.5", "GB", "ff", "True"]
-    assert lines[4].split() == ["huge", "5000.0", "GB", "True"]  # GB is the largest unit
-    assert lines[5].split() == ["small", "1.5", "KB"]
-    assert lines[6].split() == ["unknown-size", "?"]
+    assert lines[0].split() == ["ID", "SIZE", "NEEDS", "(RAM)", "SHA256", "DOWNLOADED", "PATH"]
+    assert lines[1].split() == ["smollm2-135m", "98.4", "MB", "374", "MiB", "(2048×4)", "0123456789ab", "False",
+                                "/m/smollm2.gguf"]
+    assert lines[2].split() == ["file:/x.gguf", "512", "B", "?", "True", "/x.gguf"]
+    assert lines[3].split() == ["big", "2.5", "GB", "?", "ff", "True"]
+    assert lines[4].split() == ["huge", "5000.0", "GB", "?", "True"]  # GB is the largest unit
+    assert lines[5].split() == ["small", "1.5", "KB", "?"]
+    assert lines[6].split() == ["unknown-size", "?", "?"]
     assert lines[1].index("0123456789ab") == lines[0].index("SHA256")  # columns line up
 
 
