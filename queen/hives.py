@@ -136,6 +136,11 @@ class HiveRegistry:
                              code="LOCAL_HIVE")
         return hive.remote
 
+    def schedulable(self) -> list[str]:
+        """Hives a worker may be placed on now: the local one (started on demand) and remote ones up."""
+        return [h.alias for h in self.all()
+                if h.local or (h.supervisor is not None and h.supervisor.phase is Phase.RUNNING)]
+
     def all(self) -> list[HiveHandle]:
         self._sync_conf()
         return list(self._hives.values())

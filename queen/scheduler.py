@@ -11,9 +11,10 @@ from typing import Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
+from queen.placement import place
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
-from shared.operations import LOCAL_HIVE, WorkerSpawn
+from shared.operations import WorkerSpawn
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
 
@@ -29,10 +30,9 @@ class Scheduler:
                       waiting: Callable[[bool], None] = lambda _: None) -> WorkerInfo:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had."""
-        target = hive_id or LOCAL_HIVE
-        if not self.hives.get(target).local:  # an unknown hive fails before anything starts
+        if hive_id is not None and not self.hives.get(hive_id).local:  # an unknown hive fails at once
             # A remote hive being (re)connected: its running workers are adopted first, not duplicated.
-            await self.hives.ensure_running(target)
+            await self.hives.ensure_running(hive_id)
         waiting_said = False
         while True:
             worker = self.workers.with_free_slot(model, hive_id)
@@ -42,15 +42,18 @@ class Scheduler:
                 narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id} (slot "
                                         f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
                 return worker
-            lock = self._spawning.setdefault((target, model), asyncio.Lock())
-            if not lock.locked() and self.workers.count_alive(model, target) < self.config.max_workers_per_hive:
+            room = [h for h in ([hive_id] if hive_id else self.hives.schedulable())
+                    if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
+            lock = self._spawning.setdefault((hive_id or "*", model), asyncio.Lock())
+            if room and not lock.locked():
                 async with lock:
                     waiting(False)
+                    target = hive_id or (room[0] if len(room) == 1 else await place(self.hives, model, room))
                     worker = await self._spawn(model, target)
                     self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                     return worker
             if not waiting_said:
-                narrate("worker_wait", f"Every slot for {model} on {target} is busy; waiting for one",
+                narrate("worker_wait", f"Every slot for {model} on {hive_id or 'every hive'} is busy; waiting for one",
                         target=model)
                 waiting_said = True
                 waiting(True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 
 import aiohttp
 import pytest
@@ -79,3 +80,25 @@ async def test_a_malformed_heartbeat_is_refused_and_registers_nothing(hives, bod
             assert (await resp.json())["workers"] == []
     assert error["code"] == "INVALID_REQUEST" and (field is None or f"'{field}'" in error["message"])
     assert not any("Traceback" in line for line in hives.queen.stderr_lines)
+
+
+async def test_placement_goes_where_the_model_is_and_refuses_clearly_without_room(hives, tmp_path):
+    from shared.events import End, Error, Narration
+    from shared.operations import Infer
+
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        await run(client, ModelDownload(hive_id=SECOND, model=hives.second_only_model))
+        # No hive named: the model's file is on the second hive only, so its worker goes there.
+        events = await run(client, Infer(model=hives.second_only_model, prompt="Hello", max_tokens=2))
+        assert events[-1] == End(state="completed", stats=events[-1].stats) and events[-1].stats["hive_id"] == SECOND
+        placed = [e.human for e in events if isinstance(e, Narration) and e.action == "placement"]
+        assert placed and placed[0].startswith(f"Placing {hives.second_only_model} on {SECOND}: has the model")
+        # Every core of both hives now runs a worker: a third model fits nowhere, and the error says why.
+        await run(client, WorkerSpawn(hive_id="localhost"))
+        third = tmp_path / "third.gguf"
+        shutil.copy(hives.second_only_model.removeprefix("file:"), third)
+        events = await run(client, Infer(model=f"file:{third}", prompt="Hello", max_tokens=2))
+    error = next((e for e in events if isinstance(e, Error)), None)
+    assert error is not None and error.code == "NO_ROOM", [getattr(e, "human", e) for e in events]
+    assert "localhost: every core runs a worker already" in error.message
+    assert f"{SECOND}: every core runs a worker already" in error.message

@@ -1,0 +1,93 @@
+"""Where a new worker goes when the request names no hive: a hive that has the model and room for it,
+else one with room that can fetch it. Room is the worker's memory estimate (from the GGUF's metadata,
+computed by each hive for its own context and slots) against the hive's available memory, and a free
+core. When nothing fits, the error names every hive and why."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from queen.errors import QueenError
+from queen.forwarding import run_remote_job
+from queen.hives import HiveRegistry
+from shared.errors import RbeeError
+from shared.events import Data, Event, narrate
+from shared.operations import ModelList
+
+MIB = 1024 * 1024
+
+
+class NoRoom(QueenError):
+    title = "No hive has room"
+    code = "NO_ROOM"
+    status = 503
+
+
+@dataclass
+class HiveFit:
+    alias: str
+    has_model: bool = False
+    needs_mb: float | None = None
+    free_mb: float | None = None
+    cores_free: int | None = None
+    problem: str | None = None  # why it cannot take the worker
+
+    @property
+    def fits(self) -> bool:
+        return self.problem is None
+
+
+async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
+    """What one hive has and has room for (its capabilities and catalog, asked now)."""
+    fit = HiveFit(alias)
+    try:
+        url = await hives.ensure_running(alias)
+        clients = hives.clients_for(alias)
+        caps = await clients.daemon(url).request("GET", "/v1/capabilities", timeout=10)
+        listed: list[dict[str, Any]] = []
+
+        def collect(event: Event) -> None:
+            if isinstance(event, Data) and event.action == "model_list":
+                listed.extend(event.payload.get("models") or [])
+
+        await run_remote_job(clients.jobs(url, request_timeout=10), ModelList(hive_id=alias), on_event=collect)
+    except RbeeError as exc:
+        fit.problem = exc.message
+        return fit
+    entry = next((m for m in listed if m.get("id") == model), None)
+    fit.has_model = entry is not None
+    if entry is not None:
+        fit.needs_mb = (entry.get("estimate") or {}).get("total_mb")
+    if caps.get("ram_available_bytes"):
+        fit.free_mb = caps["ram_available_bytes"] / MIB
+    fit.cores_free = caps.get("cores_free")
+    return fit
+
+
+async def place(hives: HiveRegistry, model: str, allowed: list[str]) -> str:
+    """The hive to start a worker of `model` on, among `allowed` (the hives under their worker cap)."""
+    fits = list(await asyncio.gather(*(survey(hives, alias, model) for alias in allowed)))
+    known_need = next((f.needs_mb for f in fits if f.needs_mb is not None), None)
+    for fit in fits:
+        if fit.problem is not None:
+            continue
+        need = fit.needs_mb if fit.needs_mb is not None else known_need
+        fit.needs_mb = need
+        if fit.cores_free is not None and fit.cores_free < 1:
+            fit.problem = "every core runs a worker already"
+        elif need is not None and fit.free_mb is not None and need > fit.free_mb:
+            fit.problem = f"needs {need:.0f} MiB, has {fit.free_mb:.0f} MiB free"
+    usable = [f for f in fits if f.fits]
+    if not usable:
+        raise NoRoom(f"No hive has room for a worker of {model}: "
+                     + "; ".join(f"{f.alias}: {f.problem}" for f in fits)
+                     + ". Stop a worker (`rbee worker delete ID`), or add a hive.")
+    best = max(usable, key=lambda f: (f.has_model, f.free_mb or 0.0))
+    need = f"{best.needs_mb:.0f} MiB" if best.needs_mb is not None else "an unknown amount until it is downloaded"
+    others = [f"{f.alias} ({f.problem})" for f in fits if f is not best and f.problem]
+    narrate("placement", f"Placing {model} on {best.alias}: {'has the model' if best.has_model else 'will fetch it'}, "
+                         f"needs {need}, {best.free_mb or 0:.0f} MiB free"
+                         + (f"; not on {', '.join(others)}" if others else ""), target=best.alias)
+    return best.alias
