@@ -50,7 +50,7 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
             out.write(f"{indent}{key.ljust(width)}  {value}\n")
 
 
-MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("needs_h", "needs (RAM)"), ("sha256_h", "sha256"),
+MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
                  ("downloaded", "downloaded"), ("path", "path")]
 WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]

@@ -48,7 +48,7 @@ class Scheduler:
             if room and not lock.locked():
                 async with lock:
                     waiting(False)
-                    target = hive_id or (room[0] if len(room) == 1 else await place(self.hives, model, room))
+                    target = hive_id or (room[0] if len(room) == 1 else await place(self.hives, self.workers, model, room))
                     worker = await self._spawn(model, target)
                     self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                     return worker

@@ -137,8 +137,8 @@ def test_listing_commands_in_both_modes(keeper, command):
 def test_lists_read_as_tables(keeper):
     assert keeper("infer", "--max-tokens", "2", "hi").returncode == 0
     models = keeper("model", "list").stdout.splitlines()
-    assert models[0].split() == ["ID", "SIZE", "SHA256", "DOWNLOADED", "PATH"]
-    assert models[1].startswith("smollm2-135m")
+    assert models[0].split() == ["ID", "SIZE", "NEEDS", "SHA256", "DOWNLOADED", "PATH"]
+    assert models[1].startswith("smollm2-135m") and "MiB (2048×4)" in models[1]  # its memory estimate
     workers = keeper("worker", "list").stdout.splitlines()
     assert workers[0].split()[:3] == ["ID", "MODEL", "STATE"] and "ready" in workers[1]
 

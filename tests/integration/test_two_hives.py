@@ -15,6 +15,7 @@ from shared.events import Data
 from shared.job_client import JobClient
 from shared.operations import ModelDownload, WorkerSpawn
 from tests.support.two_hives import SECOND, start_two_hives
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -82,23 +83,70 @@ async def test_a_malformed_heartbeat_is_refused_and_registers_nothing(hives, bod
     assert not any("Traceback" in line for line in hives.queen.stderr_lines)
 
 
-async def test_placement_goes_where_the_model_is_and_refuses_clearly_without_room(hives, tmp_path):
-    from shared.events import End, Error, Narration
+async def test_placement_goes_where_the_model_is_evicts_idle_workers_only_and_says_why(hives, tmp_path):
+    from shared.events import Error, Narration
     from shared.operations import Infer
 
+    counting = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
     async with JobClient(hives.queen.url, hives.queen.token) as client:
         await run(client, ModelDownload(hive_id=SECOND, model=hives.second_only_model))
         # No hive named: the model's file is on the second hive only, so its worker goes there.
         events = await run(client, Infer(model=hives.second_only_model, prompt="Hello", max_tokens=2))
-        assert events[-1] == End(state="completed", stats=events[-1].stats) and events[-1].stats["hive_id"] == SECOND
+        assert events[-1].state == "completed" and events[-1].stats["hive_id"] == SECOND
         placed = [e.human for e in events if isinstance(e, Narration) and e.action == "placement"]
         assert placed and placed[0].startswith(f"Placing {hives.second_only_model} on {SECOND}: has the model")
-        # Every core of both hives now runs a worker: a third model fits nowhere, and the error says why.
-        await run(client, WorkerSpawn(hive_id="localhost"))
+        await run(client, WorkerSpawn(hive_id="localhost"))  # now every core of both hives runs a worker
         third = tmp_path / "third.gguf"
         shutil.copy(hives.second_only_model.removeprefix("file:"), third)
+
+        # Both workers busy: nothing may be evicted, and the error names each hive and why.
+        long = [await client.submit(Infer(model=m, prompt=counting, max_tokens=1000, temperature=0, hive_id=h))
+                for m, h in ((hives.second_only_model, SECOND), ("smollm2-135m", "localhost"))]
+
+        async def both_busy():
+            workers = (await client.request("GET", "/v1/workers"))["workers"]
+            return len(workers) == 2 and all(w["slots_busy"] for w in workers)
+
+        await until(both_busy, timeout=30, interval=0.2, what="both workers to generate")
         events = await run(client, Infer(model=f"file:{third}", prompt="Hello", max_tokens=2))
-    error = next((e for e in events if isinstance(e, Error)), None)
-    assert error is not None and error.code == "NO_ROOM", [getattr(e, "human", e) for e in events]
-    assert "localhost: every core runs a worker already" in error.message
-    assert f"{SECOND}: every core runs a worker already" in error.message
+        error = next((e for e in events if isinstance(e, Error)), None)
+        assert error is not None and error.code == "NO_ROOM", [getattr(e, "human", e) for e in events]
+        assert "localhost: every core runs a worker already" in error.message
+        assert f"{SECOND}: every core runs a worker already" in error.message
+        for job in long:
+            await client.cancel(job.job_id)
+
+        # Idle again: the least recently used one makes room.
+        async def both_idle():
+            workers = (await client.request("GET", "/v1/workers"))["workers"]
+            return not any(w["slots_busy"] for w in workers)
+
+        await until(both_idle, timeout=30, interval=0.2, what="both workers to be idle")
+        events = await run(client, Infer(model=f"file:{third}", prompt="Hello", max_tokens=2))
+        assert events[-1].state == "completed", [getattr(e, "human", e) for e in events]
+        evicted = [e.human for e in events if isinstance(e, Narration) and e.action == "evict"]
+        assert len(evicted) == 1 and "the least recently used" in evicted[0]
+
+
+async def test_concurrent_requests_spread_over_both_hives_and_a_dead_worker_fails_over(hives):
+    import os
+    import signal
+
+    from shared.events import Error
+    from shared.operations import Infer
+
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        for hive_id in ("localhost", SECOND):  # one warm worker (4 slots) of the built-in model on each
+            await run(client, WorkerSpawn(hive_id=hive_id))
+        results = await asyncio.gather(*(run(client, Infer(prompt=f"Count to {i}:", max_tokens=16, temperature=0))
+                                         for i in range(8)))
+        assert all(r[-1].state == "completed" for r in results)
+        used = [r[-1].stats["hive_id"] for r in results]
+        assert sorted(set(used)) == ["localhost", SECOND] and max(used.count(h) for h in set(used)) <= 4, used
+
+        # A worker killed just before a request: the request is served by the other one, no error shown.
+        workers = (await client.request("GET", "/v1/workers"))["workers"]
+        local = next(w for w in workers if w["hive_id"] == "localhost")
+        os.kill(local["pid"], signal.SIGKILL)
+        events = await run(client, Infer(prompt="Hello", max_tokens=4))
+    assert events[-1].state == "completed" and not [e for e in events if isinstance(e, Error)], events
