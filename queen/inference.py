@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
@@ -20,6 +22,24 @@ from shared.operations import Infer
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
 ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})
 START_ATTEMPTS = 3  # workers tried for a request that could not start, before the job fails
+MOVES = 2  # times a generation whose worker (or its link) was lost is continued on another worker
+
+
+@dataclass
+class Progress:
+    """What a generation has produced so far, across the workers it ran on: the client's text, and the
+    token ids behind it (known up to `ids_text_len` characters) that another worker continues from."""
+
+    parts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    ids_text_len: int = 0  # characters of the text the ids account for
+    skip: int = 0  # characters a continuing worker repeats (text sent after the last known ids)
+    first_token_at: float | None = None
+    moves: int = 0
+
+    @property
+    def text_len(self) -> int:
+        return sum(len(p) for p in self.parts)
 
 
 class InferenceRunner:
@@ -33,42 +53,69 @@ class InferenceRunner:
     async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
         model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
-        for attempt in range(1, START_ATTEMPTS + 1):
+        progress = Progress()
+        attempt = 0
+        while True:
+            attempt += 1
             worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting)
             try:
-                return await self._generate(worker, op, started)
-            except WorkerRefused as exc:  # nothing reached the client yet: another worker may take it
-                if attempt == START_ATTEMPTS:
+                return await self._generate(worker, op, started, progress)
+            except WorkerRefused as exc:  # nothing of this attempt reached the client: another may take it
+                if attempt >= START_ATTEMPTS + progress.moves:
                     raise
                 narrate("infer_retry", f"{exc.message} Trying another worker.", target=worker.worker_id,
                         level="warn")
+            except (WorkerCrashed, HiveUnavailable) as exc:  # lost mid-generation
+                left = op.max_tokens - len(progress.ids)
+                if progress.moves >= MOVES or not progress.ids or left < 1 or exc.code == "WORKER_HUNG":
+                    raise
+                progress.moves += 1
+                progress.skip = progress.text_len - progress.ids_text_len
+                narrate("infer_moved", f"{exc.message.split(' (')[0]}; continuing the same answer on another worker "
+                                       f"from its {len(progress.ids)} tokens", target=worker.worker_id, level="warn")
             finally:
                 self.workers.release(worker, job.id)
-        raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def _generate(self, worker: WorkerInfo, op: Infer, started: float) -> dict[str, Any]:
+    async def _generate(self, worker: WorkerInfo, op: Infer, started: float, progress: Progress) -> dict[str, Any]:
         # A worker that sends nothing (no token, no keep-alive ping) for the progress timeout is hung: the
         # stream gets half of it, plus one resume.
         half = self._progress_timeout_s / 2
-        client = self.scheduler.hives.clients_for(worker.hive_id).jobs(worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05,
-                                    stream_idle_timeout=half, request_timeout=half)
-        parts: list[str] = []
-        first_token_at: float | None = None
+        client = self.scheduler.hives.clients_for(worker.hive_id).jobs(
+            worker.url, path="/v1/inference", max_resumes=1, resume_backoff=0.05, stream_idle_timeout=half,
+            request_timeout=half)
+        parts = progress.parts  # the client's one answer, whichever workers it came from
+        request = op.to_request()
+        carried = len(progress.ids)
+        if carried:  # a continuation: the tokens so far follow the prompt, and fewer remain
+            request = dataclasses.replace(request, continue_ids=tuple(progress.ids), max_tokens=op.max_tokens - carried)
+        base = progress.ids_text_len  # where this worker's text starts in the client's
+        own = 0  # characters this worker sent (the first `progress.skip` of them the client has already)
 
         def on_event(event: Event) -> None:
-            nonlocal first_token_at
+            nonlocal own
             if isinstance(event, Token):
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                parts.append(event.t)
-                emit(event)
+                own += len(event.t)
+                if event.ids:
+                    progress.ids.extend(event.ids)
+                    progress.ids_text_len = base + own
+                text = event.t
+                if progress.skip:
+                    cut = min(progress.skip, len(text))
+                    text, progress.skip = text[cut:], progress.skip - cut
+                if text:
+                    if progress.first_token_at is None:
+                        progress.first_token_at = time.perf_counter()
+                    parts.append(text)
+                    emit(Token(t=text, i=len(parts) - 1))
             elif isinstance(event, Started):  # the worker took it (its first event)
-                narrate("infer_start", f"Generating on {worker.worker_id} ({worker.model})", target=worker.worker_id)
+                verb = "Continuing" if carried else "Generating"
+                narrate("infer_start", f"{verb} on {worker.worker_id} ({worker.model}, hive {worker.hive_id})",
+                        target=worker.worker_id)
             elif isinstance(event, Error):
                 emit(event)
 
         try:
-            stats = await run_remote_job(client, op.to_request(), on_event=on_event, failed_code="GENERATION_FAILED")
+            stats = await run_remote_job(client, request, on_event=on_event, failed_code="GENERATION_FAILED")
         except ServerError as exc:  # it answered at submit: busy or a bad request is ours to report as is
             if exc.code in ANSWERS_OF_A_LIVE_WORKER or 400 <= exc.status < 500 or exc.status == 503:
                 raise
@@ -106,9 +153,9 @@ class InferenceRunner:
                                 "request will start a fresh worker.") from exc
         return {
             "text": "".join(parts),
-            "tokens_out": stats.get("tokens_out"),
+            "tokens_out": (stats.get("tokens_out") or 0) + carried if carried else stats.get("tokens_out"),
             "prompt_tokens": stats.get("prompt_tokens"),
-            "ttft_ms": round((first_token_at - started) * 1000, 2) if first_token_at else None,
+            "ttft_ms": round((progress.first_token_at - started) * 1000, 2) if progress.first_token_at else None,
             "tokens_per_s": stats.get("tokens_per_s"),
             "stop_reason": stats.get("stop_reason"),
             "worker_id": worker.worker_id,

@@ -59,6 +59,7 @@ class Narration:
 class Token:
     t: str
     i: int
+    ids: tuple[int, ...] | None = None  # from a worker: ids of the tokens whose text is now all out
     type: Literal["token"] = "token"
 
 
@@ -103,6 +104,8 @@ Event = Union[Narration, Token, Data, Error, Started, End]
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     if isinstance(event, Token):  # the hot path: keep it a plain dict literal
+        if event.ids is not None:
+            return {"type": "token", "t": event.t, "i": event.i, "ids": event.ids}
         return {"type": "token", "t": event.t, "i": event.i}
     if isinstance(event, End):
         return {"type": "end", "state": event.state.value, **event.stats}
@@ -141,7 +144,8 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
     kind = d.get("type") if isinstance(d, Mapping) else None
     try:
         if kind == "token":
-            return Token(t=d["t"], i=d["i"])
+            ids = d.get("ids")
+            return Token(t=d["t"], i=d["i"], ids=tuple(ids) if isinstance(ids, list) else None)
         if kind == "narration":
             level = d.get("level", "info")
             return Narration(

@@ -49,6 +49,9 @@ SAMPLING_DEFAULTS = {f.name: f.default for f in SAMPLING_FIELDS}
 @dataclass(frozen=True, kw_only=True)
 class InferenceRequest(Generation):
     name: ClassVar[str] = "inference"
+    # Token ids another worker generated for this same request: they follow the prompt, and the answer
+    # goes on from there (the queen moves a generation whose worker died; token events carry `ids`).
+    continue_ids: tuple[int, ...] | None = None
 
     @classmethod
     def describe(cls) -> str:

@@ -160,6 +160,12 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
                 raise bad(f"item {k} must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
             out.append((m["role"], m["content"]))
         return tuple(out)
+    if base == tuple[int, ...]:
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise bad("must be a list of integers")
+        if any(v < 0 for v in value):
+            raise bad("must not contain negative numbers")
+        return tuple(value)
     if base == tuple[str, ...]:
         if isinstance(value, str):
             value = [value]  # a single stop string is what most people mean

@@ -95,6 +95,7 @@ class Slot:
     held: str = ""  # decoded text not yet emitted (it may be the start of a stop string)
     parts: list[str] = field(default_factory=list)
     outbox: list[Token] = field(default_factory=list)  # tokens for the loop's next hand-over
+    ids_pending: list[int] = field(default_factory=list)  # generated ids whose text is not all out yet
 
 
 class LlamaEngine:
@@ -145,12 +146,20 @@ class LlamaEngine:
             return self._prepare(request)
 
     def _prepare(self, request: InferenceRequest) -> PreparedRequest:
+        import llama_cpp
+
         stops = list(request.stop or ())
         if request.messages is not None:
             tokens, template_stops = self._chat_prompt(request.messages)
             stops += template_stops
         else:
             tokens = self.tokenize(request.prompt or "", add_special=True)
+        if request.continue_ids:
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            if max(request.continue_ids) >= n_vocab:
+                raise InvalidRequest(f"Field 'continue_ids' holds a token id past this model's {n_vocab} tokens.",
+                                     field="continue_ids", problem=f"holds ids past {n_vocab}")
+            tokens = tokens + list(request.continue_ids)
         if len(tokens) >= self.n_ctx:
             problem = (f"is {len(tokens)} tokens long; a slot of this worker holds {self.n_ctx} "
                        f"(--ctx-size), the answer included")
@@ -392,7 +401,7 @@ class LlamaEngine:
         slot.gen, slot.next_token, slot.generated = gen, None, 0
         slot.started, slot.first_token_at = time.perf_counter(), None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        slot.held, slot.parts, slot.outbox = "", [], []
+        slot.held, slot.parts, slot.outbox, slot.ids_pending = "", [], [], []
         slot.sampler = _sampler_chain(req.temperature, req.top_k, req.top_p, req.seed)
         self._post(gen.emit, Started(job_id=gen.job_id, model=self.config.model_ref))
 
@@ -456,6 +465,7 @@ class LlamaEngine:
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop")
             return
+        slot.ids_pending.append(token)
         slot.held += slot.decoder.decode(self.piece(token))
         stops = req.stop_strings
         hit = min((i for i in (slot.held.find(s) for s in stops) if i >= 0), default=-1)
@@ -467,14 +477,20 @@ class LlamaEngine:
             self._finish(slot, "length")  # at most max_tokens, and never past the slot's context
             return
         keep = _stop_prefix_len(slot.held, stops)
-        self._queue_text(slot, slot.held[:len(slot.held) - keep])
+        # The ids go out with text only when that text is all of theirs (nothing held back, no half
+        # character): what the queen continues from then matches what the client saw.
+        clean = keep == 0 and not slot.decoder.getstate()[0]
+        self._queue_text(slot, slot.held[:len(slot.held) - keep], with_ids=clean)
         slot.held = slot.held[len(slot.held) - keep:]
         slot.next_token = token
 
-    def _queue_text(self, slot: Slot, text: str) -> None:
+    def _queue_text(self, slot: Slot, text: str, *, with_ids: bool = False) -> None:
         if text:
             slot.parts.append(text)
-            slot.outbox.append(Token(t=text, i=len(slot.parts) - 1))
+            ids = tuple(slot.ids_pending) if with_ids else None
+            if with_ids:
+                slot.ids_pending = []
+            slot.outbox.append(Token(t=text, i=len(slot.parts) - 1, ids=ids))
             if len(slot.parts) == 1:
                 self._deliver_now = True  # a first token goes out at once
 

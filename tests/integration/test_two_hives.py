@@ -150,3 +150,37 @@ async def test_concurrent_requests_spread_over_both_hives_and_a_dead_worker_fail
         os.kill(local["pid"], signal.SIGKILL)
         events = await run(client, Infer(prompt="Hello", max_tokens=4))
     assert events[-1].state == "completed" and not [e for e in events if isinstance(e, Error)], events
+
+
+async def test_a_generation_whose_worker_dies_continues_on_another_with_the_same_text(hives):
+    import os
+    import signal
+
+    from shared.events import Error, Narration, Token
+    from shared.operations import Infer
+
+    request = Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", max_tokens=60, temperature=0)
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        for hive_id in ("localhost", SECOND):  # a warm worker of the built-in model on each hive
+            await run(client, WorkerSpawn(hive_id=hive_id))
+        reference = await run(client, request)
+        expected = "".join(e.t for e in reference if isinstance(e, Token))
+        assert reference[-1].state == "completed" and len(expected) > 40
+
+        job = await client.submit(request)
+        events, tokens, generating = [], 0, None
+        async for event in client.stream(job.job_id):
+            events.append(event)
+            if isinstance(event, Narration) and event.action == "infer_start" and generating is None:
+                generating = event.target
+            if isinstance(event, Token):
+                tokens += 1
+                if tokens == 20:  # mid-answer: its worker dies
+                    workers = (await client.request("GET", "/v1/workers"))["workers"]
+                    os.kill(next(w["pid"] for w in workers if w["worker_id"] == generating), signal.SIGKILL)
+    assert events[-1].state == "completed", [getattr(e, "message", e) for e in events if isinstance(e, Error)]
+    assert not [e for e in events if isinstance(e, Error)]
+    assert "".join(e.t for e in events if isinstance(e, Token)) == expected  # one answer, as if nothing happened
+    moved = [e.human for e in events if isinstance(e, Narration) and e.action == "infer_moved"]
+    assert len(moved) == 1 and "continuing the same answer on another worker" in moved[0], moved
+    assert events[-1].stats["worker_id"] != generating
