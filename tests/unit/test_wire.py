@@ -56,8 +56,13 @@ def test_sampling_is_defined_once_for_infer_and_the_worker_request():
     assert isinstance(request, InferenceRequest)
     assert request == parse_inference_request(request.to_dict())
     assert (request.top_k, request.stop, request.max_tokens) == (5, ("END",), SAMPLING_DEFAULTS["max_tokens"])
-    shared_fields = {f.name for f in dataclasses.fields(InferenceRequest)}
+    shared_fields = {f.name for f in dataclasses.fields(InferenceRequest)} - {"continue_ids"}  # queen → worker only
     assert shared_fields <= {f.name for f in dataclasses.fields(Infer)}
+    continued = parse_inference_request({"prompt": "Hi", "continue_ids": [1, 2, 3]})
+    assert continued.continue_ids == (1, 2, 3) and parse_inference_request(continued.to_dict()) == continued
+    for bad in ([1, -2], [1.5], "12", [True]):
+        with pytest.raises(InvalidRequest, match="continue_ids"):
+            parse_inference_request({"prompt": "Hi", "continue_ids": bad})
     assert SAMPLING_DEFAULTS == {"max_tokens": 128, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": None,
                                  "stop": None}
 
