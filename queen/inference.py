@@ -67,7 +67,7 @@ class InferenceRunner:
                         level="warn")
             except (WorkerCrashed, HiveUnavailable) as exc:  # lost mid-generation
                 left = op.max_tokens - len(progress.ids)
-                if progress.moves >= MOVES or not progress.ids or left < 1 or exc.code == "WORKER_HUNG":
+                if progress.moves >= MOVES or left < 1 or exc.code == "WORKER_HUNG":
                     raise
                 progress.moves += 1
                 progress.skip = progress.text_len - progress.ids_text_len

@@ -115,21 +115,19 @@ async def test_cancel_mid_stream_stops_the_generation(client, queen):
     assert events[-1].state == "completed" and "worker_found" in narrations(events)
 
 
-async def test_worker_killed_mid_stream_fails_clearly_and_the_next_infer_gets_a_fresh_one(client, queen):
+async def test_worker_killed_mid_stream_the_answer_goes_on_on_a_fresh_one(client, queen):
     _, events = await run(client, Infer(**HELLO))
     victim = (await workers_of(queen))[0]
-    job = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+    job = await client.submit(Infer(prompt=COUNTING, max_tokens=200, temperature=0))
     seen = []
     async for event in client.stream(job.job_id):
         seen.append(event)
         if isinstance(event, Token) and event.i == 2:
             os.kill(victim["pid"], signal.SIGKILL)
-    error = next(e for e in seen if isinstance(e, Error))
-    assert error.code == "WORKER_CRASHED" and victim["worker_id"] in error.message
-    assert "died mid-generation" in error.message
-    assert seen[-1] == End(state="failed")
-    _, events = await run(client, Infer(**HELLO))
-    assert events[-1].state == "completed" and "worker_spawn" in narrations(events)
+    assert not [e for e in seen if isinstance(e, Error)] and seen[-1].state == "completed"
+    said = narrations(seen)
+    assert "infer_moved" in said and "worker_spawn" in said  # continued on a fresh worker, narrated
+    assert seen[-1].stats["worker_id"] != victim["worker_id"]
     fresh = [w for w in await workers_of(queen) if w["state"] == "ready"]
     assert len(fresh) == 1 and fresh[0]["worker_id"] != victim["worker_id"]
 
