@@ -11,7 +11,7 @@ from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerSt
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
-from shared.errors import ServerError, StreamTimeout
+from shared.errors import RbeeError, ServerError, StreamTimeout
 from shared.events import Error, Event, Started, Token, detached_task, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job
@@ -55,9 +55,15 @@ class InferenceRunner:
         model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
         progress = Progress()
         attempt = 0
+        lost: RbeeError | None = None  # why the answer is being moved, if it is
         while True:
             attempt += 1
-            worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting)
+            try:
+                worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting)
+            except RbeeError:
+                if lost is not None:  # nowhere to move it (say, the one hive it must run on is out of reach)
+                    raise lost from None
+                raise
             try:
                 return await self._generate(worker, op, started, progress)
             except WorkerRefused as exc:  # nothing of this attempt reached the client: another may take it
@@ -67,10 +73,12 @@ class InferenceRunner:
                         level="warn")
             except (WorkerCrashed, HiveUnavailable) as exc:  # lost mid-generation
                 left = op.max_tokens - len(progress.ids)
-                if progress.moves >= MOVES or left < 1 or exc.code == "WORKER_HUNG":
+                pinned_away = op.hive_id is not None and isinstance(exc, HiveUnavailable)  # its one hive is gone
+                if progress.moves >= MOVES or left < 1 or exc.code == "WORKER_HUNG" or pinned_away:
                     raise
                 progress.moves += 1
                 progress.skip = progress.text_len - progress.ids_text_len
+                lost = exc
                 narrate("infer_moved", f"{exc.message.split(' (')[0]}; continuing the same answer on another worker "
                                        f"from its {len(progress.ids)} tokens", target=worker.worker_id, level="warn")
             finally:
