@@ -62,14 +62,16 @@ async def failover_round(client: JobClient) -> float:
 
 async def continuation_round(client: JobClient) -> float:
     job = await client.submit(Infer(prompt=PROMPT, max_tokens=120, temperature=0))
-    tokens, killed, generating = 0, None, None
+    tokens, killed, generating, moved = 0, None, None, False
     async for event in client.stream(job.job_id):
         if isinstance(event, Narration) and event.action == "infer_start" and generating is None:
             generating = event.target
         if isinstance(event, Error):
             raise SystemExit(f"the request failed: {event.message}")
+        if isinstance(event, Narration) and event.action == "infer_start" and event.target != generating:
+            moved = True  # tokens still in flight from the dead worker do not count: the new one's do
         if isinstance(event, Token):
-            if killed is not None:
+            if killed is not None and moved:
                 waited = time.perf_counter() - killed
                 async for _ in client.stream(job.job_id):  # drain: the job goes on to the end
                     pass
