@@ -13,33 +13,21 @@ import getpass
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from shared.events import Data, Error, Narration, Token
+from shared.events import Error, Narration, Token
 from shared.job_client import JobClient
 from shared.operations import Infer
+from tests.integration.test_remote_hive import BASE_PYTHON, payload, run
 from tests.support.netns import require_netns, start_cluster
 from tests.support.processes import start_queen
 
 pytestmark = pytest.mark.integration
 
-BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
 HOSTS = ("hosta", "hostb")
-
-
-async def run(client, operation):
-    job = await client.submit(operation)
-    return [e async for e in client.stream(job.job_id)]
-
-
-def payload(events, action):
-    found = [e.payload for e in events if isinstance(e, Data) and e.action == action]
-    assert found, f"no {action} data; errors: {[e.message for e in events if isinstance(e, Error)]}"
-    return found[0]
 
 
 def completed(events):
