@@ -174,16 +174,31 @@ class HiveRegistry:
         return await link.local_url(url)
 
     async def link_lost(self, hive_id: str, within: float = 2.0) -> str | None:
-        """Why the link to a remote hive went down, if it did (waiting `within` for SSH to notice a stream
-        that just broke); None for a local hive or a link that is up."""
+        """Why the link to a remote hive went down, if it did; None for a local hive or a link that is up.
+        A stream that just broke may be the first sign of a lost link, so the hive is asked for its health
+        through the link: an answer proves the link up at once (a worker died, not the link); otherwise SSH
+        gets up to `within` seconds to notice."""
         hive = self._hives.get(hive_id)
         link = hive.supervisor.link if hive and hive.supervisor else None
         if hive is None or hive.local or hive.supervisor is None:
             return None
         if link is None:
             return hive.supervisor.problem or "not connected"
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(link.wait_closed(), within)
+        closed = asyncio.ensure_future(link.wait_closed())
+        probe = asyncio.ensure_future(self.healthy(hive))
+        try:
+            deadline = asyncio.get_running_loop().time() + within
+            pending = {closed, probe}
+            while not closed.done() and (left := deadline - asyncio.get_running_loop().time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if probe in done and not probe.cancelled() and probe.exception() is None and probe.result():
+                    break  # the hive answered through the link
+                if not pending or not done:
+                    break
+        finally:
+            for task in (closed, probe):
+                task.cancel()
+            await asyncio.gather(closed, probe, return_exceptions=True)
         return link.close_reason if link.closed else None
 
     async def healthy(self, hive: HiveHandle) -> bool:
