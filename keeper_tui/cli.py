@@ -21,7 +21,7 @@ from shared.events import End, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL
-from shared.operations import LOCAL_HIVE, Operation, parse_operation
+from shared.operations import ANY_HIVE, LOCAL_HIVE, Operation, parse_operation
 from shared.ports import DEFAULT_QUEEN_URL
 from shared.wire import field_types
 from shared.paths import RbeePaths
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", "Spawn, list, inspect or stop workers.", "rbee worker spawn --model smollm2-135m")
     p.add_argument("action", choices=("spawn", "list", "get", "delete"))
     p.add_argument("id", nargs="?", help="get/delete: the worker id")
-    p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
+    p.add_argument("--hive", dest="hive_id", default=None,
+                   help=f"the hive (spawn: default {ANY_HIVE}, wherever there is room; otherwise {LOCAL_HIVE})")
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"spawn: model reference (default {BUILTIN_MODEL})")
     p.add_argument("--worker", default="cpu", choices=("cpu", "cuda", "metal"), help="spawn: worker type")
     p.add_argument("--device", type=int, default=0, help="spawn: device index (cuda:N)")
@@ -145,7 +146,8 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             return _parse(body, parser)
         return _parse({"operation": name, "alias": args.alias}, parser)
     if c == "worker":
-        body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": args.hive_id}
+        hive = args.hive_id or (ANY_HIVE if args.action == "spawn" else LOCAL_HIVE)
+        body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": hive}
         if args.action == "spawn":
             body.update(model=args.model, worker=args.worker, device=args.device)
         elif args.action in ("get", "delete"):

@@ -17,7 +17,7 @@ from shared.job_client import Clients
 from shared.job_registry import Job, JobRegistry
 from shared.operations import (
     HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveOperation, HiveRefreshCapabilities, HiveStart, HiveStatus,
-    HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete,
+    ANY_HIVE, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
 
@@ -35,6 +35,8 @@ class QueenExecutor:
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if isinstance(op, Infer):
             return await self.runner.infer(op, job)
+        if isinstance(op, WorkerSpawn) and op.hive_id == ANY_HIVE:
+            return await self.runner.scheduler.spawn_placed(op)
         if isinstance(op, HiveOperation):
             result = await self.hives.forward(op)
             if isinstance(op, WorkerDelete):

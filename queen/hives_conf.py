@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from queen.errors import QueenError
-from shared.operations import LOCAL_HIVE
+from shared.operations import ANY_HIVE, LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, valid_port
 DEFAULT_INSTALL_DIR = "~/.local/share/rbee-hive"
 KEYS = {
@@ -106,6 +106,9 @@ def load_hives_conf(path: Path) -> dict[str, RemoteHost]:
         alias = patterns[0]
         if alias == LOCAL_HIVE:
             raise HivesConfError(f"{path}, line {line}: 'localhost' is the queen's own hive; pick another alias.")
+        if alias == ANY_HIVE:
+            raise HivesConfError(f"{path}, line {line}: '{ANY_HIVE}' means \"wherever there is room\" to rbee; "
+                                 "pick another alias.")
         unknown = sorted(set(options) - set(KEYS))
         if unknown:
             raise HivesConfError(f"{path}, line {line}: unknown keyword '{unknown[0]}' for {alias}. "
@@ -177,7 +180,7 @@ def import_ssh_config(ssh_config: Path, hives_conf: Path, default_hive_port: int
         for pattern in patterns:
             if any(c in pattern for c in "*?!"):
                 report.skipped.append((pattern, "wildcard"))
-            elif not ALIAS.fullmatch(pattern) or pattern == LOCAL_HIVE:
+            elif not ALIAS.fullmatch(pattern) or pattern in (LOCAL_HIVE, ANY_HIVE):
                 report.skipped.append((pattern, "not usable as a hive alias"))
             elif pattern in existing or any(h.alias == pattern for h in new):
                 report.skipped.append((pattern, "already in hives.conf"))

@@ -1,8 +1,9 @@
 """Where a new worker goes when the request names no hive: a hive that has the model and room for it,
 else one with room that can fetch it. Room is the worker's memory estimate (from the GGUF's metadata,
 computed by each hive for its own context and slots) against the hive's available memory, and a free
-core. When no hive has room, the least recently used idle worker of another model is stopped to make
-some (never one with requests in flight); when none is idle either, the error names every hive and why."""
+core. When no hive has room for a model that has no worker yet, the least recently used idle worker of
+another model is stopped to make some (never one with requests in flight); when none is idle either, the
+error names every hive and why."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class HiveFit:
     free_mb: float | None = None
     cores_free: int | None = None
     problem: str | None = None  # why it cannot take the worker
+    answered: bool = False  # its capabilities and catalog were had
 
     @property
     def fits(self) -> bool:
@@ -59,6 +61,7 @@ async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
     except RbeeError as exc:
         fit.problem = exc.message
         return fit
+    fit.answered = True
     entry = next((m for m in listed if m.get("id") == model), None)
     fit.has_model = entry is not None
     if entry is not None:
@@ -69,9 +72,13 @@ async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
     return fit
 
 
-async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowed: list[str]) -> str:
-    """The hive to start a worker of `model` on, among `allowed` (the hives under their worker cap)."""
+async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowed: list[str], *,
+                evict: bool = True) -> str:
+    """The hive to start a worker of `model` on, among `allowed` (the hives under their worker cap);
+    `evict`: whether another model's idle worker may be stopped to make room."""
     fits = list(await asyncio.gather(*(survey(hives, alias, model) for alias in allowed)))
+    if len(fits) == 1 and not fits[0].answered:
+        return fits[0].alias  # the one hive it may go to: starting the worker there says best what is wrong
     known_need = next((f.needs_mb for f in fits if f.needs_mb is not None), None)
     for fit in fits:
         if fit.problem is not None:
@@ -83,7 +90,7 @@ async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowe
         elif need is not None and fit.free_mb is not None and need > fit.free_mb:
             fit.problem = f"needs {need:.0f} MiB, has {fit.free_mb:.0f} MiB free"
     usable = [f for f in fits if f.fits]
-    if not usable and (made := await _make_room(hives, workers, model, fits)) is not None:
+    if not usable and evict and (made := await _make_room(hives, workers, model, fits)) is not None:
         return made
     if not usable:
         raise NoRoom(f"No hive has room for a worker of {model}: "
@@ -91,6 +98,8 @@ async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowe
                      + ". Stop a worker (`rbee worker delete ID`), or add a hive.")
     best = max(usable, key=lambda f: (f.has_model, f.free_mb or 0.0))  # the file there, then the most room
     need = f"{best.needs_mb:.0f} MiB" if best.needs_mb is not None else "an unknown amount until it is downloaded"
+    if len(fits) == 1:
+        return best.alias  # no choice to explain
     others = [f"{f.alias} ({f.problem})" for f in fits if f is not best and f.problem]
     narrate("placement", f"Placing {model} on {best.alias}: {'has the model' if best.has_model else 'will fetch it'}, "
                          f"needs {need}, {best.free_mb or 0:.0f} MiB free"

@@ -2,21 +2,31 @@
 the model first if needed), else wait for a slot to come free. Each step is narrated.
 
 One model gets one worker per hive by default (`max_workers_per_hive`): its slots serve concurrent
-requests in one batch, which beats two processes fighting over the same cores."""
+requests in one batch, which beats two processes fighting over the same cores.
+
+Requests wait in one first-come-first-served queue per model (and hive, when they name one), so a burst
+for one model never delays another model's requests. Eviction (placement.py) only makes room for a model
+that has no worker yet: more workers for a busy model go only where there is free room, otherwise its
+requests wait for its own slots. So a burst for one model does not stop other models' workers."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import dataclasses
+import time
+from collections import deque
+from typing import Any, Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
-from queen.placement import place
+from queen.placement import NoRoom, place
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
+from shared.models import parse_reference
 from shared.operations import WorkerSpawn
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
+FULL_RECHECK_S = 5.0  # how long "no hive has room for another worker of this model" is believed
 
 
 class Scheduler:
@@ -25,6 +35,15 @@ class Scheduler:
         self.hives = hives
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
+        self._queues: dict[tuple[str, str | None], deque[str]] = {}  # job ids waiting, per model and hive
+        self._full_until: dict[tuple[str, str | None], float] = {}  # no room to scale out until then
+
+    def queued(self) -> dict[str, int]:
+        """Requests waiting for a worker, per model."""
+        counts: dict[str, int] = {}
+        for (model, _), queue in self._queues.items():
+            counts[model] = counts.get(model, 0) + len(queue)
+        return counts
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str,
                       waiting: Callable[[bool], None] = lambda _: None) -> WorkerInfo:
@@ -33,40 +52,82 @@ class Scheduler:
         if hive_id is not None and not self.hives.get(hive_id).local:  # an unknown hive fails at once
             # A remote hive being (re)connected: its running workers are adopted first, not duplicated.
             await self.hives.ensure_running(hive_id)
+        key = (model, hive_id)
+        queue = self._queues.setdefault(key, deque())
+        queue.append(job_id)
+        try:
+            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting)
+        finally:
+            queue.remove(job_id)
+            if not queue and self._queues.get(key) is queue:
+                del self._queues[key]
+            self.workers.notify()  # the next in line looks again
+
+    async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, queue: deque[str],
+                               waiting: Callable[[bool], None]) -> WorkerInfo:
+        key = (model, hive_id)
         waiting_said = False
         while True:
-            worker = self.workers.with_free_slot(model, hive_id)
+            worker = self.workers.with_free_slot(model, hive_id) if queue[0] == job_id else None
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
                 narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id} (slot "
                                         f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
                 return worker
-            room = [h for h in ([hive_id] if hive_id else self.hives.schedulable())
-                    if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
+            candidates = [hive_id] if hive_id else self.hives.schedulable()
+            room = [h for h in candidates if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
+            has_worker = any(self.workers.count_alive(model, h) for h in candidates)
             lock = self._spawning.setdefault((hive_id or "*", model), asyncio.Lock())
-            if room and not lock.locked():
+            if (queue[0] == job_id and room and not lock.locked()
+                    and not (has_worker and time.monotonic() < self._full_until.get(key, 0.0))):
                 async with lock:
                     waiting(False)
-                    target = hive_id or (room[0] if len(room) == 1 else await place(self.hives, self.workers, model, room))
-                    worker = await self._spawn(model, target)
-                    self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
-                    return worker
+                    try:
+                        # Another model's worker is stopped only for a model that has none yet.
+                        target = await place(self.hives, self.workers, model, room, evict=not has_worker)
+                    except NoRoom:
+                        if not has_worker:
+                            raise
+                        target = None  # its own workers' slots come free: wait for one
+                        self._full_until[key] = time.monotonic() + FULL_RECHECK_S
+                    if target is not None:
+                        worker, _ = await self._spawn(model, target)
+                        self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
+                        return worker
             if not waiting_said:
-                narrate("worker_wait", f"Every slot for {model} on {hive_id or 'every hive'} is busy; waiting for one",
-                        target=model)
+                ahead = queue.index(job_id)
+                narrate("worker_wait", f"Every slot for {model} on {hive_id or 'every hive'} is busy; waiting for one"
+                        + (f" ({ahead} ahead in its queue)" if ahead else ""), target=model)
                 waiting_said = True
                 waiting(True)
             await self.workers.wait_for_change(1.0)
 
-    async def _spawn(self, model: str, hive_id: str) -> WorkerInfo:
-        narrate("schedule", f"No worker with a free slot has {model}; spawning one on {hive_id}", target=hive_id)
+    async def spawn_placed(self, op: WorkerSpawn) -> dict[str, Any]:
+        """`worker_spawn` naming no hive: placed like a request's worker (room is made for a model that has
+        no worker yet); the hive's own result."""
+        model = parse_reference(op.model).id
+        candidates = self.hives.schedulable()
+        room = [h for h in candidates if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
+        if not room:
+            raise NoRoom(f"Every hive runs {self.config.max_workers_per_hive} worker(s) of {model} already "
+                         "(the queen's --max-workers-per-hive). Use `rbee worker list`, or name a hive with --hive.")
+        has_worker = any(self.workers.count_alive(model, h) for h in candidates)
+        target = await place(self.hives, self.workers, model, room, evict=not has_worker)
+        _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target))
+        return {**result, "hive_id": target}
+
+    async def _spawn(self, model: str, hive_id: str,
+                     op: WorkerSpawn | None = None) -> tuple[WorkerInfo, dict[str, Any]]:
+        """Start a worker (`op`, or one of `model` with the defaults) on `hive_id` and register it."""
+        narrate("schedule", f"Spawning a worker of {model} on {hive_id}" if op else
+                f"No worker with a free slot has {model}; spawning one on {hive_id}", target=hive_id)
         await self._stop_dead_workers(hive_id)
-        result = await self.hives.forward(WorkerSpawn(hive_id=hive_id, model=model))
+        result = await self.hives.forward(op or WorkerSpawn(hive_id=hive_id, model=model))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
         url = await self.hives.worker_url(hive_id, str(result["url"]))
         return self.workers.add(str(result["worker_id"]), hive_id, url, model,
-                                int(result.get("slots") or 1))
+                                int(result.get("slots") or 1)), result
 
     async def _stop_dead_workers(self, hive_id: str) -> None:
         """Workers the queen gave up on (silent, crashed, stopped) are stopped on their hive first."""

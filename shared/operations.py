@@ -17,6 +17,7 @@ from shared.models import BUILTIN_MODEL
 from shared.wire import WireMessage, bounds, json_type, parse_message
 
 LOCAL_HIVE = "localhost"
+ANY_HIVE = "any"  # worker_spawn: the queen places the worker (never a hive's alias)
 
 OPERATIONS: dict[str, type["Operation"]] = {}
 

@@ -174,6 +174,48 @@ async def test_a_job_waiting_for_a_slot_reads_as_queued(home):
         await asyncio.to_thread(queen.stop, 30)
 
 
+async def test_requests_waiting_for_a_model_are_served_first_come_first_served(home):
+    queen = await asyncio.to_thread(start_queen, home, "--worker-slots", "1")
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            await run(client, Infer(**HELLO))  # warm: one worker, one slot
+            busy = await client.submit(Infer(prompt=COUNTING, max_tokens=1000, temperature=0))
+            waiting = []
+            for _ in range(3):  # each one queued behind the ones before it
+                waiting.append(await client.submit(Infer(**HELLO)))
+                await until(lambda: _is_queued(client, waiting[-1].job_id), what="the job to wait its turn")
+            await client.cancel(busy.job_id)
+            results = [[e async for e in client.stream(job.job_id)] for job in waiting]
+        assert all(events[-1].state == "completed" for events in results)
+        said = [next(e.human for e in events if isinstance(e, Narration) and e.action == "worker_wait")
+                for events in results]
+        assert "ahead" not in said[0] and "(1 ahead in its queue)" in said[1] and "(2 ahead in its queue)" in said[2]
+        started = [next(e.ts for e in events if isinstance(e, Narration) and e.action == "infer_start")
+                   for events in results]
+        assert started == sorted(started)
+    finally:
+        await asyncio.to_thread(queen.stop, 30)
+
+
+async def _is_queued(client, job_id):
+    return (await client.get(job_id))["state"] == "queued"
+
+
+async def test_one_machine_switching_models_stops_the_idle_worker_of_the_other(client, queen, tmp_path):
+    import shutil
+
+    from shared.builtin_model import builtin_model_path
+
+    await run(client, Infer(**HELLO))  # a worker of the built-in model on every core
+    other = tmp_path / "other-model.gguf"
+    shutil.copy(builtin_model_path(), other)
+    _, events = await run(client, Infer(model=f"file:{other}", **HELLO))
+    assert events[-1].state == "completed", [e.message for e in events if isinstance(e, Error)]
+    evicted = [e.human for e in events if isinstance(e, Narration) and e.action == "evict"]
+    assert len(evicted) == 1 and "smollm2-135m" in evicted[0], evicted
+    assert [w["model"] for w in await workers_of(queen) if w["state"] in ("ready", "busy")] == [f"file:{other}"]
+
+
 async def test_silent_worker_is_lost_and_never_scheduled(home):
     queen = await asyncio.to_thread(start_queen, home, "--heartbeat-timeout", "1.5")
     try:

@@ -128,6 +128,32 @@ async def test_placement_goes_where_the_model_is_evicts_idle_workers_only_and_sa
         assert len(evicted) == 1 and "the least recently used" in evicted[0]
 
 
+async def test_a_burst_for_one_model_waits_for_its_own_slots_and_leaves_other_models_workers_alone(hives):
+    from shared.events import Narration
+    from shared.operations import Infer
+
+    b_model = hives.second_only_model
+    async with JobClient(hives.queen.url, hives.queen.token) as client:
+        await run(client, ModelDownload(hive_id=SECOND, model=b_model))
+        await run(client, WorkerSpawn(hive_id="localhost"))  # the built-in model takes every local core
+        # No hive named: placed where the model's file is (localhost has no core left anyway).
+        spawned = await run(client, WorkerSpawn(hive_id="any", model=b_model))
+        assert spawned[-1].state == "completed" and spawned[-1].stats["hive_id"] == SECOND, spawned
+        b_worker = spawned[-1].stats["worker_id"]
+
+        burst = [asyncio.create_task(run(client, Infer(prompt=f"Count to {i}:", max_tokens=24, temperature=0)))
+                 for i in range(8)]  # twice the slots of the built-in model's one worker
+        await asyncio.sleep(0.5)
+        b_answer = await run(client, Infer(model=b_model, prompt="Hello", max_tokens=4))
+        results = await asyncio.gather(*burst)
+
+    everything = [e for events in [*results, b_answer] for e in events]
+    assert not [e.human for e in everything if isinstance(e, Narration) and e.action == "evict"]
+    assert all(r[-1].state == "completed" and r[-1].stats["hive_id"] == "localhost" for r in results)
+    assert any("worker_wait" == e.action for e in everything if isinstance(e, Narration))
+    assert b_answer[-1].state == "completed" and b_answer[-1].stats["worker_id"] == b_worker
+
+
 async def test_concurrent_requests_spread_over_both_hives_and_a_dead_worker_fails_over(hives):
     import os
     import signal
