@@ -7,7 +7,7 @@ import pytest
 
 from keeper_tui.cli import build_parser, operation_for
 from shared.inference import SAMPLING_FIELDS
-from shared.operations import Infer
+from shared.operations import ANY_HIVE, LOCAL_HIVE, Infer, WorkerList, WorkerSpawn
 
 
 def parse(*argv: str):
@@ -27,6 +27,12 @@ def test_every_sampling_field_is_an_option_with_its_default_in_the_help(capsys):
 def test_options_become_the_operation():
     op = parse("infer", "--top-k", "5", "--stop", "a", "--stop", "b", "--hive", "gpu_1", "Hello")
     assert op == Infer(prompt="Hello", top_k=5, stop=("a", "b"), hive_id="gpu_1")
+
+
+def test_a_worker_spawn_naming_no_hive_is_placed_by_the_queen():
+    assert parse("worker", "spawn") == WorkerSpawn(hive_id=ANY_HIVE)
+    assert parse("worker", "spawn", "--hive", "gpu_1") == WorkerSpawn(hive_id="gpu_1")
+    assert parse("worker", "list") == WorkerList(hive_id=LOCAL_HIVE)
 
 
 @pytest.mark.parametrize("argv, said", [

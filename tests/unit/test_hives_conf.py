@@ -127,6 +127,14 @@ def test_an_unknown_keyword_is_refused_with_the_known_ones(tmp_path):
     assert "hiveport" in message and "stricthostkeychecking" in message
 
 
+def test_any_is_reserved_for_placement(tmp_path):
+    conf = write(tmp_path, "Host any\n    HostName 10.0.0.9\n")
+    with pytest.raises(HivesConfError, match="'any' means \"wherever there is room\" to rbee"):
+        load_hives_conf(conf)
+    report = import_ssh_config(write(tmp_path, "Host any\n", name="ssh_config"), tmp_path / "new.conf", 7835)
+    assert report.added == [] and report.skipped == [("any", "not usable as a hive alias")]
+
+
 def test_localhost_is_the_queens_own_hive(tmp_path):
     conf = write(tmp_path, "Host gpu1\nHost localhost\n    HostName 127.0.0.1\n")
     with pytest.raises(HivesConfError) as err:
