@@ -84,6 +84,7 @@ class Scheduler:
                 async with lock:
                     waiting(False)
                     try:
+                        await self._stop_dead_workers(room)  # what they hold is room again
                         # Another model's worker is stopped only for a model that has none yet.
                         target = await place(self.hives, self.workers, model, room, evict=not has_worker)
                     except NoRoom:
@@ -113,6 +114,7 @@ class Scheduler:
             raise NoRoom(f"Every hive runs {self.config.max_workers_per_hive} worker(s) of {model} already "
                          "(the queen's --max-workers-per-hive). Use `rbee worker list`, or name a hive with --hive.")
         has_worker = any(self.workers.count_alive(model, h) for h in candidates)
+        await self._stop_dead_workers(room)
         target = await place(self.hives, self.workers, model, room, evict=not has_worker)
         _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target))
         return {**result, "hive_id": target}
@@ -122,17 +124,17 @@ class Scheduler:
         """Start a worker (`op`, or one of `model` with the defaults) on `hive_id` and register it."""
         narrate("schedule", f"Spawning a worker of {model} on {hive_id}" if op else
                 f"No worker with a free slot has {model}; spawning one on {hive_id}", target=hive_id)
-        await self._stop_dead_workers(hive_id)
+        await self._stop_dead_workers([hive_id])
         result = await self.hives.forward(op or WorkerSpawn(hive_id=hive_id, model=model))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
         url = await self.hives.worker_url(hive_id, str(result["url"]))
         return self.workers.add(str(result["worker_id"]), hive_id, url, model,
                                 int(result.get("slots") or 1)), result
 
-    async def _stop_dead_workers(self, hive_id: str) -> None:
+    async def _stop_dead_workers(self, hive_ids: list[str]) -> None:
         """Workers the queen gave up on (silent, crashed, stopped) are stopped on their hive first."""
-        for dead in [w for w in self.workers.all() if w.hive_id == hive_id and w.state in DEAD]:
+        for dead in [w for w in self.workers.all() if w.hive_id in hive_ids and w.state in DEAD]:
             narrate("worker_cleanup", f"Stopping {dead.worker_id} ({dead.state}) before starting another",
                     target=dead.worker_id, level="warn")
             self.workers.forget(dead.worker_id)
-            await self.hives.ask_to_stop_worker(hive_id, dead.worker_id)
+            await self.hives.ask_to_stop_worker(dead.hive_id, dead.worker_id)
