@@ -78,6 +78,8 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         table(workers, QUEEN_WORKER_COLUMNS, out)
         jobs = payload.get("jobs", {})
         out.write(f"\njobs: {jobs.get('running', 0)} running, {jobs.get('recent', 0)} recent\n")
+        for model, count in sorted((payload.get("waiting_for_a_worker") or {}).items()):
+            out.write(f"waiting for a worker of {model}: {count}\n")
     elif isinstance(payload, dict):
         key_values(payload, out)
     else:

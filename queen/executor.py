@@ -105,4 +105,5 @@ class QueenExecutor:
             "hives": await self.hives.statuses(),
             "workers": [w.to_dict() for w in self.workers.all()],
             "jobs": {"running": sum(1 for j in jobs if not j.state.finished), "recent": len(jobs)},
+            "waiting_for_a_worker": self.runner.scheduler.queued(),  # per model
         }

@@ -11,7 +11,7 @@ import pytest
 
 from shared.events import Data, End, Error, Narration, Token
 from shared.job_client import JobClient
-from shared.operations import Infer
+from shared.operations import Infer, Status
 from tests.support.processes import children_of, pid_alive, start_queen
 from tests.support.waiting import until
 
@@ -184,6 +184,8 @@ async def test_requests_waiting_for_a_model_are_served_first_come_first_served(h
             for _ in range(3):  # each one queued behind the ones before it
                 waiting.append(await client.submit(Infer(**HELLO)))
                 await until(lambda: _is_queued(client, waiting[-1].job_id), what="the job to wait its turn")
+            _, status = await run(client, Status())
+            assert next(e for e in status if isinstance(e, Data)).payload["waiting_for_a_worker"] == {"smollm2-135m": 3}
             await client.cancel(busy.job_id)
             results = [[e async for e in client.stream(job.job_id)] for job in waiting]
         assert all(events[-1].state == "completed" for events in results)

@@ -135,6 +135,7 @@ def test_status_shows_hives_workers_and_job_counts():
         "workers": [{"worker_id": "w1", "hive_id": "localhost", "model": "m", "state": "ready", "device": "cpu",
                      "slots": 4, "slots_busy": 1, "pid": 2, "url": "http://w"}],
         "jobs": {"running": 1, "recent": 3},
+        "waiting_for_a_worker": {"m": 2},
     }
     assert rendered("status", payload) == (
         "hives\n"
@@ -145,7 +146,8 @@ def test_status_shows_hives_workers_and_job_counts():
         "ID  HIVE       MODEL  STATE  DEVICE  SLOTS BUSY  PID  URL\n"
         "w1  localhost  m      ready  cpu     1/4         2    http://w\n"
         "\n"
-        "jobs: 1 running, 3 recent\n")
+        "jobs: 1 running, 3 recent\n"
+        "waiting for a worker of m: 2\n")
 
 
 def test_an_empty_status_says_none_and_zero():
