@@ -15,6 +15,7 @@ from hive.models import ModelStore
 from hive.workers import WorkerSupervisor
 from shared.events import Data, emit, narrate
 from shared.job_registry import Job
+from shared.models import alias_of
 from shared.operations import (
     HiveOperation, ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
 )
@@ -86,7 +87,7 @@ class HiveExecutor:
                 self._estimates[key] = estimate.to_dict()
             except (GGUFError, OSError, ValueError) as exc:  # listed all the same, without a size
                 self._estimates[key] = {"error": str(exc)}
-        return {**entry.to_dict(), "estimate": self._estimates[key]}
+        return {**entry.to_dict(), "alias": alias_of(entry.id), "estimate": self._estimates[key]}
 
     def thread_budget(self, device: str) -> int:
         """llama.cpp threads for a new worker: what the running CPU workers leave of this machine's cores

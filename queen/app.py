@@ -18,7 +18,9 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from queen.appkeys import CLIENTS, CONFIG, EXECUTOR, HIVES, WORKERS
+from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, WORKERS
+from queen.conversation_routes import setup_conversation_api
+from queen.conversations import ConversationStore
 from queen.config import QueenConfig
 from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
@@ -50,6 +52,7 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
 
     setup_job_api(app, execute, actor="queen")
     setup_openai_api(app)
+    setup_conversation_api(app)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)
     app.router.add_post(HEARTBEAT_PATH, heartbeat)
@@ -82,7 +85,10 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         resources.push_async_callback(jobs.cancel_all)  # before the hives they drive are stopped
         runner = InferenceRunner(Scheduler(config, hives, workers), workers, clients,
                                  config.worker_progress_timeout_s)
-        app[EXECUTOR] = QueenExecutor(hives, workers, runner, clients, jobs, config.paths.data_dir)
+        conversations = app[CONVERSATIONS] = ConversationStore(config.paths.data_dir / "conversations.db")
+        resources.push_async_callback(conversations.close)
+        await conversations.open()
+        app[EXECUTOR] = QueenExecutor(hives, workers, runner, clients, jobs, config.paths.data_dir, conversations)
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers), name="idle-worker-reaper")
         resources.push_async_callback(stop_task, reaper)
         yield

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from queen.config import QueenConfig
+from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
 from queen.hives import HiveRegistry
 from queen.worker_registry import WorkerRegistry
@@ -16,3 +17,4 @@ CLIENTS = web.AppKey("queen_clients", Clients)
 HIVES = web.AppKey("queen_hives", HiveRegistry)
 WORKERS = web.AppKey("queen_workers", WorkerRegistry)
 EXECUTOR = web.AppKey("queen_executor", QueenExecutor)
+CONVERSATIONS = web.AppKey("queen_conversations", ConversationStore)

@@ -10,31 +10,35 @@ from queen import remote_hives
 from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.hives_conf import import_ssh_config
-from queen.inference import InferenceRunner
+from queen.conversations import ConversationStore
+from queen.inference import InferenceRunner, Progress
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.events import Data, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job, JobRegistry
 from shared.operations import (
-    HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveOperation, HiveRefreshCapabilities, HiveStart, HiveStatus,
-    ANY_HIVE, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
+    ANY_HIVE, HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveOperation, HiveRefreshCapabilities, HiveStart,
+    HiveStatus, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
 
 
 class QueenExecutor:
     def __init__(self, hives: HiveRegistry, workers: WorkerRegistry, runner: InferenceRunner, clients: Clients,
-                 jobs: JobRegistry, data_dir: Path) -> None:
+                 jobs: JobRegistry, data_dir: Path, conversations: ConversationStore) -> None:
         self.hives = hives
         self.workers = workers
         self.runner = runner
         self._clients = clients
         self._jobs = jobs
         self._data_dir = data_dir
+        self.conversations = conversations
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if isinstance(op, Infer):
-            return await self.runner.infer(op, job)
+            if op.conversation_id is None:
+                return await self.runner.infer(op, job)
+            return await self._infer_in_conversation(op, job)
         if isinstance(op, WorkerSpawn) and op.hive_id == ANY_HIVE:
             return await self.runner.scheduler.spawn_placed(op)
         if isinstance(op, HiveOperation):
@@ -99,11 +103,27 @@ class QueenExecutor:
             "added": report.added, "skipped": [{"host": p, "reason": why} for p, why in report.skipped],
             "hives_conf": str(conf)}))
 
+    async def _infer_in_conversation(self, op: Infer, job: Job) -> dict[str, Any]:
+        """An answer whose exchange (the user's turn and the answer, as far as it got) is stored in the
+        conversation when the job ends."""
+        conv_id = await self.conversations.resolve(op.conversation_id or "")  # a wrong id fails before any work
+        turn = [("user", op.prompt)] if op.prompt is not None else [m for m in (op.messages or ())[-1:] if m[0] == "user"]
+        progress = Progress()
+        try:
+            result = await self.runner.infer(op, job, progress)
+        except asyncio.CancelledError:
+            if partial := "".join(progress.parts):
+                self.conversations.add_exchange(conv_id, [*turn, ("assistant", partial)], op.model)
+            raise
+        self.conversations.add_exchange(conv_id, [*turn, ("assistant", result["text"])], op.model)
+        return {**result, "conversation_id": conv_id}
+
     async def status(self) -> dict[str, Any]:
         jobs = list(self._jobs.jobs())
         return {
             "hives": await self.hives.statuses(),
             "workers": [w.to_dict() for w in self.workers.all()],
-            "jobs": {"running": sum(1 for j in jobs if not j.state.finished), "recent": len(jobs)},
+            "jobs": {"running": sum(1 for j in jobs if not j.state.finished and not j.operation.read_only),
+                     "recent": sum(1 for j in jobs if not j.operation.read_only)},
             "waiting_for_a_worker": self.runner.scheduler.queued(),  # per model
         }

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from shared.errors import unique_match
 from shared.job_registry import Job, about
 from shared.sqlite import SqliteThread
 
@@ -65,7 +66,10 @@ class JobHistoryStore:
         await self._db.close()
 
     def record(self, job: Job) -> None:
-        """Snapshot the job now (on the loop) and write it in the database thread."""
+        """Snapshot the job now (on the loop) and write it in the database thread. Read-only jobs (lists,
+        status) are not history: they would be most of it."""
+        if job.operation.read_only:
+            return
         row = _row(job)
 
         def write(db: sqlite3.Connection) -> None:
@@ -77,9 +81,13 @@ class JobHistoryStore:
         self._db.submit(write).add_done_callback(_log_failure)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        row = await self._db.run(lambda db: db.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?",
-                                                       (job_id,)).fetchone())
-        return _summary(row) if row else None
+        """The job `job_id` names: its whole id or a unique beginning of it (AmbiguousId if several)."""
+        like = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await self._db.run(lambda db: db.execute(
+            f"SELECT {COLUMNS} FROM jobs WHERE job_id = ? OR job_id LIKE ? ESCAPE '\\' OR job_id LIKE ? ESCAPE '\\' "
+            "LIMIT 6", (job_id, like, "job-" + like)).fetchall())
+        found = unique_match(job_id, [r[0] for r in rows], kind="job", prefix="job-")
+        return next((_summary(r) for r in rows if r[0] == found), None)
 
     async def list(self, *, limit: int = LIST_LIMIT,
                    before: tuple[float, str] | None = None) -> list[dict[str, Any]]:

@@ -9,13 +9,13 @@ from typing import Any
 
 from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
+from queen.model_names import resolve_model
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError, ServerError, StreamTimeout
 from shared.events import Error, Event, Started, Token, detached_task, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job
-from shared.models import parse_reference
 from shared.operations import Infer
 
 
@@ -50,10 +50,12 @@ class InferenceRunner:
         self._clients = clients
         self._progress_timeout_s = progress_timeout_s
 
-    async def infer(self, op: Infer, job: Job) -> dict[str, Any]:
+    async def infer(self, op: Infer, job: Job, progress: Progress | None = None) -> dict[str, Any]:
+        """The generation's result; `progress` (if given) holds its text so far, should it be cancelled."""
         started = time.perf_counter()
-        model = parse_reference(op.model).id  # what a hive catalogs it as, and its workers report
-        progress = Progress()
+        # What a hive catalogs it as, and its workers report (a short alias stands for its model).
+        model = await resolve_model(op.model, self.scheduler.hives, self.workers)
+        progress = progress or Progress()
         attempt = 0
         lost: RbeeError | None = None  # why the answer is being moved, if it is
         while True:

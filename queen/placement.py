@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from queen.errors import QueenError
-from queen.forwarding import run_remote_job
 from queen.hives import HiveRegistry
+from queen.model_names import hive_models
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
-from shared.events import Data, Event, narrate
-from shared.operations import ModelList, WorkerDelete
+from shared.events import narrate
+from shared.operations import WorkerDelete
 
 MIB = 1024 * 1024
 
@@ -49,15 +48,8 @@ async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
     fit = HiveFit(alias)
     try:
         url = await hives.ensure_running(alias)
-        clients = hives.clients_for(alias)
-        caps = await clients.daemon(url).request("GET", "/v1/capabilities", timeout=10)
-        listed: list[dict[str, Any]] = []
-
-        def collect(event: Event) -> None:
-            if isinstance(event, Data) and event.action == "model_list":
-                listed.extend(event.payload.get("models") or [])
-
-        await run_remote_job(clients.jobs(url, request_timeout=10), ModelList(hive_id=alias), on_event=collect)
+        caps = await hives.clients_for(alias).daemon(url).request("GET", "/v1/capabilities", timeout=10)
+        listed = await hive_models(hives, alias)
     except RbeeError as exc:
         fit.problem = exc.message
         return fit

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
+from queen.model_names import resolve_model
 from queen.placement import NoRoom, place
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
-from shared.models import parse_reference
 from shared.operations import WorkerSpawn
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
@@ -107,7 +107,7 @@ class Scheduler:
     async def spawn_placed(self, op: WorkerSpawn) -> dict[str, Any]:
         """`worker_spawn` naming no hive: placed like a request's worker (room is made for a model that has
         no worker yet); the hive's own result."""
-        model = parse_reference(op.model).id
+        model = await resolve_model(op.model, self.hives, self.workers)
         candidates = self.hives.schedulable()
         room = [h for h in candidates if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
         if not room:
@@ -116,7 +116,7 @@ class Scheduler:
         has_worker = any(self.workers.count_alive(model, h) for h in candidates)
         await self._stop_dead_workers(room)
         target = await place(self.hives, self.workers, model, room, evict=not has_worker)
-        _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target))
+        _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target, model=model))
         return {**result, "hive_id": target}
 
     async def _spawn(self, model: str, hive_id: str,

@@ -57,6 +57,25 @@ class JobNotFound(RbeeError):
     status = 404
 
 
+class AmbiguousId(RbeeError):
+    title = "Ambiguous id"
+    code = "AMBIGUOUS_ID"
+    status = 400
+
+
+def unique_match(given: str, ids, *, kind: str, prefix: str) -> str | None:
+    """The one id `given` names: itself, or the only id it begins (with or without `prefix`, such as
+    "job-"), like git's short hashes; None when it names none."""
+    ids = list(ids)
+    if given in ids:
+        return given
+    matches = sorted(i for i in ids if given and (i.startswith(given) or i.startswith(prefix + given)))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", …" if len(matches) > 5 else "")
+        raise AmbiguousId(f"'{given}' begins {len(matches)} {kind} ids ({shown}); type more of it.")
+    return matches[0] if matches else None
+
+
 class JobConflict(RbeeError):
     """The job exists but cannot do what was asked (cancel a finished job, for instance)."""
 

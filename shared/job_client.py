@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Mapping
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp_sse_client.client import EventSource
@@ -60,11 +61,32 @@ class JobClient(DaemonClient):
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self.request("GET", f"{self.path}/{job_id}")
 
-    async def list(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", self.path))["jobs"]
+    async def list(self, *, all: bool = False) -> list[dict[str, Any]]:
+        """The newest jobs; read-only ones (lists, status) only with `all`."""
+        return (await self.request("GET", self.path + ("?all=true" if all else "")))["jobs"]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self.request("DELETE", f"{self.path}/{job_id}")
+
+    # -- the queen's conversations (ids by unique prefix) --------------------------------------------------
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/conversations"))["conversations"]
+
+    async def conversation(self, conv_id: str) -> dict[str, Any]:
+        """One conversation with its messages."""
+        return (await self.request("GET", f"/v1/conversations/{quote(conv_id, safe='')}"))["conversation"]
+
+    async def new_conversation(self, model: str | None = None, hive_id: str | None = None,
+                               title: str | None = None) -> dict[str, Any]:
+        body = {"model": model, "hive_id": hive_id, "title": title}
+        return (await self.request("POST", "/v1/conversations", body))["conversation"]
+
+    async def update_conversation(self, conv_id: str, **fields: str | None) -> dict[str, Any]:
+        return (await self.request("PATCH", f"/v1/conversations/{quote(conv_id, safe='')}", fields))["conversation"]
+
+    async def delete_conversation(self, conv_id: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/v1/conversations/{quote(conv_id, safe='')}")
 
     # -- streams ----------------------------------------------------------------------------------------
 

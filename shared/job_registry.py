@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
-from shared.errors import JobConflict, JobNotFound, RbeeError
+from shared.errors import JobConflict, JobNotFound, RbeeError, unique_match
 from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
 from shared.operations import Operation
 
@@ -227,7 +227,9 @@ class JobRegistry:
         return job
 
     def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
+        """The job `job_id` names: its whole id, or a unique beginning of it."""
+        found = unique_match(job_id, self._jobs, kind="job", prefix="job-")
+        job = self._jobs.get(found) if found is not None else None
         if job is None:
             raise JobNotFound(f"No job with id '{job_id}' (finished jobs are kept for "
                               f"{self._limits.retention_s:g} s).")

@@ -152,11 +152,13 @@ def setup_job_api(
     async def list_jobs(request: web.Request) -> web.Response:
         """The newest jobs first, `limit` at a time (`before`: the `next_before` of the previous page, a
         cursor of creation time and job id, so jobs made in the same instant are neither lost nor
-        repeated); light records: what each is `about`, no request or answer (GET /v1/jobs/{id})."""
+        repeated); light records: what each is `about`, no request or answer (GET /v1/jobs/{id}).
+        Read-only jobs (lists, status) only with `all=true`."""
         limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
         before = _cursor_query(request, "before")
+        everything = request.query.get("all", "").lower() in ("1", "true", "yes")
         live = [j.summary(full=False) for j in request.app[appkeys.JOB_REGISTRY].jobs()
-                if before is None or (j.created_at, j.id) < before]
+                if (before is None or (j.created_at, j.id) < before) and (everything or not j.operation.read_only)]
         history = request.app.get(appkeys.JOB_HISTORY)
         if history is not None:
             seen = {j["job_id"] for j in live}

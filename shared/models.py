@@ -31,6 +31,20 @@ class ModelRef:
     path: Path | None = None
 
 
+def alias_of(model_id: str) -> str:
+    """A model's short name, for people: the built-in's own name, else its file's name without `.gguf`,
+    lowercased ("file:/m/SmolLM2-135M-Instruct.Q4_1.gguf" -> "smollm2-135m-instruct.q4_1")."""
+    if model_id == BUILTIN_MODEL:
+        return model_id
+    name = model_id.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    return (name[:-len(".gguf")] if name.lower().endswith(".gguf") else name).lower()
+
+
+def is_reference(name: str) -> bool:
+    """Whether `name` is a reference (the built-in, hf: or file:) rather than perhaps an alias."""
+    return name.strip() == BUILTIN_MODEL or name.strip().startswith(("hf:", "file:"))
+
+
 def parse_reference(reference: str) -> ModelRef:
     """Pure parsing (a file: path is made absolute, nothing is read)."""
     ref = reference.strip()

@@ -24,7 +24,10 @@ OPERATIONS: dict[str, type["Operation"]] = {}
 
 @dataclass(frozen=True, kw_only=True)
 class Operation(WireMessage):
-    """Base of every operation; `name` is the wire tag."""
+    """Base of every operation; `name` is the wire tag. A `read_only` one only looks: its job is answered
+like any other, but kept out of the history and out of job listings (unless asked for)."""
+
+    read_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -45,6 +48,7 @@ class Operation(WireMessage):
 @dataclass(frozen=True, kw_only=True)
 class Status(Operation):
     name: ClassVar[str] = "status"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,16 +84,19 @@ class HiveStop(_AliasOperation):
 @dataclass(frozen=True, kw_only=True)
 class HiveList(Operation):
     name: ClassVar[str] = "hive_list"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class HiveGet(_AliasOperation):
     name: ClassVar[str] = "hive_get"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class HiveStatus(_AliasOperation):
     name: ClassVar[str] = "hive_status"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,11 +132,13 @@ class WorkerSpawn(HiveOperation):
 @dataclass(frozen=True, kw_only=True)
 class WorkerList(HiveOperation):
     name: ClassVar[str] = "worker_list"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerGet(HiveOperation):
     name: ClassVar[str] = "worker_get"
+    read_only: ClassVar[bool] = True
     id: str = field(metadata={"nonempty": True})
 
 
@@ -148,11 +157,13 @@ class ModelDownload(HiveOperation):
 @dataclass(frozen=True, kw_only=True)
 class ModelList(HiveOperation):
     name: ClassVar[str] = "model_list"
+    read_only: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelGet(HiveOperation):
     name: ClassVar[str] = "model_get"
+    read_only: ClassVar[bool] = True
     id: str = field(metadata={"nonempty": True})
 
 
@@ -173,6 +184,7 @@ class Infer(Operation, Generation):
     name: ClassVar[str] = "infer"
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
     hive_id: str | None = None  # None: any hive
+    conversation_id: str | None = None  # the queen adds this exchange to that stored conversation
 
 
 HIVE_OPERATIONS = frozenset(

@@ -223,10 +223,14 @@ class LlamaEngine:
         return buf.raw[:n]
 
     def _chat_prompt(self, messages) -> tuple[list[int], list[str]]:
-        """The model's own chat template (GGUF metadata), as llama-cpp-python's formatter renders it."""
+        """The model's own chat template (GGUF metadata), as llama-cpp-python's formatter renders it. A
+        model without one (a base model) gets the one message as plain text, or a plain transcript:
+        clients send chat by default and must not fail for it."""
         if self._chat_formatter is None:
-            raise GenerationError("This model has no chat template; send a plain 'prompt' instead of 'messages'.",
-                                  code="NO_CHAT_TEMPLATE", status=400)
+            if len(messages) == 1:
+                return self.tokenize(messages[0][1], add_special=True), []
+            transcript = "".join(f"{role.capitalize()}: {content}\n" for role, content in messages) + "Assistant:"
+            return self.tokenize(transcript, add_special=True), ["\nUser:"]
         formatted = self._chat_formatter(messages=[{"role": r, "content": c} for r, c in messages])
         stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         return self.tokenize(formatted.prompt, add_special=not formatted.added_special), stop
