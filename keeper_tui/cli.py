@@ -11,13 +11,17 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from keeper_tui.errors import KeeperError
-from keeper_tui.output import HumanRenderer, JsonRenderer, JOB_COLUMNS, job_rows, key_values, table
+from keeper_tui.chat import Chat
+from keeper_tui.output import (
+    CONVERSATION_COLUMNS, JOB_COLUMNS, HumanRenderer, JsonRenderer, conversation_rows, job_rows, key_values, table,
+    transcript,
+)
 from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
 from shared.errors import InvalidRequest, RbeeError, ServerUnreachable, StreamTimeout
-from shared.events import End, JobState
+from shared.events import End, Error, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL
@@ -30,8 +34,11 @@ from shared.token import load_or_create_token
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_QUEEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EXAMPLES = """examples:
-  rbee infer "Why is the sky blue?"              answer a prompt on the built-in model
-  rbee infer --chat "Why is the sky blue?"       the same as a chat message (better for instruct models)
+  rbee infer "Why is the sky blue?"              answer a question (a chat message) on the built-in model
+  rbee infer --raw "The capital of France is"    plain text completion, no chat template
+  echo "Summarise this" | rbee infer             the prompt from stdin (or `rbee infer -`)
+  rbee chat                                      an interactive conversation (/help inside)
+  rbee conversations list                        stored conversations; `rbee chat --resume ID` goes on
   rbee infer --max-tokens 64 --seed 1 "Hello"    sampling options
   rbee --json infer "Hello" | jq .               one JSON object per line, for scripts
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
@@ -57,15 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("infer", "Answer a prompt: the text goes to stdout, progress to stderr.",
-                'rbee infer --model smollm2-135m --max-tokens 64 "Why is the sky blue?"')
-    p.add_argument("prompt", help="the prompt (quote it)")
-    p.add_argument("--chat", action="store_true",
-                   help="send the prompt as a chat message, in the model's own chat template (instruct models "
-                        "such as the built-in answer questions better this way)")
-    p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference (default {BUILTIN_MODEL})")
+    p = command("infer", "Answer a prompt: the text goes to stdout, progress to stderr. The prompt is sent as a "
+                         "chat message (the model's own chat template), unless --raw.",
+                'rbee infer --model smollm2-135m --max-tokens 64 Why is the sky blue?')
+    p.add_argument("prompt", nargs="*", metavar="PROMPT",
+                   help="the prompt; several words are joined with spaces; `-`, or none with a pipe on stdin, "
+                        "reads it from stdin")
+    p.add_argument("--raw", action="store_true", help="send the prompt as plain text to complete, not as a chat")
+    p.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference or alias (default {BUILTIN_MODEL})")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
     add_sampling_options(p)
+
+    p = command("chat", "Talk with a model: each answer streams in, the conversation so far goes with every "
+                        "question, and it is stored (resume it with --resume). Inside: /help.",
+                "rbee chat --model smollm2-135m")
+    p.add_argument("--model", help=f"model reference or alias (default {BUILTIN_MODEL}, or the resumed "
+                                   "conversation's)")
+    p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
+    p.add_argument("--resume", metavar="ID", help="go on with a stored conversation (a unique prefix of its id)")
+    p.add_argument("--verbose", action="store_true", help="show every step of each answer and its token stats")
+    add_sampling_options(p)
+
+    p = command("conversations", "List, show or delete stored conversations.", "rbee conversations show conv-1a2b")
+    p.add_argument("action", choices=("list", "show", "delete"))
+    p.add_argument("id", nargs="?", help="show/delete: the conversation id (a unique prefix is enough)")
 
     command("status", "Show hives, workers and jobs at a glance.", "rbee status")
 
@@ -94,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="download: a reference; get/delete: a model id")
     p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
 
-    p = command("jobs", "List, show or cancel the queen's jobs.", "rbee jobs show job-…")
+    p = command("jobs", "List, show or cancel the queen's jobs.", "rbee jobs show 1a2b3c4d")
     p.add_argument("action", choices=("list", "show", "cancel"))
-    p.add_argument("job_id", nargs="?", help="show/cancel: the job id")
+    p.add_argument("job_id", nargs="?", help="show/cancel: the job id (a unique prefix is enough)")
+    p.add_argument("--all", action="store_true", help="list: read-only jobs too (lists, gets, status)")
 
     command("tui", "Open the terminal UI.", "rbee tui")
     return parser
@@ -127,9 +151,9 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The job operation a command stands for (None: the command is not a job)."""
     c = args.command
     if c == "infer":
-        fields = {k: getattr(args, k) for k in ("model", "hive_id", *SAMPLING_DEFAULTS) if getattr(args, k) is not None}
-        text = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
-        return _parse({"operation": "infer", **text, **fields}, parser)
+        prompt = prompt_from(args.prompt, parser)
+        text = {"prompt": prompt} if args.raw else {"messages": [{"role": "user", "content": prompt}]}
+        return _parse({"operation": "infer", **text, **infer_fields(args)}, parser)
     if c == "status":
         return _parse({"operation": "status"}, parser)
     if c == "hive":
@@ -166,6 +190,24 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return None
 
 
+def infer_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model, hive and sampling options the user gave (the rest keep the operation's defaults)."""
+    return {k: getattr(args, k) for k in ("model", "hive_id", *SAMPLING_DEFAULTS) if getattr(args, k) is not None}
+
+
+def prompt_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO | None = None) -> str:
+    """The prompt: the words joined, or stdin for `-` or for no words with a pipe (not a terminal) on stdin."""
+    stdin = sys.stdin if stdin is None else stdin
+    if words == ["-"] or (not words and stdin is not None and not stdin.isatty()):
+        prompt = stdin.read() if stdin is not None else ""
+    else:
+        prompt = " ".join(words)
+    if not prompt.strip():
+        parser.error('the prompt is empty: give it as words (rbee infer "Why is the sky blue?"), '
+                     "or pipe it in (echo hi | rbee infer)")
+    return prompt.strip("\n")
+
+
 def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
     model = body.get("model")
     if isinstance(model, str) and model.startswith("file:"):
@@ -184,6 +226,7 @@ class Keeper:
         self.paths = RbeePaths.from_env()
         self.render = JsonRenderer() if args.json else HumanRenderer(show_data=args.command != "infer")
         self.url = args.queen_url.rstrip("/")
+        self._last_error: dict[str, str] | None = None  # of the job run_job follows: its failure result says it
 
     async def queen_client(self) -> JobClient:
         await ensure_queen(self.url, self.paths, autostart=not self.args.no_autostart, say=self.render.say)
@@ -208,6 +251,9 @@ class Keeper:
                 if not interrupted.is_set():
                     raise
                 end = None
+            except BrokenPipeError:  # `rbee infer … | head -c 50`: the reader has what it wanted
+                await client.cancel(job.job_id)
+                raise
             except (ServerUnreachable, StreamTimeout) as exc:  # the queen was there a moment ago
                 raise KeeperError(f"The queen at {self.url} went away while job {job.job_id} ran ({exc.message}). "
                                   f"Its log is {self.paths.log_dir / 'queen.log'}.") from exc
@@ -220,22 +266,27 @@ class Keeper:
                                 f"(now {summary.get('state')})", "warn")
                 self._result(job.job_id, "cancelled", {})
                 return EXIT_INTERRUPTED
-            state = end.state if end else "failed"
+            state = end.state if end else JobState.FAILED
             self.render.end(end, job.job_id)
-            self._result(job.job_id, state, dict(end.stats) if end else {})
+            result = dict(end.stats) if end else {}
+            if state is JobState.FAILED:
+                result["error"] = self._last_error or (await client.get(job.job_id)).get("error")
+            self._result(job.job_id, state, result)
             return EXIT_OK if state == JobState.COMPLETED else EXIT_FAILED
 
     async def _follow(self, client: JobClient, job_id: str) -> End | None:
         end = None
         async for event in client.stream(job_id):
             self.render.event(event)
-            if isinstance(event, End):
+            if isinstance(event, Error):
+                self._last_error = {"code": event.code, "message": event.message}
+            elif isinstance(event, End):
                 end = event
         return end
 
     def _result(self, job_id: str, state: str, stats: dict[str, Any]) -> None:
         if isinstance(self.render, JsonRenderer):
-            self.render.line({"type": "result", "job_id": job_id, "state": state, **stats})
+            self.render.line({"type": "result", "job_id": job_id, "state": str(state), **stats})
 
     async def queen_command(self, action: str) -> int:
         if action == "start":
@@ -262,7 +313,7 @@ class Keeper:
         client = await self.queen_client()
         async with client:
             if action == "list":
-                jobs = await client.list()
+                jobs = await client.list(all=self.args.all)
                 if isinstance(self.render, JsonRenderer):
                     return self._emit({"jobs": jobs})
                 table(job_rows(jobs), JOB_COLUMNS, sys.stdout)
@@ -272,6 +323,26 @@ class Keeper:
             if action == "cancel":
                 self.render.say(f"job {job_id} is {record.get('state')}")
             return self._emit(record)
+
+    async def conversations_command(self, action: str, conv_id: str | None) -> int:
+        client = await self.queen_client()
+        async with client:
+            if action == "list":
+                conversations = await client.conversations()
+                if isinstance(self.render, JsonRenderer):
+                    return self._emit({"conversations": conversations})
+                table(conversation_rows(conversations), CONVERSATION_COLUMNS, sys.stdout)
+                return EXIT_OK
+            assert conv_id
+            if action == "delete":
+                deleted = await client.delete_conversation(conv_id)
+                self.render.say(f"deleted conversation {deleted.get('deleted', conv_id)}")
+                return self._emit(deleted, human=False)
+            conversation = await client.conversation(conv_id)
+            if isinstance(self.render, JsonRenderer):
+                return self._emit(conversation)
+            transcript(conversation, sys.stdout)
+            return EXIT_OK
 
     def _emit(self, payload: dict[str, Any], human: bool = True) -> int:
         if isinstance(self.render, JsonRenderer):
@@ -289,6 +360,20 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         if args.action != "list" and not args.job_id:
             parser.error(f"jobs {args.action} needs a job id (see `rbee jobs list`)")
         return await keeper.jobs_command(args.action, args.job_id)
+    if args.command == "conversations":
+        if args.action != "list" and not args.id:
+            parser.error(f"conversations {args.action} needs a conversation id (see `rbee conversations list`)")
+        return await keeper.conversations_command(args.action, args.id)
+    if args.command == "chat":
+        if args.json:
+            parser.error("rbee chat has no --json mode; scripts can use `rbee --json infer`")
+        _parse({"operation": "infer", "prompt": "-", **infer_fields(args)}, parser)  # a bad option is a usage error
+        sampling = {k: getattr(args, k) for k in SAMPLING_DEFAULTS if getattr(args, k) is not None}
+        client = await keeper.queen_client()
+        async with client:
+            chat = Chat(client, model=args.model, hive_id=args.hive_id, sampling=sampling, verbose=args.verbose,
+                        history_file=keeper.paths.state_dir / "chat_history")
+            return await chat.run(resume=args.resume)
     operation = operation_for(args, parser)
     assert operation is not None
     return await keeper.run_job(operation)
@@ -310,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_OK)
     try:
         code = asyncio.run(dispatch(args, parser))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
     except BrokenPipeError:  # `rbee jobs list | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
         code = EXIT_OK

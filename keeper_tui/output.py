@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Any, TextIO
 
 from shared.events import Data, End, Error, Event, JobState, Narration, Token, event_to_dict
+from shared.models import alias_of
 
 _COLORS = {"info": "\033[36m", "warn": "\033[33m", "error": "\033[31m"}
 _DIM, _RESET = "\033[2m", "\033[0m"
@@ -23,13 +25,62 @@ def _fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
+def ago(then: float, now: float | None = None) -> str:
+    """"3 min ago" / "in 2 s": how far a time is from now, as a person says it."""
+    delta = (time.time() if now is None else now) - then
+    size = abs(delta)
+    if size < 1:
+        return "just now"
+    if size < 60:
+        span = f"{size:.0f} s"
+    elif size < 3600:
+        span = f"{size // 60:.0f} min"
+    elif size < 86400:
+        span = f"{size / 3600:.0f} h" if size >= 36000 else f"{size / 3600:.1f} h"
+    else:
+        span = f"{size // 86400:.0f} days" if size >= 2 * 86400 else "1 day"
+    return f"{span} ago" if delta > 0 else f"in {span}"
+
+
+def when(epoch: float, now: float | None = None) -> str:
+    """An epoch time as a local date and how long ago it was: "2026-11-23 17:40:01 (3 min ago)"."""
+    return f"{datetime.fromtimestamp(epoch):%Y-%m-%d %H:%M:%S} ({ago(epoch, now)})"
+
+
+def is_time_field(key: str) -> bool:
+    return key.endswith(("_at", "_since"))
+
+
+def human_value(key: str, value: Any, *, empty: str = "-") -> str:
+    """A value as a person reads it: no epoch floats, no Python spellings (None, True, ['cpu'])."""
+    if value is None or value == [] or value == {}:
+        return empty
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)) and is_time_field(key):
+        return when(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(human_value(key, v, empty=empty) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human_value(k, v, empty=empty)}" for k, v in value.items())
+    return str(value)
+
+
+def short_id(full_id: str) -> str:
+    """"job-1a2b3c4d" for "job-1a2b3c4d-…": enough to name it (the queen takes unique prefixes)."""
+    kind, sep, rest = full_id.partition("-")
+    return f"{kind}-{rest[:8]}" if sep and len(rest) > 8 else full_id
+
+
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], out: TextIO) -> None:
-    """A plain aligned table; `columns` are (key, heading)."""
+    """A plain aligned table; `columns` are (key, heading); a missing value is an empty cell."""
     if not rows:
         out.write("(none)\n")
         return
     cells = [[heading for _, heading in columns]] + [
-        ["" if row.get(key) is None else str(row.get(key)) for key, _ in columns] for row in rows]
+        [human_value(key, row.get(key), empty="") for key, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for k, r in enumerate(cells):
         line = "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -39,25 +90,25 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], out: TextI
 def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
     width = max((len(k) for k in payload), default=0)
     for key, value in payload.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.write(f"{indent}{key}:\n")
             key_values(value, out, indent + "  ")
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             out.write(f"{indent}{key}:\n")
             for item in value:
-                out.write(f"{indent}  - " + ", ".join(f"{k}={v}" for k, v in item.items()) + "\n")
+                out.write(f"{indent}  - " + ", ".join(f"{k}={human_value(k, v)}" for k, v in item.items()) + "\n")
         else:
-            out.write(f"{indent}{key.ljust(width)}  {value}\n")
+            out.write(f"{indent}{key.ljust(width)}  {human_value(key, value)}\n")
 
 
-MODEL_COLUMNS = [("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
+MODEL_COLUMNS = [("alias", "alias"), ("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
                  ("downloaded", "downloaded"), ("path", "path")]
 WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
 QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"),
                         ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
 HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
-JOB_COLUMNS = [("job_id", "job"), ("operation", "operation"), ("state", "state"), ("age", "age"),
+JOB_COLUMNS = [("id_h", "job"), ("operation", "operation"), ("state", "state"), ("created_h", "created"),
                ("summary", "summary")]
 
 
@@ -95,24 +146,43 @@ def needs(model: dict[str, Any]) -> str:
 
 
 def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    now = time.time()
     rows = []
     for job in jobs:
         request = job.get("request") or {}
         summary = job.get("about") or request.get("prompt") or request.get("model") or request.get("alias") \
             or request.get("id") or ""
         summary = summary.replace("\n", " ")
-        rows.append({**job, "age": _age(now - (job.get("created_at") or now)),
+        rows.append({**job, "id_h": short_id(str(job.get("job_id", ""))),
+                     "created_h": ago(job.get("created_at") or time.time()),
                      "summary": summary[:40] + ("…" if len(summary) > 40 else "")})
     return rows
 
 
-def _age(seconds: float) -> str:
+def conversation_rows(conversations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**c, "updated_h": ago(c["updated_at"]) if c.get("updated_at") else ""} for c in conversations]
+
+
+CONVERSATION_COLUMNS = [("id", "id"), ("title", "title"), ("model", "model"), ("message_count", "messages"),
+                        ("updated_h", "updated")]
+PLAIN_PROGRESS_STEP = 25  # without a terminal, one line per quarter of a download
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
     if seconds < 60:
-        return f"{seconds:.0f}s"
+        return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_text(p: dict[str, Any]) -> str:
+    """"49.2 MB/98.4 MB 12.0 MB/s, 4 s left": what a download has done and how long it still needs."""
+    total, done, rate = p.get("total") or 0, p.get("done") or 0, p.get("bytes_per_s") or 0
+    text = f"{_fmt_bytes(done)}/{_fmt_bytes(total) if total else '?'} {_fmt_bytes(rate)}/s"
+    if total and rate and done < total:
+        text += f", {_duration((total - done) / rate)} left"
+    return text
 
 
 class HumanRenderer:
@@ -123,7 +193,9 @@ class HumanRenderer:
         self.show_data = show_data  # False for infer: stdout holds the answer and nothing else
         self.color = stderr.isatty()
         self._progress_shown = False
-        self._wrote_text = False
+        self._text_ends_line = True  # whether the answer so far ends with a newline (or is empty)
+        self._downloading: str | None = None  # the model whose progress this renderer draws itself
+        self._plain_step = 0
 
     def say(self, message: str, level: str = "info") -> None:
         self._end_progress()
@@ -137,8 +209,11 @@ class HumanRenderer:
         if isinstance(event, Token):
             self.out.write(event.t)
             self.out.flush()
-            self._wrote_text = True
+            if event.t:
+                self._text_ends_line = event.t.endswith("\n")
         elif isinstance(event, Narration):
+            if self._is_drawn_progress(event):
+                return  # the bar (or the plain progress lines) already says it
             self._end_progress()
             if self.color:
                 self.err.write(f"{_DIM}{event.actor:>7} │{_RESET} {_COLORS[event.level]}{event.human}{_RESET}\n")
@@ -155,10 +230,16 @@ class HumanRenderer:
             self._end_progress()
             self.say(f"error: {event.message} [{event.code}]", "error")
 
+    def end_answer(self) -> None:
+        """End the answer with a newline, on screen and in a pipe, unless it ends with one."""
+        if not self._text_ends_line:
+            self.out.write("\n")
+            self.out.flush()
+            self._text_ends_line = True
+
     def end(self, end: End | None, job_id: str) -> None:
         self._end_progress()
-        if self._wrote_text and self.out.isatty():
-            self.err.write("\n")  # end the answer's line on screen without adding to the answer itself
+        self.end_answer()
         if end is None:
             return
         stats = end.stats
@@ -170,15 +251,26 @@ class HumanRenderer:
         elif end.state is not JobState.COMPLETED:
             self.say(f"job {job_id} {end.state}", "error" if end.state is JobState.FAILED else "warn")
 
+    def _is_drawn_progress(self, event: Narration) -> bool:
+        return (event.action == "model_download" and event.level == "info" and self._downloading is not None
+                and event.target == self._downloading)
+
     def _progress(self, p: dict[str, Any]) -> None:
+        """On a terminal one bar redrawn in place; otherwise a plain line per quarter, never repeated."""
+        if p.get("model") != self._downloading:
+            self._downloading, self._plain_step = p.get("model"), 0
         total, done = p.get("total") or 0, p.get("done") or 0
         if not self.err.isatty():
-            return  # narration already reports progress in lines
+            step = int(100 * done / total) // PLAIN_PROGRESS_STEP * PLAIN_PROGRESS_STEP if total else 0
+            if step > self._plain_step:
+                self._plain_step = step
+                self.err.write(f"   rbee │ {self._downloading or 'download'}: {step}% ({progress_text(p)})\n")
+                self.err.flush()
+            return
         width = 30
-        filled = int(width * done / total) if total else 0
+        filled = min(width, int(width * done / total)) if total else 0
         pct = f"{100 * done / total:5.1f}%" if total else "     "
-        self.err.write(f"\r   rbee │ [{'#' * filled}{'.' * (width - filled)}] {pct} "
-                       f"{_fmt_bytes(done)}/{_fmt_bytes(total)} {_fmt_bytes(p.get('bytes_per_s'))}/s ")
+        self.err.write(f"\r   rbee │ [{'#' * filled}{'.' * (width - filled)}] {pct} {progress_text(p)}\033[K")
         self.err.flush()
         self._progress_shown = True
 
@@ -207,3 +299,15 @@ class JsonRenderer:
 
     def end(self, end: End | None, job_id: str) -> None:
         pass
+
+
+def transcript(conversation: dict[str, Any], out: TextIO) -> None:
+    """A stored conversation as a person reads it: what it is, then each message under who said it."""
+    model = alias_of(conversation.get("model") or "model")
+    messages = conversation.get("messages") or []
+    updated = conversation.get("updated_at")
+    out.write(" · ".join([str(conversation.get("id")), conversation.get("title") or "(untitled)", model,
+                          f"{len(messages)} messages"] + ([f"updated {ago(updated)}"] if updated else [])) + "\n")
+    for message in messages:
+        who = {"user": "you", "assistant": message.get("model") or model}.get(message["role"], message["role"])
+        out.write(f"\n{who}: {message['content']}\n")

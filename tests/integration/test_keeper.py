@@ -4,59 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.support.processes import daemon_env, pid_alive
-from tests.support.waiting import wait_until
+from tests.support.keeper import RBEE, Keeper, json_lines, running_keeper  # noqa: F401  (test_reliability imports these)
 
-RBEE = str(Path(sys.executable).parent / "rbee")
-FRANCE = ["--temperature", "0", "--max-tokens", "12", "The capital of France is"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Keeper:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.env = daemon_env(home, RBEE_LOCAL_HIVE_PORT="0", RBEE_QUEEN_URL=self.url)
-
-    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([RBEE, *args], capture_output=True, text=True, timeout=timeout, env=self.env,
-                              stdin=subprocess.DEVNULL)
-
-    def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([RBEE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env, stdin=subprocess.DEVNULL)
-
-    def queen_pid(self) -> int | None:
-        pid_file = self.home / "state" / "queen.pid"
-        return int(pid_file.read_text()) if pid_file.exists() else None
-
-
-def json_lines(stdout: str) -> list[dict]:
-    lines = stdout.strip().splitlines()
-    return [json.loads(line) for line in lines]  # every line must parse
+FRANCE = ["--raw", "--temperature", "0", "--max-tokens", "12", "The capital of France is"]
 
 
 @pytest.fixture
 def keeper(tmp_path):
-    k = Keeper(tmp_path / "home")
-    yield k
-    pid = k.queen_pid()
-    k("queen", "stop", timeout=60)
-    if pid is not None:
-        wait_until(lambda: not pid_alive(pid), timeout=20, interval=0.1,
-                   what="the queen to exit after `rbee queen stop`")
+    with running_keeper(tmp_path / "home") as keeper:
+        yield keeper
 
 
 def test_autostart_and_human_stdout_holds_exactly_the_answer(keeper):
@@ -67,7 +28,7 @@ def test_autostart_and_human_stdout_holds_exactly_the_answer(keeper):
     machine = keeper("--json", "infer", *FRANCE)
     assert machine.returncode == 0, machine.stderr
     result = json_lines(machine.stdout)[-1]
-    assert human.stdout == result["text"]  # the answer, nothing else
+    assert human.stdout == result["text"] + "\n"  # the answer, nothing else, and its line ended
     assert "Paris" in human.stdout
 
 
@@ -83,13 +44,91 @@ def test_json_infer_is_one_object_per_line_ending_in_the_result(keeper):
     assert result["tokens_out"] == 12
 
 
-def test_chat_mode_uses_the_models_template(keeper):
-    out = keeper("--json", "infer", "--chat", "--max-tokens", "16", "--temperature", "0", "What is 2+2?")
+@pytest.mark.parametrize("chat", [[], ["--chat"]])  # chat is the default; --chat is still accepted
+def test_chat_mode_uses_the_models_template(keeper, chat):
+    out = keeper("--json", "infer", *chat, "--max-tokens", "16", "--temperature", "0", "What is 2+2?")
     assert out.returncode == 0, out.stderr
     events = json_lines(out.stdout)
     result = events[-1]
     assert result["state"] == "completed" and result["prompt_tokens"] > 10  # the template wraps the question
     assert "<|im_start|>" not in result["text"]  # the template's markers stop generation, never leak
+    raw = json_lines(keeper("--json", "infer", "--raw", "--max-tokens", "2", "What is 2+2?").stdout)[-1]
+    assert raw["prompt_tokens"] < 10  # plain text: the prompt alone
+
+
+def test_the_readmes_first_question_is_answered_every_time(keeper):
+    for run in range(10):
+        out = keeper("infer", "--max-tokens", "16", "Why is the sky blue?")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip(), f"run {run + 1} of 10 answered nothing; stderr:\n{out.stderr}"
+
+
+def request_of(keeper, out) -> dict:
+    """The request the queen got for the job whose --json output is `out`."""
+    job_id = json_lines(out.stdout)[-1]["job_id"]
+    return keeper.queen(lambda client: client.get(job_id))["request"]
+
+
+@pytest.mark.parametrize("args, stdin, content", [
+    (["-"], "Say hi\n", "Say hi"),  # a dash reads stdin
+    ([], "Hello from a pipe\nand a second line\n", "Hello from a pipe\nand a second line"),  # a pipe, no prompt
+    (["Hello", "World"], None, "Hello World"),  # unquoted words
+])
+def test_the_prompt_from_stdin_or_unquoted_words(keeper, args, stdin, content):
+    out = keeper("--json", "infer", "--max-tokens", "4", *args, input=stdin)
+    assert out.returncode == 0, out.stderr
+    assert request_of(keeper, out)["messages"] == [{"role": "user", "content": content}]
+
+
+def test_a_closed_pipe_ends_quietly_and_cancels_the_answer(keeper):
+    assert keeper("infer", "--max-tokens", "2", "warm up").returncode == 0
+    for command in (["jobs", "list"], ["model", "list"], ["--json", "status"]):  # `rbee jobs list | head -0`
+        proc = keeper.popen(*command)
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read()
+        assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    # `rbee infer … | head -c 20`: the reader leaves mid-answer
+    proc = keeper.popen("--json", "infer", "--temperature", "0", "--max-tokens", "1000",
+                        "Count from 1 to 500, separated by commas.")
+    job_id = None
+    for line in proc.stdout:
+        event = json.loads(line)
+        job_id = event.get("job_id") or job_id
+        if event["type"] == "token" and event["i"] >= 3:
+            break
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert keeper.queen(lambda client: client.get(job_id))["state"] == "cancelled"
+
+
+def test_jobs_are_named_by_a_unique_prefix_and_shown_in_human_terms(keeper):
+    out = keeper("--json", "infer", "--max-tokens", "2", "hi")
+    job_id = json_lines(out.stdout)[-1]["job_id"]
+    prefix = job_id.removeprefix("job-")[:8]
+    shown = keeper("jobs", "show", prefix)
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if len(line.split(None, 1)) == 2)
+    assert fields["job_id"] == job_id and fields["state"] == "completed"
+    assert fields["created_at"].endswith("ago)") and fields["error"] == "-"
+    for python_spelling in ("None", "True", "False", "['"):
+        assert python_spelling not in shown.stdout
+    listed = keeper("jobs", "list").stdout.splitlines()
+    assert listed[0].split()[:4] == ["JOB", "OPERATION", "STATE", "CREATED"]
+    assert listed[1].startswith(f"job-{prefix} ") and "ago" in listed[1]
+    assert keeper("--json", "jobs", "show", f"job-{prefix[:6]}").returncode == 0  # with its "job-" too
+    hive = keeper("hive", "status", "localhost").stdout
+    assert "started_at" in hive and "ago)" in hive and "None" not in hive and "True" not in hive
+
+
+def test_a_failed_json_result_carries_the_error(keeper):
+    out = keeper("--json", "infer", "--hive", "nowhere", "hello")
+    assert out.returncode == 1
+    result = json_lines(out.stdout)[-1]
+    assert result["type"] == "result" and result["state"] == "failed"
+    assert result["error"]["code"] == "UNKNOWN_HIVE" and "Unknown hive 'nowhere'" in result["error"]["message"]
 
 
 def test_no_autostart_without_a_queen_fails_clearly(keeper):
@@ -150,7 +189,10 @@ def test_a_failed_job_exits_non_zero_with_the_reason(keeper):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["infer"], "the following arguments are required: prompt"),
+    (["infer"], "rbee: error: the prompt is empty"),
+    (["infer", "-"], "rbee: error: the prompt is empty"),
+    (["chat", "--max-tokens", "0"], "rbee: error: --max-tokens must be at least 1, not 0"),
+    (["conversations", "show"], "conversations show needs a conversation id"),
     (["infer", "--max-tokens", "0", "hi"], "rbee: error: --max-tokens must be at least 1, not 0"),
     (["infer", "--temperature", "hot", "hi"], "argument --temperature: invalid float value: 'hot'"),
     (["worker", "get"], "worker get needs a worker id"),
@@ -166,7 +208,7 @@ def test_bad_arguments_are_usage_errors(keeper, args, fragment):
 
 
 def test_every_command_has_help_with_an_example(keeper):
-    for command in ("infer", "status", "queen", "hive", "worker", "model", "jobs"):
+    for command in ("infer", "chat", "conversations", "status", "queen", "hive", "worker", "model", "jobs"):
         out = keeper(command, "--help")
         assert out.returncode == 0 and "example:" in out.stdout and "rbee " in out.stdout
 

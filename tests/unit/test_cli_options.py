@@ -3,9 +3,11 @@ as the option the user typed, from the error's structured field (never by rewrit
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
-from keeper_tui.cli import build_parser, operation_for
+from keeper_tui.cli import build_parser, operation_for, prompt_from
 from shared.inference import SAMPLING_FIELDS
 from shared.operations import ANY_HIVE, LOCAL_HIVE, Infer, WorkerList, WorkerSpawn
 
@@ -25,8 +27,40 @@ def test_every_sampling_field_is_an_option_with_its_default_in_the_help(capsys):
 
 
 def test_options_become_the_operation():
-    op = parse("infer", "--top-k", "5", "--stop", "a", "--stop", "b", "--hive", "gpu_1", "Hello")
+    op = parse("infer", "--raw", "--top-k", "5", "--stop", "a", "--stop", "b", "--hive", "gpu_1", "Hello")
     assert op == Infer(prompt="Hello", top_k=5, stop=("a", "b"), hive_id="gpu_1")
+
+
+def test_a_prompt_is_a_chat_message_by_default_and_its_words_are_joined():
+    assert parse("infer", "Hello", "World") == Infer(messages=(("user", "Hello World"),))
+    assert parse("infer", "--chat", "Hi") == parse("infer", "Hi")  # --chat is the default, kept for old scripts
+    assert parse("infer", "--raw", "Hello", "World") == Infer(prompt="Hello World")
+
+
+@pytest.mark.parametrize("words, stdin, prompt", [
+    (["-"], "from a pipe\n", "from a pipe"),
+    ([], "piped in\nover two lines\n", "piped in\nover two lines"),
+    (["the", "words"], "ignored", "the words"),
+])
+def test_the_prompt_comes_from_stdin_for_a_dash_or_a_pipe(words, stdin, prompt):
+    assert prompt_from(words, build_parser(), io.StringIO(stdin)) == prompt
+
+
+@pytest.mark.parametrize("words, stdin", [([], ""), (["-"], " \n"), (["  "], "")])
+def test_an_empty_prompt_is_a_usage_error(words, stdin, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        prompt_from(words, build_parser(), io.StringIO(stdin))
+    assert exit_.value.code == 2
+    assert "rbee: error: the prompt is empty" in capsys.readouterr().err
+
+
+def test_chat_and_conversations_take_their_options():
+    args = build_parser().parse_args(["chat", "--model", "m", "--hive", "h", "--resume", "conv-1", "--max-tokens",
+                                      "8", "--verbose"])
+    assert (args.model, args.hive_id, args.resume, args.max_tokens, args.verbose) == ("m", "h", "conv-1", 8, True)
+    args = build_parser().parse_args(["conversations", "show", "conv-1"])
+    assert (args.action, args.id) == ("show", "conv-1")
+    assert build_parser().parse_args(["jobs", "list", "--all"]).all
 
 
 def test_a_worker_spawn_naming_no_hive_is_placed_by_the_queen():

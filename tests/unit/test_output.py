@@ -10,7 +10,8 @@ import time
 import pytest
 
 from keeper_tui.output import (
-    HumanRenderer, JsonRenderer, job_rows, key_values, render_data, table,
+    CONVERSATION_COLUMNS, HumanRenderer, JsonRenderer, ago, conversation_rows, human_value, job_rows, key_values,
+    progress_text, render_data, short_id, table, transcript, when,
 )
 from shared.events import Data, End, Error, Narration, Token
 
@@ -58,11 +59,12 @@ def test_table_without_rows_says_none():
     assert out.getvalue() == "(none)\n"
 
 
-def test_key_values_aligns_keys_and_nests_dicts_and_lists_of_dicts():
+def test_key_values_aligns_keys_nests_dicts_and_lists_of_dicts_and_reads_as_text():
     out = io.StringIO()
     key_values({"alias": "gpu1", "cpu": {"cores": 4, "model": "Ryzen"},
                 "gpus": [{"name": "A100", "vram_gb": 80}, {"name": "T4", "vram_gb": 16}],
-                "devices": ["cpu", "cuda:0"], "empty": [], "note": None}, out)
+                "devices": ["cpu", "cuda:0"], "empty": [], "note": None, "local": True, "remote": False,
+                "none": {}}, out)
     assert out.getvalue() == (
         "alias    gpu1\n"
         "cpu:\n"
@@ -71,10 +73,46 @@ def test_key_values_aligns_keys_and_nests_dicts_and_lists_of_dicts():
         "gpus:\n"
         "  - name=A100, vram_gb=80\n"
         "  - name=T4, vram_gb=16\n"
-        "devices  ['cpu', 'cuda:0']\n"
-        "empty    []\n"
-        "note     None\n"
+        "devices  cpu, cuda:0\n"
+        "empty    -\n"
+        "note     -\n"
+        "local    yes\n"
+        "remote   no\n"
+        "none     -\n"
     )
+
+
+def test_key_values_show_times_as_a_date_and_how_long_ago():
+    out = io.StringIO()
+    then = time.time() - 180
+    key_values({"started_at": then, "unreachable_since": None, "items": [{"seen_at": then, "ok": True}]}, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"started_at         {when(then)}" and lines[0].endswith("(3 min ago)")
+    assert lines[1] == "unreachable_since  -"
+    assert lines[3] == f"  - seen_at={when(then)}, ok=yes"
+
+
+@pytest.mark.parametrize("delta, said", [
+    (0.4, "just now"), (5, "5 s ago"), (59.4, "59 s ago"), (180, "3 min ago"), (3599, "59 min ago"),
+    (5400, "1.5 h ago"), (40000, "11 h ago"), (86400, "1 day ago"), (3 * 86400, "3 days ago"), (-2, "in 2 s"),
+    (-600, "in 10 min"),
+])
+def test_ago_says_how_far_a_time_is_as_a_person_would(delta, said):
+    now = 1_800_000_000.0
+    assert ago(now - delta, now) == said
+
+
+def test_human_values_never_show_python_spellings():
+    assert [human_value("k", v) for v in (None, True, False, [], {}, ["cpu"], ("a", 1), 0.25, 3, "x")] == [
+        "-", "yes", "no", "-", "-", "cpu", "a, 1", "0.25", "3", "x"]
+    assert human_value("k", {"a": None, "b": [1, 2]}) == "a=-, b=1, 2"
+    assert human_value("created_at", 1_800_000_000.0).startswith(when(1_800_000_000.0)[:19])
+    assert human_value("count_at", "not a time") == "not a time"
+
+
+def test_short_ids_keep_the_kind_and_eight_characters():
+    assert short_id("job-4378a329-b4ee-4289-ac15-709ba770949c") == "job-4378a329"
+    assert short_id("job-1") == "job-1" and short_id("plain") == "plain"
 
 
 def test_key_values_nests_deeper_with_more_indent():
@@ -93,23 +131,23 @@ def test_key_values_of_nothing_writes_nothing():
 
 def test_model_list_shows_sizes_readably_and_a_short_sha():
     models = [
-        {"id": "smollm2-135m", "size": 98_400_000, "sha256": "0123456789abcdef" * 4, "downloaded": False,
+        {"alias": "smollm2-135m", "id": "smollm2-135m", "size": 98_400_000, "sha256": "0123456789abcdef" * 4, "downloaded": False,
          "path": "/m/smollm2.gguf", "estimate": {"total_mb": 374.4, "ctx_size": 2048, "slots": 4}},
-        {"id": "file:/x.gguf", "size": 512, "sha256": None, "downloaded": True, "path": "/x.gguf"},
-        {"id": "big", "size": 2_500_000_000, "sha256": "ff", "downloaded": True, "path": None},
-        {"id": "huge", "size": 5_000_000_000_000, "downloaded": True},
-        {"id": "small", "size": 1_500},
-        {"id": "unknown-size"},
+        {"alias": "x", "id": "file:/x.gguf", "size": 512, "sha256": None, "downloaded": True, "path": "/x.gguf"},
+        {"alias": "big", "id": "big", "size": 2_500_000_000, "sha256": "ff", "downloaded": True, "path": None},
+        {"alias": "huge", "id": "huge", "size": 5_000_000_000_000, "downloaded": True},
+        {"alias": "small", "id": "small", "size": 1_500},
+        {"alias": "unknown-size", "id": "unknown-size"},
     ]
     lines = rendered("model_list", {"models": models}).splitlines()
-    assert lines[0].split() == ["ID", "SIZE", "NEEDS", "SHA256", "DOWNLOADED", "PATH"]
-    assert lines[1].split() == ["smollm2-135m", "98.4", "MB", "374", "MiB", "(2048×4)", "0123456789ab", "False",
-                                "/m/smollm2.gguf"]
-    assert lines[2].split() == ["file:/x.gguf", "512", "B", "?", "True", "/x.gguf"]
-    assert lines[3].split() == ["big", "2.5", "GB", "?", "ff", "True"]
-    assert lines[4].split() == ["huge", "5000.0", "GB", "?", "True"]  # GB is the largest unit
-    assert lines[5].split() == ["small", "1.5", "KB", "?"]
-    assert lines[6].split() == ["unknown-size", "?", "?"]
+    assert lines[0].split() == ["ALIAS", "ID", "SIZE", "NEEDS", "SHA256", "DOWNLOADED", "PATH"]
+    assert lines[1].split() == ["smollm2-135m", "smollm2-135m", "98.4", "MB", "374", "MiB", "(2048×4)",
+                                "0123456789ab", "no", "/m/smollm2.gguf"]
+    assert lines[2].split() == ["x", "file:/x.gguf", "512", "B", "?", "yes", "/x.gguf"]
+    assert lines[3].split() == ["big", "big", "2.5", "GB", "?", "ff", "yes"]
+    assert lines[4].split() == ["huge", "huge", "5000.0", "GB", "?", "yes"]  # GB is the largest unit
+    assert lines[5].split() == ["small", "small", "1.5", "KB", "?"]
+    assert lines[6].split() == ["unknown-size", "unknown-size", "?", "?"]
     assert lines[1].index("0123456789ab") == lines[0].index("SHA256")  # columns line up
 
 
@@ -191,16 +229,15 @@ def test_job_rows_prefer_the_prompt_and_keep_every_field():
     assert job_rows([]) == []
 
 
-@pytest.mark.parametrize("ago, age", [(5, "5s"), (59, "59s"), (120, "2m"), (3599, "60m"), (7200, "2.0h"),
-                                      (5400, "1.5h")])
-def test_job_rows_say_how_old_each_job_is(ago, age):
-    (row,) = job_rows([{"job_id": "j", "created_at": time.time() - ago}])
-    assert row["age"] == age
+@pytest.mark.parametrize("seconds, said", [(5, "5 s ago"), (120, "2 min ago"), (7200, "2.0 h ago")])
+def test_job_rows_say_how_old_each_job_is_and_its_short_id(seconds, said):
+    (row,) = job_rows([{"job_id": "job-4378a329-b4ee-4289", "created_at": time.time() - seconds}])
+    assert row["created_h"] == said and row["id_h"] == "job-4378a329"
 
 
 def test_a_job_without_a_creation_time_is_new():
     (row,) = job_rows([{"job_id": "j"}])
-    assert row["age"] == "0s"
+    assert row["created_h"] == "just now"
 
 
 def test_job_rows_fit_the_job_table():
@@ -208,8 +245,33 @@ def test_job_rows_fit_the_job_table():
     from keeper_tui.output import JOB_COLUMNS
     table(job_rows([{"job_id": "job-1", "operation": "infer", "state": "completed", "created_at": time.time(),
                      "request": {"prompt": "hi"}}]), JOB_COLUMNS, out)
-    assert out.getvalue().splitlines()[0].split() == ["JOB", "OPERATION", "STATE", "AGE", "SUMMARY"]
-    assert out.getvalue().splitlines()[1].split() == ["job-1", "infer", "completed", "0s", "hi"]
+    assert out.getvalue().splitlines()[0].split() == ["JOB", "OPERATION", "STATE", "CREATED", "SUMMARY"]
+    assert out.getvalue().splitlines()[1].split() == ["job-1", "infer", "completed", "just", "now", "hi"]
+
+
+# --- conversations -------------------------------------------------------------------------------------
+
+def test_conversations_list_as_a_table_with_how_long_ago_each_was_used():
+    out = io.StringIO()
+    conversations = [{"id": "conv-afbc15014b3e", "title": "My name is Ada.", "model": "smollm2-135m",
+                      "message_count": 4, "updated_at": time.time() - 180, "created_at": 1.0},
+                     {"id": "conv-000000000000", "title": "", "model": None, "message_count": 0}]
+    table(conversation_rows(conversations), CONVERSATION_COLUMNS, out)
+    assert out.getvalue().splitlines() == [
+        "ID                 TITLE            MODEL         MESSAGES  UPDATED",
+        "conv-afbc15014b3e  My name is Ada.  smollm2-135m  4         3 min ago",
+        "conv-000000000000                                 0",
+    ]
+
+
+def test_a_transcript_names_who_said_what():
+    out = io.StringIO()
+    transcript({"id": "conv-1", "title": "Hi", "model": "file:/m/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "messages": [{"role": "user", "content": "Hello", "at": 1.0},
+                             {"role": "assistant", "content": "Hi there!\nHow can I help?", "at": 2.0}]}, out)
+    assert out.getvalue() == ("conv-1 · Hi · smollm2-135m-instruct.q4_1 · 2 messages\n"
+                              "\nyou: Hello\n"
+                              "\nsmollm2-135m-instruct.q4_1: Hi there!\nHow can I help?\n")
 
 
 # --- HumanRenderer -------------------------------------------------------------------------------------
@@ -229,7 +291,7 @@ def test_human_stdout_holds_only_the_generated_text():
     r.event(Error(code="BOOM", message="it broke"))
     r.end(End(state="completed", stats={"tokens_out": 2, "tokens_per_s": 31.5, "ttft_ms": 123.4,
                                         "worker_id": "w1", "hive_id": "localhost"}), "job-1")
-    assert out.getvalue() == "Paris."
+    assert out.getvalue() == "Paris.\n"  # a final newline, in a pipe too
     assert err.getvalue() == (
         "  queen │ Generating\n"
         "   hive │ worker ready\n"
@@ -263,25 +325,78 @@ def test_human_say_goes_to_stderr():
     assert err.getvalue() == "   rbee │ queen is asleep, waking queen\n" and out.getvalue() == ""
 
 
-def test_human_progress_is_silent_without_a_terminal():
+def test_an_answer_ending_in_a_newline_gets_no_second_one():
+    r, out, err = human(show_data=False)
+    r.event(Token(t="line\n", i=0))
+    r.event(Token(t="", i=1))
+    r.end(End(state="completed"), "job-1")
+    assert out.getvalue() == "line\n"
+    r, out, err = human(show_data=False)
+    r.end(End(state="failed"), "job-1")
+    assert out.getvalue() == ""  # no answer, no newline
+
+
+def progress(done, total=100_000_000, rate=10_000_000, model="hf:o/r:m.gguf"):
+    return Data(action="download_progress", payload={"model": model, "done": done, "total": total,
+                                                     "bytes_per_s": rate})
+
+
+def test_without_a_terminal_progress_is_a_plain_line_per_quarter_and_the_hives_lines_are_not_repeated():
     r, out, err = human()
-    r.event(Data(action="download_progress", payload={"done": 50, "total": 100, "bytes_per_s": 10}))
-    assert out.getvalue() == err.getvalue() == ""
+    r.event(Narration(actor="hive", action="model_download", human="Downloading m.gguf from o/r",
+                      target="hf:o/r:m.gguf"))
+    for done in range(0, 100_000_001, 5_000_000):
+        r.event(progress(done))
+        r.event(Narration(actor="hive", action="model_download", human=f"m.gguf: {done // 1_000_000}%",
+                          target="hf:o/r:m.gguf"))
+    r.event(Narration(actor="hive", action="model_ready", human="Model is in the catalog", target="hf:o/r:m.gguf"))
+    assert err.getvalue().splitlines() == [
+        "   hive │ Downloading m.gguf from o/r",
+        "   rbee │ hf:o/r:m.gguf: 25% (25.0 MB/100.0 MB 10.0 MB/s, 7 s left)",
+        "   rbee │ hf:o/r:m.gguf: 50% (50.0 MB/100.0 MB 10.0 MB/s, 5 s left)",
+        "   rbee │ hf:o/r:m.gguf: 75% (75.0 MB/100.0 MB 10.0 MB/s, 2 s left)",
+        "   rbee │ hf:o/r:m.gguf: 100% (100.0 MB/100.0 MB 10.0 MB/s)",
+        "   hive │ Model is in the catalog",
+    ]
+    assert out.getvalue() == ""
+
+
+def test_a_warning_about_a_download_is_still_said():
+    r, out, err = human()
+    r.event(progress(10))
+    r.event(Narration(actor="hive", action="model_download", human="Download cancelled", level="warn",
+                      target="hf:o/r:m.gguf"))
+    assert "Download cancelled" in err.getvalue()
+
+
+@pytest.mark.parametrize("payload, said", [
+    ({"done": 25_000_000, "total": 100_000_000, "bytes_per_s": 1_000_000}, "25.0 MB/100.0 MB 1.0 MB/s, 1 min 15 s left"),
+    ({"done": 0, "total": 8e9, "bytes_per_s": 1e6}, "0 B/8.0 GB 1.0 MB/s, 2 h 13 min left"),
+    ({"done": 5, "total": 0, "bytes_per_s": 0}, "5 B/? 0 B/s"),
+])
+def test_progress_text_has_the_rate_and_time_left(payload, said):
+    assert progress_text(payload) == said
 
 
 def test_human_on_a_terminal_colours_stderr_draws_progress_and_ends_the_answer_line():
     r, out, err = human(tty=True)
-    r.event(Data(action="download_progress", payload={"done": 49_200_000, "total": 98_400_000,
+    r.event(Data(action="download_progress", payload={"model": "m", "done": 49_200_000, "total": 98_400_000,
                                                       "bytes_per_s": 12_000_000}))
-    assert err.getvalue() == ("\r   rbee │ [" + "#" * 15 + "." * 15 + "]  50.0% 49.2 MB/98.4 MB 12.0 MB/s ")
-    r.event(Narration(actor="hive", action="model_download", human="downloaded", level="error"))
-    after = err.getvalue().split("MB/s ", 1)[1]
+    bar = "\r   rbee │ [" + "#" * 15 + "." * 15 + "]  50.0% 49.2 MB/98.4 MB 12.0 MB/s, 4 s left\033[K"
+    assert err.getvalue() == bar
+    r.event(Narration(actor="hive", action="model_download", human="m: 50%", target="m"))  # the bar says it
+    assert err.getvalue() == bar
+    r.event(Data(action="download_progress", payload={"model": "m", "done": 98_400_000, "total": 98_400_000,
+                                                      "bytes_per_s": 12_000_000}))
+    assert err.getvalue().count("\r") == 2 and "\n" not in err.getvalue()  # one line, redrawn in place
+    r.event(Narration(actor="hive", action="model_ready", human="downloaded", level="error"))
+    after = err.getvalue().split("\033[K")[-1]
     assert after.startswith("\n")  # the progress line is ended before anything else is said
     assert "\033[31mdownloaded\033[0m" in after and "\033[2m" in after
     r.event(Token(t="hi", i=0))
     r.end(None, "job-1")
-    assert out.getvalue() == "hi"  # no colour, no newline in the answer itself
-    assert err.getvalue().endswith("\n") and err.getvalue().count("\n") == 3
+    assert out.getvalue() == "hi\n"  # no colour in the answer; its line ended
+    assert err.getvalue().endswith("\n") and err.getvalue().count("\n") == 2
 
 
 # --- JsonRenderer --------------------------------------------------------------------------------------
