@@ -1,28 +1,39 @@
-"""The two live panes: the answer as it streams, and the story of how it is produced."""
+"""The live panes: a chat transcript whose last answer streams in, the answer pane itself, and the story
+of how an answer (or a download, a hive start) is produced."""
 
 from __future__ import annotations
 
 import collections
 import time
+from dataclasses import dataclass
 
 from rich.text import Text
-from textual.widgets import RichLog, TextArea
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Label, RichLog, Static, TextArea
 
 from shared.events import Narration
 
 LEVEL_STYLES = {"info": "cyan", "warn": "yellow", "error": "bold red"}
 FLUSH_HZ = 60  # at 30 the wait for the next frame alone was up to 33 ms; at 60 the median lag is ~15 ms
+CHAT_HINT = ("Type a message below and press Enter. The whole conversation is sent each time, and kept: "
+             "Ctrl+O lists conversations to resume, Ctrl+N starts a new one. F6 shows every key.")
 
 
 class TokenPane(TextArea):
-    """The answer. Tokens are buffered and drawn at most FLUSH_HZ times a second, however fast they come:
+    """An answer. Tokens are buffered and drawn at most FLUSH_HZ times a second, however fast they come:
     one widget update per frame, never one per token. A read-only TextArea soft-wraps and renders only
     the visible lines, so a frame costs the same for a long answer as for a short one."""
 
     DEFAULT_CSS = "TokenPane { width: 100%; height: 1fr; border: none; padding: 0 1; }"
+    can_focus = False  # the transcript around it scrolls; a cursor in a finished answer is only noise
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("", read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)
+    @dataclass
+    class Flushed(Message):
+        """New text was drawn: the transcript follows it if it was showing the end."""
+
+    def __init__(self, text: str = "", **kwargs) -> None:
+        super().__init__(text, read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)
         self._pending: list[tuple[str, float]] = []  # (text, when it arrived), not yet drawn
         self.rendered_tokens = 0
         self.max_lag_s = 0.0
@@ -40,8 +51,13 @@ class TokenPane(TextArea):
     def append(self, text: str) -> None:
         self._pending.append((text, time.perf_counter()))
 
+    @property
+    def full_text(self) -> str:
+        """What was drawn and what waits for the next frame: the answer so far."""
+        return self.text + "".join(t for t, _ in self._pending)
+
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending or not self.is_mounted:
             return
         now = time.perf_counter()
         self.max_lag_s = max(self.max_lag_s, now - self._pending[0][1])
@@ -51,13 +67,17 @@ class TokenPane(TextArea):
         self._pending.clear()
         self.insert(new, self.document.end, maintain_selection_offset=False)
         self.scroll_end(animate=False)
+        self.post_message(self.Flushed())
 
 
 class NarrationPane(RichLog):
-    DEFAULT_CSS = "NarrationPane { height: 1fr; }"
+    """The story: narration from every daemon, one line each, wrapped and scrollable."""
+
+    DEFAULT_CSS = "NarrationPane { height: 1fr; overflow-y: auto; }"
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(wrap=True, markup=False, highlight=False, **kwargs)
+        # min_width: RichLog draws lines at least 78 wide by default, which scrolls sideways in a narrow pane
+        super().__init__(wrap=True, markup=False, highlight=False, max_lines=2000, min_width=16, **kwargs)
         self.lines_written = 0
 
     def narration(self, event: Narration) -> None:
@@ -69,3 +89,70 @@ class NarrationPane(RichLog):
 
     def say(self, message: str, level: str = "info") -> None:
         self.narration(Narration(actor="rbee", action="keeper", human=message, level=level))  # type: ignore[arg-type]
+
+    def rule(self, title: str) -> None:
+        """A divider between the stories of two jobs, so the older one can still be scrolled back to."""
+        if self.lines_written:
+            self.write(Text(f"── {title} ", style="dim"))
+
+
+class MessageBox(Vertical):
+    """One message of the transcript: who speaks, then the text (an answer streams into a TokenPane)."""
+
+    DEFAULT_CSS = """
+    MessageBox { height: auto; margin: 0 0 1 0; padding: 0 0 0 1; }
+    MessageBox.user { border-left: thick $accent; }
+    MessageBox.assistant { border-left: thick $success; }
+    MessageBox > .role { color: $text-muted; text-style: bold; }
+    MessageBox > Static.body { padding: 0 1; }
+    MessageBox > TokenPane { height: auto; padding: 0 1; background: transparent; }
+    MessageBox > .failure { color: $error; padding: 0 1; }
+    """
+
+    def __init__(self, role: str, who: str, body: Static | TokenPane, text: str = "") -> None:
+        super().__init__(Label(who, classes="role"), body, classes=role)
+        self.role = role
+        self.body = body
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        return self.body.full_text if isinstance(self.body, TokenPane) else self._text
+
+    def fail(self, message: str) -> None:
+        self.mount(Static(Text(message), classes="failure"))
+
+
+class ChatView(VerticalScroll):
+    """The conversation so far; it follows a streaming answer while it shows the end, and stays put
+    when scrolled back to read."""
+
+    DEFAULT_CSS = "ChatView { height: 1fr; padding: 0 1; } ChatView > .hint { color: $text-muted; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(Static(CHAT_HINT, classes="hint"), **kwargs)
+        self.answer: TokenPane | None = None
+
+    def clear(self) -> None:
+        self.answer = None
+        self.remove_children()
+        self.mount(Static(CHAT_HINT, classes="hint"))
+
+    def _add(self, box: MessageBox) -> MessageBox:
+        self.remove_children(".hint")
+        self.mount(box)
+        self.call_after_refresh(self.scroll_end, animate=False)
+        return box
+
+    def add_message(self, role: str, content: str, who: str) -> MessageBox:
+        return self._add(MessageBox(role, who, Static(Text(content), classes="body"), content))
+
+    def start_answer(self, who: str) -> MessageBox:
+        """A new assistant message to stream into (`self.answer`)."""
+        self.answer = TokenPane()
+        return self._add(MessageBox("assistant", who, self.answer))
+
+    def on_token_pane_flushed(self, event: TokenPane.Flushed) -> None:
+        event.stop()
+        if self.scroll_y >= self.max_scroll_y - 1:
+            self.call_after_refresh(self.scroll_end, animate=False)
