@@ -21,7 +21,7 @@ from textual.widgets import (
 from keeper_tui.output import needs, short_id
 from keeper_tui.queen_control import default_queen_url, ensure_queen
 from keeper_tui.tui.screens import ConversationChoice, ConversationsScreen, HelpScreen
-from keeper_tui.tui.widgets import ChatView, NarrationPane, TokenPane
+from keeper_tui.tui.widgets import ChatView, MessageBox, NarrationPane, TokenPane
 from shared.errors import RbeeError
 from shared.events import Data, End, Error, Event, JobState, Narration, Token
 from shared.inference import SAMPLING_DEFAULTS, Generation
@@ -265,7 +265,7 @@ class RbeeApp(App):
         if not prompt.strip():
             self.notify("Type a message first.", severity="warning")
             return
-        if self.tab_jobs.get("infer"):
+        if self.turn is not None:  # an answer is on its way
             self.notify("An answer is still coming: Esc stops it.", severity="warning")
             return
         body: dict[str, Any] = {"operation": "infer", "model": self.chat_model,
@@ -295,7 +295,7 @@ class RbeeApp(App):
         self.ask(operation, answer)
 
     @work(exclusive=True, group="chat")
-    async def ask(self, operation: Infer, answer) -> None:
+    async def ask(self, operation: Infer, answer: MessageBox) -> None:
         """Send the conversation with the new message; the answer streams into `answer`. The queen stores
         the exchange in the conversation when the job ends; the history here follows what it stores."""
         pane = answer.body
@@ -324,9 +324,9 @@ class RbeeApp(App):
         text = pane.full_text
         if end is not None and (end.state is JobState.COMPLETED or (end.state is JobState.CANCELLED and text)):
             self.history += [("user", turn.prompt), ("assistant", text)]
-            self.chat.border_title = f"conversation {short_id(self.conversation_id or '')}"
+            self.chat.border_title = self.history[0][1][:60]  # the queen titles it the same way
 
-    def show_chat_event(self, event: Event, answer) -> None:
+    def show_chat_event(self, event: Event, answer: MessageBox) -> None:
         if isinstance(event, Token):
             answer.body.append(event.t)
             if self.turn is not None:
@@ -356,7 +356,7 @@ class RbeeApp(App):
 
     @on(Button.Pressed, "#new-chat")
     def action_new_chat(self) -> None:
-        if self.tab_jobs.get("infer"):
+        if self.turn is not None:  # an answer is on its way
             self.notify("An answer is still coming: Esc stops it first.", severity="warning")
             return
         self.history, self.conversation_id, self.conversation_model = [], None, None
@@ -383,7 +383,7 @@ class RbeeApp(App):
             return
         if choice.action == "delete":
             self.delete_conversation(choice.conv_id)
-        elif self.tab_jobs.get("infer"):
+        elif self.turn is not None:  # an answer is on its way
             self.notify("An answer is still coming: Esc stops it first.", severity="warning")
         else:
             self.resume_conversation(choice.conv_id)

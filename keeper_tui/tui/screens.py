@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -70,7 +71,7 @@ class ConversationsScreen(ModalScreen["ConversationChoice | None"]):
                                      padding: 0 1; background: $surface; }
     ConversationsScreen OptionList { height: 1fr; }
     ConversationsScreen Horizontal { height: auto; }
-    ConversationsScreen Button { margin: 0 1 0 0; }
+    ConversationsScreen Button { margin: 0 1 0 0; min-width: 8; width: auto; }
     """
     BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("delete", "delete", "Delete")]
 
@@ -91,10 +92,13 @@ class ConversationsScreen(ModalScreen["ConversationChoice | None"]):
                 yield Button("Close", id="conv-close", compact=True)
 
     @staticmethod
-    def _line(conv: dict[str, Any]) -> str:
-        title = conv.get("title") or "(untitled)"
-        return (f"{title[:48]:<48}  {conv.get('model') or '':<16}  {conv.get('message_count', 0):>3} msgs  "
-                f"{ago(conv['updated_at'])}")
+    def _line(conv: dict[str, Any]) -> Text:
+        """The title, and below it (dim) what it was with and when, so any width shows both."""
+        line = Text(overflow="ellipsis", no_wrap=True)
+        line.append(conv.get("title") or "(untitled)", style="bold")
+        line.append(f"\n{conv.get('model') or 'default model'} · {conv.get('message_count', 0)} messages · "
+                    f"{ago(conv['updated_at'])}", style="dim")
+        return line
 
     def _highlighted(self) -> str | None:
         options = self.query_one(OptionList)
