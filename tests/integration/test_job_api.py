@@ -126,11 +126,14 @@ async def test_data_events_carry_structured_results(client):
     assert events[0] == {"type": "data", "action": "hive_get", "payload": {"alias": "gpu1", "state": "running"}}
 
 
-async def test_list_jobs_newest_first(client):
-    a = await submit(client, {"operation": "status"})
-    b = await submit(client, {"operation": "status"})
+async def test_list_jobs_newest_first_read_only_ones_when_asked(client):
+    a = await submit(client, infer(1))
+    b = await submit(client, infer(1))
+    looked = await submit(client, {"operation": "status"})  # read-only: listed only with all=true
     jobs = (await (await client.get("/v1/jobs", headers=AUTH)).json())["jobs"]
     assert [j["job_id"] for j in jobs] == [b, a]
+    everything = (await (await client.get("/v1/jobs?all=true", headers=AUTH)).json())["jobs"]
+    assert [j["job_id"] for j in everything] == [looked, b, a]
 
 
 async def test_client_that_disconnects_does_not_stop_the_job_or_others(client):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from shared.errors import InvalidRequest
-from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
+from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, alias_of, parse_reference
 
 
 @pytest.mark.parametrize("reference", ["smollm2-135m", "  smollm2-135m\n"])
@@ -103,3 +103,13 @@ def test_errors_are_invalid_requests_answered_with_400():
     assert type(err.value) is ModelReferenceError
     assert err.value.status == 400 and err.value.code == "BAD_MODEL_REFERENCE"
     assert ModelReferenceError.title == "Bad model reference"
+
+
+@pytest.mark.parametrize("model_id, alias", [
+    (BUILTIN_MODEL, BUILTIN_MODEL),
+    ("file:/models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct.q4_1"),
+    ("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf", "smollm2-135m-instruct-q8_0"),
+    ("hf:org/repo:sub/dir/Model.gguf", "model"),
+])
+def test_every_model_has_a_short_alias(model_id, alias):
+    assert alias_of(model_id) == alias
