@@ -238,6 +238,9 @@ class Chat:
             if not stopped:
                 raise
             end = None
+        except BrokenPipeError:  # `rbee chat < questions | head`: nobody reads the answer any more
+            await self.client.cancel(job_id)
+            raise
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         self._clear_status()

@@ -367,12 +367,13 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if args.command == "chat":
         if args.json:
             parser.error("rbee chat has no --json mode; scripts can use `rbee --json infer`")
-        _parse({"operation": "infer", "prompt": "-", **infer_fields(args)}, parser)  # a bad option is a usage error
+        # A bad option is a usage error before anything starts; a file: model is made absolute.
+        checked = _parse({"operation": "infer", "prompt": "-", **infer_fields(args)}, parser)
         sampling = {k: getattr(args, k) for k in SAMPLING_DEFAULTS if getattr(args, k) is not None}
         client = await keeper.queen_client()
         async with client:
-            chat = Chat(client, model=args.model, hive_id=args.hive_id, sampling=sampling, verbose=args.verbose,
-                        history_file=keeper.paths.state_dir / "chat_history")
+            chat = Chat(client, model=checked.model if args.model else None, hive_id=args.hive_id,
+                        sampling=sampling, verbose=args.verbose, history_file=keeper.paths.state_dir / "chat_history")
             return await chat.run(resume=args.resume)
     operation = operation_for(args, parser)
     assert operation is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from datetime import datetime
@@ -168,7 +169,7 @@ PLAIN_PROGRESS_STEP = 25  # without a terminal, one line per quarter of a downlo
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
+    seconds = max(0, math.ceil(seconds))  # "1 s left" until it is done
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:

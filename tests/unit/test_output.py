@@ -352,9 +352,9 @@ def test_without_a_terminal_progress_is_a_plain_line_per_quarter_and_the_hives_l
     r.event(Narration(actor="hive", action="model_ready", human="Model is in the catalog", target="hf:o/r:m.gguf"))
     assert err.getvalue().splitlines() == [
         "   hive │ Downloading m.gguf from o/r",
-        "   rbee │ hf:o/r:m.gguf: 25% (25.0 MB/100.0 MB 10.0 MB/s, 7 s left)",
+        "   rbee │ hf:o/r:m.gguf: 25% (25.0 MB/100.0 MB 10.0 MB/s, 8 s left)",
         "   rbee │ hf:o/r:m.gguf: 50% (50.0 MB/100.0 MB 10.0 MB/s, 5 s left)",
-        "   rbee │ hf:o/r:m.gguf: 75% (75.0 MB/100.0 MB 10.0 MB/s, 2 s left)",
+        "   rbee │ hf:o/r:m.gguf: 75% (75.0 MB/100.0 MB 10.0 MB/s, 3 s left)",
         "   rbee │ hf:o/r:m.gguf: 100% (100.0 MB/100.0 MB 10.0 MB/s)",
         "   hive │ Model is in the catalog",
     ]
@@ -382,7 +382,7 @@ def test_human_on_a_terminal_colours_stderr_draws_progress_and_ends_the_answer_l
     r, out, err = human(tty=True)
     r.event(Data(action="download_progress", payload={"model": "m", "done": 49_200_000, "total": 98_400_000,
                                                       "bytes_per_s": 12_000_000}))
-    bar = "\r   rbee │ [" + "#" * 15 + "." * 15 + "]  50.0% 49.2 MB/98.4 MB 12.0 MB/s, 4 s left\033[K"
+    bar = "\r   rbee │ [" + "#" * 15 + "." * 15 + "]  50.0% 49.2 MB/98.4 MB 12.0 MB/s, 5 s left\033[K"
     assert err.getvalue() == bar
     r.event(Narration(actor="hive", action="model_download", human="m: 50%", target="m"))  # the bar says it
     assert err.getvalue() == bar
