@@ -9,6 +9,7 @@ Without a terminal on stdin, each line is a question and only the answers are wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -239,13 +240,15 @@ class Chat:
                 raise
             end = None
         except BrokenPipeError:  # `rbee chat < questions | head`: nobody reads the answer any more
-            await self.client.cancel(job_id)
+            with contextlib.suppress(RbeeError):  # it may have ended already
+                await self.client.cancel(job_id)
             raise
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         self._clear_status()
         if stopped:
-            await self.client.cancel(job_id)
+            with contextlib.suppress(RbeeError):  # it may have ended just before
+                await self.client.cancel(job_id)
             render.end_answer()
             self._note("(stopped)")
             return JobState.CANCELLED, "".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -252,7 +253,8 @@ class Keeper:
                     raise
                 end = None
             except BrokenPipeError:  # `rbee infer … | head -c 50`: the reader has what it wanted
-                await client.cancel(job.job_id)
+                with contextlib.suppress(RbeeError):  # it may have ended already
+                    await client.cancel(job.job_id)
                 raise
             except (ServerUnreachable, StreamTimeout) as exc:  # the queen was there a moment ago
                 raise KeeperError(f"The queen at {self.url} went away while job {job.job_id} ran ({exc.message}). "

@@ -13,6 +13,7 @@ from tests.support.keeper import json_lines, running_keeper
 SHORT = ["--max-tokens", "8", "--temperature", "0"]
 LONG = ["--max-tokens", "400", "--temperature", "0"]
 COUNTING = "Count from 1 to 300, separated by commas."
+COUNTING_DOWN = "Now count from 300 down to 1."
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_prompt_comes_back(keeper):
         chat.type("\x03")  # Ctrl+C, through the terminal
         assert "(stopped)" in chat.expect(">>> ", timeout=30)
         assert finished_state(keeper, job_id) == "cancelled"
-        chat.type("Thanks.\r")  # the partial answer went with the next question
+        chat.type(COUNTING_DOWN + "\r")  # the partial answer goes with the next question
         second = answering_job(keeper, tokens=1)
         chat.type("\x03")
         chat.expect(">>> ", timeout=30)
@@ -101,7 +102,7 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_prompt_comes_back(keeper):
     first, thanks = infer_requests(keeper)
     partial = thanks["messages"][1]
     assert partial["role"] == "assistant" and partial["content"].strip()
-    assert thanks["messages"][0] == first["messages"][0] and thanks["messages"][2]["content"] == "Thanks."
+    assert thanks["messages"][0] == first["messages"][0] and thanks["messages"][2]["content"] == COUNTING_DOWN
     stored = keeper.queen(lambda client: client.conversation(thanks["conversation_id"]))
     assert stored["messages"][1]["content"] == partial["content"]  # stored as far as it got
 
