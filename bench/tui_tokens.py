@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from keeper_tui.tui.app import RbeeApp  # noqa: E402
-from keeper_tui.tui.widgets import TokenPane  # noqa: E402
 from shared.paths import RbeePaths  # noqa: E402
 
 
@@ -32,7 +31,8 @@ async def measure(rate: float, seconds: float, line_every: int) -> dict:
     paths = RbeePaths.from_env({"RBEE_HOME": tempfile.mkdtemp(prefix="rbee-tui-bench-")})
     app = RbeeApp("http://127.0.0.1:9", autostart=False, paths=paths)  # no queen needed: we feed the pane
     async with app.run_test(size=(140, 40)) as pilot:
-        pane = app.query_one(TokenPane)
+        pane = app.chat.start_answer("bench").body  # a chat answer, in the transcript as a real one streams
+        await pilot.pause()
         total = int(rate * seconds)
         start = time.perf_counter()
         for i in range(total):

@@ -319,7 +319,7 @@ class RbeeApp(App):
             answer.fail(exc.message)
         finally:
             self.tab_jobs.pop("infer", None)
-            pane.flush()
+            pane.settle()
             end, turn, self.turn = self.last_end, self.turn, None
         text = pane.full_text
         if end is not None and (end.state is JobState.COMPLETED or (end.state is JobState.CANCELLED and text)):
