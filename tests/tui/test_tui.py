@@ -149,6 +149,9 @@ async def test_escape_cancels_the_answer(queen):
         app.query_one("#prompt").focus()
         await pilot.press("enter")
         await until(pilot, lambda: app.chat.answer is not None and app.chat.answer.rendered_tokens >= 3)
+        stats = app.query_one("#stats")
+        await until(pilot, lambda: str(stats.render()).startswith("generating · "))  # live, before the end
+        assert "tokens/s" in str(stats.render()) and "first token" in str(stats.render())
         await pilot.press("escape")
         await until(pilot, lambda: app.last_end is not None)
         assert app.last_end.state == "cancelled"
@@ -244,6 +247,12 @@ async def test_a_download_shows_progress_in_its_tab_and_escape_cancels_it(queen_
         async with JobClient(queen.url, queen.token) as client:
             job = next(j for j in await client.list() if j["operation"] == "model_download")
         assert job["state"] == "cancelled"
+
+        await pilot.click("#model-download")  # again, stopped with the tab's Cancel button this time
+        await until(pilot, lambda: bar.display and (bar.progress or 0) > 1e6, app=app)
+        await pilot.click("#model-cancel")
+        await until(pilot, lambda: notifications(app).count("model_download cancelled") == 2, app=app)
+        assert not bar.display
 
         app.query_one("#model-ref").value = "hf:test-org/no-such-repo:m.gguf"  # an error is not "completed"
         await pilot.click("#model-download")
