@@ -137,6 +137,7 @@ class Chat:
         try:
             import readline
             readline.write_history_file(self.history_file)
+            self.history_file.chmod(0o600)  # the questions asked are nobody else's business
         except (ImportError, OSError):
             pass  # history of typed lines is a convenience; never fail the chat for it
 

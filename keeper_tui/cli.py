@@ -200,7 +200,14 @@ def prompt_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO
     """The prompt: the words joined, or stdin for `-` or for no words with a pipe (not a terminal) on stdin."""
     stdin = sys.stdin if stdin is None else stdin
     if words == ["-"] or (not words and stdin is not None and not stdin.isatty()):
-        prompt = stdin.read() if stdin is not None else ""
+        if stdin is not None and stdin.isatty():
+            print("rbee: reading the prompt; end it with Ctrl+D on a line of its own", file=sys.stderr)
+        # Ctrl+C while reading stops rbee at once (asyncio.run would only cancel a task that is not waiting).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            prompt = stdin.read() if stdin is not None else ""
+        finally:
+            signal.signal(signal.SIGINT, previous)
     else:
         prompt = " ".join(words)
     if not prompt.strip():

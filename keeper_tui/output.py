@@ -152,18 +152,22 @@ def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         request = job.get("request") or {}
         summary = job.get("about") or request.get("prompt") or request.get("model") or request.get("alias") \
             or request.get("id") or ""
-        summary = summary.replace("\n", " ")
         rows.append({**job, "id_h": short_id(str(job.get("job_id", ""))),
-                     "created_h": ago(job.get("created_at") or time.time()),
-                     "summary": summary[:40] + ("…" if len(summary) > 40 else "")})
+                     "created_h": ago(job.get("created_at") or time.time()), "summary": _cut(summary)})
     return rows
 
 
+def _cut(text: str, width: int = 40) -> str:
+    text = text.replace("\n", " ")
+    return text[:width] + ("…" if len(text) > width else "")
+
+
 def conversation_rows(conversations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**c, "updated_h": ago(c["updated_at"]) if c.get("updated_at") else ""} for c in conversations]
+    return [{**c, "title_h": _cut(c.get("title") or ""), "model_h": alias_of(c["model"]) if c.get("model") else "",
+             "updated_h": ago(c["updated_at"]) if c.get("updated_at") else ""} for c in conversations]
 
 
-CONVERSATION_COLUMNS = [("id", "id"), ("title", "title"), ("model", "model"), ("message_count", "messages"),
+CONVERSATION_COLUMNS = [("id", "id"), ("title_h", "title"), ("model_h", "model"), ("message_count", "messages"),
                         ("updated_h", "updated")]
 PLAIN_PROGRESS_STEP = 25  # without a terminal, one line per quarter of a download
 

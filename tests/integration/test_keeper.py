@@ -217,3 +217,21 @@ def test_the_cli_does_not_import_textual():
     code = "import sys, keeper_tui.cli; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_prompt_typed_on_a_terminal_ends_with_ctrl_d_and_ctrl_c_stops_at_once(keeper):
+    term = keeper.terminal("--no-autostart", "infer", "-")
+    try:
+        term.expect("end it with Ctrl+D")
+        term.type("\x03")
+        assert term.wait() == 130  # one Ctrl+C, not one per pending task
+    finally:
+        term.close()
+    term = keeper.terminal("--no-autostart", "infer", "-")
+    try:
+        term.expect("end it with Ctrl+D")
+        term.type("Hello\r\x04")
+        assert term.wait() == 3  # the prompt was read; then there is no queen to ask
+        assert "No queen answers" in term.seen and "Traceback" not in term.seen
+    finally:
+        term.close()

@@ -255,12 +255,15 @@ def test_conversations_list_as_a_table_with_how_long_ago_each_was_used():
     out = io.StringIO()
     conversations = [{"id": "conv-afbc15014b3e", "title": "My name is Ada.", "model": "smollm2-135m",
                       "message_count": 4, "updated_at": time.time() - 180, "created_at": 1.0},
-                     {"id": "conv-000000000000", "title": "", "model": None, "message_count": 0}]
+                     {"id": "conv-000000000000", "title": "", "model": None, "message_count": 0},
+                     {"id": "conv-111111111111", "title": "A long question\nover two lines, " + "x" * 40,
+                      "model": "file:/m/Tiny.Q4.gguf", "message_count": 2}]
     table(conversation_rows(conversations), CONVERSATION_COLUMNS, out)
     assert out.getvalue().splitlines() == [
-        "ID                 TITLE            MODEL         MESSAGES  UPDATED",
-        "conv-afbc15014b3e  My name is Ada.  smollm2-135m  4         3 min ago",
-        "conv-000000000000                                 0",
+        "ID                 TITLE                                      MODEL         MESSAGES  UPDATED",
+        "conv-afbc15014b3e  My name is Ada.                            smollm2-135m  4         3 min ago",
+        "conv-000000000000                                                           0",
+        "conv-111111111111  A long question over two lines, xxxxxxxx…  tiny.q4       2",  # 40 characters and …
     ]
 
 
