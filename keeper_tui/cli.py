@@ -330,7 +330,7 @@ class Keeper:
             assert job_id
             record = await client.get(job_id) if action == "show" else await client.cancel(job_id)
             if action == "cancel":
-                self.render.say(f"job {job_id} is {record.get('state')}")
+                self.render.say(f"job {record.get('job_id', job_id)} is {record.get('state')}")
             return self._emit(record)
 
     async def conversations_command(self, action: str, conv_id: str | None) -> int:
