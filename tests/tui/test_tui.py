@@ -10,7 +10,7 @@ from textual.widgets import Button, DataTable, ProgressBar, TabbedContent, TabPa
 
 from keeper_tui.tui.app import RbeeApp
 from keeper_tui.tui.screens import ConversationsScreen, HelpScreen
-from keeper_tui.tui.widgets import MessageBox, NarrationPane
+from keeper_tui.tui.widgets import MessageBox, NarrationPane, TokenPane
 from shared.builtin_model import builtin_model_path
 from shared.job_client import JobClient
 from shared.operations import WorkerSpawn
@@ -100,6 +100,10 @@ async def test_a_chat_streams_tokens_and_narration_then_views(queen):
         jobs = app.query_one("#jobs-table", DataTable)
         await until(pilot, lambda: jobs.row_count > 0)
         assert [jobs.get_row_at(k)[1] for k in range(jobs.row_count)] == ["infer"]
+        await pilot.press("enter")  # replays the chat's job below the list
+        replay = app.query_one("#job-tokens", TokenPane)
+        await until(pilot, lambda: replay.full_text == shown, app=app)
+        assert app.query_one("#job-view").display and visible_tab(app) == "jobs"
 
 
 async def test_function_keys_switch_tabs_from_the_prompt(tmp_path):
