@@ -60,6 +60,8 @@ def human_value(key: str, value: Any, *, empty: str = "-") -> str:
         return "yes" if value else "no"
     if isinstance(value, (int, float)) and is_time_field(key):
         return when(value)
+    if isinstance(value, int) and (key == "size" or key.endswith("_bytes")):
+        return _fmt_bytes(value)
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):

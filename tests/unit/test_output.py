@@ -108,6 +108,7 @@ def test_human_values_never_show_python_spellings():
     assert human_value("k", {"a": None, "b": [1, 2]}) == "a=-, b=1, 2"
     assert human_value("created_at", 1_800_000_000.0).startswith(when(1_800_000_000.0)[:19])
     assert human_value("count_at", "not a time") == "not a time"
+    assert human_value("size", 98_362_432) == "98.4 MB" and human_value("free_bytes", 512) == "512 B"
 
 
 def test_short_ids_keep_the_kind_and_eight_characters():
