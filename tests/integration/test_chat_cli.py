@@ -110,8 +110,9 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_prompt_comes_back(keeper):
 def test_a_script_feeds_lines_multi_line_blocks_and_commands(keeper):
     script = ('"""\nline one\nline two\n"""\n'
               "first half \\\nsecond half\n"
-              "/model nonexistent-model\n/model smollm2-135m\n"
+              "/model nonexistent-model\n"  # the conversation's model changes with it
               "/clear\n"
+              "/model smollm2-135m\n"
               "alone\n")
     out = keeper("chat", *SHORT, input=script)
     assert out.returncode == 0, out.stderr
@@ -123,6 +124,7 @@ def test_a_script_feeds_lines_multi_line_blocks_and_commands(keeper):
     assert len(joined["messages"]) == 3 and joined["conversation_id"] == block["conversation_id"]
     assert alone["messages"] == [{"role": "user", "content": "alone"}]  # /clear: a new conversation
     assert alone["conversation_id"] != block["conversation_id"]
+    assert keeper.queen(lambda client: client.conversation(block["conversation_id"]))["model"] == "nonexistent-model"
 
 
 def test_a_failed_question_in_a_script_exits_non_zero_with_the_reason(keeper):

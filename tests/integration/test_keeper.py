@@ -123,6 +123,14 @@ def test_jobs_are_named_by_a_unique_prefix_and_shown_in_human_terms(keeper):
     assert "started_at" in hive and "ago)" in hive and "None" not in hive and "True" not in hive
 
 
+def test_read_only_jobs_are_listed_only_with_all(keeper):
+    assert keeper("infer", "--max-tokens", "2", "hi").returncode == 0
+    assert keeper("model", "list").returncode == 0
+    assert [j["operation"] for j in json_lines(keeper("--json", "jobs", "list").stdout)[-1]["jobs"]] == ["infer"]
+    everything = keeper("jobs", "list", "--all").stdout
+    assert "model_list" in everything and "infer" in everything
+
+
 def test_a_failed_json_result_carries_the_error(keeper):
     out = keeper("--json", "infer", "--hive", "nowhere", "hello")
     assert out.returncode == 1
