@@ -86,7 +86,7 @@ def test_a_closed_pipe_is_not_a_traceback(keeper):
 
 def test_a_queen_that_dies_mid_job_is_said_plainly(keeper):
     assert keeper("infer", "--max-tokens", "4", "Hello").returncode == 0  # warm
-    proc = keeper.popen("infer", "--temperature", "0", "--max-tokens", "1000", COUNTING)
+    proc = keeper.popen("infer", "--raw", "--temperature", "0", "--max-tokens", "1000", COUNTING)
     first = proc.stdout.read(1)  # the answer has started
     assert first
     os.kill(keeper.queen_pid(), signal.SIGKILL)
