@@ -491,9 +491,6 @@ class RbeeApp(App):
         # its tab back (TabPane.Focused): drop the focus first, then give it to the new tab's main widget.
         self.screen.set_focus(None)
         self.query_one(TabbedContent).active = tab
-        self.call_after_refresh(self._focus_tab, tab)
-
-    def _focus_tab(self, tab: str) -> None:
         self.query_one("#prompt" if tab == "infer" else f"#{tab}-table").focus()
 
     def action_help(self) -> None:

@@ -7,14 +7,18 @@ import collections
 import time
 from dataclasses import dataclass
 
+from rich.console import RenderableType
+from rich.table import Table
 from rich.text import Text
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Label, RichLog, Static, TextArea
 
 from shared.events import Narration
 
 LEVEL_STYLES = {"info": "cyan", "warn": "yellow", "error": "bold red"}
+STORY_LINES = 2000  # entries a story pane keeps (and wraps again when its width changes)
 FLUSH_HZ = 60  # at 30 the wait for the next frame alone was up to 33 ms; at 60 the median lag is ~15 ms
 # A streaming answer in the transcript grows this many rows at a time: its height changing relays out the
 # whole screen (~50 ms on 2 busy cores), so once per GROW_ROWS lines, not once per line.
@@ -85,20 +89,40 @@ class TokenPane(TextArea):
 
 
 class NarrationPane(RichLog):
-    """The story: narration from every daemon, one line each, wrapped and scrollable."""
+    """The story: narration from every daemon, one entry each, wrapped under its text and scrollable.
+    RichLog wraps a line when it is written; a new width (a resized terminal, the layout stacking the
+    panes) wraps every kept entry again, so none stays cut at an old width."""
 
     DEFAULT_CSS = "NarrationPane { height: 1fr; overflow-y: auto; }"
 
     def __init__(self, **kwargs) -> None:
         # min_width: RichLog draws lines at least 78 wide by default, which scrolls sideways in a narrow pane
-        super().__init__(wrap=True, markup=False, highlight=False, max_lines=2000, min_width=16, **kwargs)
+        super().__init__(wrap=True, markup=False, highlight=False, max_lines=STORY_LINES, min_width=16, **kwargs)
         self.lines_written = 0
+        self._entries: collections.deque[RenderableType] = collections.deque(maxlen=STORY_LINES)
+        self._wrapped_at = 0
+
+    def _add(self, entry: RenderableType) -> None:
+        self._entries.append(entry)
+        self.write(entry)
+
+    def clear(self) -> "NarrationPane":
+        self._entries.clear()
+        return super().clear()
+
+    def on_resize(self, event: Resize) -> None:  # RichLog's own handler runs after this one
+        if self._wrapped_at and event.size.width != self._wrapped_at and self._entries:
+            super().clear()
+            for entry in self._entries:
+                self.write(entry)
+        self._wrapped_at = event.size.width
 
     def narration(self, event: Narration) -> None:
-        line = Text()
-        line.append(f"{event.actor:>6} ", style="dim")
-        line.append(event.human, style=LEVEL_STYLES.get(event.level, ""))
-        self.write(line)
+        line = Table.grid(padding=(0, 1))
+        line.add_column(width=6, justify="right", style="dim", no_wrap=True)
+        line.add_column(ratio=1)
+        line.add_row(event.actor, Text(event.human, style=LEVEL_STYLES.get(event.level, "")))
+        self._add(line)
         self.lines_written += 1
 
     def say(self, message: str, level: str = "info") -> None:
@@ -107,7 +131,7 @@ class NarrationPane(RichLog):
     def rule(self, title: str) -> None:
         """A divider between the stories of two jobs, so the older one can still be scrolled back to."""
         if self.lines_written:
-            self.write(Text(f"── {title} ", style="dim"))
+            self._add(Text(f"── {title} ", style="dim", no_wrap=True, overflow="ellipsis"))
 
 
 class MessageBox(Vertical):
