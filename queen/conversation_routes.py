@@ -1,7 +1,7 @@
 """The conversations API (the store is queen/conversations.py):
 
     POST   /v1/conversations        {model?, hive_id?, title?} -> 201 {"conversation": {...}}
-    GET    /v1/conversations        -> {"conversations": [...]}, the most recently used first
+    GET    /v1/conversations        -> {"conversations": [...]}, the most recently used first (empty ones not)
     GET    /v1/conversations/{id}   -> {"conversation": {..., "messages": [{role, content, at}]}}
     PATCH  /v1/conversations/{id}   {model?, hive_id?, title?} -> {"conversation": {...}}
     DELETE /v1/conversations/{id}   -> {"deleted": id}

@@ -78,8 +78,9 @@ class ConversationStore:
         return await self.get(conv_id, messages=False)
 
     async def list(self) -> list[dict[str, Any]]:
+        """Conversations with something in them (one whose first question failed is not worth showing)."""
         rows = await self._db.run(lambda db: db.execute(
-            f"SELECT {COLUMNS}, {COUNT} FROM conversations c ORDER BY updated_at DESC, id").fetchall())
+            f"SELECT {COLUMNS}, {COUNT} AS n FROM conversations c WHERE n > 0 ORDER BY updated_at DESC, id").fetchall())
         return [_record(r) for r in rows]
 
     async def resolve(self, given: str) -> str:
