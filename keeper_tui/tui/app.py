@@ -472,6 +472,8 @@ class RbeeApp(App):
                     bar.update(total=event.payload.get("total") or None, progress=event.payload.get("done", 0))
                 elif isinstance(event, End):
                     end = event
+                    log.say(f"{operation['operation']} {end.state.value}",
+                            "info" if end.state is JobState.COMPLETED else "warn")
         except RbeeError as exc:
             self.report(exc)
         finally:
