@@ -75,10 +75,11 @@ class TokenPane(TextArea):
         self.rendered_tokens += len(self._pending)
         self._pending.clear()
         self.insert(new, self.document.end, maintain_selection_offset=False)
-        if self.grow and self.wrapped_document.height > self._rows:
+        if not self.grow:
+            self.scroll_end(animate=False)
+        elif self.wrapped_document.height > self._rows:
             self._rows = self.wrapped_document.height + GROW_ROWS
             self.styles.height = self._rows
-        self.scroll_end(animate=False)
         self.post_message(self.Flushed())
 
     def settle(self) -> None:
