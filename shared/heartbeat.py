@@ -36,6 +36,7 @@ class Heartbeat(WireMessage):
     slots: int = field(default=1, metadata=bounds(1))  # requests it generates at once
     slots_busy: int = field(default=0, metadata=bounds(0))
     device: str = field(default="cpu", metadata={"nonempty": True})
+    embedding: bool = False  # an embedding worker: it computes embeddings and is never sent a generation
 
 
 def parse_heartbeat(data: Any) -> Heartbeat:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 from shared.errors import InvalidRequest, UnknownOperation
 from shared.inference import Generation
 from shared.models import BUILTIN_MODEL
-from shared.wire import WireMessage, bounds, json_type, parse_message
+from shared.wire import WireMessage, bounds, field_error, json_type, parse_message
 
 LOCAL_HIVE = "localhost"
 ANY_HIVE = "any"  # worker_spawn: the queen places the worker (never a hive's alias)
@@ -127,6 +127,7 @@ class WorkerSpawn(HiveOperation):
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
     worker: str = field(default="cpu", metadata={"choices": ("cpu", "cuda", "metal")})
     device: int = field(default=0, metadata=bounds(0))
+    embedding: bool = False  # a worker that computes embeddings (Embed) and never generates
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +186,21 @@ class Infer(Operation, Generation):
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
     hive_id: str | None = None  # None: any hive
     conversation_id: str | None = None  # the queen adds this exchange to that stored conversation
+
+
+@dataclass(frozen=True, kw_only=True)
+class Embed(Operation):
+    """Embedding vectors of `input`, computed by a worker of the model started in embedding mode (one is
+    spawned when none runs); the result is {"embeddings", "model", "prompt_tokens", "dimensions"}."""
+
+    name: ClassVar[str] = "embed"
+    model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
+    input: tuple[str, ...]
+    hive_id: str | None = None  # None: any hive
+
+    def validate(self) -> None:
+        if not self.input:
+            raise field_error(type(self), "input", "must hold at least one string")
 
 
 HIVE_OPERATIONS = frozenset(

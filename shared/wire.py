@@ -137,6 +137,10 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
         if "choices" in meta and value not in meta["choices"]:
             raise bad(f"must be one of {', '.join(meta['choices'])}, not '{value}'")
         return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad(f"must be true or false, not {json_type(value)}")
+        return value
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad(f"must be an integer, not {json_type(value)}")
