@@ -60,6 +60,8 @@ class Token:
     t: str
     i: int
     ids: tuple[int, ...] | None = None  # from a worker: ids of the tokens whose text is now all out
+    # When asked for: one {"token", "logprob", "top": [{"token", "logprob"}, ...]} per token of this text.
+    logprobs: list[dict[str, Any]] | None = field(default=None, hash=False)
     type: Literal["token"] = "token"
 
 
@@ -104,6 +106,11 @@ Event = Union[Narration, Token, Data, Error, Started, End]
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     if isinstance(event, Token):  # the hot path: keep it a plain dict literal
+        if event.logprobs is not None:
+            d = {"type": "token", "t": event.t, "i": event.i, "logprobs": event.logprobs}
+            if event.ids is not None:
+                d["ids"] = event.ids
+            return d
         if event.ids is not None:
             return {"type": "token", "t": event.t, "i": event.i, "ids": event.ids}
         return {"type": "token", "t": event.t, "i": event.i}
@@ -145,7 +152,9 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
     try:
         if kind == "token":
             ids = d.get("ids")
-            return Token(t=d["t"], i=d["i"], ids=tuple(ids) if isinstance(ids, list) else None)
+            logprobs = d.get("logprobs")
+            return Token(t=d["t"], i=d["i"], ids=tuple(ids) if isinstance(ids, list) else None,
+                         logprobs=logprobs if isinstance(logprobs, list) else None)
         if kind == "narration":
             level = d.get("level", "info")
             return Narration(

@@ -30,12 +30,25 @@ class Generation(WireMessage):
     seed: int | None = field(default=None, metadata=bounds(0, 2**64 - 1, help="the same seed and options give the "
                                                                             "same text"))
     stop: tuple[str, ...] | None = field(default=None, metadata={"help": "stop at this string; it is not returned"})
+    # Constrained output: the worker turns a JSON schema into a llama.cpp grammar ({} or {"type": "object"}:
+    # any JSON object); `grammar` is raw GBNF. At most one of the two.
+    json_schema: dict | None = field(default=None, hash=False)  # a dict: left out of hash()
+    grammar: str | None = field(default=None, metadata={"nonempty": True})
+    # OpenAI's penalties: subtracted from a token's logit once it appeared (presence) and per appearance
+    # (frequency) in the generated text.
+    presence_penalty: float = field(default=0.0, metadata=bounds(-2, 2))
+    frequency_penalty: float = field(default=0.0, metadata=bounds(-2, 2))
+    # None: off; N: every Token event carries each token's log-probability and the N most likely ones.
+    logprobs: int | None = field(default=None, metadata=bounds(0, 20))
 
     def validate(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidRequest(f"{self.describe().capitalize()} needs exactly one of 'prompt' (plain text) and "
                                  "'messages' (a chat: a list of {role, content}).", field="prompt",
                                  problem="or 'messages' is needed (exactly one of the two)")
+        if self.json_schema is not None and self.grammar is not None:
+            raise InvalidRequest(f"{self.describe().capitalize()} takes at most one of 'json_schema' and 'grammar'.",
+                                 field="grammar", problem="cannot be given with 'json_schema'")
 
     def to_request(self) -> "InferenceRequest":
         """The worker request for this generation (the queen's side of the hop)."""

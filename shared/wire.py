@@ -164,6 +164,10 @@ def _check(cls: type[WireMessage], name: str, hint: Any, value: Any, meta: Mappi
                 raise bad(f"item {k} must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
             out.append((m["role"], m["content"]))
         return tuple(out)
+    if base is dict:
+        if not isinstance(value, Mapping):
+            raise bad(f"must be a JSON object, not {json_type(value)}")
+        return dict(value)
     if base == tuple[int, ...]:
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
             raise bad("must be a list of integers")
