@@ -17,6 +17,7 @@ import asyncio
 import codecs
 import ctypes
 import dataclasses
+import json
 import logging
 import queue
 import random
@@ -56,11 +57,13 @@ class PreparedRequest(InferenceRequest):
 
     prompt_tokens: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()  # the request's and the chat template's
+    gbnf: str | None = None  # the grammar the output must follow (from `grammar` or `json_schema`)
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
         body.pop("prompt_tokens", None)
         body.pop("stop_strings", None)
+        body.pop("gbnf", None)
         return body
 
 
@@ -96,6 +99,7 @@ class Slot:
     parts: list[str] = field(default_factory=list)
     outbox: list[Token] = field(default_factory=list)  # tokens for the loop's next hand-over
     ids_pending: list[int] = field(default_factory=list)  # generated ids whose text is not all out yet
+    logprobs_pending: list[dict[str, Any]] = field(default_factory=list)  # one per id whose text is not out yet
 
 
 class LlamaEngine:
@@ -165,8 +169,37 @@ class LlamaEngine:
                        f"(--ctx-size), the answer included")
             raise InvalidRequest(f"The prompt {problem}. Shorten it, or start the worker with a larger --ctx-size.",
                                  field="prompt", problem=problem, code="PROMPT_TOO_LONG")
+        gbnf = self._grammar_of(request)
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(InferenceRequest)}
-        return PreparedRequest(**fields, prompt_tokens=tuple(tokens), stop_strings=tuple(s for s in stops if s))
+        return PreparedRequest(**fields, prompt_tokens=tuple(tokens), stop_strings=tuple(s for s in stops if s),
+                               gbnf=gbnf)
+
+    def _grammar_of(self, request: InferenceRequest) -> str | None:
+        """The request's grammar as GBNF, checked by llama.cpp here so a bad one is the client's 400, not
+        a failed generation. A JSON schema goes through llama-cpp-python's converter (llama.cpp's own)."""
+        import llama_cpp
+
+        if request.json_schema is not None:
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            try:
+                gbnf = json_schema_to_gbnf(json.dumps(request.json_schema))
+            except Exception as exc:  # the converter asserts on what it does not know
+                problem = f"is not a JSON schema this worker can follow ({exc or type(exc).__name__})"
+                raise InvalidRequest(f"Field 'json_schema' {problem}.", field="json_schema", problem=problem) from exc
+            name = "json_schema"
+        elif request.grammar is not None:
+            gbnf, name = request.grammar, "grammar"
+        else:
+            return None
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not sampler:
+            problem = "is not a valid GBNF grammar with a 'root' rule (llama.cpp could not parse it)"
+            if name == "json_schema":
+                problem = "gives a grammar llama.cpp cannot parse"
+            raise InvalidRequest(f"Field '{name}' {problem}.", field=name, problem=problem)
+        llama_cpp.llama_sampler_free(sampler)
+        return gbnf
 
     def submit(self, request: PreparedRequest, job_id: str, emit: Callable[[Event], Any]) -> Generation:
         if self._stopped.is_set():
@@ -405,8 +438,17 @@ class LlamaEngine:
         slot.gen, slot.next_token, slot.generated = gen, None, 0
         slot.started, slot.first_token_at = time.perf_counter(), None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        slot.held, slot.parts, slot.outbox, slot.ids_pending = "", [], [], []
-        slot.sampler = _sampler_chain(req.temperature, req.top_k, req.top_p, req.seed)
+        slot.held, slot.parts, slot.outbox, slot.ids_pending, slot.logprobs_pending = "", [], [], [], []
+        first = []
+        if req.gbnf is not None:  # first: what follows only ever sees tokens the grammar allows
+            first.append(llama_cpp.llama_sampler_init_grammar(self._vocab, req.gbnf.encode(), b"root"))
+        if req.presence_penalty or req.frequency_penalty:  # llama.cpp's order: penalties before top-k
+            first.append(llama_cpp.llama_sampler_init_penalties(
+                llama_cpp.llama_vocab_n_tokens(self._vocab), self.n_ctx, 1.0, req.frequency_penalty,
+                req.presence_penalty))
+        slot.sampler = _sampler_chain(req.temperature, req.top_k, req.top_p, req.seed, first=first)
+        for token in (req.continue_ids or ()) if first else ():  # an answer moved here: its grammar state
+            llama_cpp.llama_sampler_accept(slot.sampler, token)   # and counts go on from its tokens so far
         self._post(gen.emit, Started(job_id=gen.job_id, model=self.config.model_ref))
 
     def _decode_and_sample(self, active: list[Slot]) -> None:
@@ -470,6 +512,8 @@ class LlamaEngine:
             self._finish(slot, "stop")
             return
         slot.ids_pending.append(token)
+        if req.logprobs is not None:
+            slot.logprobs_pending.append(self._logprobs(slot.batch_index, token, req.logprobs))
         slot.held += slot.decoder.decode(self.piece(token))
         stops = req.stop_strings
         hit = min((i for i in (slot.held.find(s) for s in stops) if i >= 0), default=-1)
@@ -494,9 +538,31 @@ class LlamaEngine:
             ids = tuple(slot.ids_pending) if with_ids else None
             if with_ids:
                 slot.ids_pending = []
-            slot.outbox.append(Token(t=text, i=len(slot.parts) - 1, ids=ids))
+            logprobs = None
+            if slot.gen is not None and slot.gen.request.logprobs is not None:
+                logprobs, slot.logprobs_pending = slot.logprobs_pending, []
+            slot.outbox.append(Token(t=text, i=len(slot.parts) - 1, ids=ids, logprobs=logprobs))
             if len(slot.parts) == 1:
                 self._deliver_now = True  # a first token goes out at once
+
+    def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
+        """The chosen token's log-probability and the `top` most likely, from the model's raw logits (before
+        penalties, grammar and temperature), as OpenAI reports them."""
+        import llama_cpp
+        import numpy as np
+
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(n_vocab,))
+        shifted = logits - logits.max()
+        logsoftmax = shifted - np.log(np.exp(shifted).sum())
+        best = np.argpartition(-logsoftmax, top)[:top] if top else np.array([], dtype=int)
+        best = best[np.argsort(-logsoftmax[best])]
+
+        def text(t: int) -> str:
+            return self.piece(int(t)).decode("utf-8", errors="replace")
+
+        return {"token": text(token), "logprob": float(logsoftmax[token]),
+                "top": [{"token": text(t), "logprob": float(logsoftmax[t])} for t in best]}
 
     def _deliver(self, slots: list[Slot]) -> None:
         """Hand every sequence's new tokens to the loop in one call, at most once per TOKEN_FLUSH_S."""
@@ -558,11 +624,14 @@ def _quiet_llama_logs() -> None:
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
-def _sampler_chain(temperature: float, top_k: int, top_p: float, seed: int | None):
-    """The sampler chain llama-cpp-python builds for the same parameters (so answers match it)."""
+def _sampler_chain(temperature: float, top_k: int, top_p: float, seed: int | None, first=()):
+    """The sampler chain llama-cpp-python builds for the same parameters (so answers match it), after
+    the samplers in `first` (grammar, penalties), which it takes over."""
     import llama_cpp
 
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for sampler in first:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
     if temperature == 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
