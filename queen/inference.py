@@ -116,7 +116,7 @@ class InferenceRunner:
                     if progress.first_token_at is None:
                         progress.first_token_at = time.perf_counter()
                     parts.append(text)
-                    emit(Token(t=text, i=len(parts) - 1))
+                    emit(Token(t=text, i=len(parts) - 1, logprobs=event.logprobs))
             elif isinstance(event, Started):  # the worker took it (its first event)
                 verb = "Continuing" if carried else "Generating"
                 narrate("infer_start", f"{verb} on {worker.worker_id} ({worker.model}, hive {worker.hive_id})",
