@@ -20,6 +20,8 @@ from shared.client import DaemonClient
 from shared.heartbeat import EngineState, Heartbeat
 from worker.appkeys import CONFIG, ENGINE, GOODBYE, HEARTBEAT
 from worker.config import WorkerConfig
+from worker.embedder import EmbeddingEngine
+from worker.embedding_api import refuse_embeddings, setup_embedding_api
 from worker.engine import LlamaEngine
 from worker.heartbeat import HeartbeatSender
 from worker.inference_api import pending_jobs, setup_inference_api
@@ -33,7 +35,11 @@ def create_app(config: WorkerConfig, token: str) -> web.Application:
     if config.queen_url:
         app.cleanup_ctx.append(heartbeat_ctx)
         app.on_shutdown.append(say_stopping)  # before the job API's own, which ends the generations
-    setup_inference_api(app)
+    if config.embedding:
+        setup_embedding_api(app)
+    else:
+        setup_inference_api(app)
+        refuse_embeddings(app)
     return app
 
 
@@ -42,7 +48,8 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         if HEARTBEAT in app:
             app[HEARTBEAT].poke()
 
-    engine = LlamaEngine(app[CONFIG], on_state_change=state_changed)
+    kind = EmbeddingEngine if app[CONFIG].embedding else LlamaEngine
+    engine = kind(app[CONFIG], on_state_change=state_changed)
     app[ENGINE] = engine
     try:
         engine.start()
@@ -59,7 +66,7 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
         return Heartbeat(worker_id=config.worker_id, hive_id=config.hive_id or "", url=listening.url or "",
                          model=config.model_ref, state=app[ENGINE].state, pid=os.getpid(),
                          queue_depth=queue_depth(app), device=config.device, slots=app[ENGINE].slots_total,
-                         slots_busy=app[ENGINE].slots_busy)
+                         slots_busy=app[ENGINE].slots_busy, embedding=config.embedding)
 
     app[GOODBYE] = lambda: dataclasses.replace(heartbeat(), state=EngineState.STOPPING)
 
@@ -103,7 +110,10 @@ async def health(request: web.Request) -> web.Response:
         "queue_depth": queue_depth(app),
         "max_queue": config.max_queue,
         "pid": os.getpid(),
+        "embedding": config.embedding,
     }
+    if isinstance(engine, EmbeddingEngine):
+        body.update(dimensions=engine.dimensions, pooling=engine.pooling)
     if engine.load_error:
         body["error"] = engine.load_error
     return web.json_response(body)

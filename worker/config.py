@@ -32,6 +32,7 @@ class WorkerConfig:
     abandon_after_s: float = 5.0  # a generation nobody reads for this long is cancelled
     heartbeat_interval_s: float = 5.0
     exit_with_parent: bool = True
+    embedding: bool = False  # compute embeddings (POST /v1/embeddings) instead of generating
 
     def __post_init__(self) -> None:
         if self.threads <= 0:

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cancel a generation once nobody has read its stream for this long (default 5)")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS",
                         help="seconds between heartbeats to the queen (default 5)")
+    parser.add_argument("--embedding", action="store_true",
+                        help="serve embeddings (POST /v1/embeddings) instead of generating text")
     parser.add_argument("--no-exit-with-parent", action="store_true",
                         help="keep running when the parent process dies (by default the worker exits)")
     return parser.parse_args(argv)
@@ -89,6 +91,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         abandon_after_s=args.abandon_after,
         heartbeat_interval_s=args.heartbeat_interval,
         exit_with_parent=not args.no_exit_with_parent,
+        embedding=args.embedding,
     )
 
 

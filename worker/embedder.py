@@ -1,0 +1,210 @@
+"""The engine of a worker started with --embedding: one thread owns a llama.cpp context made for
+embeddings and turns texts into vectors.
+
+It is the generating engine's sibling (same loading, state, heartbeat and shutdown story, inherited),
+with its own owner loop. Each input is decoded on its own, in a batch of one sequence: a vector then
+depends only on its text, so identical input gives identical vectors whatever else was asked with it.
+Vectors are pooled as the GGUF says (mean when it says nothing or asks for per-token output) and scaled
+to unit length, as OpenAI's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import InvalidRequest
+from shared.heartbeat import EngineState
+from worker.config import WorkerConfig
+from worker.engine import LlamaEngine, _quiet_llama_logs
+from worker.errors import GenerationError, NotReady
+
+log = logging.getLogger("rbee.worker.embedder")
+
+
+@dataclass(eq=False)
+class EmbedTask:
+    """One request's inputs, tokenized; `done` resolves (on the loop) to (vectors, prompt tokens)."""
+
+    inputs: list[list[int]]
+    done: asyncio.Future
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class EmbeddingEngine(LlamaEngine):
+    def __init__(self, config: WorkerConfig, on_state_change=None) -> None:
+        super().__init__(config, on_state_change)
+        self.slots_total = 1
+        self.dimensions = 0  # known once loaded
+        self.pooling = "mean"
+
+    # -- loop side ------------------------------------------------------------------------------------
+
+    def tokenize_inputs(self, texts: tuple[str, ...]) -> list[list[int]]:
+        """Tokenize every input and check each fits the context. Runs in any thread."""
+        with self._vocab_lock:
+            if self._vocab is None or self.state in (EngineState.LOADING, EngineState.FAILED):
+                raise NotReady(f"The model is {self.state}; wait for GET /health to say ready.")
+            inputs = [self.tokenize(text, add_special=True) for text in texts]
+        for k, tokens in enumerate(inputs):
+            if not tokens:
+                raise InvalidRequest(f"Field 'input': item {k} holds no token to embed.", field="input",
+                                     problem=f"item {k} holds no token")
+            if len(tokens) > self.n_ctx:
+                problem = f"item {k} is {len(tokens)} tokens long; this model embeds at most {self.n_ctx}"
+                raise InvalidRequest(f"Field 'input': {problem}. Shorten it or split it.", field="input",
+                                     problem=problem, code="INPUT_TOO_LONG")
+        return inputs
+
+    def submit_embedding(self, inputs: list[list[int]]) -> EmbedTask:
+        if self._stopped.is_set():
+            raise NotReady("The worker's engine has stopped; ask again: another worker will answer.")
+        task = EmbedTask(inputs, asyncio.get_running_loop().create_future())
+        self._requests.put(task)  # type: ignore[arg-type]
+        return task
+
+    # -- thread side ------------------------------------------------------------------------------------
+
+    def _load(self) -> bool:
+        cfg = self.config
+        try:
+            import llama_cpp
+
+            _quiet_llama_logs()
+            llama_cpp.llama_backend_init()
+            mparams = llama_cpp.llama_model_default_params()
+            mparams.n_gpu_layers = cfg.gpu_layers
+            mparams.main_gpu = cfg.gpu_index
+            model = llama_cpp.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
+            if not model:
+                raise ValueError("llama.cpp could not load it (see the lines above in this log)")
+            self._model = model
+            self._vocab = llama_cpp.llama_model_get_vocab(model)
+            trained = llama_cpp.llama_model_n_ctx_train(model)
+            self.n_ctx = min(cfg.ctx_size, trained) if trained > 0 else cfg.ctx_size
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = self.n_ctx
+            cparams.n_batch = cparams.n_ubatch = self.n_ctx  # a whole input in one decode: pooling needs it
+            cparams.n_seq_max = 1
+            cparams.n_threads = cparams.n_threads_batch = cfg.threads
+            cparams.embeddings = True
+            cparams.pooling_type = self._pooling_type(llama_cpp)
+            cparams.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(model, cparams)
+            if not ctx:
+                raise ValueError(f"llama.cpp could not make an embedding context of {self.n_ctx} tokens")
+            self._ctx = ctx
+            self.dimensions = llama_cpp.llama_model_n_embd_out(model) or llama_cpp.llama_model_n_embd(model)
+        except Exception as exc:  # a bad file, too little memory
+            self.load_error = f"cannot load model {cfg.model_path}: {exc}"
+            self._free()
+            self._post(self._loaded, False)
+            return False
+        self._post(self._loaded, True)
+        return True
+
+    def _pooling_type(self, llama_cpp: Any) -> int:
+        """The GGUF's `<arch>.pooling_type` when it names one vector per input (mean, cls, last); mean
+        otherwise (a generative model says nothing, and per-token or rank output is no embedding)."""
+        named = {llama_cpp.LLAMA_POOLING_TYPE_MEAN: "mean", llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
+                 llama_cpp.LLAMA_POOLING_TYPE_LAST: "last"}
+        arch = self._meta(b"general.architecture")
+        value = self._meta(f"{arch}.pooling_type".encode()) if arch else None
+        pooling = int(value) if value and value.isdigit() and int(value) in named else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        self.pooling = named[pooling]
+        return pooling
+
+    def _meta(self, key: bytes) -> str | None:
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key, buf, len(buf))
+        return buf.value.decode(errors="replace") if n > 0 else None
+
+    def _run(self) -> None:
+        if not self._load():
+            return
+        import llama_cpp
+
+        self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        broke: BaseException | None = None
+        task: EmbedTask | None = None
+        try:
+            while not self._shutdown.is_set():
+                task = self._requests.get()  # type: ignore[assignment]
+                if task is None:
+                    break
+                self._post(self._set_busy, 1)
+                try:
+                    result = self._embed(task)
+                finally:
+                    self._post(self._set_busy, 0)
+                self._post(_resolve, task.done, result)
+                task = None
+        except Exception as exc:  # a bug or llama.cpp failing: say so, and die loudly
+            log.exception("the llama owner thread failed")
+            broke = exc
+            self.load_error = f"the engine failed: {type(exc).__name__}: {exc}"
+            self._post(self._died)
+        finally:
+            self._stopped.set()  # from now on submit_embedding() refuses
+            pending = [task] if task is not None else []
+            while True:
+                try:
+                    item = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    pending.append(item)  # type: ignore[arg-type]
+            ending = GenerationError(f"The worker's engine {'failed (' + str(broke) + ')' if broke else 'stopped'}; "
+                                     "ask again: another worker will answer.", status=500 if broke else 503)
+            for left in pending:
+                self._post(_fail, left.done, ending)
+            llama_cpp.llama_batch_free(self._batch)
+            self._free()
+
+    def _embed(self, task: EmbedTask) -> tuple[list[list[float]], int] | None:
+        """Vectors of every input of a task (None: cancelled)."""
+        import llama_cpp
+
+        vectors = []
+        for tokens in task.inputs:
+            if task.cancel.is_set() or self._shutdown.is_set():
+                return None
+            if self._memory:
+                llama_cpp.llama_memory_clear(self._memory, True)
+            batch = self._batch
+            for n, token in enumerate(tokens):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, n, 1
+                batch.seq_id[n][0] = 0
+                batch.logits[n] = True  # pooling reads every token's output
+            batch.n_tokens = len(tokens)
+            if (rc := llama_cpp.llama_decode(self._ctx, batch)) != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
+            if not ptr:
+                raise RuntimeError("llama.cpp gave no pooled embedding")
+            vectors.append(_unit(ptr[:self.dimensions]))
+        return vectors, sum(len(t) for t in task.inputs)
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else list(vector)
+
+
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
