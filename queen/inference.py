@@ -168,6 +168,7 @@ class InferenceRunner:
             "ttft_ms": round((progress.first_token_at - started) * 1000, 2) if progress.first_token_at else None,
             "tokens_per_s": stats.get("tokens_per_s"),
             "stop_reason": stats.get("stop_reason"),
+            "stop_sequence": stats.get("stop_sequence"),  # the stop string that ended it, if one did
             "worker_id": worker.worker_id,
             "hive_id": worker.hive_id,
             "model": worker.model,

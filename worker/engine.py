@@ -518,8 +518,9 @@ class LlamaEngine:
         stops = req.stop_strings
         hit = min((i for i in (slot.held.find(s) for s in stops) if i >= 0), default=-1)
         if hit >= 0:
+            matched = next(s for s in stops if slot.held.find(s) == hit)
             slot.held = slot.held[:hit]
-            self._finish(slot, "stop")
+            self._finish(slot, "stop", stop_sequence=matched)
             return
         if slot.generated >= req.max_tokens or len(slot.cached) >= self.n_ctx:
             self._finish(slot, "length")  # at most max_tokens, and never past the slot's context
@@ -577,7 +578,7 @@ class LlamaEngine:
             self._delivered_at = now
         self._deliver_now = False
 
-    def _finish(self, slot: Slot, outcome: str | BaseException) -> None:
+    def _finish(self, slot: Slot, outcome: str | BaseException, stop_sequence: str | None = None) -> None:
         """End the slot's generation: the rest of its text, then its stats (or error); the slot keeps its
         cache for the next request that shares the prefix."""
         import llama_cpp
@@ -596,6 +597,8 @@ class LlamaEngine:
             stats = _stats(slot.generated, ttft, time.perf_counter() - slot.started, outcome)
             stats.update(prompt_tokens=len(gen.request.prompt_tokens), prompt_tokens_reused=slot.reused,
                          text="".join(slot.parts))
+            if stop_sequence is not None:  # which stop string ended it (Anthropic's API names it)
+                stats["stop_sequence"] = stop_sequence
             self._post(_resolve, gen.done, stats)
         if slot.pending:  # cancelled mid-prompt: what was decoded stays cached
             slot.pending = []
