@@ -26,6 +26,7 @@ from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
+from queen.ollama_api import setup_ollama_api
 from queen.openai_api import setup_openai_api
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
@@ -52,6 +53,7 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
 
     setup_job_api(app, execute, actor="queen")
     setup_openai_api(app)
+    setup_ollama_api(app)  # after the OpenAI API: its error shaper defers to that one off /api/
     setup_conversation_api(app)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)

@@ -1,0 +1,551 @@
+"""Ollama-compatible endpoints on the queen, so Ollama's clients (Open WebUI, editors, the `ollama`
+Python package) can use your hives:
+
+    POST /api/chat         chat in the model's own template, NDJSON stream (default) or one object
+    POST /api/generate     a prompt (through the chat template; `raw` sends it as is), streamed or not
+    GET  /api/tags         the models of every hive (name: its short alias plus ":latest")
+    GET  /api/ps           the running workers
+    POST /api/show         one model's details (catalog entry and memory estimate)
+    POST /api/pull         a model download (an rbee reference: hf:… or file:…) with progress lines
+    POST /api/embed        embedding vectors (normalised, as Ollama's); /api/embeddings is the older form
+    GET  /api/version      rbee's version
+
+Each request runs as an ordinary queen job (`infer`, `model_list`, `model_download`, `embed`), so it shows
+in `rbee jobs` and the TUI. Errors come in Ollama's shape, `{"error": "message"}`; the bearer token is
+required as everywhere (`ollama.Client(host=…, headers={"Authorization": "Bearer <token>"})`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from queen.appkeys import CONFIG, HIVES, WORKERS
+from shared import __version__, appkeys
+from shared.builtin_model import builtin_model_path, builtin_model_sha256
+from shared.errors import InvalidRequest, RbeeError
+from shared.events import JobState
+from shared.job_registry import Job
+from shared.models import BUILTIN_MODEL, alias_of, is_reference, parse_reference
+from shared.operations import LOCAL_HIVE, Embed, Infer, ModelDownload, ModelList
+from shared.wire import parse_message
+
+PREFIX = "/api/"
+TAG = ":latest"  # Ollama names are name:tag; rbee's models have one version each
+NDJSON = "application/x-ndjson"
+CATALOG_TIMEOUT_S = 15.0  # a hive that does not list its models by then is left out of /api/tags
+# Ollama option -> rbee's Generation field (the others Ollama knows are accepted and ignored).
+OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
+           "num_predict": "max_tokens", "stop": "stop", "presence_penalty": "presence_penalty",
+           "frequency_penalty": "frequency_penalty"}
+FIELD_NAMES = {v: k for k, v in OPTIONS.items()} | {"json_schema": "format", "logprobs": "top_logprobs"}
+# Job error codes that mean the request was wrong (400), or named a model that is not there (404).
+CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "PROMPT_TOO_LONG", "NO_CHAT_TEMPLATE"})
+NOT_FOUND = frozenset({"MODEL_NOT_FOUND", "BAD_MODEL_REFERENCE"})
+UNSUPPORTED = {"/api/create": "create a model from a Modelfile", "/api/copy": "copy a model",
+               "/api/push": "push a model", "/api/delete": "delete a model"}
+
+
+class OllamaError(RbeeError):
+    """A request Ollama's API would refuse too; said as {"error": message}."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, code="OLLAMA_ERROR", status=status)
+
+
+def ollama_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def now_iso() -> str:
+    return iso(time.time())
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def setup_ollama_api(app: web.Application) -> None:
+    """Mount the routes; errors on /api/ take Ollama's shape, other paths keep the shaper before this one."""
+    previous = app.get(appkeys.ERROR_SHAPER)
+
+    def error_shaper(request: web.Request, status: int, code: str, message: str) -> web.Response | None:
+        if request.path.startswith(PREFIX):
+            return ollama_error(status, message)
+        return previous(request, status, code, message) if previous else None
+
+    app[appkeys.ERROR_SHAPER] = error_shaper
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/show", show)
+    app.router.add_post("/api/pull", pull)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
+    app.router.add_get("/api/version", version)
+    for path, what in UNSUPPORTED.items():
+        app.router.add_route("*", path, unsupported(what))
+
+
+def unsupported(what: str):
+    async def handler(request: web.Request) -> web.Response:
+        return ollama_error(501, f"rbee does not {what} through the Ollama API; rbee's models are GGUF files: "
+                                 "`rbee model download hf:<org>/<repo>:<file>.gguf`, `rbee model delete ID`.")
+    return handler
+
+
+# --- request parsing ---------------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OllamaError(f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise OllamaError("the body must be a JSON object")
+    return body
+
+
+def model_name(body: dict[str, Any], key: str = "model") -> str:
+    """The model to use: an rbee reference, or a short alias (":latest", as /api/tags lists it, is dropped)."""
+    name = body.get(key, body.get("name") if key == "model" else None)  # old clients send "name"
+    if not isinstance(name, str) or not name.strip():
+        raise OllamaError(f"'{key}' is required: a model from /api/tags (e.g. {BUILTIN_MODEL}{TAG}) or an rbee "
+                          "reference (hf:<org>/<repo>:<file>.gguf, file:<path>)")
+    name = name.strip()
+    return name[:-len(TAG)] if name.endswith(TAG) else name
+
+
+def stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise OllamaError("'stream' must be true or false")
+    return stream
+
+
+def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
+    """Ollama's request as an `infer` operation; what rbee cannot do is refused by name."""
+    fields: dict[str, Any] = {"model": model_name(body)}
+    for name, why in (("images", "rbee's models read text only"), ("suffix", "fill-in-the-middle is not supported"),
+                      ("template", "rbee always uses the model's own chat template"),
+                      ("context", "send the conversation as /api/chat messages instead"),
+                      ("tools", "tool calls are served on /v1/chat/completions (OpenAI's API)"),
+                      ("think", "rbee's models do not think aloud")):
+        if body.get(name):
+            raise OllamaError(f"'{name}' is not supported: {why}")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise OllamaError("'messages' must be a list of {role, content}")
+        for k, m in enumerate(messages):
+            if isinstance(m, dict) and m.get("images"):
+                raise OllamaError(f"messages[{k}]: 'images' are not supported: rbee's models read text only")
+        fields["messages"] = [{"role": m.get("role"), "content": m.get("content", "")} if isinstance(m, dict) else m
+                              for m in messages]
+    else:
+        prompt, system = body.get("prompt", ""), body.get("system")
+        if not isinstance(prompt, str):
+            raise OllamaError("'prompt' must be a string")
+        if system is not None and not isinstance(system, str):
+            raise OllamaError("'system' must be a string")
+        if body.get("raw"):
+            fields["prompt"] = prompt  # as is: no template, no system prompt (as Ollama does)
+        else:
+            fields["messages"] = ([{"role": "system", "content": system}] if system else []) + \
+                                 [{"role": "user", "content": prompt}]
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise OllamaError("'options' must be an object")
+    for option, name in OPTIONS.items():
+        value = options.get(option)
+        if value is None or (option == "num_predict" and isinstance(value, int) and value < 0):
+            continue  # -1 (until done) and -2 (fill the context): rbee's default length
+        fields[name] = [value] if option == "stop" and isinstance(value, str) else value
+    fmt = body.get("format")
+    if fmt == "json":
+        fields["json_schema"] = {}
+    elif isinstance(fmt, dict):
+        fields["json_schema"] = fmt
+    elif fmt not in (None, ""):
+        raise OllamaError("'format' must be \"json\" or a JSON schema (an object)")
+    if body.get("logprobs"):
+        top = body.get("top_logprobs", 0)
+        fields["logprobs"] = top if isinstance(top, int) and not isinstance(top, bool) else -1
+    try:
+        return parse_message(Infer, fields)
+    except InvalidRequest as exc:
+        name = FIELD_NAMES.get(exc.field or "", exc.field)
+        where = f"options.{name}" if exc.field in OPTIONS.values() else name
+        raise OllamaError(f"'{where}' {exc.problem}" if exc.field and exc.problem else exc.message) from None
+
+
+# --- jobs ----------------------------------------------------------------------------------------------
+
+
+def _closed(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+async def finished(request: web.Request, job: Job) -> Job:
+    """The job once it ended; a client that goes away meanwhile cancels it."""
+    registry = request.app[appkeys.JOB_REGISTRY]
+    while not job.state.finished:
+        try:
+            await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
+        except asyncio.TimeoutError:
+            if _closed(request):
+                registry.cancel(job.id)
+                await job.wait()
+        except asyncio.CancelledError:
+            registry.cancel(job.id)
+            raise
+    return job
+
+
+def failure(job: Job, model: str | None = None) -> OllamaError:
+    """Why a job did not complete, with a status that says whose fault it was."""
+    error = job.error or {"code": "CANCELLED", "message": f"the request ended {job.state.value}"}
+    code, message = error["code"], error["message"]
+    if code in NOT_FOUND and model is not None:
+        return OllamaError(f"model '{model}' not found: {message}", 404)
+    if code in CLIENT_MISTAKES or code in NOT_FOUND:
+        return OllamaError(message, 400)
+    return OllamaError(message, 500)
+
+
+async def events(job: Job) -> AsyncIterator[dict[str, Any]]:
+    async for batch in job.follow():
+        for _, encoded in batch:
+            yield json.loads(encoded)
+
+
+async def run_job(request: web.Request, operation: Any, model: str | None = None) -> dict[str, Any]:
+    """Run `operation` as a queen job; its result, or its failure in Ollama's shape."""
+    job = await finished(request, request.app[appkeys.JOB_REGISTRY].submit(operation))
+    if job.state is not JobState.COMPLETED:
+        raise failure(job, model)
+    return job.result or {}
+
+
+# --- generation ----------------------------------------------------------------------------------------
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await generation(request, chat=True)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await generation(request, chat=False)
+
+
+def durations(job: Job, stats: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's counters and timings (nanoseconds) from the job's stats."""
+    ns = lambda s: int(s * 1e9)  # noqa: E731
+    total = (job.finished_at or time.time()) - job.created_at
+    tokens, rate = stats.get("tokens_out") or 0, stats.get("tokens_per_s") or 0
+    ttft = (stats.get("ttft_ms") or 0) / 1000
+    return {"done_reason": "length" if stats.get("stop_reason") == "length" else "stop",
+            "total_duration": ns(total), "load_duration": 0, "prompt_eval_count": stats.get("prompt_tokens") or 0,
+            "prompt_eval_duration": ns(ttft), "eval_count": tokens,
+            "eval_duration": ns(tokens / rate) if rate else ns(max(0.0, total - ttft))}
+
+
+def _logprobs(event: dict[str, Any]) -> list[dict[str, Any]] | None:
+    found = event.get("logprobs")
+    if not isinstance(found, list):
+        return None
+    return [{"token": p.get("token"), "logprob": p.get("logprob"),
+             "top_logprobs": [{"token": t.get("token"), "logprob": t.get("logprob")} for t in p.get("top") or []]}
+            for p in found if isinstance(p, dict)]
+
+
+async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    body = await read_body(request)
+    stream = stream_flag(body)
+    name = body.get("model") if isinstance(body.get("model"), str) else ""
+
+    def piece(text: str, logprobs: list | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": name, "created_at": now_iso()}
+        if chat:
+            out["message"] = {"role": "assistant", "content": text}
+        else:
+            out["response"] = text
+        if logprobs is not None:
+            out["logprobs"] = logprobs
+        return out
+
+    if not body.get("messages" if chat else "prompt"):  # Ollama's way to load a model: nothing to say yet
+        model_name(body)  # workers start on the first real request
+        return web.json_response({**piece(""), "done": True, "done_reason": "load"})
+    operation = to_infer(body, chat=chat)
+    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    if not stream:
+        await finished(request, job)
+        if job.state is not JobState.COMPLETED:
+            raise failure(job, operation.model)
+        result = job.result or {}
+        out = piece(result.get("text", ""))
+        logprobs: list[dict[str, Any]] = []
+        async for event in events(job):  # the job's log has them (tokens only: small)
+            if event["type"] == "token":
+                logprobs += _logprobs(event) or []
+        if operation.logprobs is not None:
+            out["logprobs"] = logprobs
+        return web.json_response({**out, "done": True, **durations(job, result)})
+
+    resp: web.StreamResponse | None = None
+
+    async def send(lines: list[dict[str, Any]]) -> None:
+        nonlocal resp
+        if resp is None:  # headers go once the request is known good: its first token, or its end
+            resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+        await resp.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
+
+    try:
+        async for batch in job.follow():
+            out = []
+            for _, encoded in batch:
+                event = json.loads(encoded)
+                if event["type"] == "token":
+                    out.append(piece(event["t"], _logprobs(event)))
+                elif event["type"] == "end":
+                    if event["state"] == JobState.COMPLETED:
+                        out.append({**piece(""), "done": True, **durations(job, event)})
+                    elif resp is None and not out:
+                        raise failure(job, operation.model)  # nothing sent yet: a proper status
+                    else:
+                        out.append({"error": failure(job, operation.model).message})
+            if out:
+                await send(out)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+        # The client went away mid-stream: its generation stops now, freeing the worker.
+        if not job.state.finished:
+            request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+        raise
+    assert resp is not None  # a job always ends with an end event
+    await resp.write_eof()
+    return resp
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+async def catalogs(request: web.Request) -> list[dict[str, Any]]:
+    """Every hive's catalog entries (a `model_list` job on each), with `hive_id`; the built-in is always
+    there (any hive provisions it on first use)."""
+    registry = request.app[appkeys.JOB_REGISTRY]
+
+    async def one(alias: str) -> list[dict[str, Any]]:
+        job = registry.submit(ModelList(hive_id=alias))
+        try:
+            await asyncio.wait_for(finished(request, job), CATALOG_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            registry.cancel(job.id)
+            return []
+        found = []
+        async for event in events(job):
+            if event["type"] == "data" and event.get("action") == "model_list":
+                found += [{**m, "hive_id": alias} for m in event["payload"].get("models") or []]
+        return found
+
+    entries = [m for models in await asyncio.gather(*(one(a) for a in request.app[HIVES].schedulable()))
+               for m in models]
+    if not any(m["id"] == BUILTIN_MODEL for m in entries):
+        try:
+            path = builtin_model_path()
+            entries.append({"id": BUILTIN_MODEL, "reference": BUILTIN_MODEL, "alias": BUILTIN_MODEL,
+                            "size": path.stat().st_size, "sha256": builtin_model_sha256() or "",
+                            "added_at": path.stat().st_mtime, "hive_id": None, "estimate": {}})
+        except (RbeeError, OSError):
+            pass  # not installed here: nothing to offer
+    return entries
+
+
+def ollama_names(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Model id -> the name /api/tags gives it: its alias with ":latest", or its full reference when two
+    models share the alias (a name must say one model)."""
+    ids_by_alias: dict[str, set[str]] = {}
+    for m in entries:
+        ids_by_alias.setdefault(m.get("alias") or alias_of(m["id"]), set()).add(m["id"])
+    return {i: (a + TAG if len(ids) == 1 else i) for a, ids in ids_by_alias.items() for i in ids}
+
+
+def details(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """Ollama's model details; the quantisation as the file's name says it (…Q4_1.gguf)."""
+    name = alias_of(str((entry or {}).get("id", "")))
+    quant = "Q4_1" if name == BUILTIN_MODEL else (name.rsplit(".", 1)[1].upper() if "." in name else "")
+    return {"parent_model": "", "format": "gguf", "family": "", "families": None, "parameter_size": "",
+            "quantization_level": quant}
+
+
+def tag_of(entry: dict[str, Any], names: dict[str, str], hives: list[str]) -> dict[str, Any]:
+    name = names[entry["id"]]
+    return {"name": name, "model": name, "modified_at": iso(entry.get("added_at") or 0),
+            "size": entry.get("size") or 0, "digest": entry.get("sha256") or "", "details": details(entry),
+            "rbee": {"id": entry["id"], "hives": hives}}
+
+
+def find(entries: list[dict[str, Any]], wanted: str) -> list[dict[str, Any]]:
+    """Catalog entries `wanted` names: by reference, by /api/tags name, or by alias."""
+    try:
+        canonical = parse_reference(wanted).id if is_reference(wanted) else None
+    except InvalidRequest:
+        canonical = None
+    names = ollama_names(entries)
+    low = wanted.lower()
+    return [m for m in entries if m["id"] in (wanted, canonical) or names[m["id"]] in (wanted, wanted + TAG)
+            or (m.get("alias") or alias_of(m["id"])) == low]
+
+
+async def tags(request: web.Request) -> web.Response:
+    entries = await catalogs(request)
+    names = ollama_names(entries)
+    hives: dict[str, list[str]] = {}
+    for m in entries:
+        hives.setdefault(m["id"], [])
+        if m.get("hive_id"):
+            hives[m["id"]].append(m["hive_id"])
+    seen: set[str] = set()
+    models = []
+    for m in entries:
+        if m["id"] not in seen:
+            seen.add(m["id"])
+            models.append(tag_of(m, names, hives[m["id"]]))
+    return web.json_response({"models": models})
+
+
+async def show(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    wanted = model_name(body)
+    entries = await catalogs(request)
+    found = find(entries, wanted)
+    if not found:
+        raise OllamaError(f"model '{wanted}' not found on any hive (GET /api/tags lists them; POST /api/pull "
+                          "with an rbee reference adds one)", 404)
+    if len({m["id"] for m in found}) > 1:
+        raise OllamaError(f"'{wanted}' names {len({m['id'] for m in found})} models "
+                          f"({', '.join(sorted({m['id'] for m in found}))}); name one by its full reference")
+    entry = found[0]
+    estimate = entry.get("estimate") or {}
+    info: dict[str, Any] = {"general.file_type": "gguf"}
+    if estimate.get("ctx_size"):
+        info["rbee.context_length"] = estimate["ctx_size"]
+    return web.json_response({
+        "license": "", "modelfile": f"FROM {entry.get('reference') or entry['id']}\n", "parameters": "",
+        "template": "", "details": details(entry), "model_info": info, "capabilities": ["completion"],
+        "modified_at": iso(entry.get("added_at") or 0),
+        "rbee": {"id": entry["id"], "reference": entry.get("reference"), "size": entry.get("size"),
+                 "sha256": entry.get("sha256"), "hives": [m["hive_id"] for m in found if m.get("hive_id")],
+                 "memory_estimate": estimate},
+    })
+
+
+async def ps(request: web.Request) -> web.Response:
+    idle_s = request.app[CONFIG].worker_idle_timeout_s
+    now_wall, now_mono = time.time(), time.monotonic()
+    models = []
+    for w in request.app[WORKERS].all():
+        if not w.alive:
+            continue
+        name = alias_of(w.model) + TAG
+        expires = now_wall + (idle_s - (now_mono - w.last_used) if w.idle else idle_s)
+        models.append({"name": name, "model": name, "size": 0, "digest": "", "details": details({"id": w.model}),
+                       "expires_at": iso(expires), "size_vram": 0,
+                       "rbee": {"id": w.model, **w.to_dict()}})
+    return web.json_response({"models": models})
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request)
+    wanted = model_name(body)
+    stream = stream_flag(body)
+    if not is_reference(wanted):
+        raise OllamaError(f"'{wanted}' is not a model rbee can pull: rbee pulls GGUF files, not Ollama's library. "
+                          f"Pass an rbee reference: hf:<org>/<repo>:<file>.gguf (a file on Hugging Face), "
+                          f"file:<path to a .gguf> (a file on the hive's machine) or {BUILTIN_MODEL}")
+    try:
+        reference = parse_reference(wanted)
+    except InvalidRequest as exc:
+        raise OllamaError(exc.message) from None
+    hive = body.get("hive_id") or LOCAL_HIVE  # rbee's addition: which hive gets it
+    job = request.app[appkeys.JOB_REGISTRY].submit(ModelDownload(hive_id=str(hive), model=wanted))
+    if not stream:
+        await finished(request, job)
+        if job.state is not JobState.COMPLETED:
+            raise failure(job)
+        return web.json_response({"status": "success"})
+    resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        await resp.write(json.dumps({"status": "pulling manifest"}).encode() + b"\n")
+        async for event in events(job):
+            line: dict[str, Any] | None = None
+            if event["type"] == "data" and event.get("action") == "download_progress":
+                p = event["payload"]
+                line = {"status": f"pulling {reference.file or reference.id}", "digest": reference.id,
+                        "total": p.get("total") or 0, "completed": p.get("done") or 0}
+            elif event["type"] == "narration" and event.get("action") == "model_verify":
+                line = {"status": "verifying sha256 digest"}
+            elif event["type"] == "end":
+                if event["state"] == JobState.COMPLETED:
+                    line = {"status": "success", "digest": f"sha256:{event.get('sha256', '')}"}
+                else:
+                    line = {"error": failure(job).message}
+            if line is not None:
+                await resp.write(json.dumps(line).encode() + b"\n")
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+        if not job.state.finished:
+            request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+        raise
+    await resp.write_eof()
+    return resp
+
+
+# --- embeddings and version ------------------------------------------------------------------------------
+
+
+def _normalised(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else vector
+
+
+async def embed(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    model = model_name(body)
+    given = body.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise OllamaError("'input' must be a non-empty string or a non-empty list of non-empty strings")
+    if body.get("dimensions") is not None:
+        raise OllamaError("'dimensions' is not supported: vectors have the model's own dimension")
+    started = time.time()
+    result = await run_job(request, Embed(model=model, input=tuple(texts)), model)
+    return web.json_response({
+        "model": body["model"], "embeddings": [_normalised(v) for v in result.get("embeddings") or []],
+        "total_duration": int((time.time() - started) * 1e9), "load_duration": 0,
+        "prompt_eval_count": result.get("prompt_tokens") or 0})
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """The older endpoint: one prompt, one vector, not normalised (as Ollama's)."""
+    body = await read_body(request)
+    model = model_name(body)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise OllamaError("'prompt' must be a non-empty string")
+    result = await run_job(request, Embed(model=model, input=(prompt,)), model)
+    return web.json_response({"embedding": (result.get("embeddings") or [[]])[0]})
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
