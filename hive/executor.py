@@ -21,6 +21,9 @@ from shared.operations import (
 )
 
 
+EMBEDDING_THREADS = 2  # at most, for an embedding worker on CPU
+
+
 class HiveExecutor:
     def __init__(self, config: HiveConfig, store: ModelStore, supervisor: WorkerSupervisor,
                  capabilities: dict[str, Any]) -> None:
@@ -38,12 +41,13 @@ class HiveExecutor:
             raise HiveError(f"This is hive '{self.config.hive_id}', not '{op.hive_id}'.", code="WRONG_HIVE")
         if isinstance(op, WorkerSpawn):
             device = await self.resolve_device(op.worker, op.device)
-            self.thread_budget(device)  # refuse early, before a download
+            budget = self.embedding_threads if op.embedding else self.thread_budget
+            budget(device)  # refuse early, before a download
             entry = await self.store.provision(op.model)
             async with self._spawning:  # two spawns at once must not both count the same free cores
-                worker = await self.supervisor.spawn(entry, device, self.thread_budget(device))
+                worker = await self.supervisor.spawn(entry, device, budget(device), embedding=op.embedding)
             emit(Data(action="worker_spawn", payload=worker.to_dict()))
-            return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots}
+            return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots, "embedding": worker.embedding}
         if isinstance(op, WorkerList):
             workers = [w.to_dict(await self.supervisor.live_state(w)) for w in self.supervisor.all()]
             emit(Data(action="worker_list", payload={"hive_id": self.config.hive_id, "workers": workers}))
@@ -107,6 +111,18 @@ class HiveExecutor:
             narrate("thread_budget", f"{used} of {cores} cores run other workers: the new one gets {free} threads",
                     target=self.config.hive_id, level="warn")
         return free
+
+    def embedding_threads(self, device: str) -> int:
+        """Threads for an embedding worker: a few, even when generating workers hold every core. It works
+        in short bursts (one decode per input), so sharing cores costs them little, and refusing would
+        leave /v1/embeddings unusable on a machine whose cores one generating worker already takes."""
+        cores = int(self.capabilities["cpu"]["cores"])
+        if device != "cpu":
+            return cores
+        threads = max(1, min(EMBEDDING_THREADS, cores - self.supervisor.threads_in_use()))
+        narrate("thread_budget", f"the embedding worker gets {threads} of {cores} cores' threads, shared with "
+                                 "generating workers", target=self.config.hive_id)
+        return threads
 
     async def refresh_capabilities(self) -> dict[str, Any]:
         """Detect again (nvidia-smi blocks for a while: in a thread), and remember the answer."""

@@ -61,6 +61,7 @@ class WorkerProcess:
     threads: int = 1
     slots: int = 1
     url: str | None = None
+    embedding: bool = False  # started with --embedding: computes embeddings, never generates
     state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None
     started_at: float = field(default_factory=time.time)
@@ -76,6 +77,7 @@ class WorkerProcess:
         return {
             "id": self.id, "model": self.model, "device": self.device, "pid": self.proc.pid, "url": self.url,
             "state": live_state or self.state.value, "threads": self.threads, "slots": self.slots, "exit_code": self.exit_code, "started_at": self.started_at,
+            "embedding": self.embedding,
         }
 
 
@@ -115,24 +117,29 @@ class WorkerSupervisor:
 
     def threads_in_use(self) -> int:
         """llama.cpp threads of the CPU workers still running (the hive's thread budget spends these); a
-        worker being stopped has stopped generating, so its threads are free already."""
+        worker being stopped has stopped generating, so its threads are free already. Embedding workers
+        are left out: they work in short bursts and share cores with the rest (see HiveExecutor)."""
         return sum(w.threads for w in self._workers.values()
-                   if w.alive and w.device == "cpu" and w.state is not ProcessState.STOPPING)
+                   if w.alive and w.device == "cpu" and w.state is not ProcessState.STOPPING and not w.embedding)
 
-    async def spawn(self, model: CatalogEntry, device: str, threads: int) -> WorkerProcess:
+    async def spawn(self, model: CatalogEntry, device: str, threads: int, *, embedding: bool = False) -> WorkerProcess:
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        slots = 1 if embedding else self.config.worker_slots  # an embedding worker takes one input at a time
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
                 "--hive-id", self.config.hive_id, "--device", device, "--threads", str(threads),
-                "--parallel", str(self.config.worker_slots), "--ctx-size", str(self.config.worker_ctx_size)]
+                "--parallel", str(slots), "--ctx-size", str(self.config.worker_ctx_size)]
+        if embedding:
+            argv.append("--embedding")
         if (heartbeat_url := self._heartbeat_url()) is not None:
             argv += ["--queen-url", heartbeat_url]
-        narrate("worker_spawn", f"Starting {worker_id} for {model.id} on {device}", target=worker_id)
+        kind = "embedding worker" if embedding else "worker"
+        narrate("worker_spawn", f"Starting {kind} {worker_id} for {model.id} on {device}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD)
-        worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads,
-                               slots=self.config.worker_slots)
+        worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads, slots=slots,
+                               embedding=embedding)
         self._workers[worker_id] = worker
         worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
         try:
@@ -217,7 +224,8 @@ class WorkerSupervisor:
         if not worker.url:
             return
         beat = Heartbeat(worker_id=worker.id, hive_id=self.config.hive_id, url=worker.url, model=worker.model,
-                         state=EngineState.EXITED, device=worker.device, slots=worker.slots)
+                         state=EngineState.EXITED, device=worker.device, slots=worker.slots,
+                         embedding=worker.embedding)
         try:
             await self._queen.send(beat.to_dict())
         except RbeeError as exc:

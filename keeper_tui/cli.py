@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"spawn: model reference (default {BUILTIN_MODEL})")
     p.add_argument("--worker", default="cpu", choices=("cpu", "cuda", "metal"), help="spawn: worker type")
     p.add_argument("--device", type=int, default=0, help="spawn: device index (cuda:N)")
+    p.add_argument("--embedding", action="store_true",
+                   help="spawn: an embedding worker (serves /v1/embeddings; never generates)")
 
     p = command("model", "Download, list, inspect or delete models on a hive.",
                 "rbee model download hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf")
@@ -174,7 +176,7 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         hive = args.hive_id or (ANY_HIVE if args.action == "spawn" else LOCAL_HIVE)
         body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": hive}
         if args.action == "spawn":
-            body.update(model=args.model, worker=args.worker, device=args.device)
+            body.update(model=args.model, worker=args.worker, device=args.device, embedding=args.embedding)
         elif args.action in ("get", "delete"):
             if not args.id:
                 parser.error(f"worker {args.action} needs a worker id (see `rbee worker list`)")

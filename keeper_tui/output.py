@@ -106,9 +106,9 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
 
 MODEL_COLUMNS = [("alias", "alias"), ("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
                  ("downloaded", "downloaded"), ("path", "path")]
-WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("device", "device"), ("slots", "slots"),
+WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("kind", "kind"), ("state", "state"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
-QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"),
+QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("kind", "kind"), ("state", "state"),
                         ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
 HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
 JOB_COLUMNS = [("id_h", "job"), ("operation", "operation"), ("state", "state"), ("created_h", "created"),
@@ -121,14 +121,15 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
                  "needs_h": needs(m)} for m in payload.get("models", [])]
         table(rows, MODEL_COLUMNS, out)
     elif action == "worker_list":
-        table(payload.get("workers", []), WORKER_COLUMNS, out)
+        table([with_kind(w) for w in payload.get("workers", [])], WORKER_COLUMNS, out)
     elif action == "hive_list":
         table(payload.get("hives", []), HIVE_COLUMNS, out)
     elif action == "status":
         out.write("hives\n")
         table(payload.get("hives", []), HIVE_COLUMNS, out)
         out.write("\nworkers\n")
-        workers = [{**w, "slots_h": f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}"} for w in payload.get("workers", [])]
+        workers = [{**with_kind(w), "slots_h": f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}"}
+                   for w in payload.get("workers", [])]
         table(workers, QUEEN_WORKER_COLUMNS, out)
         jobs = payload.get("jobs", {})
         out.write(f"\njobs: {jobs.get('running', 0)} running, {jobs.get('recent', 0)} recent\n")
@@ -138,6 +139,11 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         key_values(payload, out)
     else:
         out.write(json.dumps(payload) + "\n")
+
+
+def with_kind(worker: dict[str, Any]) -> dict[str, Any]:
+    """What a worker does: embedding workers (--embedding) never generate, generating ones never embed."""
+    return {**worker, "kind": "embedding" if worker.get("embedding") else "generate"}
 
 
 def needs(model: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
 from queen.ollama_api import setup_ollama_api
 from queen.openai_api import setup_openai_api
+from queen.openai_embeddings import setup_openai_embeddings
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
 from shared import __version__
@@ -53,6 +54,7 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
 
     setup_job_api(app, execute, actor="queen")
     setup_openai_api(app)
+    setup_openai_embeddings(app)  # after the OpenAI API: its error shaper defers to that one off its path
     setup_ollama_api(app)  # after the OpenAI API: its error shaper defers to that one off /api/
     setup_conversation_api(app)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it

@@ -11,6 +11,7 @@ from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.hives_conf import import_ssh_config
 from queen.conversations import ConversationStore
+from queen.embeddings import run_embed
 from queen.inference import InferenceRunner, Progress
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.events import Data, emit, narrate
@@ -18,7 +19,7 @@ from shared.job_client import Clients
 from shared.job_registry import Job, JobRegistry
 from shared.operations import (
     ANY_HIVE, HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveOperation, HiveRefreshCapabilities, HiveStart,
-    HiveStatus, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
+    Embed, HiveStatus, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
 
@@ -39,6 +40,8 @@ class QueenExecutor:
             if op.conversation_id is None:
                 return await self.runner.infer(op, job)
             return await self._infer_in_conversation(op, job)
+        if isinstance(op, Embed):
+            return await run_embed(self.runner, op, job)
         if isinstance(op, WorkerSpawn) and op.hive_id == ANY_HIVE:
             return await self.runner.scheduler.spawn_placed(op)
         if isinstance(op, HiveOperation):

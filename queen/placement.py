@@ -65,9 +65,10 @@ async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
 
 
 async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowed: list[str], *,
-                evict: bool = True) -> str:
+                evict: bool = True, needs_core: bool = True) -> str:
     """The hive to start a worker of `model` on, among `allowed` (the hives under their worker cap);
-    `evict`: whether another model's idle worker may be stopped to make room."""
+    `evict`: whether another model's idle worker may be stopped to make room; `needs_core`: False for a
+    worker that shares cores (an embedding worker), so only memory counts."""
     fits = list(await asyncio.gather(*(survey(hives, alias, model) for alias in allowed)))
     if len(fits) == 1 and not fits[0].answered:
         return fits[0].alias  # the one hive it may go to: starting the worker there says best what is wrong
@@ -77,7 +78,7 @@ async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowe
             continue
         need = fit.needs_mb if fit.needs_mb is not None else known_need
         fit.needs_mb = need
-        if fit.cores_free is not None and fit.cores_free < 1:
+        if needs_core and fit.cores_free is not None and fit.cores_free < 1:
             fit.problem = "every core runs a worker already"
         elif need is not None and fit.free_mb is not None and need > fit.free_mb:
             fit.problem = f"needs {need:.0f} MiB, has {fit.free_mb:.0f} MiB free"

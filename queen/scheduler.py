@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import deque
 from typing import Any, Callable
@@ -35,28 +36,30 @@ class Scheduler:
         self.hives = hives
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
-        self._queues: dict[tuple[str, str | None], deque[str]] = {}  # job ids waiting, per model and hive
-        self._full_until: dict[tuple[str, str | None], float] = {}  # no room to scale out until then
+        # job ids waiting, per model, hive and kind of worker (embedding or not)
+        self._queues: dict[tuple[str, str | None, bool], deque[str]] = {}
+        self._full_until: dict[tuple[str, str | None, bool], float] = {}  # no room to scale out until then
 
     def queued(self) -> dict[str, int]:
         """Requests waiting for a worker, per model."""
         counts: dict[str, int] = {}
-        for (model, _), queue in self._queues.items():
+        for (model, _, _), queue in self._queues.items():
             counts[model] = counts.get(model, 0) + len(queue)
         return counts
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str,
-                      waiting: Callable[[bool], None] = lambda _: None) -> WorkerInfo:
+                      waiting: Callable[[bool], None] = lambda _: None, *, embedding: bool = False) -> WorkerInfo:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
-        is busy, `waiting(False)` once one is had."""
+        is busy, `waiting(False)` once one is had. `embedding`: an embedding worker of the model (started
+        apart from its generating ones, queued apart too)."""
         if hive_id is not None and not self.hives.get(hive_id).local:  # an unknown hive fails at once
             # A remote hive being (re)connected: its running workers are adopted first, not duplicated.
             await self.hives.ensure_running(hive_id)
-        key = (model, hive_id)
+        key = (model, hive_id, embedding)
         queue = self._queues.setdefault(key, deque())
         queue.append(job_id)
         try:
-            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting)
+            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding)
         finally:
             queue.remove(job_id)
             if not queue and self._queues.get(key) is queue:
@@ -64,21 +67,23 @@ class Scheduler:
             self.workers.notify()  # the next in line looks again
 
     async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, queue: deque[str],
-                               waiting: Callable[[bool], None]) -> WorkerInfo:
-        key = (model, hive_id)
+                               waiting: Callable[[bool], None], embedding: bool = False) -> WorkerInfo:
+        key = (model, hive_id, embedding)
+        kind = "embedding worker" if embedding else "worker"
         waiting_said = False
         while True:
-            worker = self.workers.with_free_slot(model, hive_id) if queue[0] == job_id else None
+            worker = self.workers.with_free_slot(model, hive_id, embedding=embedding) if queue[0] == job_id else None
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
-                narrate("worker_found", f"Using warm worker {worker.worker_id} on {worker.hive_id} (slot "
+                narrate("worker_found", f"Using warm {kind} {worker.worker_id} on {worker.hive_id} (slot "
                                         f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
                 return worker
             candidates = [hive_id] if hive_id else self.hives.schedulable()
-            room = [h for h in candidates if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
-            has_worker = any(self.workers.count_alive(model, h) for h in candidates)
-            lock = self._spawning.setdefault((hive_id or "*", model), asyncio.Lock())
+            alive = functools.partial(self.workers.count_alive, model, embedding=embedding)
+            room = [h for h in candidates if alive(h) < self.config.max_workers_per_hive]
+            has_worker = any(alive(h) for h in candidates)
+            lock = self._spawning.setdefault((hive_id or "*", model, embedding), asyncio.Lock())
             if (queue[0] == job_id and room and not lock.locked()
                     and not (has_worker and time.monotonic() < self._full_until.get(key, 0.0))):
                 async with lock:
@@ -86,19 +91,21 @@ class Scheduler:
                     try:
                         await self._stop_dead_workers(room)  # what they hold is room again
                         # Another model's worker is stopped only for a model that has none yet.
-                        target = await place(self.hives, self.workers, model, room, evict=not has_worker)
+                        # An embedding worker shares cores (its hive gives it a few threads): memory only.
+                        target = await place(self.hives, self.workers, model, room, evict=not has_worker,
+                                             needs_core=not embedding)
                     except NoRoom:
                         if not has_worker:
                             raise
                         target = None  # its own workers' slots come free: wait for one
                         self._full_until[key] = time.monotonic() + FULL_RECHECK_S
                     if target is not None:
-                        worker, _ = await self._spawn(model, target)
+                        worker, _ = await self._spawn(model, target, embedding=embedding)
                         self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                         return worker
             if not waiting_said:
                 ahead = queue.index(job_id)
-                narrate("worker_wait", f"Every slot for {model} on {hive_id or 'every hive'} is busy; waiting for one"
+                narrate("worker_wait", f"Every {kind} slot for {model} on {hive_id or 'every hive'} is busy; waiting for one"
                         + (f" ({ahead} ahead in its queue)" if ahead else ""), target=model)
                 waiting_said = True
                 waiting(True)
@@ -109,27 +116,32 @@ class Scheduler:
         no worker yet); the hive's own result."""
         model = await resolve_model(op.model, self.hives, self.workers)
         candidates = self.hives.schedulable()
-        room = [h for h in candidates if self.workers.count_alive(model, h) < self.config.max_workers_per_hive]
+        alive = functools.partial(self.workers.count_alive, model, embedding=op.embedding)
+        room = [h for h in candidates if alive(h) < self.config.max_workers_per_hive]
+        kind = "embedding worker(s)" if op.embedding else "worker(s)"
         if not room:
-            raise NoRoom(f"Every hive runs {self.config.max_workers_per_hive} worker(s) of {model} already "
+            raise NoRoom(f"Every hive runs {self.config.max_workers_per_hive} {kind} of {model} already "
                          "(the queen's --max-workers-per-hive). Use `rbee worker list`, or name a hive with --hive.")
-        has_worker = any(self.workers.count_alive(model, h) for h in candidates)
+        has_worker = any(alive(h) for h in candidates)
         await self._stop_dead_workers(room)
-        target = await place(self.hives, self.workers, model, room, evict=not has_worker)
-        _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target, model=model))
+        target = await place(self.hives, self.workers, model, room, evict=not has_worker, needs_core=not op.embedding)
+        _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target, model=model),
+                                      embedding=op.embedding)
         return {**result, "hive_id": target}
 
-    async def _spawn(self, model: str, hive_id: str,
-                     op: WorkerSpawn | None = None) -> tuple[WorkerInfo, dict[str, Any]]:
+    async def _spawn(self, model: str, hive_id: str, op: WorkerSpawn | None = None, *,
+                     embedding: bool = False) -> tuple[WorkerInfo, dict[str, Any]]:
         """Start a worker (`op`, or one of `model` with the defaults) on `hive_id` and register it."""
-        narrate("schedule", f"Spawning a worker of {model} on {hive_id}" if op else
-                f"No worker with a free slot has {model}; spawning one on {hive_id}", target=hive_id)
+        kind = "an embedding worker" if embedding else "a worker"
+        narrate("schedule", f"Spawning {kind} of {model} on {hive_id}" if op else
+                f"No {kind[kind.index(' ') + 1:]} with a free slot has {model}; spawning one on {hive_id}",
+                target=hive_id)
         await self._stop_dead_workers([hive_id])
-        result = await self.hives.forward(op or WorkerSpawn(hive_id=hive_id, model=model))
+        result = await self.hives.forward(op or WorkerSpawn(hive_id=hive_id, model=model, embedding=embedding))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
         url = await self.hives.worker_url(hive_id, str(result["url"]))
-        return self.workers.add(str(result["worker_id"]), hive_id, url, model,
-                                int(result.get("slots") or 1)), result
+        return self.workers.add(str(result["worker_id"]), hive_id, url, model, int(result.get("slots") or 1),
+                                embedding=embedding), result
 
     async def _stop_dead_workers(self, hive_ids: list[str]) -> None:
         """Workers the queen gave up on (silent, crashed, stopped) are stopped on their hive first."""

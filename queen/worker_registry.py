@@ -47,6 +47,7 @@ class WorkerInfo:
     queue_depth: int = 0
     device: str = "cpu"
     slots: int = 1
+    embedding: bool = False  # an embedding worker: Embed goes to it, generation never does
     last_seen: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     leases: set[str] = field(default_factory=set)  # the queen jobs generating on it right now
@@ -77,6 +78,7 @@ class WorkerInfo:
             "worker_id": self.worker_id, "hive_id": self.hive_id, "url": self.url, "model": self.model,
             "state": self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
             "slots": self.slots, "slots_busy": len(self.leases), "leases": sorted(self.leases),
+            "embedding": self.embedding,
             "seen_s_ago": round(now - self.last_seen, 2),
             "idle_s": round(now - self.last_used, 2) if self.idle else 0.0,
         }
@@ -103,17 +105,19 @@ class WorkerRegistry:
         if worker.reported not in (WorkerStatus.CRASHED, WorkerStatus.STOPPED) or reported is WorkerStatus.READY:
             worker.reported = reported
         worker.pid, worker.queue_depth, worker.device, worker.slots = beat.pid, beat.queue_depth, beat.device, beat.slots
+        worker.embedding = beat.embedding
         worker.last_seen = time.monotonic()
         self.notify()
         return worker
 
-    def add(self, worker_id: str, hive_id: str, url: str, model: str, slots: int = 1) -> WorkerInfo:
+    def add(self, worker_id: str, hive_id: str, url: str, model: str, slots: int = 1, *,
+            embedding: bool = False) -> WorkerInfo:
         """Register a worker the queen just had spawned (its first heartbeat may not have arrived yet)."""
         existing = self._workers.get(worker_id)
         if existing is not None:
             return existing
         worker = self._workers[worker_id] = WorkerInfo(worker_id, hive_id, url, model, WorkerStatus.READY,
-                                                       self._timeout, slots=slots)
+                                                       self._timeout, slots=slots, embedding=embedding)
         self.notify()
         return worker
 
@@ -138,15 +142,18 @@ class WorkerRegistry:
         self._workers.pop(worker_id, None)
         self.notify()
 
-    def with_free_slot(self, model: str, hive_id: str | None) -> WorkerInfo | None:
+    def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False) -> WorkerInfo | None:
         """A ready worker for the model with a slot free: the least loaded first, then the least recently
-        used (keeps the others warm)."""
+        used (keeps the others warm). `embedding` picks among embedding workers, else among generating ones."""
         candidates = [w for w in self._workers.values()
-                      if w.model == model and w.free_slots and (hive_id is None or w.hive_id == hive_id)]
+                      if w.model == model and w.free_slots and (hive_id is None or w.hive_id == hive_id)
+                      and w.embedding == embedding]
         return min(candidates, key=lambda w: (len(w.leases), w.last_used)) if candidates else None
 
-    def count_alive(self, model: str, hive_id: str) -> int:
-        return sum(1 for w in self._workers.values() if w.model == model and w.hive_id == hive_id and w.alive)
+    def count_alive(self, model: str, hive_id: str, *, embedding: bool = False) -> int:
+        """Workers of the model on the hive, of one kind (generating, or embedding)."""
+        return sum(1 for w in self._workers.values()
+                   if w.model == model and w.hive_id == hive_id and w.alive and w.embedding == embedding)
 
     def lease(self, worker: WorkerInfo, job_id: str) -> None:
         worker.leases.add(job_id)

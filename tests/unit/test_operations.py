@@ -11,7 +11,7 @@ SPEC_OPERATIONS = {
     "status", "ssh_test", "hive_install", "hive_uninstall", "hive_start", "hive_stop", "hive_list",
     "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
     "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
-    "model_delete", "infer",
+    "model_delete", "infer", "embed",
 }
 
 # One complete example of every operation, every field set.
@@ -27,7 +27,8 @@ FULL = {
     "hive_status": {"alias": "gpu1"},
     "hive_refresh_capabilities": {"alias": "gpu1"},
     "hive_import_ssh": {"ssh_config_path": "/tmp/ssh_config", "default_hive_port": 7835},
-    "worker_spawn": {"hive_id": "gpu1", "model": "smollm2-135m", "worker": "cuda", "device": 1},
+    "worker_spawn": {"hive_id": "gpu1", "model": "smollm2-135m", "worker": "cuda", "device": 1, "embedding": True},
+    "embed": {"model": "smollm2-135m", "input": ["one", "two"], "hive_id": "gpu1"},
     "worker_list": {"hive_id": "gpu1"},
     "worker_get": {"hive_id": "gpu1", "id": "worker-1"},
     "worker_delete": {"hive_id": "gpu1", "id": "worker-1"},
