@@ -106,9 +106,9 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
 
 MODEL_COLUMNS = [("alias", "alias"), ("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
                  ("downloaded", "downloaded"), ("path", "path")]
-WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("kind", "kind"), ("state", "state"), ("device", "device"), ("slots", "slots"),
+WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("kind", "kind"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
-QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("kind", "kind"), ("state", "state"),
+QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"), ("kind", "kind"),
                         ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
 HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
 JOB_COLUMNS = [("id_h", "job"), ("operation", "operation"), ("state", "state"), ("created_h", "created"),

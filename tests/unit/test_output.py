@@ -156,8 +156,8 @@ def test_worker_and_hive_lists_are_tables():
     workers = [{"id": "worker-1", "model": "smollm2-135m", "state": "ready", "device": "cpu", "slots": 4,
                 "threads": 2, "pid": 42, "url": "http://127.0.0.1:9001", "extra": "not shown"}]
     assert rendered("worker_list", {"workers": workers}) == (
-        "ID        MODEL         KIND      STATE  DEVICE  SLOTS  THREADS  PID  URL\n"
-        "worker-1  smollm2-135m  generate  ready  cpu     4      2        42   http://127.0.0.1:9001\n")
+        "ID        MODEL         STATE  KIND      DEVICE  SLOTS  THREADS  PID  URL\n"
+        "worker-1  smollm2-135m  ready  generate  cpu     4      2        42   http://127.0.0.1:9001\n")
     hives = [{"alias": "localhost", "state": "running", "url": "http://127.0.0.1:7835", "pid": 7},
              {"alias": "gpu1", "state": "stopped", "url": None, "pid": None}]
     assert rendered("hive_list", {"hives": hives}) == (
@@ -182,8 +182,8 @@ def test_status_shows_hives_workers_and_job_counts():
         "localhost  running  http://h  1\n"
         "\n"
         "workers\n"
-        "ID  HIVE       MODEL  KIND      STATE  DEVICE  SLOTS BUSY  PID  URL\n"
-        "w1  localhost  m      generate  ready  cpu     1/4         2    http://w\n"
+        "ID  HIVE       MODEL  STATE  KIND      DEVICE  SLOTS BUSY  PID  URL\n"
+        "w1  localhost  m      ready  generate  cpu     1/4         2    http://w\n"
         "\n"
         "jobs: 1 running, 3 recent\n"
         "waiting for a worker of m: 2\n")
