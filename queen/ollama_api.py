@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from queen.appkeys import CONFIG, HIVES, WORKERS
+from queen.tool_calls import check_json_schema, check_tools, may_be_tool_call, parse_tool_calls, tools_prompt
 from shared import __version__, appkeys
 from shared.builtin_model import builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
@@ -132,13 +133,11 @@ def stream_flag(body: dict[str, Any]) -> bool:
     return stream
 
 
-def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
-    """Ollama's request as an `infer` operation; what rbee cannot do is refused by name."""
+def _to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
     fields: dict[str, Any] = {"model": model_name(body)}
     for name, why in (("images", "rbee's models read text only"), ("suffix", "fill-in-the-middle is not supported"),
                       ("template", "rbee always uses the model's own chat template"),
                       ("context", "send the conversation as /api/chat messages instead"),
-                      ("tools", "tool calls are served on /v1/chat/completions (OpenAI's API)"),
                       ("think", "rbee's models do not think aloud")):
         if body.get(name):
             raise OllamaError(f"'{name}' is not supported: {why}")
@@ -146,11 +145,9 @@ def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise OllamaError("'messages' must be a list of {role, content}")
-        for k, m in enumerate(messages):
-            if isinstance(m, dict) and m.get("images"):
-                raise OllamaError(f"messages[{k}]: 'images' are not supported: rbee's models read text only")
-        fields["messages"] = [{"role": m.get("role"), "content": m.get("content", "")} if isinstance(m, dict) else m
-                              for m in messages]
+        fields["messages"] = chat_messages(messages)
+        if body.get("tools"):  # Ollama's tool choice is always "auto": the model may call one, or answer
+            add_system(fields["messages"], tools_prompt(check_tools(body["tools"]), "auto"))
     else:
         prompt, system = body.get("prompt", ""), body.get("system")
         if not isinstance(prompt, str):
@@ -174,18 +171,69 @@ def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
     if fmt == "json":
         fields["json_schema"] = {}
     elif isinstance(fmt, dict):
+        check_json_schema(fmt, "format")
         fields["json_schema"] = fmt
     elif fmt not in (None, ""):
         raise OllamaError("'format' must be \"json\" or a JSON schema (an object)")
+    if not chat and body.get("tools"):
+        raise OllamaError("'tools' are for /api/chat")
     if body.get("logprobs"):
         top = body.get("top_logprobs", 0)
         fields["logprobs"] = top if isinstance(top, int) and not isinstance(top, bool) else -1
+    return parse_message(Infer, fields)
+
+
+def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
+    """Ollama's request as an `infer` operation; what rbee cannot do is refused by name."""
     try:
-        return parse_message(Infer, fields)
+        return _to_infer(body, chat=chat)
     except InvalidRequest as exc:
         name = FIELD_NAMES.get(exc.field or "", exc.field)
         where = f"options.{name}" if exc.field in OPTIONS.values() else name
         raise OllamaError(f"'{where}' {exc.problem}" if exc.field and exc.problem else exc.message) from None
+
+
+def chat_messages(messages: list[Any]) -> list[Any]:
+    """Ollama's messages as rbee's {role, content}: an assistant's tool calls and a tool's result become
+    text the model reads, in the form the tools prompt teaches."""
+    out: list[Any] = []
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict):
+            out.append(m)  # the wire check names it
+            continue
+        if m.get("images"):
+            raise OllamaError(f"messages[{k}]: 'images' are not supported: rbee's models read text only")
+        role, content = m.get("role"), m.get("content")
+        content = "" if content is None and role in ("assistant", "tool") else content
+        if role == "assistant" and m.get("tool_calls"):
+            calls = m["tool_calls"]
+            fns = [c.get("function") if isinstance(c, dict) else None for c in calls] if isinstance(calls, list) else [None]
+            if not all(isinstance(fn, dict) and isinstance(fn.get("name"), str) for fn in fns):
+                raise OllamaError(f"messages[{k}]: each of 'tool_calls' needs a 'function' with a 'name' and "
+                                  "'arguments'")
+            text = [json.dumps({"name": fn["name"], "arguments": fn.get("arguments") or {}}, ensure_ascii=False)
+                    for fn in fns]
+            content = "\n".join(([content] if isinstance(content, str) and content else []) + text)
+        elif role == "tool":
+            role, content = "user", f"Result of {m.get('tool_name') or 'the function'}: {content}"
+        out.append({"role": role, "content": content})
+    return out
+
+
+def add_system(messages: list[Any], text: str) -> None:
+    """Append `text` to the conversation's system message, or start one with it."""
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
+        messages[0] = {"role": "system", "content": f"{first['content']}\n\n{text}"}
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+
+
+def tool_calls_in(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The calls in an answer, in Ollama's shape (arguments an object, not a string)."""
+    calls = parse_tool_calls(text, tools)
+    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+            for c in calls] if calls else None
 
 
 # --- jobs ----------------------------------------------------------------------------------------------
@@ -273,10 +321,12 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
     stream = stream_flag(body)
     name = body.get("model") if isinstance(body.get("model"), str) else ""
 
-    def piece(text: str, logprobs: list | None = None) -> dict[str, Any]:
+    def piece(text: str, logprobs: list | None = None, calls: list | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"model": name, "created_at": now_iso()}
         if chat:
             out["message"] = {"role": "assistant", "content": text}
+            if calls:
+                out["message"]["tool_calls"] = calls
         else:
             out["response"] = text
         if logprobs is not None:
@@ -287,13 +337,16 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
         model_name(body)  # workers start on the first real request
         return web.json_response({**piece(""), "done": True, "done_reason": "load"})
     operation = to_infer(body, chat=chat)
+    tools = check_tools(body["tools"]) if chat and body.get("tools") else []  # valid: to_infer checked them
     job = request.app[appkeys.JOB_REGISTRY].submit(operation)
     if not stream:
         await finished(request, job)
         if job.state is not JobState.COMPLETED:
             raise failure(job, operation.model)
         result = job.result or {}
-        out = piece(result.get("text", ""))
+        text = result.get("text", "")
+        calls = tool_calls_in(text, tools) if tools else None
+        out = piece("" if calls else text, calls=calls)
         logprobs: list[dict[str, Any]] = []
         async for event in events(job):  # the job's log has them (tokens only: small)
             if event["type"] == "token":
@@ -311,15 +364,28 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
             await resp.prepare(request)
         await resp.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
 
+    held: list[str] = []  # with tools: an answer that may yet be a call is held back until it is known
+    deciding = bool(tools)
+
     try:
         async for batch in job.follow():
             out = []
             for _, encoded in batch:
                 event = json.loads(encoded)
                 if event["type"] == "token":
-                    out.append(piece(event["t"], _logprobs(event)))
+                    if deciding and may_be_tool_call("".join(held) + event["t"]):
+                        held.append(event["t"])
+                    else:
+                        deciding = False
+                        if held:
+                            out.append(piece("".join(held)))
+                            held.clear()
+                        out.append(piece(event["t"], _logprobs(event)))
                 elif event["type"] == "end":
                     if event["state"] == JobState.COMPLETED:
+                        if held:
+                            calls = tool_calls_in("".join(held), tools)
+                            out.append(piece("", calls=calls) if calls else piece("".join(held)))
                         out.append({**piece(""), "done": True, **durations(job, event)})
                     elif resp is None and not out:
                         raise failure(job, operation.model)  # nothing sent yet: a proper status
