@@ -305,7 +305,7 @@ class RemoteHiveSupervisor:
             self._workers.heartbeat(Heartbeat(
                 worker_id=w["id"], hive_id=self.hive.alias, url=await link.local_url(w["url"]), model=w["model"],
                 state=EngineState(w["state"]), pid=w.get("pid"), slots=w.get("slots") or 1,
-                device=w.get("device") or "cpu"))
+                device=w.get("device") or "cpu", embedding=bool(w.get("embedding"))))
         if listed:
             self.note(f"{len(listed)} worker(s) running on {self.hive.alias}: "
                       + ", ".join(f"{w['id']} ({w['model']})" for w in listed))
