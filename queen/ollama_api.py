@@ -243,18 +243,22 @@ def _closed(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
+def cancel(request: web.Request, job: Job) -> None:
+    if not job.state.finished:
+        request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+
+
 async def finished(request: web.Request, job: Job) -> Job:
     """The job once it ended; a client that goes away meanwhile cancels it."""
-    registry = request.app[appkeys.JOB_REGISTRY]
     while not job.state.finished:
         try:
             await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
         except asyncio.TimeoutError:
             if _closed(request):
-                registry.cancel(job.id)
+                cancel(request, job)
                 await job.wait()
         except asyncio.CancelledError:
-            registry.cancel(job.id)
+            cancel(request, job)
             raise
     return job
 
@@ -395,8 +399,7 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
                 await send(out)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
         # The client went away mid-stream: its generation stops now, freeing the worker.
-        if not job.state.finished:
-            request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+        cancel(request, job)
         raise
     assert resp is not None  # a job always ends with an end event
     await resp.write_eof()
@@ -415,8 +418,7 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
         job = registry.submit(ModelList(hive_id=alias))
         try:
             await asyncio.wait_for(finished(request, job), CATALOG_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            registry.cancel(job.id)
+        except asyncio.TimeoutError:  # finished() cancelled it
             return []
         found = []
         async for event in events(job):
@@ -570,8 +572,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
             if line is not None:
                 await resp.write(json.dumps(line).encode() + b"\n")
     except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-        if not job.state.finished:
-            request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+        cancel(request, job)
         raise
     await resp.write_eof()
     return resp

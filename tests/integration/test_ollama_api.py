@@ -16,6 +16,7 @@ from aiohttp import web
 from shared.builtin_model import builtin_model_path
 from tests.support.fake_hub import FakeHub
 from tests.support.processes import BIN, start_daemon
+from tests.support.waiting import wait_until
 
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -158,6 +159,23 @@ def test_embed_gives_normalised_repeatable_vectors(client):
     assert result.prompt_eval_count > 0
     single = client.embeddings(model=MODEL, prompt="The sky is blue.")
     assert len(single.embedding) == len(first)
+
+
+def test_an_abandoned_stream_cancels_its_generation(queen):
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True,
+            "options": {"temperature": 0, "num_predict": 1000}}
+    with httpx.stream("POST", queen.url + "/api/generate", json=body, headers=queen.auth, timeout=120) as resp:
+        assert resp.headers["content-type"].startswith("application/x-ndjson")
+        lines = resp.iter_lines()
+        assert [json.loads(next(lines))["done"] for _ in range(3)] == [False] * 3
+    # Each request is a queen job: the client went away, so it is cancelled (and its worker freed).
+
+    def newest_infer() -> dict:
+        jobs = httpx.get(queen.url + "/v1/jobs", headers=queen.auth).json()["jobs"]
+        return next(j for j in jobs if j["operation"] == "infer")
+
+    wait_until(lambda: newest_infer()["state"] == "cancelled", timeout=5, interval=0.1,
+               what=lambda: f"the abandoned generation to be cancelled (it is {newest_infer()['state']})")
 
 
 def test_bad_requests_get_ollamas_error_shape(client, queen):
