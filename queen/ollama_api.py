@@ -116,11 +116,11 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def model_name(body: dict[str, Any], key: str = "model") -> str:
+def model_name(body: dict[str, Any]) -> str:
     """The model to use: an rbee reference, or a short alias (":latest", as /api/tags lists it, is dropped)."""
-    name = body.get(key, body.get("name") if key == "model" else None)  # old clients send "name"
+    name = body.get("model", body.get("name"))  # older clients send "name"
     if not isinstance(name, str) or not name.strip():
-        raise OllamaError(f"'{key}' is required: a model from /api/tags (e.g. {BUILTIN_MODEL}{TAG}) or an rbee "
+        raise OllamaError(f"'model' is required: a model from /api/tags (e.g. {BUILTIN_MODEL}{TAG}) or an rbee "
                           "reference (hf:<org>/<repo>:<file>.gguf, file:<path>)")
     name = name.strip()
     return name[:-len(TAG)] if name.endswith(TAG) else name
