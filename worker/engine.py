@@ -403,14 +403,18 @@ class LlamaEngine:
             self._post(_resolve, gen.done, _stats(0, None, 0.0, "cancelled"))
         while waiting and any(s.gen is None for s in slots):
             self._admit(waiting.popleft(), slots)
+        self._tell_busy(slots)
+        if any(s.gen is not None for s in slots):
+            self._decode_and_sample([s for s in slots if s.gen is not None])
+            self._deliver(slots)
+            self._tell_busy(slots)  # a slot that just finished is free now, not after the next request
+        return True
+
+    def _tell_busy(self, slots: list[Slot]) -> None:
         busy = sum(1 for s in slots if s.gen is not None)
         if busy != self._busy_told:  # only changes cross to the loop: each hand-over costs a wake-up
             self._busy_told = busy
             self._post(self._set_busy, busy)
-        if any(s.gen is not None for s in slots):
-            self._decode_and_sample([s for s in slots if s.gen is not None])
-            self._deliver(slots)
-        return True
 
     def _admit(self, gen: Generation, slots: list[Slot]) -> None:
         """Into the free slot whose cache shares the longest prefix with the prompt (the least recently
