@@ -519,16 +519,22 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def ps(request: web.Request) -> web.Response:
+    """The running workers; a worker's size is its hive's memory estimate, its expiry when the queen stops
+    it for idleness (a busy one: the idle time from now)."""
     idle_s = request.app[CONFIG].worker_idle_timeout_s
     now_wall, now_mono = time.time(), time.monotonic()
+    workers = [w for w in request.app[WORKERS].all() if w.alive]
+    entries = {(m.get("hive_id"), m["id"]): m for m in await catalogs(request)} if workers else {}
     models = []
-    for w in request.app[WORKERS].all():
-        if not w.alive:
-            continue
+    for w in workers:
         name = alias_of(w.model) + TAG
+        entry = entries.get((w.hive_id, w.model)) or {"id": w.model}
+        estimate = entry.get("estimate") or {}
+        size = int((estimate.get("total_mb") or 0) * 2**20)
         expires = now_wall + (idle_s - (now_mono - w.last_used) if w.idle else idle_s)
-        models.append({"name": name, "model": name, "size": 0, "digest": "", "details": details({"id": w.model}),
-                       "expires_at": iso(expires), "size_vram": 0,
+        models.append({"name": name, "model": name, "size": size, "digest": entry.get("sha256") or "",
+                       "details": details(entry), "expires_at": iso(expires),
+                       "size_vram": size if w.device != "cpu" else 0, "context_length": estimate.get("ctx_size"),
                        "rbee": {"id": w.model, **w.to_dict()}})
     return web.json_response({"models": models})
 

@@ -132,6 +132,7 @@ def test_tags_show_and_ps(client, queen):
     assert extras["memory_estimate"]["total_mb"] > 0 and extras["hives"] == ["localhost"]
     running = client.ps().models
     assert [m.model for m in running] == [MODEL + ":latest"] and running[0].expires_at is not None
+    assert running[0].size > 100e6 and running[0].digest == builtin.digest and running[0].context_length > 0
     workers = httpx.get(queen.url + "/api/ps", headers=queen.auth).json()["models"]
     assert workers[0]["rbee"]["hive_id"] == "localhost" and workers[0]["rbee"]["state"] in ("ready", "busy")
 
