@@ -18,12 +18,14 @@ from hive.capabilities import detect_capabilities
 from hive.catalog import ModelCatalog
 from hive.config import HiveConfig
 from hive.executor import HiveExecutor
+from hive.metrics import hive_gauges
 from hive.models import ModelStore
 from hive.queen_link import QueenLink, setup_queen_routes
 from hive.workers import WorkerSupervisor
 from shared import appkeys as shared_keys
 from shared.app import create_base_app
 from shared.job_routes import setup_job_api
+from shared.metrics import setup_metrics
 from shared.operations import HIVE_OPERATIONS
 
 
@@ -38,6 +40,7 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
     setup_job_api(app, execute, actor="hive", operations=HIVE_OPERATIONS)
     setup_queen_routes(app, lambda: app[QUEEN])
     app.router.add_get("/v1/capabilities", capabilities)
+    setup_metrics(app, hive_gauges)
     return app
 
 

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from queen.anthropic_api import OWN_AUTH as ANTHROPIC_AUTH, setup_anthropic_api
 from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, WORKERS
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
@@ -26,6 +27,7 @@ from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
+from queen.metrics import queen_gauges
 from queen.ollama_api import setup_ollama_api
 from queen.openai_api import setup_openai_api
 from queen.openai_embeddings import setup_openai_embeddings
@@ -39,6 +41,7 @@ from shared.heartbeat import HEARTBEAT_PATH, parse_heartbeat
 from shared.http import read_json
 from shared.job_client import Clients
 from shared.job_routes import setup_job_api
+from shared.metrics import setup_metrics
 from shared.token import tokens_equal
 from shared.operations import WorkerDelete
 
@@ -46,7 +49,7 @@ log = logging.getLogger("rbee.queen")
 
 
 def create_app(config: QueenConfig, token: str) -> web.Application:
-    app = create_base_app(token, own_auth=frozenset({("POST", HEARTBEAT_PATH)}))
+    app = create_base_app(token, own_auth=frozenset({("POST", HEARTBEAT_PATH)}) | ANTHROPIC_AUTH)
     app[CONFIG] = config
 
     async def execute(operation, job):
@@ -56,12 +59,14 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
     setup_openai_api(app)
     setup_openai_embeddings(app)  # after the OpenAI API: its error shaper defers to that one off its path
     setup_ollama_api(app)  # after the OpenAI API: its error shaper defers to that one off /api/
+    setup_anthropic_api(app)
     setup_conversation_api(app)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)
     app.router.add_post(HEARTBEAT_PATH, heartbeat)
     app.router.add_get("/v1/workers", list_workers)
     app.router.add_get("/v1/hives", list_hives)
+    setup_metrics(app, queen_gauges)
     return app
 
 

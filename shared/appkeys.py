@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Callable
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from shared.job_registry import JobRegistry
     from shared.job_routes import JobHistory
 
@@ -32,3 +34,4 @@ SHUTDOWN_REQUESTED = web.AppKey("rbee_shutdown_requested", asyncio.Event)
 ERROR_SHAPER: web.AppKey[Callable[[web.Request, int, str, str], "web.Response | None"]] = web.AppKey("rbee_error_shaper")
 JOB_REGISTRY: web.AppKey["JobRegistry"] = web.AppKey("rbee_job_registry")
 JOB_HISTORY: web.AppKey["JobHistory"] = web.AppKey("rbee_job_history")  # set by a daemon that keeps one
+METRICS: web.AppKey["CollectorRegistry"] = web.AppKey("rbee_metrics")  # this app's own (shared/metrics.py)

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 from shared.errors import JobConflict, JobNotFound, RbeeError, unique_match
 from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
@@ -141,6 +141,10 @@ class Job:
                 return
             else:
                 await self._changed.wait()
+
+    def kept_events(self) -> Iterator[str]:
+        """The encoded events the log still holds, oldest first (a listener reading a finished job's story)."""
+        return iter(self._log)
 
     async def wait(self) -> JobState:
         while not self.state.finished:

@@ -18,6 +18,7 @@ from shared import appkeys as shared_keys
 from shared.app import create_base_app
 from shared.client import DaemonClient
 from shared.heartbeat import EngineState, Heartbeat
+from shared.metrics import setup_metrics
 from worker.appkeys import CONFIG, ENGINE, GOODBYE, HEARTBEAT
 from worker.config import WorkerConfig
 from worker.embedder import EmbeddingEngine
@@ -25,6 +26,7 @@ from worker.embedding_api import refuse_embeddings, setup_embedding_api
 from worker.engine import LlamaEngine
 from worker.heartbeat import HeartbeatSender
 from worker.inference_api import pending_jobs, setup_inference_api
+from worker.metrics import worker_gauges
 
 
 def create_app(config: WorkerConfig, token: str) -> web.Application:
@@ -40,6 +42,7 @@ def create_app(config: WorkerConfig, token: str) -> web.Application:
     else:
         setup_inference_api(app)
         refuse_embeddings(app)
+    setup_metrics(app, worker_gauges)
     return app
 
 
