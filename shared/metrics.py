@@ -34,10 +34,6 @@ TPS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 Gauges = Callable[[web.Application], Iterable[GaugeMetricFamily]]
 
 
-def single(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
 def labelled(name: str, documentation: str, label_names: tuple[str, ...],
              samples: Iterable[tuple[tuple[str, ...], float]]) -> GaugeMetricFamily:
     """A gauge family with one sample per tuple of label values."""
