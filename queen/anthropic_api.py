@@ -259,8 +259,11 @@ async def stream_response(request: web.Request, job: Job, message_id: str, opera
         else:
             failure = json.loads(_failure(job).text or "{}")
             await resp.write(f"event: error\ndata: {json.dumps(failure)}\n\n".encode())
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-        # The client went away mid-stream: its generation stops now, freeing the worker.
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # The client went away mid-stream: its generation stops now, freeing the worker (no error to log).
+        if not job.state.finished:
+            request.app[appkeys.JOB_REGISTRY].cancel(job.id)
+    except asyncio.CancelledError:
         if not job.state.finished:
             request.app[appkeys.JOB_REGISTRY].cancel(job.id)
         raise

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support.processes import start_queen
+from tests.support.waiting import wait_until
 
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -99,6 +100,20 @@ def test_stop_sequence_ends_the_answer_and_is_named(client):
         streamed = stream.get_final_message()
     assert (streamed.stop_reason, streamed.stop_sequence, streamed.content[0].text) == \
         ("stop_sequence", stop, cut.content[0].text)
+
+
+def test_abandoned_stream_cancels_its_generation(client, queen):
+    with client.messages.stream(model=MODEL, max_tokens=1000, extra_body=GREEDY,
+                                messages=[{"role": "user", "content": "Count from 1 to 1000."}]) as stream:
+        message_id = None
+        for event in stream:
+            message_id = message_id or event.message.id
+            if event.type == "content_block_delta":
+                break  # the client goes away mid-generation
+    job_id = "job-" + str(uuid.UUID(message_id.removeprefix("msg_")))
+    wait_until(lambda: httpx.get(f"{queen.url}/v1/jobs/{job_id}", headers=queen.auth).json()["state"] == "cancelled",
+               timeout=5, interval=0.1, what="the abandoned generation to be cancelled")
+    assert not [line for line in queen.stderr_lines if "unhandled error" in line]  # a client leaving is no error
 
 
 def test_wrong_key_is_refused_in_anthropics_shape(queen):

@@ -109,6 +109,17 @@ def test_queen_counters_move_with_an_infer(queen):
     assert matching(after, "rbee_queue_depth", hive="localhost")
 
 
+async def test_a_failed_job_counts_as_failed(queen):
+    failed = {"operation": "infer", "state": "failed"}
+    before = await asyncio.to_thread(scrape, queen.url, queen.token)
+    async with JobClient(queen.url, queen.token) as client:
+        job = await client.submit({"operation": "infer", "model": "file:/nonexistent/m.gguf", "prompt": "hi"})
+        events = [e async for e in client.stream(job.job_id)]
+        assert events[-1].state == "failed", events
+    after = await asyncio.to_thread(scrape, queen.url, queen.token)
+    assert value(after, "rbee_jobs_total", **failed) == value(before, "rbee_jobs_total", **failed) + 1
+
+
 def test_hive_and_worker_count_their_own(queen):
     complete(queen, 2)
     hive_url, worker_url = daemons(queen)
