@@ -30,6 +30,7 @@ from shared.wire import parse_message
 
 PATH = "/v1/messages"
 OWN_AUTH = frozenset({("POST", PATH)})  # the handler checks x-api-key itself (the middleware knows Bearer only)
+DEFAULT_TEMPERATURE = 1.0  # Anthropic's default (rbee's own is llama.cpp's 0.8)
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
 
@@ -138,7 +139,7 @@ def to_infer(body: Any) -> tuple[Infer, bool]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise AnthropicError(f"model: Field required (a model id from GET /v1/models, e.g. '{BUILTIN_MODEL}').")
-    if "max_tokens" not in body:
+    if body.get("max_tokens") is None:
         raise AnthropicError("max_tokens: Field required.")
     max_tokens = _number(body, "max_tokens", 1, 1 << 20, integer=True)
     for unsupported in ("tools", "thinking"):
@@ -166,7 +167,8 @@ def to_infer(body: Any) -> tuple[Infer, bool]:
     if not isinstance(stream, bool):
         raise AnthropicError("stream: must be true or false.")
     fields: dict[str, Any] = {"model": model, "messages": chat, "max_tokens": max_tokens,
-                              "temperature": _number(body, "temperature", 0, 1),
+                              "temperature": _number(body, "temperature", 0, 1) if "temperature" in body
+                              else DEFAULT_TEMPERATURE,
                               "top_p": _number(body, "top_p", 0, 1),
                               "top_k": _number(body, "top_k", 0, 1 << 20, integer=True),
                               "stop": stops or None}
