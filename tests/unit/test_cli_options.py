@@ -66,6 +66,7 @@ def test_chat_and_conversations_take_their_options():
 def test_a_worker_spawn_naming_no_hive_is_placed_by_the_queen():
     assert parse("worker", "spawn") == WorkerSpawn(hive_id=ANY_HIVE)
     assert parse("worker", "spawn", "--hive", "gpu_1") == WorkerSpawn(hive_id="gpu_1")
+    assert parse("worker", "spawn", "--embedding") == WorkerSpawn(hive_id=ANY_HIVE, embedding=True)
     assert parse("worker", "list") == WorkerList(hive_id=LOCAL_HIVE)
 
 
