@@ -131,3 +131,17 @@ def test_slots_take_several_leases_and_the_least_loaded_worker_goes_first():
     assert registry.with_free_slot("m", None) is None and a.to_dict()["slots_busy"] == 2
     registry.release(b, "j4")
     assert registry.with_free_slot("m", None) is b and not a.idle
+
+
+def test_embedding_workers_are_told_apart_and_never_given_generation():
+    registry = WorkerRegistry(heartbeat_timeout_s=15)
+    embedder = registry.heartbeat(parse_heartbeat({**beat("e1").to_dict(), "embedding": True}))
+    assert embedder.embedding and embedder.to_dict()["embedding"] is True
+    assert registry.with_free_slot("smollm2-135m", None) is None  # generation: none of its kind yet
+    assert registry.with_free_slot("smollm2-135m", None, embedding=True) is embedder
+    generator = registry.heartbeat(beat("g1"))
+    assert registry.with_free_slot("smollm2-135m", None) is generator
+    assert registry.count_alive("smollm2-135m", "localhost") == 1
+    assert registry.count_alive("smollm2-135m", "localhost", embedding=True) == 1
+    with pytest.raises(InvalidRequest):
+        parse_heartbeat({**beat("e2").to_dict(), "embedding": "yes"})
