@@ -164,8 +164,8 @@ def _to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
         raise OllamaError("'options' must be an object")
     for option, name in OPTIONS.items():
         value = options.get(option)
-        if value is None or (option == "num_predict" and isinstance(value, int) and value < 0):
-            continue  # -1 (until done) and -2 (fill the context): rbee's default length
+        if value is None or (option in ("num_predict", "seed") and isinstance(value, int) and value < 0):
+            continue  # num_predict -1 (until done), -2 (fill the context): rbee's default; seed -1: random
         fields[name] = [value] if option == "stop" and isinstance(value, str) else value
     fmt = body.get("format")
     if fmt == "json":
