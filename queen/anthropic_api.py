@@ -52,7 +52,7 @@ def setup_anthropic_api(app: web.Application) -> None:
     def error_shaper(request: web.Request, status: int, code: str, message: str) -> web.Response | None:
         """Errors the middleware raises on this route (bad JSON, too large, a crash) in Anthropic's shape;
         other routes keep whatever shape their API has."""
-        if request.path == PATH:
+        if request.path == PATH or request.path.startswith(PATH + "/"):  # count_tokens, batches: not served
             return anthropic_error(status, message)
         return previous(request, status, code, message) if previous else None
 
