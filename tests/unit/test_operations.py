@@ -79,7 +79,7 @@ def test_single_stop_string_is_accepted():
     [
         ([], "must be a JSON object"),
         ("infer", "must be a JSON object"),
-        ({}, "Missing field 'operation'. Valid operations: hive_get"),
+        ({}, "Missing field 'operation'. Valid operations: embed, hive_get"),
         ({"operation": 3}, "Field 'operation' must be a string"),
         ({"operation": "fly"}, "Unknown operation 'fly'. Valid operations: "),
         ({"operation": "infer"}, "Operation 'infer' needs exactly one of 'prompt' (plain text) and 'messages'"),
@@ -101,6 +101,9 @@ def test_single_stop_string_is_accepted():
         ({"operation": "worker_spawn", "worker": "tpu"}, "'worker' of operation 'worker_spawn' must be one of cpu, cuda, metal, not 'tpu'"),
         ({"operation": "hive_import_ssh", "default_hive_port": 70000}, "must be at most 65535"),
         ({"operation": "worker_get"}, "Missing field 'id' for operation 'worker_get'"),
+        ({"operation": "embed", "input": []}, "Field 'input' of operation 'embed' must hold at least one string"),
+        ({"operation": "embed", "input": ["a", ""]}, "Field 'input' of operation 'embed' must not contain empty strings"),
+        ({"operation": "worker_spawn", "embedding": "yes"}, "'embedding' of operation 'worker_spawn' must be true or false"),
     ],
 )
 def test_bad_operations_name_what_is_wrong(body, fragment):
