@@ -202,11 +202,12 @@ def prompt_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO
     """The prompt: the words joined, or stdin for `-` or for no words with a pipe (not a terminal) on stdin."""
     stdin = sys.stdin if stdin is None else stdin
     if words == ["-"] or (not words and stdin is not None and not stdin.isatty()):
-        if stdin is not None and stdin.isatty():
-            print("rbee: reading the prompt; end it with Ctrl+D on a line of its own", file=sys.stderr)
-        # Ctrl+C while reading stops rbee at once (asyncio.run would only cancel a task that is not waiting).
+        # Ctrl+C while reading stops rbee at once (asyncio.run would only cancel a task that is not waiting);
+        # set before saying so, or a quick Ctrl+C would go to asyncio's handler and be lost.
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
+            if stdin is not None and stdin.isatty():
+                print("rbee: reading the prompt; end it with Ctrl+D on a line of its own", file=sys.stderr)
             prompt = stdin.read() if stdin is not None else ""
         finally:
             signal.signal(signal.SIGINT, previous)

@@ -89,16 +89,13 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_prompt_comes_back(keeper):
         assert "(stopped)" in chat.expect(">>> ", timeout=30)
         assert finished_state(keeper, job_id) == "cancelled"
         chat.type(COUNTING_DOWN + "\r")  # the partial answer goes with the next question
-        second = answering_job(keeper, tokens=1)
-        chat.type("\x03")
-        chat.expect(">>> ", timeout=30)
+        chat.expect(">>> ", timeout=120)  # however long it is (it follows a partial answer of any length)
         chat.type("\x03")  # at the prompt: a hint, not an exit
         assert "Use /bye or Ctrl+D to leave" in chat.expect(">>> ")
         chat.type("\x04")  # Ctrl+D leaves
         assert chat.wait() == 0
     finally:
         chat.close()
-    assert finished_state(keeper, second) == "cancelled"
     first, thanks = infer_requests(keeper)
     partial = thanks["messages"][1]
     assert partial["role"] == "assistant" and partial["content"].strip()
