@@ -39,6 +39,9 @@ LIGHT_COLUMNS = "job_id, operation, state, created_at, started_at, finished_at, 
 # A request or answer is kept whole up to this size; beyond it, its long texts are cut (and it says so),
 # so a thousand one-megabyte prompts cost the disk tens of megabytes, not a gigabyte.
 TEXT_CAP = 16 << 10
+# Result fields kept out of the result column: the text has its own, and embedding vectors (an embed job's
+# answer, up to megabytes) are of use to the client that asked only; their dimensions and tokens are kept.
+UNSTORED = frozenset({"text", "embeddings"})
 log = logging.getLogger("rbee.queen.history")
 
 KEEP = 1000  # rows kept; older ones are dropped
@@ -112,7 +115,7 @@ def _row(job: Job) -> tuple:
     text = result.get("text")
     return (job.id, job.operation.name, json.dumps(capped(job.operation.to_dict())), job.state.value,
             job.created_at, job.started_at, job.finished_at, text[:TEXT_CAP] if isinstance(text, str) else text,
-            json.dumps({k: v for k, v in result.items() if k != "text"}) if result else None,
+            json.dumps({k: v for k, v in result.items() if k not in UNSTORED}) if result else None,
             json.dumps(job.error) if job.error else None, about(job.operation))
 
 
@@ -128,6 +131,17 @@ def capped(request: dict[str, Any]) -> dict[str, Any]:
                 m, cut = {**m, "content": m["content"][:TEXT_CAP]}, True
             messages.append(m)
         out["messages"] = messages
+    if isinstance(out.get("input"), list):  # embed: many texts; the first TEXT_CAP characters of them
+        kept, room = [], TEXT_CAP
+        for text in out["input"]:
+            if room <= 0 or len(text) > room:
+                cut = True
+                if room > 0:
+                    kept.append(text[:room])
+                break
+            kept.append(text)
+            room -= len(text)
+        out["input"] = kept
     if cut:
         out["truncated"] = True
     return out

@@ -156,8 +156,11 @@ class Job:
         """Roughly what the job holds: its request's texts and its answer (the rest is small)."""
         op = self.operation
         texts = [getattr(op, "prompt", None) or ""] + [c for _, c in getattr(op, "messages", None) or ()]
+        texts += getattr(op, "input", None) or ()  # embed's texts
         answer = (self.result or {}).get("text") or ""
-        return 512 + self._log_bytes + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)
+        vectors = (self.result or {}).get("embeddings") or ()
+        return (512 + self._log_bytes + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)
+                + 32 * sum(len(v) for v in vectors))  # a float in a Python list: ~32 bytes
 
     def summary(self, *, full: bool = True) -> dict[str, Any]:
         """The job at a glance; `full` adds the whole request (listings leave it out: it may be a

@@ -77,3 +77,20 @@ async def test_pages_of_the_history_lose_and_repeat_nothing_even_for_jobs_made_i
         cursor = (page[-1]["created_at"], page[-1]["job_id"])
     await store.close()
     assert sorted(seen) == sorted(j.id for j in jobs) and len(seen) == len(set(seen))
+
+
+async def test_an_embed_job_is_kept_without_its_vectors_and_with_its_texts_capped(tmp_path):
+    from shared.operations import Embed
+
+    job = Job(Embed(input=("x" * history.TEXT_CAP, "dropped")), JobLimits(), "queen")
+    job.state = JobState.COMPLETED
+    job.result = {"embeddings": [[0.5] * 576, [0.25] * 576], "model": "smollm2-135m", "prompt_tokens": 9,
+                  "dimensions": 576}
+    assert job.size_bytes > 32 * 2 * 576  # the vectors count against the in-memory bound
+    store = JobHistoryStore(tmp_path / "queen.db")
+    await store.open()
+    store.record(job)
+    record = await store.get(job.id)
+    assert record["result"] == {"model": "smollm2-135m", "prompt_tokens": 9, "dimensions": 576}
+    assert record["request"]["input"] == ["x" * history.TEXT_CAP] and record["request"]["truncated"] is True
+    await store.close()
