@@ -132,3 +132,11 @@ def test_unknown_model_and_wrong_key_are_openai_errors(client, queen):
 def test_right_dimensions_are_accepted(client):
     same = client.embeddings.create(model=MODEL, input=CAT, dimensions=model_dimension(), encoding_format="float")
     assert len(same.data[0].embedding) == model_dimension()
+
+
+def test_an_input_longer_than_the_workers_context_is_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=MODEL, input=["short", "word " * 3000])
+    body = err.value.body
+    assert body["code"] == "input_too_long" and body["param"] == "input" and "item 1" in body["message"]
+    assert client.embeddings.create(model=MODEL, input="short").data  # the worker is fine afterwards
