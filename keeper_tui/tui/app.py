@@ -529,7 +529,8 @@ class RbeeApp(App):
             elif view == "workers":  # the queen's registry: every hive's workers, from their heartbeats
                 workers = (await client.request("GET", "/v1/workers"))["workers"]
                 self.worker_hives = {w["worker_id"]: w["hive_id"] for w in workers}
-                rows = [(w["worker_id"], w["worker_id"], w["hive_id"], w["model"], w["state"], w["device"],
+                rows = [(w["worker_id"], w["worker_id"], w["hive_id"],
+                         w["model"] + (" (embedding)" if w.get("embedding") else ""), w["state"], w["device"],
                          f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}", w["pid"]) for w in workers]
             else:
                 rows = [(h["alias"], h["alias"], h["state"], h.get("url"), h.get("host"))
