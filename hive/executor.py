@@ -119,9 +119,13 @@ class HiveExecutor:
         cores = int(self.capabilities["cpu"]["cores"])
         if device != "cpu":
             return cores
-        threads = max(1, min(EMBEDDING_THREADS, cores - self.supervisor.threads_in_use()))
-        narrate("thread_budget", f"the embedding worker gets {threads} of {cores} cores' threads, shared with "
-                                 "generating workers", target=self.config.hive_id)
+        used = self.supervisor.threads_in_use()
+        if used == 0 or used + EMBEDDING_THREADS <= cores:
+            return min(EMBEDDING_THREADS, cores)
+        threads = max(1, min(EMBEDDING_THREADS, cores - used))
+        narrate("thread_budget", f"{used} of {cores} cores run generating workers: the embedding worker gets "
+                                 f"{threads} thread{'s' if threads != 1 else ''}, sharing cores with them",
+                target=self.config.hive_id)
         return threads
 
     async def refresh_capabilities(self) -> dict[str, Any]:
