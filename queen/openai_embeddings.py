@@ -5,7 +5,8 @@
 
 Each request runs as an ordinary `embed` job (it shows in `rbee jobs`) on an embedding worker of the
 model, started for it when none runs. Errors come in OpenAI's shape. Token-id input (lists of integers)
-is not supported; `dimensions` is accepted only when it is the model's own (rbee does not shorten vectors).
+is not supported; `dimensions` is accepted only when it is the model's own (rbee does not shorten vectors);
+at most 2048 inputs a request.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from shared.operations import Embed
 from shared.wire import parse_message
 
 MODELS_CACHE_S = 10.0
+MAX_INPUTS = 2048  # per request, as OpenAI's own limit
 # Codes that mean the request was wrong, whichever daemon noticed: a 400, never a 5xx.
 CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "INPUT_TOO_LONG", "BAD_MODEL_REFERENCE", "MODEL_NOT_FOUND"})
 
@@ -84,6 +86,8 @@ def to_embed(body: Any) -> tuple[Embed, str, int | None]:
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs:
         raise OpenAIError("'input' must be a non-empty string or a non-empty list of strings.", param="input")
+    if len(inputs) > MAX_INPUTS:
+        raise OpenAIError(f"'input' holds {len(inputs)} items; at most {MAX_INPUTS} per request.", param="input")
     if any(isinstance(i, (int, list)) and not isinstance(i, bool) for i in inputs):
         raise OpenAIError("'input' as token ids is not supported here; send the text.", param="input")
     if not all(isinstance(i, str) for i in inputs):
