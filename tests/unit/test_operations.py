@@ -38,7 +38,8 @@ FULL = {
     "model_delete": {"hive_id": "gpu1", "id": "smollm2-135m"},
     "infer": {"model": "smollm2-135m", "messages": [{"role": "system", "content": "Be brief."},
                                                     {"role": "user", "content": "Hello"}], "hive_id": "gpu1", "max_tokens": 16,
-              "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 42, "stop": ["\n\n", "END"]},
+              "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 42, "stop": ["\n\n", "END"],
+              "json_schema": {"type": "object"}, "presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": 2},
 }
 
 
