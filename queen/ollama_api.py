@@ -335,6 +335,7 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
             out["response"] = text
         if logprobs is not None:
             out["logprobs"] = logprobs
+        out["done"] = False  # the last line says true, with the counts
         return out
 
     if not body.get("messages" if chat else "prompt"):  # Ollama's way to load a model: nothing to say yet
