@@ -9,6 +9,9 @@ import jsonschema
 import openai
 import pytest
 
+from shared.events import Error, Token
+from shared.job_client import JobClient
+from shared.operations import Infer
 from tests.support.processes import start_queen
 
 MODEL = "smollm2-135m"
@@ -174,3 +177,35 @@ def test_bad_requests_get_openais_error_shape(client, kwargs, param, says):
         error = caught.value.body
         assert caught.value.status_code == 400 and error["param"] == param and says in error["message"]
         assert error["type"] == "invalid_request_error"
+
+
+def test_auto_tool_choice_answers_text_or_a_well_formed_call(client):
+    params = dict(model=MODEL, messages=[{"role": "user", "content": "Say hello to Ada."}], tools=[WEATHER],
+                  tool_choice="auto", max_tokens=16, temperature=0)
+    whole = client.chat.completions.create(**params)
+    message = whole.choices[0].message
+    if message.tool_calls:  # the model chose to call: a declared function, with parseable arguments
+        assert whole.choices[0].finish_reason == "tool_calls" and message.tool_calls[0].function.name == "get_weather"
+        json.loads(message.tool_calls[0].function.arguments)
+    else:
+        assert message.content and whole.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(**params, stream=True))
+    calls = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert bool(calls) != bool(text)  # one or the other, never both
+    assert chunks[-1].choices[0].finish_reason in (("tool_calls",) if calls else ("stop", "length"))
+
+
+async def test_a_raw_grammar_through_the_job_api(queen):
+    """`grammar` (GBNF) is on the infer operation for every client; a bad one fails the job with a 400's
+    code naming it, from the worker that parsed it."""
+    async with JobClient(queen.url, queen.token) as jobs:
+        async def run(grammar: str) -> tuple[str, list[Error]]:
+            job = await jobs.submit(Infer(prompt="Is the sky blue? Answer:", grammar=grammar, max_tokens=8))
+            events = [e async for e in jobs.stream(job.job_id)]
+            return "".join(e.t for e in events if isinstance(e, Token)), [e for e in events if isinstance(e, Error)]
+
+        text, errors = await run('root ::= " yes" | " no"')
+        assert text in (" yes", " no") and not errors
+        text, errors = await run("root ::= (")
+        assert errors and errors[0].code == "INVALID_REQUEST" and "'grammar'" in errors[0].message
