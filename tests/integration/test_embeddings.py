@@ -92,6 +92,11 @@ def test_generation_works_alongside_on_a_separate_worker(client, queen, home):
         urllib.request.urlopen(ask, timeout=10)
     assert refused.value.code == 400
     assert "--embedding" in json.loads(refused.value.read())["error"]["message"]
+    ask = urllib.request.Request(generating[0]["url"] + "/v1/embeddings", data=b'{"input": ["hi"]}', method="POST",
+                                 headers={**queen.auth, "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # and a generating worker refuses embeddings
+        urllib.request.urlopen(ask, timeout=10)
+    assert json.loads(refused.value.read())["error"]["code"] == "WRONG_WORKER_MODE"
 
     # `rbee worker list` tells them apart.
     listed = subprocess.run([str(BIN / "rbee"), "worker", "list"], capture_output=True, text=True, timeout=60,
