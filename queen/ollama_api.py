@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -41,6 +42,7 @@ from shared.wire import parse_message
 PREFIX = "/api/"
 TAG = ":latest"  # Ollama names are name:tag; rbee's models have one version each
 NDJSON = "application/x-ndjson"
+KEY = b"general.architecture"
 CATALOG_TIMEOUT_S = 15.0  # a hive that does not list its models by then is left out of /api/tags
 # Ollama option -> rbee's Generation field (the others Ollama knows are accepted and ignored).
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
@@ -206,8 +208,8 @@ def chat_messages(messages: list[Any]) -> list[Any]:
         role, content = m.get("role"), m.get("content")
         content = "" if content is None and role in ("assistant", "tool") else content
         if role == "assistant" and m.get("tool_calls"):
-            calls = m["tool_calls"]
-            fns = [c.get("function") if isinstance(c, dict) else None for c in calls] if isinstance(calls, list) else [None]
+            calls = m["tool_calls"] if isinstance(m["tool_calls"], list) else [None]
+            fns = [c.get("function") if isinstance(c, dict) else None for c in calls]
             if not all(isinstance(fn, dict) and isinstance(fn.get("name"), str) for fn in fns):
                 raise OllamaError(f"messages[{k}]: each of 'tool_calls' needs a 'function' with a 'name' and "
                                   "'arguments'")
@@ -433,11 +435,32 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
         try:
             path = builtin_model_path()
             entries.append({"id": BUILTIN_MODEL, "reference": BUILTIN_MODEL, "alias": BUILTIN_MODEL,
-                            "size": path.stat().st_size, "sha256": builtin_model_sha256() or "",
+                            "path": str(path), "size": path.stat().st_size, "sha256": builtin_model_sha256() or "",
                             "added_at": path.stat().st_mtime, "hive_id": None, "estimate": {}})
         except (RbeeError, OSError):
             pass  # not installed here: nothing to offer
+    # The local hive's files (and the built-in) are on this machine: their architecture is a short read.
+    local = [m for m in entries if m.get("hive_id") in (LOCAL_HIVE, None) and m.get("path")]
+    for m, arch in zip(local, await asyncio.to_thread(lambda: [gguf_architecture(m["path"]) for m in local])):
+        m["architecture"] = arch
     return entries
+
+
+def gguf_architecture(path: str) -> str:
+    """A GGUF's `general.architecture` ("llama"), which writers put first among its keys: a read of a few
+    dozen bytes; "" for a file that does not start so (the hive reads GGUFs in full, the queen need not)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if len(head) < 24 or head[:4] != b"GGUF" or struct.unpack("<I", head[4:8])[0] < 2:
+                return ""
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n != len(KEY) or f.read(n) != KEY or struct.unpack("<I", f.read(4))[0] != 8:  # 8: a string
+                return ""
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(min(n, 64)).decode("utf-8", "replace") if n <= 64 else ""
+    except (OSError, struct.error):
+        return ""
 
 
 def ollama_names(entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -453,8 +476,9 @@ def details(entry: dict[str, Any] | None) -> dict[str, Any]:
     """Ollama's model details; the quantisation as the file's name says it (…Q4_1.gguf)."""
     name = alias_of(str((entry or {}).get("id", "")))
     quant = "Q4_1" if name == BUILTIN_MODEL else (name.rsplit(".", 1)[1].upper() if "." in name else "")
-    return {"parent_model": "", "format": "gguf", "family": "", "families": None, "parameter_size": "",
-            "quantization_level": quant}
+    family = str((entry or {}).get("architecture") or "")
+    return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
+            "parameter_size": "", "quantization_level": quant}
 
 
 def tag_of(entry: dict[str, Any], names: dict[str, str], hives: list[str]) -> dict[str, Any]:

@@ -125,6 +125,7 @@ def test_tags_show_and_ps(client, queen):
     builtin = tags[MODEL + ":latest"]
     assert builtin.size > 50e6 and len(builtin.digest) == 64 and builtin.details.format == "gguf"
     assert builtin.details.quantization_level == "Q4_1" and builtin.modified_at is not None
+    assert builtin.details.family == "llama"  # SmolLM2 is a llama-architecture model
     shown = client.show(MODEL + ":latest")
     assert shown.details.format == "gguf" and "completion" in shown.capabilities
     assert shown.modelinfo["rbee.context_length"] > 0
