@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.inference import schema_for_grammar
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CHOICES = ("none", "auto", "required")
@@ -150,7 +151,7 @@ def check_json_schema(schema: Any, field: str) -> None:
         raise InvalidRequest(f"'{field}' must be a JSON schema object.", field=field, problem="must be an object")
     convert = _converter().json_schema_to_gbnf
     try:
-        convert(json.dumps(schema))
+        convert(json.dumps(schema_for_grammar(schema)))
     except Exception as exc:  # it asserts on what it does not know
         problem = f"is not a JSON schema rbee can follow ({exc or type(exc).__name__})"
         raise InvalidRequest(f"'{field}' {problem}.", field=field, problem=problem) from None

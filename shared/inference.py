@@ -7,6 +7,7 @@ list, defaults and help from here too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,6 +54,38 @@ class Generation(WireMessage):
     def to_request(self) -> "InferenceRequest":
         """The worker request for this generation (the queen's side of the hop)."""
         return InferenceRequest(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Generation)})
+
+
+ENUM_RANGE_LIMIT = 256  # integers a bounded range is spelled out as, at most (a grammar alternative each)
+_VALUES = ("enum", "const", "default", "examples")  # JSON values in a schema, not schemas
+
+
+def schema_for_grammar(schema: Any) -> Any:
+    """The schema as llama-cpp-python's grammar converter can enforce it: that converter ignores
+    minimum/maximum, so an integer range of at most ENUM_RANGE_LIMIT values becomes the enum of them
+    (wider ranges, and number bounds, are not enforced)."""
+    if isinstance(schema, list):
+        return [schema_for_grammar(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _VALUES else schema_for_grammar(v) for k, v in schema.items()}
+    if out.get("type") == "integer" and "enum" not in out and "const" not in out:
+        lo, hi = _bound(out, "minimum", "exclusiveMinimum", 1), _bound(out, "maximum", "exclusiveMaximum", -1)
+        if lo is not None and hi is not None and 0 <= hi - lo < ENUM_RANGE_LIMIT:
+            return {"enum": list(range(lo, hi + 1))}
+    return out
+
+
+def _bound(schema: dict, inclusive: str, exclusive: str, step: int) -> int | None:
+    values = []
+    if isinstance(schema.get(inclusive), (int, float)) and not isinstance(schema[inclusive], bool):
+        values.append(math.ceil(schema[inclusive]) if step > 0 else math.floor(schema[inclusive]))
+    ex = schema.get(exclusive)
+    if isinstance(ex, (int, float)) and not isinstance(ex, bool):
+        values.append(math.floor(ex) + 1 if step > 0 else math.ceil(ex) - 1)
+    if not values:
+        return None
+    return max(values) if step > 0 else min(values)
 
 
 SAMPLING_FIELDS = tuple(f for f in dataclasses.fields(Generation) if "help" in f.metadata)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from shared.errors import InvalidRequest
 from shared.events import Event, Started, Token
 from shared.heartbeat import EngineState
-from shared.inference import InferenceRequest
+from shared.inference import InferenceRequest, schema_for_grammar
 from worker.config import WorkerConfig
 from worker.errors import GenerationError, NotReady
 
@@ -183,7 +183,7 @@ class LlamaEngine:
             from llama_cpp.llama_grammar import json_schema_to_gbnf
 
             try:
-                gbnf = json_schema_to_gbnf(json.dumps(request.json_schema))
+                gbnf = json_schema_to_gbnf(json.dumps(schema_for_grammar(request.json_schema)))
             except Exception as exc:  # the converter asserts on what it does not know
                 problem = f"is not a JSON schema this worker can follow ({exc or type(exc).__name__})"
                 raise InvalidRequest(f"Field 'json_schema' {problem}.", field="json_schema", problem=problem) from exc

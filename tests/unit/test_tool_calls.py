@@ -11,6 +11,7 @@ import pytest
 from queen.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call,
                               parse_tool_calls, tool_call_schema)
 from shared.errors import InvalidRequest
+from shared.inference import schema_for_grammar
 
 TOOLS = check_tools([
     {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -79,3 +80,14 @@ def test_a_schema_the_grammar_cannot_follow_is_refused_without_loading_llama_cpp
             "print('llama_cpp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the queen reads the converter alone, never loads llama.cpp
+
+
+def test_integer_ranges_become_enums_the_grammar_can_enforce():
+    schema = {"type": "object", "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 3},
+        "n": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3},
+        "big": {"type": "integer", "minimum": 0, "maximum": 10**6},
+        "choice": {"enum": [{"type": "integer", "minimum": 0, "maximum": 1}]}}}
+    out = schema_for_grammar(schema)["properties"]
+    assert out["age"] == {"enum": [0, 1, 2, 3]} and out["n"] == {"enum": [1, 2]}
+    assert out["big"] == schema["properties"]["big"] and out["choice"] == schema["properties"]["choice"]
