@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.support.keeper import RBEE, Keeper, json_lines, running_keeper  # noqa: F401  (test_reliability imports these)
+from tests.support.keeper import json_lines, running_keeper
 
 FRANCE = ["--raw", "--temperature", "0", "--max-tokens", "12", "The capital of France is"]
 

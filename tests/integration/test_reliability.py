@@ -12,7 +12,8 @@ import subprocess
 import aiohttp
 import pytest
 
-from tests.integration.test_keeper import RBEE, Keeper, keeper  # noqa: F401  (the fixture)
+from tests.integration.test_keeper import keeper  # noqa: F401  (the fixture)
+from tests.support.keeper import RBEE, Keeper
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 
