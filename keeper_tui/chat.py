@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -136,8 +137,10 @@ class Chat:
     def _save_line_history(self) -> None:
         try:
             import readline
+            # The questions asked are nobody else's business: the file is made private before anything is in it.
+            os.close(os.open(self.history_file, os.O_WRONLY | os.O_CREAT, 0o600))
+            self.history_file.chmod(0o600)
             readline.write_history_file(self.history_file)
-            self.history_file.chmod(0o600)  # the questions asked are nobody else's business
         except (ImportError, OSError):
             pass  # history of typed lines is a convenience; never fail the chat for it
 

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from queen.appkeys import HIVES
+from queen.model_names import among
 from queen.openai_api import CLIENT_MISTAKES, MODELS_CACHE_S, canonical, hive_models
 from shared import appkeys
 from shared.errors import InvalidRequest
@@ -77,14 +78,14 @@ def setup_anthropic_api(app: web.Application) -> None:
                                         "rbee config dir) as 'x-api-key'.")
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return anthropic_error(400, f"The body is not valid JSON: {exc}.")
         try:
             operation, stream = to_infer(body)
         except AnthropicError as exc:
             return anthropic_error(exc.status, exc.message)
         model = canonical(operation.model)
-        if model not in await known_models(MODELS_CACHE_S) and model not in await known_models(0.0):
+        if not among(model, await known_models(MODELS_CACHE_S)) and not among(model, await known_models(0.0)):
             return anthropic_error(404, f"model: '{operation.model}' does not exist on any running hive "
                                         f"(GET /v1/models lists them; '{BUILTIN_MODEL}' is built in).")
         job = request.app[appkeys.JOB_REGISTRY].submit(operation)

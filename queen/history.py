@@ -131,6 +131,10 @@ def capped(request: dict[str, Any]) -> dict[str, Any]:
                 m, cut = {**m, "content": m["content"][:TEXT_CAP]}, True
             messages.append(m)
         out["messages"] = messages
+    if isinstance(out.get("grammar"), str) and len(out["grammar"]) > TEXT_CAP:
+        out["grammar"], cut = out["grammar"][:TEXT_CAP], True
+    if "json_schema" in out and len(json.dumps(out["json_schema"])) > TEXT_CAP:  # not kept whole: a note instead
+        out["json_schema"], cut = {"description": "(a schema over 16 KB, not kept)"}, True
     if isinstance(out.get("input"), list):  # embed: many texts; the first TEXT_CAP characters of them
         kept, room = [], TEXT_CAP
         for text in out["input"]:

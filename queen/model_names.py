@@ -29,6 +29,11 @@ async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10) -> l
     return listed
 
 
+def among(model: str, known: list[str]) -> bool:
+    """Whether `model` (a catalog id, or the short alias of one) is one of `known` ids."""
+    return model in known or model.strip().lower() in {alias_of(m) for m in known}
+
+
 async def resolve_model(name: str, hives: HiveRegistry, workers: WorkerRegistry) -> str:
     """The model id `name` stands for: a reference's canonical id, or the one model with that alias."""
     if is_reference(name):

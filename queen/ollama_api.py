@@ -36,7 +36,7 @@ from shared.errors import InvalidRequest, RbeeError
 from shared.events import JobState
 from shared.job_registry import Job
 from shared.models import BUILTIN_MODEL, alias_of, is_reference, parse_reference
-from shared.operations import LOCAL_HIVE, Embed, Infer, ModelDownload, ModelList
+from shared.operations import LOCAL_HIVE, MAX_EMBED_INPUTS, Embed, Infer, ModelDownload, ModelList
 from shared.wire import parse_message
 
 PREFIX = "/api/"
@@ -51,7 +51,7 @@ OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "se
 FIELD_NAMES = {v: k for k, v in OPTIONS.items()} | {"json_schema": "format", "logprobs": "top_logprobs"}
 # Job error codes that mean the request was wrong (400), or named a model that is not there (404).
 CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "PROMPT_TOO_LONG", "NO_CHAT_TEMPLATE"})
-NOT_FOUND = frozenset({"MODEL_NOT_FOUND", "BAD_MODEL_REFERENCE"})
+NOT_FOUND = frozenset({"MODEL_NOT_FOUND", "BAD_MODEL_REFERENCE", "UNKNOWN_HIVE"})
 UNSUPPORTED = {"/api/create": "create a model from a Modelfile", "/api/copy": "copy a model",
                "/api/push": "push a model", "/api/delete": "delete a model"}
 
@@ -111,7 +111,7 @@ def unsupported(what: str):
 async def read_body(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise OllamaError(f"invalid JSON body: {exc}") from None
     if not isinstance(body, dict):
         raise OllamaError("the body must be a JSON object")
@@ -577,6 +577,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     except InvalidRequest as exc:
         raise OllamaError(exc.message) from None
     hive = body.get("hive_id") or LOCAL_HIVE  # rbee's addition: which hive gets it
+    if not isinstance(hive, str):
+        raise OllamaError("'hive_id' must be a hive's alias (a string)")
     job = request.app[appkeys.JOB_REGISTRY].submit(ModelDownload(hive_id=str(hive), model=wanted))
     if not stream:
         await finished(request, job)
@@ -624,12 +626,14 @@ async def embed(request: web.Request) -> web.Response:
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise OllamaError("'input' must be a non-empty string or a non-empty list of non-empty strings")
+    if len(texts) > MAX_EMBED_INPUTS:
+        raise OllamaError(f"'input' holds {len(texts)} items; at most {MAX_EMBED_INPUTS} per request")
     if body.get("dimensions") is not None:
         raise OllamaError("'dimensions' is not supported: vectors have the model's own dimension")
     started = time.time()
     result = await run_job(request, Embed(model=model, input=tuple(texts)), model)
     return web.json_response({
-        "model": body["model"], "embeddings": [_normalised(v) for v in result.get("embeddings") or []],
+        "model": body.get("model", body.get("name")), "embeddings": [_normalised(v) for v in result.get("embeddings") or []],
         "total_duration": int((time.time() - started) * 1e9), "load_duration": 0,
         "prompt_eval_count": result.get("prompt_tokens") or 0})
 

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from queen.appkeys import HIVES
 from queen.forwarding import run_remote_job
+from queen.model_names import among
 from queen.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call, parse_tool_calls,
                               tool_call_schema, tools_prompt)
 from shared import appkeys
@@ -113,14 +114,14 @@ def setup_openai_api(app: web.Application) -> None:
     async def handle(request: web.Request, *, chat: bool) -> web.StreamResponse:
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return openai_error(400, f"The body is not valid JSON: {exc}.", "invalid_request_error")
         try:
             operation, stream, include_usage, extras = to_infer(body, chat)
         except OpenAIError as exc:
             return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
         model = canonical(operation.model)
-        if model not in await known_models(MODELS_CACHE_S) and model not in await known_models():
+        if not among(model, await known_models(MODELS_CACHE_S)) and not among(model, await known_models()):
             return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                      f"(GET /v1/models lists them).", "invalid_request_error", "model",
                                 "model_not_found")
@@ -256,7 +257,7 @@ def _messages(messages: list[Any]) -> list[Any]:
                 names[str(call.get("id"))] = fn["name"]
                 try:
                     arguments = json.loads(fn.get("arguments") or "{}")
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RecursionError):
                     arguments = fn.get("arguments")
                 text.append(json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False))
             content = "\n".join(([content] if isinstance(content, str) and content else []) + text)

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from queen.appkeys import HIVES
+from queen.model_names import among
 from queen.openai_api import OpenAIError, canonical, hive_models, openai_error
 from shared import appkeys
 from shared.embeddings import EMBEDDINGS_PATH
@@ -29,11 +30,10 @@ from shared.errors import InvalidRequest
 from shared.events import JobState
 from shared.job_registry import Job
 from shared.models import BUILTIN_MODEL
-from shared.operations import Embed
+from shared.operations import MAX_EMBED_INPUTS, Embed
 from shared.wire import parse_message
 
 MODELS_CACHE_S = 10.0
-MAX_INPUTS = 2048  # per request, as OpenAI's own limit
 # Codes that mean the request was wrong, whichever daemon noticed: a 400, never a 5xx.
 CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "INPUT_TOO_LONG", "BAD_MODEL_REFERENCE", "MODEL_NOT_FOUND"})
 
@@ -86,8 +86,8 @@ def to_embed(body: Any) -> tuple[Embed, str, int | None]:
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs:
         raise OpenAIError("'input' must be a non-empty string or a non-empty list of strings.", param="input")
-    if len(inputs) > MAX_INPUTS:
-        raise OpenAIError(f"'input' holds {len(inputs)} items; at most {MAX_INPUTS} per request.", param="input")
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise OpenAIError(f"'input' holds {len(inputs)} items; at most {MAX_EMBED_INPUTS} per request.", param="input")
     if any(isinstance(i, (int, list)) and not isinstance(i, bool) for i in inputs):
         raise OpenAIError("'input' as token ids is not supported here; send the text.", param="input")
     if not all(isinstance(i, str) for i in inputs):
@@ -111,7 +111,7 @@ def to_embed(body: Any) -> tuple[Embed, str, int | None]:
 async def embeddings(request: web.Request, cache: dict[str, Any]) -> web.Response:
     try:
         body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return openai_error(400, f"The body is not valid JSON: {exc}.", "invalid_request_error")
     try:
         operation, encoding, dimensions = to_embed(body)
@@ -119,7 +119,7 @@ async def embeddings(request: web.Request, cache: dict[str, Any]) -> web.Respons
         return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
     app = request.app
     model = canonical(operation.model)
-    if model not in await known_models(app, cache, MODELS_CACHE_S) and model not in await known_models(app, cache, 0):
+    if not among(model, await known_models(app, cache, MODELS_CACHE_S)) and not among(model, await known_models(app, cache, 0)):
         return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                  "(GET /v1/models lists them).", "invalid_request_error", "model", "model_not_found")
     job = app[appkeys.JOB_REGISTRY].submit(operation)

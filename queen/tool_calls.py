@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from shared.errors import InvalidRequest
-from shared.inference import schema_for_grammar
+from shared.inference import MAX_SCHEMA_CHARS, schema_for_grammar
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CHOICES = ("none", "auto", "required")
@@ -122,7 +122,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
         return None
     try:
         call = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(call, dict) or call.get("name") not in {t["name"] for t in tools}:
         return None
@@ -130,7 +130,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):
         return None
@@ -149,6 +149,9 @@ def check_json_schema(schema: Any, field: str) -> None:
     llama-cpp-python's pure-Python module, loaded alone: the package itself would load llama.cpp."""
     if not isinstance(schema, dict):
         raise InvalidRequest(f"'{field}' must be a JSON schema object.", field=field, problem="must be an object")
+    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        problem = f"must be at most {MAX_SCHEMA_CHARS} characters as JSON"
+        raise InvalidRequest(f"'{field}' {problem}.", field=field, problem=problem)
     convert = _converter().json_schema_to_gbnf
     try:
         convert(json.dumps(schema_for_grammar(schema)))

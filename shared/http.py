@@ -36,7 +36,7 @@ async def read_json(request: web.Request) -> Any:
     body = await request.read()
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[…
         raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
 
 

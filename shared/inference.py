@@ -7,6 +7,7 @@ list, defaults and help from here too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,6 +16,8 @@ from shared.errors import InvalidRequest
 from shared.wire import Messages, WireMessage, bounds, parse_message
 
 
+MAX_SCHEMA_CHARS = 16 << 10  # a schema's grammar is built in pure Python, in time that grows fast with size
+MAX_GRAMMAR_CHARS = 64 << 10
 MAX_TOKENS_LIMIT = 1 << 20  # a worker also refuses more than its slot's context, with the sizes
 
 
@@ -47,6 +50,13 @@ class Generation(WireMessage):
             raise InvalidRequest(f"{self.describe().capitalize()} needs exactly one of 'prompt' (plain text) and "
                                  "'messages' (a chat: a list of {role, content}).", field="prompt",
                                  problem="or 'messages' is needed (exactly one of the two)")
+        if self.json_schema is not None and len(json.dumps(self.json_schema)) > MAX_SCHEMA_CHARS:
+            raise InvalidRequest(f"Field 'json_schema' is over {MAX_SCHEMA_CHARS} characters as JSON; its grammar "
+                                 "would take long to build.", field="json_schema",
+                                 problem=f"must be at most {MAX_SCHEMA_CHARS} characters as JSON")
+        if self.grammar is not None and len(self.grammar) > MAX_GRAMMAR_CHARS:
+            raise InvalidRequest(f"Field 'grammar' is over {MAX_GRAMMAR_CHARS} characters.", field="grammar",
+                                 problem=f"must be at most {MAX_GRAMMAR_CHARS} characters")
         if self.json_schema is not None and self.grammar is not None:
             raise InvalidRequest(f"{self.describe().capitalize()} takes at most one of 'json_schema' and 'grammar'.",
                                  field="grammar", problem="cannot be given with 'json_schema'")

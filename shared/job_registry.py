@@ -8,6 +8,7 @@ is bounded per job. Finished jobs are evicted after a retention period.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -157,6 +158,9 @@ class Job:
         op = self.operation
         texts = [getattr(op, "prompt", None) or ""] + [c for _, c in getattr(op, "messages", None) or ()]
         texts += getattr(op, "input", None) or ()  # embed's texts
+        texts.append(getattr(op, "grammar", None) or "")
+        if (schema := getattr(op, "json_schema", None)) is not None:
+            texts.append(json.dumps(schema))
         answer = (self.result or {}).get("text") or ""
         vectors = (self.result or {}).get("embeddings") or ()
         return (512 + self._log_bytes + sum(len(t) for t in texts) + (len(answer) if isinstance(answer, str) else 0)

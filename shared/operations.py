@@ -188,6 +188,9 @@ class Infer(Operation, Generation):
     conversation_id: str | None = None  # the queen adds this exchange to that stored conversation
 
 
+MAX_EMBED_INPUTS = 2048  # per request, as OpenAI's own limit
+
+
 @dataclass(frozen=True, kw_only=True)
 class Embed(Operation):
     """Embedding vectors of `input`, computed by a worker of the model started in embedding mode (one is
@@ -201,6 +204,8 @@ class Embed(Operation):
     def validate(self) -> None:
         if not self.input:
             raise field_error(type(self), "input", "must hold at least one string")
+        if len(self.input) > MAX_EMBED_INPUTS:
+            raise field_error(type(self), "input", f"must hold at most {MAX_EMBED_INPUTS} strings, not {len(self.input)}")
 
 
 HIVE_OPERATIONS = frozenset(

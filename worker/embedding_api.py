@@ -51,9 +51,15 @@ async def embed(request: web.Request) -> web.Response:
         inputs = await asyncio.to_thread(engine.tokenize_inputs, body.input)  # a long input takes a while
         task = engine.submit_embedding(inputs)
         try:
-            result = await asyncio.shield(task.done)
+            # aiohttp does not cancel a handler whose client left: look, so its remaining inputs are skipped.
+            while not task.done.done():
+                await asyncio.wait([task.done], timeout=0.5)
+                if request.transport is None or request.transport.is_closing():
+                    task.cancel.set()
+                    return web.Response(status=499, text="the client closed the request")  # read by nobody
+            result = task.done.result()
         except asyncio.CancelledError:
-            task.cancel.set()  # the client went away: skip its remaining inputs
+            task.cancel.set()
             raise
     finally:
         in_flight[0] -= 1

@@ -105,6 +105,10 @@ def test_single_stop_string_is_accepted():
         ({"operation": "embed", "input": []}, "Field 'input' of operation 'embed' must hold at least one string"),
         ({"operation": "embed", "input": ["a", ""]}, "Field 'input' of operation 'embed' must not contain empty strings"),
         ({"operation": "worker_spawn", "embedding": "yes"}, "'embedding' of operation 'worker_spawn' must be true or false"),
+        ({"operation": "embed", "input": ["a"] * 2049}, "'input' of operation 'embed' must hold at most 2048 strings"),
+        ({"operation": "infer", "prompt": "x", "json_schema": {"description": "x" * 20_000}},
+         "Field 'json_schema' is over 16384 characters as JSON"),
+        ({"operation": "infer", "prompt": "x", "grammar": "r" * 70_000}, "Field 'grammar' is over 65536 characters"),
     ],
 )
 def test_bad_operations_name_what_is_wrong(body, fragment):
