@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from queen.appkeys import HIVES
-from queen.model_names import among
-from queen.openai_api import CLIENT_MISTAKES, MODELS_CACHE_S, canonical, hive_models
+from queen.appkeys import HIVES, KNOWN_MODELS
+from queen.openai_api import CLIENT_MISTAKES, MODELS_CACHE_S, canonical
 from shared import appkeys
 from shared.errors import InvalidRequest
 from shared.events import JobState
 from shared.job_registry import Job
+from shared.job_routes import until_finished
 from shared.models import BUILTIN_MODEL
 from shared.operations import Infer
 from shared.token import tokens_equal
@@ -58,19 +57,6 @@ def setup_anthropic_api(app: web.Application) -> None:
         return previous(request, status, code, message) if previous else None
 
     app[appkeys.ERROR_SHAPER] = error_shaper
-    cache: dict[str, Any] = {"models": [BUILTIN_MODEL], "at": float("-inf")}
-
-    async def known_models(max_age_s: float) -> list[str]:
-        """Models of the running hives, cached briefly (asking takes a job on each hive)."""
-        if time.monotonic() - cache["at"] <= max_age_s:
-            return cache["models"]
-        hives = app[HIVES]
-        per_hive = await asyncio.gather(*(hive_models(hives.clients_for(h.alias).jobs(h.url, request_timeout=5),
-                                                      h.alias)
-                                          for h in hives.all() if h.url and (h.local or hives.token_of(h.alias))))
-        models = [BUILTIN_MODEL] + [m for ids in per_hive for m in ids if m != BUILTIN_MODEL]
-        cache.update(models=models, at=time.monotonic())
-        return models
 
     async def messages(request: web.Request) -> web.StreamResponse:
         if not authorized(request):
@@ -85,7 +71,7 @@ def setup_anthropic_api(app: web.Application) -> None:
         except AnthropicError as exc:
             return anthropic_error(exc.status, exc.message)
         model = canonical(operation.model)
-        if not among(model, await known_models(MODELS_CACHE_S)) and not among(model, await known_models(0.0)):
+        if not await app[KNOWN_MODELS].has(app[HIVES], model, MODELS_CACHE_S):
             return anthropic_error(404, f"model: '{operation.model}' does not exist on any running hive "
                                         f"(GET /v1/models lists them; '{BUILTIN_MODEL}' is built in).")
         job = request.app[appkeys.JOB_REGISTRY].submit(operation)
@@ -205,22 +191,8 @@ def _failure(job: Job) -> web.Response:
     return anthropic_error(500, error["message"], "api_error")
 
 
-def _closed(request: web.Request) -> bool:
-    return request.transport is None or request.transport.is_closing()
-
-
 async def whole_response(request: web.Request, job: Job, message_id: str, operation: Infer) -> web.Response:
-    registry = request.app[appkeys.JOB_REGISTRY]
-    while not job.state.finished:
-        try:
-            await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
-        except asyncio.TimeoutError:
-            if _closed(request):  # the client gave up: stop its generation
-                registry.cancel(job.id)
-                await job.wait()
-        except asyncio.CancelledError:
-            registry.cancel(job.id)
-            raise
+    await until_finished(request, job)
     if job.state is not JobState.COMPLETED:
         return _failure(job)
     result = job.result or {}

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from queen.anthropic_api import OWN_AUTH as ANTHROPIC_AUTH, setup_anthropic_api
-from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, WORKERS
+from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, WORKERS
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
 from queen.config import QueenConfig
@@ -27,6 +27,7 @@ from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
+from queen.model_names import KnownModels
 from queen.metrics import queen_gauges
 from queen.ollama_api import setup_ollama_api
 from queen.openai_api import setup_openai_api
@@ -51,6 +52,7 @@ log = logging.getLogger("rbee.queen")
 def create_app(config: QueenConfig, token: str) -> web.Application:
     app = create_base_app(token, own_auth=frozenset({("POST", HEARTBEAT_PATH)}) | ANTHROPIC_AUTH)
     app[CONFIG] = config
+    app[KNOWN_MODELS] = KnownModels()
 
     async def execute(operation, job):
         return await app[EXECUTOR](operation, job)

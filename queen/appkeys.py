@@ -8,6 +8,7 @@ from aiohttp import web
 from queen.config import QueenConfig
 from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
+from queen.model_names import KnownModels
 from queen.hives import HiveRegistry
 from queen.worker_registry import WorkerRegistry
 from shared.job_client import Clients
@@ -18,3 +19,4 @@ HIVES = web.AppKey("queen_hives", HiveRegistry)
 WORKERS = web.AppKey("queen_workers", WorkerRegistry)
 EXECUTOR = web.AppKey("queen_executor", QueenExecutor)
 CONVERSATIONS = web.AppKey("queen_conversations", ConversationStore)
+KNOWN_MODELS = web.AppKey("queen_known_models", KnownModels)  # the API layers' model check

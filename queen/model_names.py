@@ -4,6 +4,7 @@ it): the model whose id the alias abbreviates, found among the running workers a
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from queen.forwarding import run_remote_job
@@ -11,7 +12,7 @@ from queen.hives import HiveRegistry
 from queen.worker_registry import WorkerRegistry
 from shared.errors import RbeeError
 from shared.events import Data, Event
-from shared.models import ModelReferenceError, alias_of, is_reference, parse_reference
+from shared.models import BUILTIN_MODEL, ModelReferenceError, alias_of, is_reference, parse_reference
 from shared.operations import ModelList
 
 
@@ -27,6 +28,47 @@ async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10) -> l
     await run_remote_job(hives.clients_for(alias).jobs(url, request_timeout=timeout), ModelList(hive_id=alias),
                          on_event=collect)
     return listed
+
+
+class KnownModels:
+    """The model ids of every hive with an address, for the API layers that check a request's model before
+    it becomes a job. Asking takes a job on each hive, so answers are kept `max_age_s`. Hives are asked at
+    their address, not started: one that is not running has nothing to offer, quickly."""
+
+    def __init__(self) -> None:
+        self._models = [BUILTIN_MODEL]
+        self._at = float("-inf")
+
+    async def ids(self, hives: HiveRegistry, max_age_s: float = 0.0) -> list[str]:
+        if time.monotonic() - self._at <= max_age_s:
+            return self._models
+
+        async def catalog(alias: str, url: str) -> list[str]:
+            found: list[str] = []
+
+            def collect(event: Event) -> None:
+                if isinstance(event, Data) and isinstance(event.payload, dict):
+                    found.extend(str(m["id"]) for m in event.payload.get("models", [])
+                                 if isinstance(m, dict) and "id" in m)
+
+            try:
+                await run_remote_job(hives.clients_for(alias).jobs(url, request_timeout=5), ModelList(hive_id=alias),
+                                     on_event=collect)
+            except RbeeError:
+                return []  # a hive that does not answer has no models to offer right now
+            return found
+
+        per_hive = await asyncio.gather(*(catalog(h.alias, h.url) for h in hives.all()
+                                          if h.url and (h.local or hives.token_of(h.alias))))
+        models = [BUILTIN_MODEL]
+        for ids in per_hive:
+            models += [m for m in ids if m not in models]
+        self._models, self._at = models, time.monotonic()
+        return models
+
+    async def has(self, hives: HiveRegistry, model: str, max_age_s: float) -> bool:
+        """Whether `model` (an id or an alias) is known: from the recent answer, else from asking again."""
+        return among(model, await self.ids(hives, max_age_s)) or among(model, await self.ids(hives))
 
 
 def among(model: str, known: list[str]) -> bool:

@@ -35,6 +35,7 @@ from shared.builtin_model import builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
 from shared.events import JobState
 from shared.job_registry import Job
+from shared.job_routes import until_finished
 from shared.models import BUILTIN_MODEL, alias_of, is_reference, parse_reference
 from shared.operations import LOCAL_HIVE, MAX_EMBED_INPUTS, Embed, Infer, ModelDownload, ModelList
 from shared.wire import parse_message
@@ -241,28 +242,9 @@ def tool_calls_in(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]
 # --- jobs ----------------------------------------------------------------------------------------------
 
 
-def _closed(request: web.Request) -> bool:
-    return request.transport is None or request.transport.is_closing()
-
-
 def cancel(request: web.Request, job: Job) -> None:
     if not job.state.finished:
         request.app[appkeys.JOB_REGISTRY].cancel(job.id)
-
-
-async def finished(request: web.Request, job: Job) -> Job:
-    """The job once it ended; a client that goes away meanwhile cancels it."""
-    while not job.state.finished:
-        try:
-            await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
-        except asyncio.TimeoutError:
-            if _closed(request):
-                cancel(request, job)
-                await job.wait()
-        except asyncio.CancelledError:
-            cancel(request, job)
-            raise
-    return job
 
 
 def failure(job: Job, model: str | None = None) -> OllamaError:
@@ -284,7 +266,7 @@ async def events(job: Job) -> AsyncIterator[dict[str, Any]]:
 
 async def run_job(request: web.Request, operation: Any, model: str | None = None) -> dict[str, Any]:
     """Run `operation` as a queen job; its result, or its failure in Ollama's shape."""
-    job = await finished(request, request.app[appkeys.JOB_REGISTRY].submit(operation))
+    job = await until_finished(request, request.app[appkeys.JOB_REGISTRY].submit(operation))
     if job.state is not JobState.COMPLETED:
         raise failure(job, model)
     return job.result or {}
@@ -347,7 +329,7 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
     tools = check_tools(body["tools"]) if chat and body.get("tools") else []  # valid: to_infer checked them
     job = request.app[appkeys.JOB_REGISTRY].submit(operation)
     if not stream:
-        await finished(request, job)
+        await until_finished(request, job)
         if job.state is not JobState.COMPLETED:
             raise failure(job, operation.model)
         result = job.result or {}
@@ -420,7 +402,7 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
     async def one(alias: str) -> list[dict[str, Any]]:
         job = registry.submit(ModelList(hive_id=alias))
         try:
-            await asyncio.wait_for(finished(request, job), CATALOG_TIMEOUT_S)
+            await asyncio.wait_for(until_finished(request, job), CATALOG_TIMEOUT_S)
         except asyncio.TimeoutError:  # finished() cancelled it
             return []
         found = []
@@ -581,7 +563,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
         raise OllamaError("'hive_id' must be a hive's alias (a string)")
     job = request.app[appkeys.JOB_REGISTRY].submit(ModelDownload(hive_id=str(hive), model=wanted))
     if not stream:
-        await finished(request, job)
+        await until_finished(request, job)
         if job.state is not JobState.COMPLETED:
             raise failure(job)
         return web.json_response({"status": "success"})

@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from queen.appkeys import HIVES
-from queen.forwarding import run_remote_job
-from queen.model_names import among
+from queen.appkeys import HIVES, KNOWN_MODELS
 from queen.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call, parse_tool_calls,
                               tool_call_schema, tools_prompt)
 from shared import appkeys
 from shared.errors import InvalidRequest, RbeeError
-from shared.events import DONE_FRAME, Data, Event, JobState
+from shared.events import DONE_FRAME, JobState
 from shared.inference import SAMPLING_FIELDS
-from shared.job_client import JobClient
 from shared.job_registry import Job
-from shared.models import BUILTIN_MODEL, parse_reference
-from shared.operations import Infer, ModelList
+from shared.job_routes import until_finished
+from shared.models import parse_reference
+from shared.operations import Infer
 from shared.wire import parse_message
 
 PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
@@ -83,26 +80,8 @@ def error_shaper(request: web.Request, status: int, code: str, message: str) -> 
 def setup_openai_api(app: web.Application) -> None:
     app[appkeys.ERROR_SHAPER] = error_shaper
 
-    cache: dict[str, Any] = {"models": [BUILTIN_MODEL], "at": 0.0}
-
-    async def known_models(max_age_s: float = 0.0) -> list[str]:
-        """Models of the running hives (asking them takes a job on each: cached for requests)."""
-        if time.monotonic() - cache["at"] <= max_age_s:
-            return cache["models"]
-        hives = app[HIVES]
-        # Every hive with an address, not only those seen running: one the queen has not used since it
-        # started may well be up; one that is not answers nothing, quickly.
-        per_hive = await asyncio.gather(*(hive_models(hives.clients_for(h.alias).jobs(h.url, request_timeout=5),
-                                                      h.alias)
-                                          for h in hives.all() if h.url and (h.local or hives.token_of(h.alias))))
-        models = [BUILTIN_MODEL]
-        for ids in per_hive:
-            models += [m for m in ids if m not in models]
-        cache.update(models=models, at=time.monotonic())
-        return models
-
     async def list_models(request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "rbee"} for m in await known_models()]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "rbee"} for m in await app[KNOWN_MODELS].ids(app[HIVES])]
         return web.json_response({"object": "list", "data": data})
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -121,7 +100,7 @@ def setup_openai_api(app: web.Application) -> None:
         except OpenAIError as exc:
             return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
         model = canonical(operation.model)
-        if not among(model, await known_models(MODELS_CACHE_S)) and not among(model, await known_models()):
+        if not await app[KNOWN_MODELS].has(app[HIVES], model, MODELS_CACHE_S):
             return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                      f"(GET /v1/models lists them).", "invalid_request_error", "model",
                                 "model_not_found")
@@ -134,21 +113,6 @@ def setup_openai_api(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
-
-
-async def hive_models(client: JobClient, alias: str) -> list[str]:
-    """The model ids in one hive's catalog; none when it does not answer."""
-    found: list[str] = []
-
-    def collect(event: Event) -> None:
-        if isinstance(event, Data) and isinstance(event.payload, dict):
-            found.extend(str(m["id"]) for m in event.payload.get("models", []) if isinstance(m, dict) and "id" in m)
-
-    try:
-        await run_remote_job(client, ModelList(hive_id=alias), on_event=collect)
-    except RbeeError:
-        return []  # a hive that does not answer has no models to offer right now
-    return found
 
 
 def canonical(model: str) -> str:
@@ -333,10 +297,6 @@ def _usage(result: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _closed(request: web.Request) -> bool:
-    return request.transport is None or request.transport.is_closing()
-
-
 def _chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Worker logprobs ({token, logprob, top}) in chat's shape."""
     def one(token: str, logprob: float) -> dict[str, Any]:
@@ -368,20 +328,10 @@ async def _collect_logprobs(job: Job, into: list[dict[str, Any]]) -> None:
 async def whole_response(request: web.Request, job: Job, ids: str, model: str, chat: bool,
                          extras: Extras | None = None) -> web.Response:
     extras = extras or Extras()
-    registry = request.app[appkeys.JOB_REGISTRY]
     entries: list[dict[str, Any]] = []
     collector = asyncio.create_task(_collect_logprobs(job, entries)) if extras.logprobs is not None else None
     try:
-        while not job.state.finished:
-            try:
-                await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
-            except asyncio.TimeoutError:
-                if _closed(request):  # the client gave up: stop its generation
-                    registry.cancel(job.id)
-                    await job.wait()
-            except asyncio.CancelledError:
-                registry.cancel(job.id)
-                raise
+        await until_finished(request, job)
         if collector is not None:
             await collector
     finally:

@@ -12,24 +12,21 @@ at most 2048 inputs a request.
 from __future__ import annotations
 
 import array
-import asyncio
 import base64
 import json
 import sys
-import time
 from typing import Any
 
 from aiohttp import web
 
-from queen.appkeys import HIVES
-from queen.model_names import among
-from queen.openai_api import OpenAIError, canonical, hive_models, openai_error
+from queen.appkeys import HIVES, KNOWN_MODELS
+from queen.openai_api import OpenAIError, canonical, openai_error
 from shared import appkeys
 from shared.embeddings import EMBEDDINGS_PATH
 from shared.errors import InvalidRequest
 from shared.events import JobState
 from shared.job_registry import Job
-from shared.models import BUILTIN_MODEL
+from shared.job_routes import until_finished
 from shared.operations import MAX_EMBED_INPUTS, Embed
 from shared.wire import parse_message
 
@@ -40,12 +37,7 @@ CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "INPUT_TOO_LONG", "BAD_MODEL_REF
 
 def setup_openai_embeddings(app: web.Application) -> None:
     """Mount the route; call it after setup_openai_api, whose error shaper this one wraps."""
-    cache: dict[str, Any] = {"models": [], "at": 0.0}
-
-    async def handler(request: web.Request) -> web.Response:
-        return await embeddings(request, cache)
-
-    app.router.add_post(EMBEDDINGS_PATH, handler)
+    app.router.add_post(EMBEDDINGS_PATH, embeddings)
     _shape_errors(app)
 
 
@@ -61,18 +53,6 @@ def _shape_errors(app: web.Application) -> None:
         return openai_error(status, message, kind, code="invalid_api_key" if status == 401 else code.lower())
 
     app[appkeys.ERROR_SHAPER] = shaper
-
-
-async def known_models(app: web.Application, cache: dict[str, Any], max_age_s: float) -> list[str]:
-    """The models of the running hives (cached briefly: asking takes a job on each)."""
-    if cache["models"] and time.monotonic() - cache["at"] <= max_age_s:
-        return cache["models"]
-    hives = app[HIVES]
-    per_hive = await asyncio.gather(*(hive_models(hives.clients_for(h.alias).jobs(h.url, request_timeout=5), h.alias)
-                                      for h in hives.all() if h.url and (h.local or hives.token_of(h.alias))))
-    models = [BUILTIN_MODEL] + [m for ids in per_hive for m in ids if m != BUILTIN_MODEL]
-    cache.update(models=models, at=time.monotonic())
-    return models
 
 
 def to_embed(body: Any) -> tuple[Embed, str, int | None]:
@@ -108,7 +88,7 @@ def to_embed(body: Any) -> tuple[Embed, str, int | None]:
     return operation, encoding, dimensions
 
 
-async def embeddings(request: web.Request, cache: dict[str, Any]) -> web.Response:
+async def embeddings(request: web.Request) -> web.Response:
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -119,7 +99,7 @@ async def embeddings(request: web.Request, cache: dict[str, Any]) -> web.Respons
         return openai_error(exc.status, exc.message, exc.kind, exc.param, exc.code)
     app = request.app
     model = canonical(operation.model)
-    if not among(model, await known_models(app, cache, MODELS_CACHE_S)) and not among(model, await known_models(app, cache, 0)):
+    if not await app[KNOWN_MODELS].has(app[HIVES], model, MODELS_CACHE_S):
         return openai_error(404, f"The model '{operation.model}' does not exist on any running hive "
                                  "(GET /v1/models lists them).", "invalid_request_error", "model", "model_not_found")
     job = app[appkeys.JOB_REGISTRY].submit(operation)
@@ -140,17 +120,7 @@ async def embeddings(request: web.Request, cache: dict[str, Any]) -> web.Respons
 
 async def _finished(request: web.Request, job: Job) -> web.Response | None:
     """Wait for the job (cancelling it if the client goes away); None when it completed, else the error."""
-    registry = request.app[appkeys.JOB_REGISTRY]
-    while not job.state.finished:
-        try:
-            await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
-        except asyncio.TimeoutError:
-            if request.transport is None or request.transport.is_closing():
-                registry.cancel(job.id)
-                await job.wait()
-        except asyncio.CancelledError:
-            registry.cancel(job.id)
-            raise
+    await until_finished(request, job)
     if job.state is JobState.COMPLETED:
         return None
     error = job.error or {"code": "CANCELLED", "message": f"The request ended {job.state.value}."}

@@ -40,6 +40,11 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
 
 
+def client_gone(request: web.Request) -> bool:
+    """Whether the client of `request` has left (aiohttp does not cancel its handler when it does)."""
+    return request.transport is None or request.transport.is_closing()
+
+
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 

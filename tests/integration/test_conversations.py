@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 
 import pytest
+from openai import AsyncOpenAI
 
 from shared.builtin_model import builtin_model_path
 from shared.errors import RbeeError
@@ -134,7 +135,7 @@ async def test_read_only_jobs_stay_out_of_listings_history_and_the_running_count
     assert kept == {"infer"}
 
 
-async def test_a_model_is_named_by_its_alias(client, tmp_path):
+async def test_a_model_is_named_by_its_alias(client, queen, tmp_path):
     model = tmp_path / "My-Model.Q4_1.gguf"
     shutil.copy(builtin_model_path(), model)
     await run(client, ModelDownload(model=f"file:{model}"))
@@ -145,6 +146,12 @@ async def test_a_model_is_named_by_its_alias(client, tmp_path):
     assert events[-1].state == "completed" and events[-1].stats["model"] == f"file:{model}"
     failed = await run(client, Infer(model="no-such-model", prompt="Hello", **TINY))
     assert failed[-1].state == "failed"
+    openai = AsyncOpenAI(base_url=queen.url + "/v1", api_key=queen.token)
+    try:  # the OpenAI API takes the alias too
+        answer = await openai.completions.create(model="my-model.q4_1", prompt="Hello", max_tokens=4)
+        assert answer.usage.completion_tokens > 0
+    finally:
+        await openai.close()
 
 
 async def test_chat_messages_work_on_a_model_without_a_chat_template(client, tmp_path):
