@@ -16,9 +16,11 @@ from shared.models import BUILTIN_MODEL, ModelReferenceError, alias_of, is_refer
 from shared.operations import ModelList
 
 
-async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10) -> list[dict[str, Any]]:
-    """A hive's catalog (model_list), asked now; RbeeError when it cannot be had."""
-    url = await hives.ensure_running(alias)
+async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10, url: str | None = None
+                      ) -> list[dict[str, Any]]:
+    """A hive's catalog (model_list), asked now (at `url` as it is, else started first if need be);
+    RbeeError when it cannot be had."""
+    url = url or await hives.ensure_running(alias)
     listed: list[dict[str, Any]] = []
 
     def collect(event: Event) -> None:
@@ -44,19 +46,11 @@ class KnownModels:
             return self._models
 
         async def catalog(alias: str, url: str) -> list[str]:
-            found: list[str] = []
-
-            def collect(event: Event) -> None:
-                if isinstance(event, Data) and isinstance(event.payload, dict):
-                    found.extend(str(m["id"]) for m in event.payload.get("models", [])
-                                 if isinstance(m, dict) and "id" in m)
-
             try:
-                await run_remote_job(hives.clients_for(alias).jobs(url, request_timeout=5), ModelList(hive_id=alias),
-                                     on_event=collect)
+                return [str(m["id"]) for m in await hive_models(hives, alias, timeout=5, url=url)
+                        if isinstance(m, dict) and "id" in m]
             except RbeeError:
                 return []  # a hive that does not answer has no models to offer right now
-            return found
 
         per_hive = await asyncio.gather(*(catalog(h.alias, h.url) for h in hives.all()
                                           if h.url and (h.local or hives.token_of(h.alias))))

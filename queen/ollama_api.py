@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import struct
 import time
 from datetime import datetime, timezone
@@ -29,7 +28,8 @@ import aiohttp
 from aiohttp import web
 
 from queen.appkeys import CONFIG, HIVES, WORKERS
-from queen.tool_calls import check_json_schema, check_tools, may_be_tool_call, parse_tool_calls, tools_prompt
+from queen.tool_calls import (add_system, check_json_schema, check_tools, may_be_tool_call, parse_tool_calls,
+                              tools_prompt)
 from shared import __version__, appkeys
 from shared.builtin_model import builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
@@ -221,15 +221,6 @@ def chat_messages(messages: list[Any]) -> list[Any]:
             role, content = "user", f"Result of {m.get('tool_name') or 'the function'}: {content}"
         out.append({"role": role, "content": content})
     return out
-
-
-def add_system(messages: list[Any], text: str) -> None:
-    """Append `text` to the conversation's system message, or start one with it."""
-    first = messages[0] if messages else None
-    if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
-        messages[0] = {"role": "system", "content": f"{first['content']}\n\n{text}"}
-    else:
-        messages.insert(0, {"role": "system", "content": text})
 
 
 def tool_calls_in(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -596,11 +587,6 @@ async def pull(request: web.Request) -> web.StreamResponse:
 # --- embeddings and version ------------------------------------------------------------------------------
 
 
-def _normalised(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm else vector
-
-
 async def embed(request: web.Request) -> web.Response:
     body = await read_body(request)
     model = model_name(body)
@@ -615,13 +601,13 @@ async def embed(request: web.Request) -> web.Response:
     started = time.time()
     result = await run_job(request, Embed(model=model, input=tuple(texts)), model)
     return web.json_response({
-        "model": body.get("model", body.get("name")), "embeddings": [_normalised(v) for v in result.get("embeddings") or []],
+        "model": body.get("model", body.get("name")), "embeddings": result.get("embeddings") or [],  # unit length already
         "total_duration": int((time.time() - started) * 1e9), "load_duration": 0,
         "prompt_eval_count": result.get("prompt_tokens") or 0})
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    """The older endpoint: one prompt, one vector, not normalised (as Ollama's)."""
+    """The older endpoint: one prompt, one vector (unit length, as every rbee embedding)."""
     body = await read_body(request)
     model = model_name(body)
     prompt = body.get("prompt")

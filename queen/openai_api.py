@@ -21,8 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from queen.appkeys import HIVES, KNOWN_MODELS
-from queen.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call, parse_tool_calls,
-                              tool_call_schema, tools_prompt)
+from queen.tool_calls import (add_system, check_json_schema, check_tool_choice, check_tools, may_be_tool_call,
+                              parse_tool_calls, tool_call_schema, tools_prompt)
 from shared import appkeys
 from shared.errors import InvalidRequest, RbeeError
 from shared.events import DONE_FRAME, JobState
@@ -164,7 +164,7 @@ def _to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool, Extras]:
         if body.get("parallel_tool_calls") not in (None, True, False):
             raise OpenAIError("'parallel_tool_calls' must be true or false.", param="parallel_tool_calls")
         if extras.calls:  # the template may not know tools: they are described in a system message
-            _add_system(fields["messages"], tools_prompt(extras.tools, extras.tool_choice))
+            add_system(fields["messages"], tools_prompt(extras.tools, extras.tool_choice))
             fields["json_schema"] = tool_call_schema(extras.tools, extras.tool_choice)
     elif not chat and body.get("tools") is not None:
         raise OpenAIError("'tools' are for /v1/chat/completions.", param="tools")
@@ -232,15 +232,6 @@ def _messages(messages: list[Any]) -> list[Any]:
             content = ""
         out.append({"role": role, "content": content})
     return out
-
-
-def _add_system(messages: list[Any], text: str) -> None:
-    """Append `text` to the conversation's system message, or start one with it."""
-    first = messages[0] if messages else None
-    if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
-        messages[0] = {"role": "system", "content": f"{first['content']}\n\n{text}"}
-    else:
-        messages.insert(0, {"role": "system", "content": text})
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:

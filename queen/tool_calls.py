@@ -93,6 +93,15 @@ def tool_call_schema(tools: list[dict[str, Any]], tool_choice: str) -> dict[str,
     return {"anyOf": [_call_schema(t) for t in chosen]}
 
 
+def add_system(messages: list[Any], text: str) -> None:
+    """Append `text` to the conversation's system message, or start one with it."""
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
+        messages[0] = {"role": "system", "content": f"{first['content']}\n\n{text}"}
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+
+
 def tools_prompt(tools: list[dict[str, Any]], tool_choice: str) -> str:
     """The system message that tells the model its tools, and how to call one."""
     lines = ["You can call these functions:"]

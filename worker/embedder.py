@@ -22,7 +22,7 @@ from typing import Any
 from shared.errors import InvalidRequest
 from shared.heartbeat import EngineState
 from worker.config import WorkerConfig
-from worker.engine import LlamaEngine, _quiet_llama_logs
+from worker.engine import LlamaEngine, _fail, _resolve
 from worker.errors import GenerationError, NotReady
 
 log = logging.getLogger("rbee.worker.embedder")
@@ -71,43 +71,16 @@ class EmbeddingEngine(LlamaEngine):
 
     # -- thread side ------------------------------------------------------------------------------------
 
-    def _load(self) -> bool:
-        cfg = self.config
-        try:
-            import llama_cpp
+    def _context_params(self, llama_cpp: Any, cparams: Any) -> str:
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = cparams.n_ubatch = self.n_ctx  # a whole input in one decode: pooling needs it
+        cparams.n_seq_max = 1
+        cparams.embeddings = True
+        cparams.pooling_type = self._pooling_type(llama_cpp)
+        return f"an embedding context of {self.n_ctx} tokens"
 
-            _quiet_llama_logs()
-            llama_cpp.llama_backend_init()
-            mparams = llama_cpp.llama_model_default_params()
-            mparams.n_gpu_layers = cfg.gpu_layers
-            mparams.main_gpu = cfg.gpu_index
-            model = llama_cpp.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
-            if not model:
-                raise ValueError("llama.cpp could not load it (see the lines above in this log)")
-            self._model = model
-            self._vocab = llama_cpp.llama_model_get_vocab(model)
-            trained = llama_cpp.llama_model_n_ctx_train(model)
-            self.n_ctx = min(cfg.ctx_size, trained) if trained > 0 else cfg.ctx_size
-            cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = self.n_ctx
-            cparams.n_batch = cparams.n_ubatch = self.n_ctx  # a whole input in one decode: pooling needs it
-            cparams.n_seq_max = 1
-            cparams.n_threads = cparams.n_threads_batch = cfg.threads
-            cparams.embeddings = True
-            cparams.pooling_type = self._pooling_type(llama_cpp)
-            cparams.no_perf = True
-            ctx = llama_cpp.llama_init_from_model(model, cparams)
-            if not ctx:
-                raise ValueError(f"llama.cpp could not make an embedding context of {self.n_ctx} tokens")
-            self._ctx = ctx
-            self.dimensions = llama_cpp.llama_model_n_embd_out(model) or llama_cpp.llama_model_n_embd(model)
-        except Exception as exc:  # a bad file, too little memory
-            self.load_error = f"cannot load model {cfg.model_path}: {exc}"
-            self._free()
-            self._post(self._loaded, False)
-            return False
-        self._post(self._loaded, True)
-        return True
+    def _context_ready(self, llama_cpp: Any) -> None:
+        self.dimensions = llama_cpp.llama_model_n_embd_out(self._model) or llama_cpp.llama_model_n_embd(self._model)
 
     def _pooling_type(self, llama_cpp: Any) -> int:
         """The GGUF's `<arch>.pooling_type` when it names one vector per input (mean, cls, last); mean
@@ -198,13 +171,3 @@ class EmbeddingEngine(LlamaEngine):
 def _unit(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(v * v for v in vector))
     return [v / norm for v in vector] if norm > 0 else list(vector)
-
-
-def _resolve(future: asyncio.Future, value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)

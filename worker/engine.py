@@ -294,17 +294,14 @@ class LlamaEngine:
             trained = llama_cpp.llama_model_n_ctx_train(model)
             self.n_ctx = min(cfg.ctx_size, trained) if trained > 0 else cfg.ctx_size
             cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = self.n_ctx * cfg.parallel
-            cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-            cparams.n_seq_max = cfg.parallel
             cparams.n_threads = cparams.n_threads_batch = cfg.threads
-            cparams.kv_unified = False  # each slot its own share of the cache, as llama-server -np N
             cparams.no_perf = True
+            what = self._context_params(llama_cpp, cparams)
             ctx = llama_cpp.llama_init_from_model(model, cparams)
             if not ctx:
-                raise ValueError(f"llama.cpp could not make a context of {self.n_ctx} tokens x {cfg.parallel} slots")
+                raise ValueError(f"llama.cpp could not make {what}")
             self._ctx = ctx
-            self._chat_formatter = self._make_chat_formatter()
+            self._context_ready(llama_cpp)
         except Exception as exc:  # a bad file, too little memory
             self.load_error = f"cannot load model {cfg.model_path}: {exc}"
             self._free()
@@ -312,6 +309,17 @@ class LlamaEngine:
             return False
         self._post(self._loaded, True)
         return True
+
+    def _context_params(self, llama_cpp: Any, cparams: Any) -> str:
+        """Set what this engine's context needs (slots for continuous batching); says what it is, for errors."""
+        cparams.n_ctx = self.n_ctx * self.config.parallel
+        cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
+        cparams.n_seq_max = self.config.parallel
+        cparams.kv_unified = False  # each slot its own share of the cache, as llama-server -np N
+        return f"a context of {self.n_ctx} tokens x {self.config.parallel} slots"
+
+    def _context_ready(self, llama_cpp: Any) -> None:
+        self._chat_formatter = self._make_chat_formatter()
 
     def _make_chat_formatter(self):
         import llama_cpp

@@ -4,16 +4,14 @@ parser reads, behind the token, with counters that move with the traffic."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import httpx
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.builtin_model import builtin_model_path
 from shared.job_client import JobClient
-from tests.support.fake_hub import FakeHub
+from tests.support.fake_hub import FakeHub, hub_in_thread
 from tests.support.processes import BIN, start_daemon
 from tests.support.waiting import wait_until
 
@@ -23,19 +21,8 @@ HF_REF = "hf:test-org/tiny-GGUF:m.gguf"
 @pytest.fixture(scope="module")
 def hub_url():
     """A stand-in for the Hugging Face hub, served from a thread for the whole module."""
-    hub = FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()})
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(hub.app())
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with hub_in_thread(FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()})) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,15 @@ local hive, llama.cpp workers and the built-in model (pulls come from a local st
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import threading
 
 import httpx
 import ollama
 import pytest
-from aiohttp import web
 
 from shared.builtin_model import builtin_model_path
-from tests.support.fake_hub import FakeHub
+from tests.support.fake_hub import FakeHub, hub_in_thread
 from tests.support.processes import BIN, start_daemon
 from tests.support.waiting import wait_until
 
@@ -27,21 +24,8 @@ GREEDY = {"temperature": 0, "num_predict": 8}
 def hub_url():
     """The fake hub on its own event loop in a thread, so the synchronous client can block meanwhile."""
     hub = FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()}, bytes_per_s=50e6)  # ~2 s: progress shows
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = web.AppRunner(hub.app())
-
-    async def serve() -> int:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1]
-
-    port = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
-    yield f"http://127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with hub_in_thread(hub) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

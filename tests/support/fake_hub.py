@@ -9,9 +9,12 @@ It can throttle the transfer (so progress is visible) and die partway through a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from aiohttp import web
 
@@ -71,3 +74,25 @@ class FakeHub:
                 await asyncio.sleep(len(data) / self.bytes_per_s)
         await resp.write_eof()
         return resp
+
+
+@contextlib.contextmanager
+def hub_in_thread(hub: FakeHub) -> Iterator[str]:
+    """The hub on its own event loop in a thread (its URL), for tests whose client blocks meanwhile."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(hub.app())
+
+    async def serve() -> int:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner.addresses[0][1]
+
+    port = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
