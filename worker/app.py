@@ -23,7 +23,7 @@ from worker.appkeys import CONFIG, ENGINE, GOODBYE, HEARTBEAT
 from worker.config import WorkerConfig
 from worker.embedder import EmbeddingEngine
 from worker.embedding_api import refuse_embeddings, setup_embedding_api
-from worker.engine import LlamaEngine
+from worker.engine import GenerationEngine
 from worker.heartbeat import HeartbeatSender
 from worker.inference_api import pending_jobs, setup_inference_api
 from worker.metrics import worker_gauges
@@ -51,8 +51,12 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         if HEARTBEAT in app:
             app[HEARTBEAT].poke()
 
-    kind = EmbeddingEngine if app[CONFIG].embedding else LlamaEngine
-    engine = kind(app[CONFIG], on_state_change=state_changed)
+    config = app[CONFIG]
+    engine: EmbeddingEngine | GenerationEngine
+    if config.embedding:
+        engine = EmbeddingEngine(config, on_state_change=state_changed)
+    else:
+        engine = GenerationEngine(config, on_state_change=state_changed)
     app[ENGINE] = engine
     try:
         engine.start()

@@ -1,56 +1,56 @@
-"""The engine of a worker started with --embedding: one thread owns a llama.cpp context made for
-embeddings and turns texts into vectors.
+"""The engine of a worker started with --embedding: the owner thread (worker/owner_thread.py) of a
+llama.cpp context made for embeddings, which turns texts into vectors.
 
-It is the generating engine's sibling (same loading, state, heartbeat and shutdown story, inherited),
-with its own owner loop. Each input is decoded on its own, in a batch of one sequence: a vector then
-depends only on its text, so identical input gives identical vectors whatever else was asked with it.
-Vectors are pooled as the GGUF says (mean when it says nothing or asks for per-token output) and scaled
-to unit length, as OpenAI's are.
+It is the generation engine's sibling (the same loading, state, heartbeat and shutdown story, from their
+common base), with its own owner loop. Each input is decoded on its own, in a batch of one sequence: a
+vector then depends only on its text, so identical input gives identical vectors whatever else was asked
+with it. Vectors are pooled as the GGUF says (mean when it says nothing or asks for per-token output) and
+scaled to unit length, as OpenAI's are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import logging
 import math
-import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from shared.errors import InvalidRequest
 from shared.heartbeat import EngineState
 from worker.config import WorkerConfig
-from worker.engine import LlamaEngine, _fail, _resolve
-from worker.errors import GenerationError, NotReady
+from worker.errors import GenerationError
+from worker.owner_thread import LlamaOwner, reject, resolve
 
-log = logging.getLogger("rbee.worker.embedder")
+Vectors = tuple[list[list[float]], int]  # one unit vector per input, and the tokens they took
 
 
 @dataclass(eq=False)
 class EmbedTask:
-    """One request's inputs, tokenized; `done` resolves (on the loop) to (vectors, prompt tokens)."""
+    """One request's inputs, tokenized; `done` resolves (on the loop) to (vectors, prompt tokens), or None
+    when it was cancelled."""
 
     inputs: list[list[int]]
-    done: asyncio.Future
+    done: asyncio.Future[Vectors | None]
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class EmbeddingEngine(LlamaEngine):
-    def __init__(self, config: WorkerConfig, on_state_change=None) -> None:
+class EmbeddingEngine(LlamaOwner[EmbedTask]):
+    def __init__(self, config: WorkerConfig, on_state_change: Callable[[EngineState], Any] | None = None) -> None:
         super().__init__(config, on_state_change)
         self.slots_total = 1
         self.dimensions = 0  # known once loaded
         self.pooling = "mean"
+        self._task: EmbedTask | None = None  # owner thread: the one being embedded
+        self._batch: Any = None
+        self._memory: Any = None
 
     # -- loop side ------------------------------------------------------------------------------------
 
     def tokenize_inputs(self, texts: tuple[str, ...]) -> list[list[int]]:
         """Tokenize every input and check each fits the context. Runs in any thread."""
         with self._vocab_lock:
-            if self._vocab is None or self.state in (EngineState.LOADING, EngineState.FAILED):
-                raise NotReady(f"The model is {self.state}; wait for GET /health to say ready.")
+            self._check_ready()
             inputs = [self.tokenize(text, add_special=True) for text in texts]
         for k, tokens in enumerate(inputs):
             if not tokens:
@@ -63,10 +63,8 @@ class EmbeddingEngine(LlamaEngine):
         return inputs
 
     def submit_embedding(self, inputs: list[list[int]]) -> EmbedTask:
-        if self._stopped.is_set():
-            raise NotReady("The worker's engine has stopped; ask again: another worker will answer.")
         task = EmbedTask(inputs, asyncio.get_running_loop().create_future())
-        self._requests.put(task)  # type: ignore[arg-type]
+        self._enqueue(task)
         return task
 
     # -- thread side ------------------------------------------------------------------------------------
@@ -93,25 +91,14 @@ class EmbeddingEngine(LlamaEngine):
         self.pooling = named[pooling]
         return pooling
 
-    def _meta(self, key: bytes) -> str | None:
-        import llama_cpp
-
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_model_meta_val_str(self._model, key, buf, len(buf))
-        return buf.value.decode(errors="replace") if n > 0 else None
-
-    def _run(self) -> None:
-        if not self._load():
-            return
+    def _serve(self) -> None:
         import llama_cpp
 
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        broke: BaseException | None = None
-        task: EmbedTask | None = None
         try:
             while not self._shutdown.is_set():
-                task = self._requests.get()  # type: ignore[assignment]
+                task = self._task = self._requests.get()
                 if task is None:
                     break
                 self._post(self._set_busy, 1)
@@ -119,31 +106,20 @@ class EmbeddingEngine(LlamaEngine):
                     result = self._embed(task)
                 finally:
                     self._post(self._set_busy, 0)
-                self._post(_resolve, task.done, result)
-                task = None
-        except Exception as exc:  # a bug or llama.cpp failing: say so, and die loudly
-            log.exception("the llama owner thread failed")
-            broke = exc
-            self.load_error = f"the engine failed: {type(exc).__name__}: {exc}"
-            self._post(self._died)
+                self._post(resolve, task.done, result)
+                self._task = None
         finally:
-            self._stopped.set()  # from now on submit_embedding() refuses
-            pending = [task] if task is not None else []
-            while True:
-                try:
-                    item = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    pending.append(item)  # type: ignore[arg-type]
-            ending = GenerationError(f"The worker's engine {'failed (' + str(broke) + ')' if broke else 'stopped'}; "
-                                     "ask again: another worker will answer.", status=500 if broke else 503)
-            for left in pending:
-                self._post(_fail, left.done, ending)
             llama_cpp.llama_batch_free(self._batch)
-            self._free()
 
-    def _embed(self, task: EmbedTask) -> tuple[list[list[float]], int] | None:
+    def _abandon(self, left: list[EmbedTask], broke: BaseException | None) -> None:
+        pending = ([self._task] if self._task is not None else []) + left
+        self._task = None
+        ending = GenerationError(f"The worker's engine {'failed (' + str(broke) + ')' if broke else 'stopped'}; "
+                                 "ask again: another worker will answer.", status=500 if broke else 503)
+        for task in pending:
+            self._post(reject, task.done, ending)
+
+    def _embed(self, task: EmbedTask) -> Vectors | None:
         """Vectors of every input of a task (None: cancelled)."""
         import llama_cpp
 

@@ -18,7 +18,8 @@ from shared.inference import parse_inference_request
 from shared.job_registry import Job, JobRegistry
 from shared.job_routes import setup_job_api
 from worker.appkeys import CONFIG, ENGINE
-from worker.engine import PreparedRequest
+from worker.decoding import PreparedRequest
+from worker.engine import GenerationEngine
 from worker.errors import NotReady, QueueFull
 
 
@@ -26,12 +27,18 @@ def pending_jobs(registry: JobRegistry) -> int:
     return sum(1 for job in registry.jobs() if not job.state.finished)
 
 
+def generation_engine(app: web.Application) -> GenerationEngine:
+    engine = app[ENGINE]
+    assert isinstance(engine, GenerationEngine)  # setup_inference_api is mounted on generating workers only
+    return engine
+
+
 def setup_inference_api(app: web.Application) -> None:
     config = app[CONFIG]
 
     async def parse(data: Any) -> PreparedRequest:
         request = parse_inference_request(data)
-        engine = app[ENGINE]
+        engine = generation_engine(app)
         if request.max_tokens >= engine.n_ctx:
             problem = f"must be smaller than the context of a slot of this worker, {engine.n_ctx} tokens"
             raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) {problem}.", field="max_tokens",
@@ -52,7 +59,7 @@ def setup_inference_api(app: web.Application) -> None:
             if not job.state.finished:  # a late token from the engine after a cancel is dropped
                 job.emit(event)
 
-        generation = app[ENGINE].submit(request, job.id, emit)
+        generation = generation_engine(app).submit(request, job.id, emit)
 
         async def stop_generation() -> None:
             generation.cancel.set()

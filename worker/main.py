@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from shared.builtin_model import gguf_problem
+from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.errors import RbeeError
 from shared.events import set_default_actor
-from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.ports import DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
 from shared.token import load_or_create_token
@@ -129,6 +129,7 @@ async def run(config: WorkerConfig) -> int:
     async def load_failed() -> str:
         """Fatal: the model did not load, or the engine failed later (the hive then sees a crash)."""
         engine = app[ENGINE]
+        assert engine.loaded is not None and engine.died is not None  # the app's start-up started it
         if await engine.loaded:
             return await engine.died
         return engine.load_error or "the model did not load"

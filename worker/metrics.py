@@ -13,7 +13,8 @@ from worker.appkeys import CONFIG, ENGINE
 
 
 def worker_gauges(app: web.Application) -> Iterable[GaugeMetricFamily]:
-    from worker.app import queue_depth  # worker.app mounts this module: imported when first scraped
+    # worker.app mounts this module: imported when first scraped
+    from worker.app import queue_depth
 
     if ENGINE in app:
         engine, config = app[ENGINE], app[CONFIG]
