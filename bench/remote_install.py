@@ -64,7 +64,7 @@ async def run(home: Path) -> dict:
         async with JobClient(queen.url, queen.token, request_timeout=600) as client:
             # Warm the wheelhouse cache (a one-off per rbee version), so what is timed is the install.
             sys.path.insert(0, str(ROOT))
-            from queen.wheelhouse import build_wheelhouse
+            from queen.hives.remote.wheelhouse import build_wheelhouse
             await build_wheelhouse(home / "queen" / "data")
             install_s, events, _ = await timed(client, {"operation": "hive_install", "alias": "remote"})
             info = next(e.payload for e in events if isinstance(e, Data) and e.action == "hive_install")

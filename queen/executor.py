@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from queen import remote_hives
 from queen.errors import QueenError
 from queen.hives import HiveRegistry
-from queen.hives_conf import import_ssh_config
+from queen.hives.remote.hives_conf import import_ssh_config
 from queen.conversations import ConversationStore
 from queen.embeddings import run_embed
 from queen.inference import InferenceRunner, Progress
@@ -66,17 +65,11 @@ class QueenExecutor:
         elif isinstance(op, HiveRefreshCapabilities):
             emit(Data(action="hive_refresh_capabilities", payload=await self.hives.refresh_capabilities(op.alias)))
         elif isinstance(op, SshTest):
-            emit(Data(action="ssh_test", payload=await remote_hives.ssh_test(self.hives.remote(op.alias))))
+            emit(Data(action="ssh_test", payload=await self.hives.ssh_test(op.alias)))
         elif isinstance(op, HiveInstall):
             await self.install(op.alias)
         elif isinstance(op, HiveUninstall):
-            host = self.hives.remote(op.alias)
-            try:
-                await self.hives.stop(op.alias)
-            finally:  # a machine that is compromised or out of reach loses its credential regardless
-                self.hives.store.revoke(op.alias)
-                narrate("hive_uninstall", f"Revoked the token of hive {op.alias}", target=op.alias)
-            emit(Data(action="hive_uninstall", payload=await remote_hives.uninstall(host)))
+            emit(Data(action="hive_uninstall", payload=await self.hives.uninstall(op.alias)))
         elif isinstance(op, HiveImportSsh):
             await self.import_ssh(op)
         else:
@@ -85,14 +78,8 @@ class QueenExecutor:
 
     async def install(self, alias: str) -> None:
         """(Re)install: a running hive is stopped first (its venv is replaced), and started again after."""
-        host = self.hives.remote(alias)
-        was_running = self.hives.store.keep_running(alias)
-        if was_running or self.hives.get(alias).supervisor is not None:
-            await self.hives.stop(alias)
-        token = self.hives.store.issue_token(alias)  # the hive's own, never the queen's
-        emit(Data(action="hive_install", payload=await remote_hives.install(host, token, self._data_dir)))
-        if was_running:
-            await self.hives.start(alias)
+        await self.hives.install(alias, self._data_dir,
+                                 installed=lambda payload: emit(Data(action="hive_install", payload=payload)))
 
     async def import_ssh(self, op: HiveImportSsh) -> None:
         path = Path(op.ssh_config_path or "~/.ssh/config").expanduser()

@@ -52,9 +52,8 @@ class Scheduler:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had. `embedding`: an embedding worker of the model (started
         apart from its generating ones, queued apart too)."""
-        if hive_id is not None and not self.hives.get(hive_id).local:  # an unknown hive fails at once
-            # A remote hive being (re)connected: its running workers are adopted first, not duplicated.
-            await self.hives.ensure_running(hive_id)
+        if hive_id is not None:  # an unknown hive fails at once; a remote one's running workers are adopted first
+            await self.hives.workers_known(hive_id)
         key = (model, hive_id, embedding)
         queue = self._queues.setdefault(key, deque())
         queue.append(job_id)

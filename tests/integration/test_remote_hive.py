@@ -233,7 +233,7 @@ async def test_import_from_an_openssh_config(queen, tmp_path):
 async def test_failing_remote_pip_install_shows_its_last_lines(sshd, queen, tmp_path):
     import hashlib
 
-    from queen.wheelhouse import source_root
+    from queen.hives.remote.wheelhouse import source_root
 
     # A wheelhouse that claims to be complete but holds none of the dependencies: pip on the remote fails.
     wheelhouse = queen.home / "data" / "wheelhouse"

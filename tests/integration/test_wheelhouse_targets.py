@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from queen.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, build_wheelhouse, fetch_wheels,
+from queen.hives.remote.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, build_wheelhouse, fetch_wheels,
                               prepare_wheelhouse)
 
 try:

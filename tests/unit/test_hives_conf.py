@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from queen.errors import QueenError
-from queen.hives_conf import (
+from queen.hives.remote.hives_conf import (
     DEFAULT_INSTALL_DIR, HivesConfError, RemoteHost, import_ssh_config, load_hives_conf, parse_ssh_style,
 )
 from shared.ports import DEFAULT_HIVE_PORT
@@ -294,7 +294,7 @@ def test_values_that_hives_conf_could_not_hold_are_skipped(tmp_path):
 
 
 def test_hive_port_zero_means_any_free_port(tmp_path):
-    from queen.hives_conf import load_hives_conf
+    from queen.hives.remote.hives_conf import load_hives_conf
 
     conf = tmp_path / "hives.conf"
     conf.write_text("Host gpu1\n    HostName 10.0.0.5\n    HivePort 0\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from queen.errors import QueenError
-from queen.remote_store import RemoteHiveStore
+from queen.hives.remote.store import RemoteHiveStore
 
 
 def test_tokens_are_per_hive_private_and_revocable(tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from queen import wheelhouse
-from queen.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, classify_pip_output, pip_error,
+from queen.hives.remote import wheelhouse
+from queen.hives.remote.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, classify_pip_output, pip_error,
                               plan_target)
 
 try:
@@ -106,7 +106,7 @@ def test_a_wheel_fits_when_one_of_its_tags_is_accepted(filename, cp311, cp312, c
 
 
 def test_markers_are_evaluated_for_the_target():
-    from queen.wheelhouse import Requirement
+    from queen.hives.remote.wheelhouse import Requirement
 
     req = Requirement('async-timeout<6,>=4; python_version < "3.11"')
     assert req.marker.evaluate(CP310.marker_environment())

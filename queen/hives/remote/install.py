@@ -1,5 +1,5 @@
 """Installing, stopping and removing a hive on another machine, over SSH (starting and keeping it
-running is remote_supervisor.py's).
+running is supervisor.py's).
 
 Layout on the remote, all under InstallDir (default ~/.local/share/rbee-hive):
     venv/            the virtual environment rbee is installed into
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from queen.hive_link import HiveLink
-from queen.hives_conf import RemoteHost
-from queen.ssh import SshError, connect, install_dir, q, run, upload
-from queen.wheelhouse import COMPILE_HINT, REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
+from queen.hives.remote.hives_conf import RemoteHost
+from queen.hives.remote.link import HiveLink
+from queen.hives.remote.ssh import SshError, connect, install_dir, q, run, upload
+from queen.hives.remote.wheelhouse import COMPILE_HINT, REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
 from shared import __version__
 from shared.events import narrate
 

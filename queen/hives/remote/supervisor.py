@@ -7,8 +7,9 @@ health every second through the link. A hive that stops answering while the link
 the hive `unreachable` and its workers unschedulable at once; the task reconnects with backoff and,
 when the link returns, adopts the hive and its workers again without any user action.
 
-Every step is a note: logged, kept on the hive for `rbee hive status`, and narrated to a job that
-is waiting for the hive.
+Every step is a note: logged, kept for `rbee hive status`, and narrated to a job that is waiting for
+the hive. What it finds (the hive's URL through the link, when it started) is its own state, read by
+whoever holds it (RemoteHive): the supervisor knows nothing of the queen's hive handles.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import contextlib
 import contextvars
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import asyncssh
 
 from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers, run_remote_job
-from queen.hive_link import HiveLink
+from queen.hives.remote.link import HiveLink
+from queen.hives.remote.hives_conf import RemoteHost
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError, ServerError
 from shared.events import Data, Event, detached_task, narrate
@@ -33,9 +35,6 @@ from shared.heartbeat import EngineState, Heartbeat
 from shared.job_client import Clients
 from shared.operations import WorkerList
 from shared.wire import WireEnum
-
-if TYPE_CHECKING:
-    from queen.hives import HiveHandle
 
 log = logging.getLogger("rbee.queen.remote")
 
@@ -69,15 +68,18 @@ class Phase(WireEnum):
 
 
 class RemoteHiveSupervisor:
-    def __init__(self, hive: "HiveHandle", *, clients: Callable[[], Clients], queen_url: Callable[[], str],
-                 workers: WorkerRegistry, worker_slots: int) -> None:
-        assert hive.remote is not None
-        self.hive = hive
+    def __init__(self, alias: str, *, host: Callable[[], RemoteHost], clients: Callable[[], Clients],
+                 queen_url: Callable[[], str], workers: WorkerRegistry, worker_slots: int,
+                 started_at: float | None = None) -> None:
+        self.alias = alias
+        self._host = host  # read at each use: hives.conf may change
         self._clients = clients  # read at each use: a reinstall gives the hive a new token
         self._queen_url = queen_url
         self._workers = workers
         self._worker_slots = worker_slots
         self.phase = Phase.CONNECTING
+        self.url: str | None = None  # the hive's, through the link's forward
+        self.started_at = started_at  # wall clock; kept when the same hive is adopted again
         self.link: HiveLink | None = None
         self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=NOTES_KEPT)
         self.problem: str | None = None  # why it is not running, in words
@@ -91,9 +93,9 @@ class RemoteHiveSupervisor:
         self._hung_said = False
 
     @property
-    def host(self):
+    def host(self) -> RemoteHost:
         """hives.conf as it is now (an edit, say a fixed IdentityFile, applies at the next connection)."""
-        return self.hive.remote
+        return self._host()
 
     @property
     def clients(self) -> Clients:
@@ -103,7 +105,7 @@ class RemoteHiveSupervisor:
 
     def note(self, human: str, level: str = "info") -> None:
         self.notes.append({"at": time.time(), "level": level, "human": human})
-        getattr(log, "warning" if level != "info" else "info")("%s: %s", self.hive.alias, human)
+        getattr(log, "warning" if level != "info" else "info")("%s: %s", self.alias, human)
         for listener in list(self._listeners):
             listener(human, level)
 
@@ -117,10 +119,10 @@ class RemoteHiveSupervisor:
         if self._task is None or self._task.done():
             self._restarts.clear()
             self._set(Phase.CONNECTING)
-            self._task = detached_task(self._run(), name=f"supervise-{self.hive.alias}")
+            self._task = detached_task(self._run(), name=f"supervise-{self.alias}")
 
     async def stop(self) -> None:
-        """Stop supervising (the hive itself keeps running: see HiveRegistry.stop for that)."""
+        """Stop supervising (the hive itself keeps running: see RemoteHive.stop for that)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -136,7 +138,7 @@ class RemoteHiveSupervisor:
         job_context = contextvars.copy_context()
 
         def tell(human: str, level: str) -> None:
-            job_context.run(narrate, narrate_action or "hive_check", human, target=self.hive.alias,
+            job_context.run(narrate, narrate_action or "hive_check", human, target=self.alias,
                             level=level)
 
         if narrate_action:
@@ -144,22 +146,22 @@ class RemoteHiveSupervisor:
         try:
             deadline = time.monotonic() + timeout
             while True:
-                if self.phase is Phase.RUNNING and self.hive.url:
-                    return self.hive.url
+                if self.phase is Phase.RUNNING and self.url:
+                    return self.url
                 if self.phase is Phase.UNREACHABLE:
                     since = time.monotonic() - (self.unreachable_since or time.monotonic())
                     raise HiveUnavailable(
-                        f"Hive {self.hive.alias} is unreachable: {self.problem} ({since:.0f} s ago). rbee keeps "
+                        f"Hive {self.alias} is unreachable: {self.problem} ({since:.0f} s ago). rbee keeps "
                         f"reconnecting to {self.host.where} by itself; its workers come back with the link.",
                         code="HIVE_UNREACHABLE")
                 if self._task is None or self._task.done():
                     self._set(Phase.GAVE_UP, self.problem or "its supervision ended")
                 if self.phase in (Phase.GAVE_UP, Phase.STOPPED):
-                    raise HiveUnavailable(f"Hive {self.hive.alias} is not running: {self.problem}. "
-                                          f"`rbee hive start {self.hive.alias}` tries again.")
+                    raise HiveUnavailable(f"Hive {self.alias} is not running: {self.problem}. "
+                                          f"`rbee hive start {self.alias}` tries again.")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise HiveUnavailable(f"Hive {self.hive.alias} did not come up within {timeout:g} s "
+                    raise HiveUnavailable(f"Hive {self.alias} did not come up within {timeout:g} s "
                                           f"({self.problem or self.phase.value}).")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
@@ -190,7 +192,7 @@ class RemoteHiveSupervisor:
                 was_unreachable = self.phase is Phase.UNREACHABLE
                 await self._bring_up(link)
                 if was_unreachable:
-                    self.note(f"Reconnected to {self.host.where}; hive {self.hive.alias} serves again")
+                    self.note(f"Reconnected to {self.host.where}; hive {self.alias} serves again")
                 failures = 0
                 await self._watch(link)
             except LinkLost as exc:
@@ -204,10 +206,10 @@ class RemoteHiveSupervisor:
                 elif isinstance(exc, GiveUp) or exc.code in PERMANENT_SSH or failures >= ATTEMPTS:
                     return self._give_up(exc.message)
                 else:  # a timeout, a refusal: the link is up, so try again shortly
-                    self.note(f"Could not bring hive {self.hive.alias} up: {exc.message}; trying again", "warn")
+                    self.note(f"Could not bring hive {self.alias} up: {exc.message}; trying again", "warn")
                     self._set(Phase.CONNECTING, exc.message)
             except Exception as exc:  # noqa: BLE001 - a bug here must not end the supervision
-                log.exception("supervising %s failed", self.hive.alias)
+                log.exception("supervising %s failed", self.alias)
                 self._lost(f"unexpected error: {exc!r}")
             finally:
                 if self.link is not None:
@@ -215,7 +217,7 @@ class RemoteHiveSupervisor:
                     self.link = None
 
     def _give_up(self, why: str) -> None:
-        self.note(f"Gave up on hive {self.hive.alias}: {why}", "error")
+        self.note(f"Gave up on hive {self.alias}: {why}", "error")
         self._set(Phase.GAVE_UP, why)
 
     @staticmethod
@@ -230,9 +232,9 @@ class RemoteHiveSupervisor:
         if self.phase is not Phase.UNREACHABLE:
             self.unreachable_since = time.monotonic()
             self.unreachable_at = time.time()
-            self.note(f"{what.capitalize()} {self.hive.alias} ({self.host.where}): {reason}; trying again by itself",
+            self.note(f"{what.capitalize()} {self.alias} ({self.host.where}): {reason}; trying again by itself",
                       "warn")
-            self._workers.mark_hive(self.hive.alias, WorkerStatus.UNREACHABLE, only_alive=True)
+            self._workers.mark_hive(self.alias, WorkerStatus.UNREACHABLE, only_alive=True)
         self._set(Phase.UNREACHABLE, f"{what} {self.host.where} ({reason})")
 
     async def _bring_up(self, link: HiveLink) -> None:
@@ -246,19 +248,19 @@ class RemoteHiveSupervisor:
         if found.get("running") and found.get("verified"):
             url = await link.local_url(f"http://127.0.0.1:{found['port']}")
             if await self._ours(url):
-                self.hive.url = url
-                self.note(f"Found hive {self.hive.alias} running (pid {found['pid']}); adopted it")
+                self.url = url
+                self.note(f"Found hive {self.alias} running (pid {found['pid']}); adopted it")
             else:
-                self.note(f"The hive running on {self.hive.alias} (pid {found['pid']}) refuses the token the queen "
+                self.note(f"The hive running on {self.alias} (pid {found['pid']}) refuses the token the queen "
                           "holds for it (installed by another queen?); stopping it and starting it again", "warn")
                 await link.control("stop")
                 await self._start_hive(link, queen_url)
         else:
             await self._start_hive(link, queen_url)
         self._connected_once = True
-        await self.clients.daemon(self.hive.url).request("PUT", "/v1/queen", {"url": queen_url}, timeout=5)
+        await self.clients.daemon(self.url).request("PUT", "/v1/queen", {"url": queen_url}, timeout=5)
         await self._adopt_workers(link)
-        self.hive.started_at = self.hive.started_at or time.time()
+        self.started_at = self.started_at or time.time()
         self._set(Phase.RUNNING)
 
     async def _ours(self, url: str) -> bool:
@@ -273,17 +275,17 @@ class RemoteHiveSupervisor:
         return True
 
     async def _start_hive(self, link: HiveLink, queen_url: str) -> None:
-        self.note(f"Starting rbee-hive on {self.hive.alias}")
+        self.note(f"Starting rbee-hive on {self.alias}")
         answer = await link.control("start", "--", "--host", "127.0.0.1", "--port", str(self.host.hive_port),
-                                    "--hive-id", self.hive.alias, "--queen-url", queen_url, "--relay-heartbeats",
+                                    "--hive-id", self.alias, "--queen-url", queen_url, "--relay-heartbeats",
                                     "--worker-slots", str(self._worker_slots))
         if not answer.get("running"):
             tail = "\n".join(answer.get("log_tail") or []) or "(no log)"
-            raise GiveUp(f"rbee-hive on {self.hive.alias} exited right after starting "
+            raise GiveUp(f"rbee-hive on {self.alias} exited right after starting "
                                   f"(exit code {answer.get('exit_code')}):\n{tail}")
-        self.hive.url = await link.local_url(f"http://127.0.0.1:{answer['port']}")
-        self.hive.started_at = time.time()
-        self.note(f"Hive {self.hive.alias} is up (pid {answer['pid']}, port {answer['port']} on its loopback)")
+        self.url = await link.local_url(f"http://127.0.0.1:{answer['port']}")
+        self.started_at = time.time()
+        self.note(f"Hive {self.alias} is up (pid {answer['pid']}, port {answer['port']} on its loopback)")
 
     async def _adopt_workers(self, link: HiveLink) -> None:
         """The hive's running workers, registered (or re-registered, with this link's forwards) at once:
@@ -294,20 +296,20 @@ class RemoteHiveSupervisor:
             if isinstance(event, Data) and event.action == "worker_list":
                 listed.extend(event.payload.get("workers") or [])
 
-        await run_remote_job(self.clients.jobs(self.hive.url), WorkerList(hive_id=self.hive.alias), on_event=collect)
+        await run_remote_job(self.clients.jobs(self.url), WorkerList(hive_id=self.alias), on_event=collect)
         running = {w["id"] for w in listed if w.get("state") in ("ready", "busy")}
         for known in self._workers.all():  # what the queen thought ran there but no longer does
-            if known.hive_id == self.hive.alias and known.worker_id not in running:
+            if known.hive_id == self.alias and known.worker_id not in running:
                 self._workers.mark(known.worker_id, WorkerStatus.STOPPED)
         for w in listed:
             if w.get("state") not in ("ready", "busy") or not w.get("url"):
                 continue
             self._workers.heartbeat(Heartbeat(
-                worker_id=w["id"], hive_id=self.hive.alias, url=await link.local_url(w["url"]), model=w["model"],
+                worker_id=w["id"], hive_id=self.alias, url=await link.local_url(w["url"]), model=w["model"],
                 state=EngineState(w["state"]), pid=w.get("pid"), slots=w.get("slots") or 1,
                 device=w.get("device") or "cpu", embedding=bool(w.get("embedding"))))
         if listed:
-            self.note(f"{len(listed)} worker(s) running on {self.hive.alias}: "
+            self.note(f"{len(listed)} worker(s) running on {self.alias}: "
                       + ", ".join(f"{w['id']} ({w['model']})" for w in listed))
 
     async def _watch(self, link: HiveLink) -> None:
@@ -320,7 +322,7 @@ class RemoteHiveSupervisor:
                 closed.cancel()
             if link.closed:
                 raise LinkLost(link.close_reason)
-            if await hive_answers(self.clients.daemon(self.hive.url), self.hive.alias):
+            if await hive_answers(self.clients.daemon(self.url), self.alias):
                 failures, self._hung_said = 0, False
                 continue
             failures += 1
@@ -337,18 +339,18 @@ class RemoteHiveSupervisor:
         if found.get("running"):  # slow or hung, not gone: say so once
             if not self._hung_said:
                 self._hung_said = True
-                self.note(f"Hive {self.hive.alias} does not answer, but its process (pid {found.get('pid')}) is "
+                self.note(f"Hive {self.alias} does not answer, but its process (pid {found.get('pid')}) is "
                           "alive; waiting for it", "warn")
             return
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
         if len(self._restarts) >= RESTARTS:
             raise HiveUnavailable(f"it died {RESTARTS} times within {RESTART_WINDOW_S / 60:.0f} minutes; "
-                                  f"its log is {link.home}/state/hive.log on {self.hive.alias}")
+                                  f"its log is {link.home}/state/hive.log on {self.alias}")
         delay = RESTART_BACKOFF_S[min(len(self._restarts), len(RESTART_BACKOFF_S) - 1)]
         self._restarts.append(now)
-        self._workers.mark_hive(self.hive.alias, WorkerStatus.CRASHED)  # its workers died with it
-        self.note(f"Hive {self.hive.alias} stopped answering and its process is gone; restarting it (attempt "
+        self._workers.mark_hive(self.alias, WorkerStatus.CRASHED)  # its workers died with it
+        self.note(f"Hive {self.alias} stopped answering and its process is gone; restarting it (attempt "
                   f"{len(self._restarts)} of {RESTARTS}{f', in {delay:g} s' if delay else ''})", "warn")
         self._set(Phase.CONNECTING, "restarting after it died")
         await asyncio.sleep(delay)

@@ -14,7 +14,7 @@ from typing import Any
 import asyncssh
 
 from queen.errors import QueenError
-from queen.hives_conf import RemoteHost
+from queen.hives.remote.hives_conf import RemoteHost
 from shared.events import narrate
 
 CONNECT_TIMEOUT_S = 10.0

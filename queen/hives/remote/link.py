@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import asyncssh
 
-from queen import ssh
-from queen.hives_conf import RemoteHost
+from queen.hives.remote import ssh
+from queen.hives.remote.hives_conf import RemoteHost
 from shared import hive_control
 
 CONTROL_SOURCE = Path(hive_control.__file__).read_text  # read when used, not at import

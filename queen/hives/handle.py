@@ -1,0 +1,33 @@
+"""A hive as the queen's callers see it: its alias, its backend (LocalHive or RemoteHive, which does
+the work) and the capabilities it last reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from queen.hives.backend import HiveBackend, HiveState
+
+
+@dataclass(eq=False)
+class HiveHandle:
+    alias: str
+    backend: HiveBackend
+    capabilities: dict[str, Any] | None = None
+
+    @property
+    def url(self) -> str | None:
+        return self.backend.url
+
+    @property
+    def state(self) -> HiveState:
+        return self.backend.state
+
+    @property
+    def local(self) -> bool:
+        """Whether it is the queen's own machine: a description (status output), not a switch for behaviour."""
+        return self.backend.local
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alias": self.alias, "local": self.backend.local, "url": self.url, "state": self.state.value,
+                **self.backend.describe(), "capabilities": self.capabilities, **self.backend.supervision()}
