@@ -2,9 +2,12 @@
 
 Each server runs in its own process; this process is the client: 32 concurrent clients each doing
 POST /v1/jobs then GET the stream to `[DONE]`, for a fixed time. Rounds alternate between the two servers
-so both see the same machine conditions. The last line printed is one JSON object.
+so both see the same machine conditions. The rbee server starts with its registry already holding
+`--prefill` finished jobs (each size in turn), as a queen that has been serving for a while does: a
+lookup or an eviction that costs in proportion to the jobs kept shows up here. The last line printed is
+one JSON object.
 
-    .venv/bin/python bench/job_api.py [--seconds 5] [--rounds 3] [--concurrency 32]
+    .venv/bin/python bench/job_api.py [--seconds 4] [--rounds 5] [--concurrency 32] [--prefill 1000,10000]
 """
 
 from __future__ import annotations
@@ -30,17 +33,27 @@ TOKEN = "bench-token-" + "x" * 32
 
 # --- the two servers ---------------------------------------------------------------------------------
 
-def rbee_app() -> web.Application:
+def rbee_app(prefill: int) -> web.Application:
+    from shared import appkeys
     from shared.app import create_base_app
     from shared.events import narrate
+    from shared.job_registry import JobLimits
     from shared.job_routes import setup_job_api
+    from shared.operations import Status
 
     async def execute(operation, job):
         narrate("status", "All quiet")
         return None
 
+    async def fill(app: web.Application) -> None:
+        registry = app[appkeys.JOB_REGISTRY]
+        jobs = [registry.submit(Status()) for _ in range(prefill)]
+        await asyncio.gather(*(job.wait() for job in jobs))
+
     app = create_base_app(TOKEN)
-    setup_job_api(app, execute, actor="queen")
+    # Keep exactly `prefill` finished jobs: each new one evicts the oldest, as in a busy queen.
+    setup_job_api(app, execute, actor="queen", limits=JobLimits(max_finished=max(prefill, 1)))
+    app.on_startup.append(fill)
     return app
 
 
@@ -69,8 +82,8 @@ def bare_app() -> web.Application:
     return app
 
 
-def serve(kind: str) -> None:
-    app = rbee_app() if kind == "rbee" else bare_app()
+def serve(kind: str, prefill: int) -> None:
+    app = rbee_app(prefill) if kind == "rbee" else bare_app()
 
     async def main() -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -116,9 +129,10 @@ async def load(base: str, seconds: float, concurrency: int) -> float:
         return done / (time.perf_counter() - start)
 
 
-def measure(kind: str, seconds: float, concurrency: int) -> float:
+def measure(kind: str, seconds: float, concurrency: int, prefill: int) -> float:
     env = {**os.environ, "RBEE_HOME": os.environ.get("RBEE_HOME", "/tmp/rbee-bench-home")}
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--prefill", str(prefill)],
+                            stdout=subprocess.PIPE, text=True, env=env)
     try:
         port = int(proc.stdout.readline())
         return asyncio.run(load(f"http://127.0.0.1:{port}", seconds, concurrency))
@@ -132,24 +146,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per server, alternating")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--prefill", default="1000,10000",
+                        help="finished jobs the rbee registry holds before measuring, comma-separated sizes")
     parser.add_argument("--serve", choices=("rbee", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, int(args.prefill))
         return
-    results: dict[str, list[float]] = {"rbee": [], "bare": []}
-    for r in range(args.rounds):
-        order = ("rbee", "bare") if r % 2 == 0 else ("bare", "rbee")  # drift on the machine hits both alike
-        for kind in order:
-            rate = measure(kind, args.seconds, args.concurrency)
-            results[kind].append(rate)
-            print(f"round {r + 1}: {kind:4s} {rate:8.1f} jobs/s", file=sys.stderr)
-    rbee, bare = statistics.median(results["rbee"]), statistics.median(results["bare"])
-    # The ratio is the median of each round's own ratio: the two sides of a round ran back to back.
-    ratio = statistics.median(a / b for a, b in zip(results["rbee"], results["bare"]))
-    print(json.dumps({"bench": "job_api", "jobs_per_s": round(rbee, 1), "bare_jobs_per_s": round(bare, 1),
-                      "ratio": round(ratio, 3), "concurrency": args.concurrency,
-                      "seconds_per_round": args.seconds, "rounds": args.rounds}))
+    by_prefill = {}
+    for prefill in (int(n) for n in args.prefill.split(",")):
+        results: dict[str, list[float]] = {"rbee": [], "bare": []}
+        for r in range(args.rounds):
+            order = ("rbee", "bare") if r % 2 == 0 else ("bare", "rbee")  # drift on the machine hits both alike
+            for kind in order:
+                rate = measure(kind, args.seconds, args.concurrency, prefill)
+                results[kind].append(rate)
+                print(f"prefill {prefill}, round {r + 1}: {kind:4s} {rate:8.1f} jobs/s", file=sys.stderr)
+        # The ratio is the median of each round's own ratio: the two sides of a round ran back to back.
+        ratio = statistics.median(a / b for a, b in zip(results["rbee"], results["bare"]))
+        by_prefill[str(prefill)] = {"jobs_per_s": round(statistics.median(results["rbee"]), 1),
+                                    "bare_jobs_per_s": round(statistics.median(results["bare"]), 1),
+                                    "ratio": round(ratio, 3)}
+        print(f"prefill {prefill}: ratio {ratio:.3f}", file=sys.stderr)
+    print(json.dumps({"bench": "job_api", "prefill": by_prefill, "min_ratio": min(v["ratio"] for v in by_prefill.values()),
+                      "concurrency": args.concurrency, "seconds_per_round": args.seconds, "rounds": args.rounds}))
 
 
 if __name__ == "__main__":

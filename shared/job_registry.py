@@ -8,14 +8,16 @@ is bounded per job. Finished jobs are evicted after a retention period.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
-from shared.errors import JobConflict, JobNotFound, RbeeError, unique_match
+from shared.errors import AmbiguousId, JobConflict, JobNotFound, RbeeError
 from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
 from shared.operations import Operation
 
@@ -60,7 +62,7 @@ class Job:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.result: dict[str, Any] | None = None
-        self.error: dict[str, str] | None = None
+        self.error: dict[str, Any] | None = None  # {"code", "message", "status": the HTTP status it means}
         self.actor = actor
         self._limits = limits
         self._log: list[str] = []  # encoded events; _log[k] has sequence number _first_seq + k
@@ -203,7 +205,13 @@ class Job:
 
 
 class JobRegistry:
-    """Creates jobs, runs each in its own task, cancels them, and forgets finished ones in time."""
+    """Creates jobs, runs each in its own task, cancels them, and forgets finished ones in time.
+
+    Every request looks a job up and every finished job may evict others, so neither may cost in
+    proportion to the jobs kept: ids are found in a dict (a prefix by bisecting a sorted list of them),
+    and finished jobs wait in finish order beside a running total of their sizes, so eviction only
+    looks at the oldest.
+    """
 
     def __init__(
         self,
@@ -217,6 +225,9 @@ class JobRegistry:
         self._actor = actor
         self._limits = limits
         self._jobs: dict[str, Job] = {}
+        self._sorted_ids: list[str] = []  # for prefix lookups
+        self._finished: OrderedDict[str, int] = OrderedDict()  # finished job id -> its size, oldest first
+        self._finished_bytes = 0  # sum of _finished's sizes
         self._slots = asyncio.Semaphore(max_running) if max_running else None
         self._listeners: list[JobListener] = []
         self._submit_listeners: list[JobListener] = []
@@ -232,6 +243,7 @@ class JobRegistry:
     def submit(self, operation: Operation) -> Job:
         job = Job(operation, self._limits, self._actor)
         self._jobs[job.id] = job
+        bisect.insort(self._sorted_ids, job.id)
         job._task = asyncio.create_task(self._run(job), name=job.id)
         for listener in self._submit_listeners:
             listener(job)
@@ -239,12 +251,30 @@ class JobRegistry:
 
     def get(self, job_id: str) -> Job:
         """The job `job_id` names: its whole id, or a unique beginning of it."""
-        found = unique_match(job_id, self._jobs, kind="job", prefix="job-")
-        job = self._jobs.get(found) if found is not None else None
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self._by_prefix(job_id)
         if job is None:
             raise JobNotFound(f"No job with id '{job_id}' (finished jobs are kept for "
                               f"{self._limits.retention_s:g} s).")
         return job
+
+    def _by_prefix(self, given: str, prefix: str = "job-") -> Job | None:
+        """The one job whose id begins with `given` (with or without "job-"), like git's short hashes."""
+        if not given:
+            return None
+        matches: list[str] = []
+        for start in {given, prefix + given}:
+            k = bisect.bisect_left(self._sorted_ids, start)
+            while k < len(self._sorted_ids) and self._sorted_ids[k].startswith(start) and len(matches) <= 5:
+                matches.append(self._sorted_ids[k])
+                k += 1
+        matches = sorted(set(matches))
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (", …" if len(matches) > 5 else "")
+            raise AmbiguousId(f"'{given}' begins {'more than 5' if len(matches) > 5 else len(matches)} "
+                              f"job ids ({shown}); type more of it.")
+        return self._jobs.get(matches[0]) if matches else None
 
     def jobs(self) -> Iterable[Job]:
         return self._jobs.values()
@@ -269,16 +299,25 @@ class JobRegistry:
         """Forget finished jobs past retention, and the oldest beyond `max_finished` or beyond
         `max_finished_bytes` of requests and answers all together."""
         now = time.time() if now is None else now
-        finished = sorted((j for j in self._jobs.values() if j.state.finished), key=lambda j: j.finished_at or 0)
-        excess = len(finished) - self._limits.max_finished
-        over_bytes = sum(j.size_bytes for j in finished) - self._limits.max_finished_bytes
+        limits = self._limits
         evicted = 0
-        for k, job in enumerate(finished):
-            if k < excess or over_bytes > 0 or now - (job.finished_at or now) >= self._limits.retention_s:
-                over_bytes -= job.size_bytes
-                del self._jobs[job.id]
-                evicted += 1
+        while self._finished:
+            oldest_id = next(iter(self._finished))
+            oldest = self._jobs[oldest_id]
+            if (len(self._finished) <= limits.max_finished and self._finished_bytes <= limits.max_finished_bytes
+                    and now - (oldest.finished_at or now) < limits.retention_s):
+                break
+            size = self._finished.pop(oldest_id)
+            self._finished_bytes -= size
+            del self._jobs[oldest_id]
+            del self._sorted_ids[bisect.bisect_left(self._sorted_ids, oldest_id)]
+            evicted += 1
         return evicted
+
+    def _count_finished(self, job: Job) -> None:
+        size = job.size_bytes  # final: a finished job takes no more events
+        self._finished[job.id] = size
+        self._finished_bytes += size
 
     async def evict_forever(self) -> None:
         period = min(max(self._limits.retention_s / 4, 0.05), 30.0)
@@ -299,6 +338,7 @@ class JobRegistry:
             job._finish(state, stats)
         finally:
             unbind_job(token)
+        self._count_finished(job)
         self.evict()  # at once: a burst of big jobs must not wait for the periodic sweep
         for listener in self._listeners:
             try:
@@ -316,13 +356,13 @@ class JobRegistry:
             # We own this task; a cancel is the job's outcome, not our own shutdown.
             return JobState.CANCELLED, None
         except RbeeError as exc:
-            job.error = {"code": exc.code, "message": exc.message}
+            job.error = {"code": exc.code, "message": exc.message, "status": exc.status}
             if exc.reported:
                 return JobState.FAILED, None  # its error event is already in the stream (forwarded)
         except Exception as exc:  # a bug: log the traceback here, give the client one clear line
             log.exception("job %s (%s) crashed", job.id, job.operation.name)
             job.error = {"code": "INTERNAL", "message": f"Internal error in {job.operation.name}: "
-                                                          f"{type(exc).__name__}: {exc}"}
+                                                          f"{type(exc).__name__}: {exc}", "status": 500}
         job.emit(Error(**job.error))
         return JobState.FAILED, None
 
