@@ -31,7 +31,7 @@ async def measure(rate: float, seconds: float, line_every: int) -> dict:
     paths = RbeePaths.from_env({"RBEE_HOME": tempfile.mkdtemp(prefix="rbee-tui-bench-")})
     app = RbeeApp("http://127.0.0.1:9", autostart=False, paths=paths)  # no queen needed: we feed the pane
     async with app.run_test(size=(140, 40)) as pilot:
-        pane = app.chat.start_answer("bench").body  # a chat answer, in the transcript as a real one streams
+        pane = app.chat.transcript.start_answer("bench").body  # a chat answer, in the transcript as a real one streams
         await pilot.pause()
         total = int(rate * seconds)
         start = time.perf_counter()

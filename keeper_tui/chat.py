@@ -9,16 +9,16 @@ Without a terminal on stdin, each line is a question and only the answers are wr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from keeper_tui.chat_session import ChatSession, Exchange
 from keeper_tui.output import HumanRenderer
 from shared.errors import RbeeError
-from shared.events import Data, End, Error, JobState, Narration, Token
+from shared.events import Data, Error, JobState, Narration, Token
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL, alias_of
 
@@ -37,21 +37,18 @@ A message over several lines: begin it with {BLOCK} and end it with a line {BLOC
 Ctrl+C stops an answer; the question and the answer so far stay in the conversation."""
 
 
-class Chat:
-    """One `rbee chat` session: the conversation's id, its messages so far, and the model it talks to."""
+class TerminalChat:
+    """`rbee chat` on a terminal or a pipe: reads questions and commands, writes the answers. The
+    conversation itself (its id, messages and model) is a ChatSession, the same as the TUI's."""
 
     def __init__(self, client: JobClient, *, model: str | None, hive_id: str | None, sampling: dict[str, Any],
                  verbose: bool, history_file: Path) -> None:
         self.client = client
-        self.model = model or BUILTIN_MODEL
+        self.session = ChatSession(self._connected, model=model or BUILTIN_MODEL, hive_id=hive_id, sampling=sampling)
         self.model_given = model is not None
-        self.hive_id = hive_id
-        self.sampling = sampling
         self.verbose = verbose
         self.history_file = history_file
         self.interactive = sys.stdin.isatty()
-        self.conversation_id: str | None = None
-        self.messages: list[dict[str, str]] = []
         self.failed = False  # a script's exit code says whether every question was answered
         self._status_shown = False
 
@@ -60,7 +57,7 @@ class Chat:
             await self._resume(resume)
         if self.interactive:
             self._load_line_history()
-            self._note(f"rbee chat with {alias_of(self.model)}: /help for commands, /bye or Ctrl+D to leave")
+            self._note(f"rbee chat with {alias_of(self.session.model)}: /help for commands, /bye or Ctrl+D to leave")
         try:
             while True:
                 try:
@@ -156,78 +153,66 @@ class Chat:
             self._note(HELP)
         elif name == "/model":
             if not arg:
-                self._note(f"talking to {self.model}; /model NAME switches")
+                self._note(f"talking to {self.session.model}; /model NAME switches")
             else:
-                self.model = arg
-                if self.conversation_id:
-                    try:
-                        await self.client.update_conversation(self.conversation_id, model=arg)
-                    except RbeeError as exc:
-                        self._note(f"error: {exc.message}")
+                try:
+                    await self.session.switch_model(arg)
+                except RbeeError as exc:
+                    self._note(f"error: {exc.message}")
                 self._note(f"now talking to {arg}")
         elif name == "/clear":
-            if self.conversation_id:
-                self._note(f"{self.conversation_id} is stored (rbee chat --resume {self.conversation_id}); "
+            if conv_id := self.session.conversation_id:
+                self._note(f"{conv_id} is stored (rbee chat --resume {conv_id}); "
                            "the next question starts a new conversation")
-            self.conversation_id, self.messages = None, []
+            self.session.new()
         elif name == "/save":
-            if self.conversation_id:
-                self._note(f"Conversation {self.conversation_id} is stored as you go; resume it with "
-                           f"`rbee chat --resume {self.conversation_id}`")
+            if conv_id := self.session.conversation_id:
+                self._note(f"Conversation {conv_id} is stored as you go; resume it with "
+                           f"`rbee chat --resume {conv_id}`")
             else:
                 self._note("Nothing to save yet: ask something first.")
         else:
             self._note(f"Unknown command {name}. /help lists the commands.")
         return True
 
+    async def _connected(self) -> JobClient:
+        return self.client  # the command woke the queen before the chat began
+
     async def _resume(self, ref: str) -> None:
-        conversation = await self.client.conversation(ref)
-        self.conversation_id = conversation["id"]
-        self.messages = [{"role": m["role"], "content": m["content"]} for m in conversation.get("messages", [])]
-        if self.hive_id is None:
-            self.hive_id = conversation.get("hive_id")
-        if not self.model_given and conversation.get("model"):
-            self.model = conversation["model"]
-        elif conversation.get("model") != self.model:
-            await self.client.update_conversation(self.conversation_id, model=self.model)
-        self._note(f"Resumed {self.conversation_id} \"{conversation.get('title') or ''}\": "
-                   f"{len(self.messages)} messages")
+        session = self.session
+        conversation = await session.resume(ref)
+        if session.hive_id is None:
+            session.hive_id = conversation.get("hive_id")
+        if not self.model_given and session.stored_model:
+            session.model = session.stored_model
+        else:
+            await session.switch_model(session.model)
+        self._note(f"Resumed {session.conversation_id} \"{session.title or ''}\": {len(session.messages)} messages")
         if self.interactive:
-            for message in self.messages[-2:]:
-                who = "you" if message["role"] == "user" else alias_of(self.model)
-                self._note(f"{who}: {message['content']}")
+            for role, content in session.messages[-2:]:
+                self._note(f"{'you' if role == 'user' else alias_of(session.model)}: {content}")
 
     # -- asking ---------------------------------------------------------------------------------------
 
     async def _ask(self, text: str) -> None:
-        """One question and its streamed answer; the exchange joins the conversation when there is an answer."""
-        question = {"role": "user", "content": text}
+        """One question and its streamed answer; the exchange joins the conversation as the queen stores it."""
         try:
-            if self.conversation_id is None:
-                created = await self.client.new_conversation(model=self.model, hive_id=self.hive_id)
-                self.conversation_id = created["id"]
-            operation = {"operation": "infer", "model": self.model, "messages": [*self.messages, question],
-                         "conversation_id": self.conversation_id, **self.sampling}
-            if self.hive_id:
-                operation["hive_id"] = self.hive_id
-            job = await self.client.submit(operation)
-            state, answer = await self._answer(job.job_id)
+            exchange = await self.session.ask(self.session.operation(text))
+            await self._answer(exchange)
         except RbeeError as exc:
             self.failed = True
             self._note(f"error: {exc.message}")
             return
-        if answer and state in (JobState.COMPLETED, JobState.CANCELLED):
-            self.messages += [question, {"role": "assistant", "content": answer}]
-        if state is JobState.FAILED:
+        self.session.record(exchange)
+        if exchange.state is JobState.FAILED:
             self.failed = True
         if self.interactive:
             sys.stdout.write("\n")  # a blank line between an answer and the next prompt
 
-    async def _answer(self, job_id: str) -> tuple[JobState, str]:
-        """Stream the job's answer to stdout; Ctrl+C cancels the job and keeps what came so far."""
+    async def _answer(self, exchange: Exchange) -> None:
+        """Stream the answer to stdout; Ctrl+C cancels the job and keeps what came so far."""
         render = HumanRenderer(show_data=False)
-        parts: list[str] = []
-        follow = asyncio.ensure_future(self._follow(job_id, render, parts))
+        follow = asyncio.ensure_future(self._follow(exchange, render))
         stopped = False
 
         def on_sigint() -> None:
@@ -238,48 +223,38 @@ class Chat:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
-            end = await follow
+            await follow
         except asyncio.CancelledError:
             if not stopped:
                 raise
-            end = None
         except BrokenPipeError:  # `rbee chat < questions | head`: nobody reads the answer any more
-            with contextlib.suppress(RbeeError):  # it may have ended already
-                await self.client.cancel(job_id)
+            await self.session.stop(exchange)
             raise
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         self._clear_status()
         if stopped:
-            with contextlib.suppress(RbeeError):  # it may have ended just before
-                await self.client.cancel(job_id)
+            await self.session.stop(exchange)
             render.end_answer()
             self._note("(stopped)")
-            return JobState.CANCELLED, "".join(parts)
-        if self.verbose:
-            render.end(end, job_id)
+        elif self.verbose:
+            render.end(exchange.end, exchange.job_id)
         else:
             render.end_answer()
-            if end is not None and end.state is JobState.CANCELLED:
+            if exchange.state is JobState.CANCELLED:
                 self._note("(cancelled)")
-        return (end.state if end else JobState.FAILED), "".join(parts)
 
-    async def _follow(self, job_id: str, render: HumanRenderer, parts: list[str]) -> End | None:
-        end = None
-        async for event in self.client.stream(job_id):
+    async def _follow(self, exchange: Exchange, render: HumanRenderer) -> None:
+        async for event in self.session.follow(exchange):
             if isinstance(event, Token):
-                if not parts:
+                if len(exchange.parts) == 1:
                     self._clear_status()
-                parts.append(event.t)
                 render.event(event)
             elif isinstance(event, Narration) and not self.verbose and event.level == "info":
                 self._status(event.human)
             elif isinstance(event, (Narration, Error, Data)):
                 self._clear_status()
                 render.event(event)
-            elif isinstance(event, End):
-                end = event
-        return end
 
     # -- what the user sees besides answers -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import sys
 from typing import Any, TextIO
 
 from keeper_tui.errors import KeeperError
-from keeper_tui.chat import Chat
+from keeper_tui.chat import TerminalChat
 from keeper_tui.output import (
     CONVERSATION_COLUMNS, JOB_COLUMNS, HumanRenderer, JsonRenderer, conversation_rows, job_rows, key_values, table,
     transcript,
@@ -384,7 +384,7 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         sampling = {k: getattr(args, k) for k in SAMPLING_DEFAULTS if getattr(args, k) is not None}
         client = await keeper.queen_client()
         async with client:
-            chat = Chat(client, model=checked.model if args.model else None, hive_id=args.hive_id,
+            chat = TerminalChat(client, model=checked.model if args.model else None, hive_id=args.hive_id,
                         sampling=sampling, verbose=args.verbose, history_file=keeper.paths.state_dir / "chat_history")
             return await chat.run(resume=args.resume)
     operation = operation_for(args, parser)

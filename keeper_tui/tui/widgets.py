@@ -162,11 +162,11 @@ class MessageBox(Vertical):
         self.mount(Static(Text(message), classes="failure"))
 
 
-class ChatView(VerticalScroll):
+class Transcript(VerticalScroll):
     """The conversation so far; it follows a streaming answer while it shows the end, and stays put
     when scrolled back to read."""
 
-    DEFAULT_CSS = "ChatView { height: 1fr; padding: 0 1; } ChatView > .hint { color: $text-muted; }"
+    DEFAULT_CSS = "Transcript { height: 1fr; padding: 0 1; } Transcript > .hint { color: $text-muted; }"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(Static(CHAT_HINT, classes="hint"), **kwargs)

@@ -10,6 +10,11 @@ import pytest
 from textual.widgets import Input
 
 from keeper_tui.tui.app import RbeeApp
+from keeper_tui.tui.views.chat import end_stats
+from keeper_tui.tui.views.hives import HivesView
+from keeper_tui.tui.views.jobs import JobsView
+from keeper_tui.tui.views.models import ModelsView
+from keeper_tui.tui.views.workers import WorkersView
 from keeper_tui.tui.widgets import NarrationPane
 from shared.events import End, Narration
 from shared.paths import RbeePaths
@@ -31,20 +36,21 @@ async def show(pilot, key: str) -> None:
     await pilot.pause()  # the first layout: the story pane wraps its lines at the width it has then
     for field in app.query(Input):
         field.cursor_blink = False  # a blinking cursor is there in one snapshot and gone in the next
-    app.chat.add_message("user", QUESTION, "you")
-    app.chat.add_message("assistant", ANSWER, "smollm2-135m")
-    app.chat.border_title = "Why is the sky blue?"
+    app.chat.transcript.add_message("user", QUESTION, "you")
+    app.chat.transcript.add_message("assistant", ANSWER, "smollm2-135m")
+    app.chat.transcript.border_title = "Why is the sky blue?"
     for actor, human in STORY:
         app.query_one("#story", NarrationPane).narration(Narration(actor=actor, action="x", human=human, ts=0))
-    app.query_one("#stats").update(RbeeApp._stats(End(state="completed", stats={
+    app.query_one("#stats").update(end_stats(End(state="completed", stats={
         "tokens_out": 64, "ttft_ms": 212, "tokens_per_s": 48.5, "worker_id": "worker-1", "hive_id": "localhost"})))
     await pilot.press(key)
     await app.workers.wait_for_complete()  # the view asked the queen, which is not there
     app.clear_notifications()
-    app._fill("#hives-table", [("localhost", "localhost", "running", "http://127.0.0.1:7835", None)])
-    app._fill("#workers-table", [("worker-1", "worker-1", "localhost", "smollm2-135m", "ready", "cpu", "0/4", 4242)])
-    app._fill("#jobs-table", [("job-0d5b7c1e-1", "job-0d5b7c1e", "infer", "completed", QUESTION)])
-    app._fill("#models-table", [("m", "smollm2-135m", "localhost", "98.0 MB", "180 MiB (2048×2)", "smollm2-135m",
+    app.query_one(HivesView).fill([("localhost", "localhost", "running", "http://127.0.0.1:7835", None)])
+    app.query_one(WorkersView).fill([("worker-1", "worker-1", "localhost", "smollm2-135m", "ready", "cpu", "0/4",
+                                      4242)])
+    app.query_one(JobsView).fill([("job-0d5b7c1e-1", "job-0d5b7c1e", "infer", "completed", QUESTION)])
+    app.query_one(ModelsView).fill([("m", "smollm2-135m", "localhost", "98.0 MB", "180 MiB (2048×2)", "smollm2-135m",
                                  "/models/SmolLM2-135M-Instruct.Q4_1.gguf")])
     await pilot.pause()
 

@@ -51,10 +51,10 @@ async def chat_turn(pilot, app: RbeeApp, prompt: str, max_tokens: str = "8") -> 
     ask(app, prompt, max_tokens)
     app.query_one("#prompt").focus()
     await pilot.press("enter")
-    await until(pilot, lambda: app.last_end is not None and not app.tab_jobs.get("infer"), app=app)
+    await until(pilot, lambda: app.chat.last_end is not None and app.chat.turn is None, app=app)
     await pilot.pause(0.1)
-    assert app.last_end.state == "completed", notifications(app)
-    return app.chat.answer.text
+    assert app.chat.last_end.state == "completed", notifications(app)
+    return app.chat.transcript.answer.text
 
 
 def notifications(app: RbeeApp) -> list[str]:
@@ -77,12 +77,13 @@ async def test_a_chat_streams_tokens_and_narration_then_views(queen):
     async with app.run_test(size=(140, 40)) as pilot:
         shown = await chat_turn(pilot, app, "What is the capital of France?", "12")
         async with JobClient(queen.url, queen.token) as client:
-            job = await client.get(app.last_job)
+            job = await client.get(app.chat.last_job)
         assert shown and shown == job["result"]["text"]
-        assert app.chat.answer.rendered_tokens == app.last_end.stats["tokens_out"]  # everything was drawn
+        answer = app.chat.transcript.answer
+        assert answer.rendered_tokens == app.chat.last_end.stats["tokens_out"]  # everything was drawn
         assert app.query_one("#story", NarrationPane).lines_written >= 3  # spawn, loading, ready, …
-        assert f"{app.last_end.stats['tokens_out']} tokens" in str(app.query_one("#stats").render())
-        assert app.sub_title == f"job {app.last_job[:12]} completed"  # "job-" and 8 characters
+        assert f"{app.chat.last_end.stats['tokens_out']} tokens" in str(app.query_one("#stats").render())
+        assert app.sub_title == f"job {app.chat.last_job[:12]} completed"  # "job-" and 8 characters
 
         await pilot.press("f4")  # the models view
         table = app.query_one("#models-table", DataTable)
@@ -133,16 +134,16 @@ async def test_two_turns_send_the_first_exchange_with_the_second(queen):
     app = RbeeApp(queen.url, autostart=False, paths=queen.paths)
     async with app.run_test(size=(80, 24)) as pilot:
         first = await chat_turn(pilot, app, "Hi! My name is Ada.")
-        first_job = app.last_job
+        first_job = app.chat.last_job
         second = await chat_turn(pilot, app, "What is my name?")
         async with JobClient(queen.url, queen.token) as client:
-            job = await client.get(app.last_job)
-            conv = await client.conversation(app.conversation_id)
+            job = await client.get(app.chat.last_job)
+            conv = await client.conversation(app.chat.session.conversation_id)
         assert first and second
         assert messages(job) == [("user", "Hi! My name is Ada."), ("assistant", first), ("user", "What is my name?")]
-        assert job["request"]["conversation_id"] == app.conversation_id != first_job
+        assert job["request"]["conversation_id"] == app.chat.session.conversation_id != first_job
         assert [(m["role"], m["content"]) for m in conv["messages"]] == [*messages(job), ("assistant", second)]
-        boxes = app.chat.query(MessageBox)
+        boxes = app.chat.transcript.query(MessageBox)
         assert [b.role for b in boxes] == ["user", "assistant", "user", "assistant"]
 
 
@@ -152,17 +153,18 @@ async def test_escape_cancels_the_answer(queen):
         ask(app, COUNTING, "1000")
         app.query_one("#prompt").focus()
         await pilot.press("enter")
-        await until(pilot, lambda: app.chat.answer is not None and app.chat.answer.rendered_tokens >= 3)
+        transcript = app.chat.transcript
+        await until(pilot, lambda: transcript.answer is not None and transcript.answer.rendered_tokens >= 3)
         stats = app.query_one("#stats")
         await until(pilot, lambda: str(stats.render()).startswith("generating · "))  # live, before the end
         assert "tokens/s" in str(stats.render()) and "first token" in str(stats.render())
         await pilot.press("escape")
-        await until(pilot, lambda: app.last_end is not None)
-        assert app.last_end.state == "cancelled"
+        await until(pilot, lambda: app.chat.last_end is not None)
+        assert app.chat.last_end.state == "cancelled"
         async with JobClient(queen.url, queen.token) as client:
-            assert (await client.get(app.last_job))["state"] == "cancelled"
-        await until(pilot, lambda: len(app.history) == 2)  # what came is kept, as the queen keeps it
-        assert app.history[1] == ("assistant", app.chat.answer.text) and app.chat.answer.text
+            assert (await client.get(app.chat.last_job))["state"] == "cancelled"
+        await until(pilot, lambda: len(app.chat.session.messages) == 2)  # what came is kept, as the queen keeps it
+        assert app.chat.session.messages[1] == ("assistant", transcript.answer.text) and transcript.answer.text
         assert not any("done" in m or "completed" in m for m in notifications(app))
 
 
@@ -170,19 +172,20 @@ async def test_a_conversation_is_resumed_in_a_new_app(queen):
     first_app = RbeeApp(queen.url, autostart=False, paths=queen.paths)
     async with first_app.run_test(size=(140, 40)) as pilot:
         first = await chat_turn(pilot, first_app, "Hi! My name is Ada.")
-        conv_id = first_app.conversation_id
+        conv_id = first_app.chat.session.conversation_id
     app = RbeeApp(queen.url, autostart=False, paths=queen.paths)
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.press("ctrl+o")
         await until(pilot, lambda: isinstance(app.screen, ConversationsScreen), app=app)
         await pilot.press("enter")  # the newest conversation is highlighted
-        await until(pilot, lambda: app.conversation_id == conv_id and len(app.chat.query(MessageBox)) == 2, app=app)
-        shown = [b.text for b in app.chat.query(MessageBox)]
+        await until(pilot, lambda: app.chat.session.conversation_id == conv_id
+                    and len(app.chat.transcript.query(MessageBox)) == 2, app=app)
+        shown = [b.text for b in app.chat.transcript.query(MessageBox)]
         assert shown == ["Hi! My name is Ada.", first]
         assert app.query_one(TabbedContent).active == "infer" and app.focused is app.query_one("#prompt")
         second = await chat_turn(pilot, app, "What is my name?")
         async with JobClient(queen.url, queen.token) as client:
-            job = await client.get(app.last_job)
+            job = await client.get(app.chat.last_job)
         assert second and messages(job) == [("user", "Hi! My name is Ada."), ("assistant", first),
                                             ("user", "What is my name?")]
 

@@ -1,0 +1,1 @@
+"""The app's tabs, one module each: chat, hives, workers, models, jobs."""
