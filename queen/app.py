@@ -18,7 +18,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from queen.anthropic_api import OWN_AUTH as ANTHROPIC_AUTH, setup_anthropic_api
+from queen.api.routes import OWN_AUTH as ANTHROPIC_AUTH, setup_apis
 from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, WORKERS
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
@@ -29,9 +29,6 @@ from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
 from queen.model_names import KnownModels
 from queen.metrics import queen_gauges
-from queen.ollama_api import setup_ollama_api
-from queen.openai_api import setup_openai_api
-from queen.openai_embeddings import setup_openai_embeddings
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
 from shared import __version__
@@ -58,10 +55,7 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
         return await app[EXECUTOR](operation, job)
 
     setup_job_api(app, execute, actor="queen")
-    setup_openai_api(app)
-    setup_openai_embeddings(app)  # after the OpenAI API: its error shaper defers to that one off its path
-    setup_ollama_api(app)  # after the OpenAI API: its error shaper defers to that one off /api/
-    setup_anthropic_api(app)
+    setup_apis(app)  # OpenAI's, Ollama's and Anthropic's
     setup_conversation_api(app)
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)

@@ -82,7 +82,8 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
         raise RemoteJobLost(f"{client.base_url} ended the stream without finishing", submitted=True)
     if end.state is not JobState.COMPLETED:
         if last_error is not None:
-            raise RemoteJobFailed(last_error.message, code=last_error.code, reported=True)
+            raise RemoteJobFailed(last_error.message, code=last_error.code, status=last_error.status,
+                                  reported=True)
         if end.state is JobState.CANCELLED:  # not by us (that is a CancelledError here): it is going away
             raise RemoteJobFailed(f"{client.base_url} cancelled the {request.name} (is it shutting down?)",
                                   code="REMOTE_CANCELLED")

@@ -91,5 +91,8 @@ async def resolve_model(name: str, hives: HiveRegistry, workers: WorkerRegistry)
                                   "name one by its full reference.")
     if known:
         return known.pop()
-    parse_reference(name)  # not an alias either: the usual error, with what a reference looks like
+    try:
+        parse_reference(name)
+    except ModelReferenceError as exc:  # not an alias either: the usual words, with what a reference looks like
+        raise ModelReferenceError(exc.message, field=exc.field, problem=exc.problem, status=404) from None
     raise AssertionError("unreachable: parse_reference refused it")

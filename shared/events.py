@@ -76,6 +76,9 @@ class Data:
 class Error:
     code: str
     message: str
+    # The HTTP status the failure means (400: the request was wrong, 404: not there, 5xx: ours), so a
+    # daemon that forwards the error, and an API that answers it, keep it. Absent from older daemons.
+    status: int | None = field(default=None, compare=False)
     type: Literal["error"] = "error"
 
 
@@ -165,7 +168,9 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
         if kind == "data":
             return Data(action=d["action"], payload=d.get("payload"))
         if kind == "error":
-            return Error(code=d["code"], message=d["message"])
+            status = d.get("status")
+            return Error(code=d["code"], message=d["message"],
+                         status=status if isinstance(status, int) and not isinstance(status, bool) else None)
         if kind == "started":
             return Started(job_id=d["job_id"], model=d["model"], started_at=d.get("started_at") or now_ms())
         if kind == "end":

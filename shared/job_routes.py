@@ -24,7 +24,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from shared import appkeys
 from shared.errors import InvalidRequest, JobNotFound
 from shared.events import DONE_FRAME, sse_frame
-from shared.http import client_gone, read_json
+from shared.http import read_json
 from shared.job_registry import Executor, Job, JobLimits, JobRegistry
 from shared.operations import Operation, parse_operation
 
@@ -183,24 +183,6 @@ def setup_job_api(
     app.router.add_get(path + "/{job_id}", get_job)
     app.router.add_delete(path + "/{job_id}", cancel_job)
     app.router.add_get(path + "/{job_id}/stream", stream_job)
-
-
-async def until_finished(request: web.Request, job: Job) -> Job:
-    """The job once it ended, for an API handler that answers with its result. aiohttp does not cancel a
-    handler whose client left, so it is looked for: a client that goes away cancels its job."""
-    registry = request.app[appkeys.JOB_REGISTRY]
-    while not job.state.finished:
-        try:
-            await asyncio.wait_for(asyncio.shield(job.wait()), 0.5)
-        except asyncio.TimeoutError:
-            if client_gone(request) and not job.state.finished:
-                registry.cancel(job.id)
-                await job.wait()
-        except asyncio.CancelledError:
-            if not job.state.finished:
-                registry.cancel(job.id)
-            raise
-    return job
 
 
 async def _write(request: web.Request, stream: EventSourceResponse, text: str) -> None:

@@ -1,10 +1,10 @@
-"""How an Ollama request becomes an `infer` operation (queen/ollama_api.py), without daemons."""
+"""How an Ollama request becomes an `infer` operation (queen/api/ollama.py), without daemons."""
 
 from __future__ import annotations
 
 import pytest
 
-from queen.ollama_api import OllamaError, gguf_architecture, model_name, to_infer
+from queen.api.ollama import OllamaError, gguf_architecture, model_name, to_infer
 from shared.builtin_model import builtin_model_path
 from shared.inference import SAMPLING_DEFAULTS
 

@@ -1,4 +1,4 @@
-"""queen/tool_calls.py: checking tools, the schema a required call must follow, finding a call in text."""
+"""queen/api/tool_calls.py: checking tools, the schema a required call must follow, finding a call in text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from queen.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call,
+from queen.api.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call,
                               parse_tool_calls, tool_call_schema)
 from shared.errors import InvalidRequest
 from shared.inference import schema_for_grammar
@@ -76,7 +76,7 @@ def test_a_schema_the_grammar_cannot_follow_is_refused_without_loading_llama_cpp
     with pytest.raises(InvalidRequest, match="not a JSON schema") as caught:
         check_json_schema({"type": "foo"}, "response_format")
     assert caught.value.field == "response_format"
-    code = ("import sys; from queen.tool_calls import check_json_schema; check_json_schema({}, 'x'); "
+    code = ("import sys; from queen.api.tool_calls import check_json_schema; check_json_schema({}, 'x'); "
             "print('llama_cpp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the queen reads the converter alone, never loads llama.cpp

@@ -22,20 +22,19 @@ import json
 import struct
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 
+from queen.api.common import (ApiError, Failure, api_route, cancel_if_client_leaves, follow, read_body, stream,
+                              until_finished, wait_for_answer)
+from queen.api.tool_calls import add_system, check_json_schema, check_tools, parse_tool_calls, tools_prompt
 from queen.appkeys import CONFIG, HIVES, WORKERS
-from queen.tool_calls import (add_system, check_json_schema, check_tools, may_be_tool_call, parse_tool_calls,
-                              tools_prompt)
 from shared import __version__, appkeys
 from shared.builtin_model import builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
-from shared.events import JobState
+from shared.events import Data, End, Error, JobState, Narration, Token
 from shared.job_registry import Job
-from shared.job_routes import until_finished
 from shared.models import BUILTIN_MODEL, alias_of, is_reference, parse_reference
 from shared.operations import LOCAL_HIVE, MAX_EMBED_INPUTS, Embed, Infer, ModelDownload, ModelList
 from shared.wire import parse_message
@@ -50,22 +49,24 @@ OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "se
            "num_predict": "max_tokens", "stop": "stop", "presence_penalty": "presence_penalty",
            "frequency_penalty": "frequency_penalty"}
 FIELD_NAMES = {v: k for k, v in OPTIONS.items()} | {"json_schema": "format", "logprobs": "top_logprobs"}
-# Job error codes that mean the request was wrong (400), or named a model that is not there (404).
-CLIENT_MISTAKES = frozenset({"INVALID_REQUEST", "PROMPT_TOO_LONG", "NO_CHAT_TEMPLATE"})
-NOT_FOUND = frozenset({"MODEL_NOT_FOUND", "BAD_MODEL_REFERENCE", "UNKNOWN_HIVE"})
 UNSUPPORTED = {"/api/create": "create a model from a Modelfile", "/api/copy": "copy a model",
                "/api/push": "push a model", "/api/delete": "delete a model"}
 
 
-class OllamaError(RbeeError):
+class OllamaError(ApiError):
     """A request Ollama's API would refuse too; said as {"error": message}."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message, code="OLLAMA_ERROR", status=status)
+        super().__init__(message, status=status, code="OLLAMA_ERROR")
 
 
-def ollama_error(status: int, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str, param: str | None = None) -> web.Response:
+    """An error in Ollama's shape: {"error": message}."""
     return web.json_response({"error": message}, status=status)
+
+
+def matches(path: str) -> bool:
+    return path.startswith(PREFIX)
 
 
 def now_iso() -> str:
@@ -77,46 +78,23 @@ def iso(ts: float) -> str:
 
 
 def setup_ollama_api(app: web.Application) -> None:
-    """Mount the routes; errors on /api/ take Ollama's shape, other paths keep the shaper before this one."""
-    previous = app.get(appkeys.ERROR_SHAPER)
-
-    def error_shaper(request: web.Request, status: int, code: str, message: str) -> web.Response | None:
-        if request.path.startswith(PREFIX):
-            return ollama_error(status, message)
-        return previous(request, status, code, message) if previous else None
-
-    app[appkeys.ERROR_SHAPER] = error_shaper
-    app.router.add_post("/api/chat", chat)
-    app.router.add_post("/api/generate", generate)
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    app.router.add_post("/api/show", show)
-    app.router.add_post("/api/pull", pull)
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings)
-    app.router.add_get("/api/version", version)
-    for path, what in UNSUPPORTED.items():
-        app.router.add_route("*", path, unsupported(what))
+    routes = [("POST", "/api/chat", chat), ("POST", "/api/generate", generate), ("GET", "/api/tags", tags),
+              ("GET", "/api/ps", ps), ("POST", "/api/show", show), ("POST", "/api/pull", pull),
+              ("POST", "/api/embed", embed), ("POST", "/api/embeddings", embeddings),
+              ("GET", "/api/version", version)]
+    routes += [("*", path, unsupported(what)) for path, what in UNSUPPORTED.items()]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, api_route(error_response, handler))
 
 
 def unsupported(what: str):
     async def handler(request: web.Request) -> web.Response:
-        return ollama_error(501, f"rbee does not {what} through the Ollama API; rbee's models are GGUF files: "
-                                 "`rbee model download hf:<org>/<repo>:<file>.gguf`, `rbee model delete ID`.")
+        raise OllamaError(f"rbee does not {what} through the Ollama API; rbee's models are GGUF files: "
+                          "`rbee model download hf:<org>/<repo>:<file>.gguf`, `rbee model delete ID`.", 501)
     return handler
 
 
 # --- request parsing ---------------------------------------------------------------------------------
-
-
-async def read_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise OllamaError(f"invalid JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise OllamaError("the body must be a JSON object")
-    return body
 
 
 def model_name(body: dict[str, Any]) -> str:
@@ -190,6 +168,8 @@ def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
     """Ollama's request as an `infer` operation; what rbee cannot do is refused by name."""
     try:
         return _to_infer(body, chat=chat)
+    except ApiError:
+        raise
     except InvalidRequest as exc:
         name = FIELD_NAMES.get(exc.field or "", exc.field)
         where = f"options.{name}" if exc.field in OPTIONS.values() else name
@@ -223,9 +203,8 @@ def chat_messages(messages: list[Any]) -> list[Any]:
     return out
 
 
-def tool_calls_in(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The calls in an answer, in Ollama's shape (arguments an object, not a string)."""
-    calls = parse_tool_calls(text, tools)
+def ollama_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Tool calls (as parse_tool_calls finds them) in Ollama's shape: arguments an object, not a string."""
     return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
             for c in calls] if calls else None
 
@@ -233,33 +212,19 @@ def tool_calls_in(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]
 # --- jobs ----------------------------------------------------------------------------------------------
 
 
-def cancel(request: web.Request, job: Job) -> None:
-    if not job.state.finished:
-        request.app[appkeys.JOB_REGISTRY].cancel(job.id)
-
-
-def failure(job: Job, model: str | None = None) -> OllamaError:
-    """Why a job did not complete, with a status that says whose fault it was."""
-    error = job.error or {"code": "CANCELLED", "message": f"the request ended {job.state.value}"}
-    code, message = error["code"], error["message"]
-    if code in NOT_FOUND and model is not None:
-        return OllamaError(f"model '{model}' not found: {message}", 404)
-    if code in CLIENT_MISTAKES or code in NOT_FOUND:
-        return OllamaError(message, 400)
-    return OllamaError(message, 500)
-
-
-async def events(job: Job) -> AsyncIterator[dict[str, Any]]:
-    async for batch in job.follow():
-        for _, encoded in batch:
-            yield json.loads(encoded)
+def failure_error(failure: Failure, model: str | None = None) -> OllamaError:
+    """A job's failure as Ollama says it: a model that is not there is "model '…' not found"."""
+    if failure.status == 404 and model is not None:
+        return OllamaError(f"model '{model}' not found: {failure.message}", 404)
+    return OllamaError(failure.message, failure.status)
 
 
 async def run_job(request: web.Request, operation: Any, model: str | None = None) -> dict[str, Any]:
     """Run `operation` as a queen job; its result, or its failure in Ollama's shape."""
-    job = await until_finished(request, request.app[appkeys.JOB_REGISTRY].submit(operation))
-    if job.state is not JobState.COMPLETED:
-        raise failure(job, model)
+    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    failure, _ = await wait_for_answer(request, job)
+    if failure is not None:
+        raise failure_error(failure, model)
     return job.result or {}
 
 
@@ -274,7 +239,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return await generation(request, chat=False)
 
 
-def durations(job: Job, stats: dict[str, Any]) -> dict[str, Any]:
+def durations(job: Job, stats: Any) -> dict[str, Any]:
     """Ollama's counters and timings (nanoseconds) from the job's stats."""
     ns = lambda s: int(s * 1e9)  # noqa: E731
     total = (job.finished_at or time.time()) - job.created_at
@@ -286,8 +251,8 @@ def durations(job: Job, stats: dict[str, Any]) -> dict[str, Any]:
             "eval_duration": ns(tokens / rate) if rate else ns(max(0.0, total - ttft))}
 
 
-def _logprobs(event: dict[str, Any]) -> list[dict[str, Any]] | None:
-    found = event.get("logprobs")
+def _logprobs(found: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Worker logprobs ({token, logprob, top}) in Ollama's shape."""
     if not isinstance(found, list):
         return None
     return [{"token": p.get("token"), "logprob": p.get("logprob"),
@@ -295,91 +260,90 @@ def _logprobs(event: dict[str, Any]) -> list[dict[str, Any]] | None:
             for p in found if isinstance(p, dict)]
 
 
+def piece(name: str, chat: bool, text: str, logprobs: list | None = None, calls: list | None = None
+          ) -> dict[str, Any]:
+    """One line of an answer: `message` for chat, `response` for generate."""
+    out: dict[str, Any] = {"model": name, "created_at": now_iso()}
+    if chat:
+        out["message"] = {"role": "assistant", "content": text}
+        if calls:
+            out["message"]["tool_calls"] = calls
+    else:
+        out["response"] = text
+    if logprobs is not None:
+        out["logprobs"] = logprobs
+    out["done"] = False  # the last line says true, with the counts
+    return out
+
+
+class OllamaRenderer:
+    """One request's answer as Ollama's NDJSON lines (or one object): `message` for chat, `response` for
+    generate; the last line says done, with the counts."""
+
+    content_type = NDJSON
+    headers_at_once = False  # a failure before the first token gets its own status
+
+    def __init__(self, job: Job, name: str, chat: bool, operation: Infer | None = None) -> None:
+        self.job, self.name, self.chat = job, name, chat
+        self.logprobs = operation is not None and operation.logprobs is not None
+
+    def piece(self, text: str, logprobs: list | None = None, calls: list | None = None) -> dict[str, Any]:
+        return piece(self.name, self.chat, text, logprobs, calls)
+
+    @staticmethod
+    def line(value: dict[str, Any]) -> str:
+        return json.dumps(value, ensure_ascii=False) + "\n"
+
+    def start(self) -> str:
+        return ""
+
+    def token(self, token: Token) -> str:
+        return self.line(self.piece(token.t, _logprobs(token.logprobs)))
+
+    def error(self, error: Error) -> str:
+        return ""  # said once the job ends
+
+    def end(self, end: End, calls: list[dict[str, Any]] | None) -> str:
+        out = self.line(self.piece("", calls=ollama_calls(calls))) if calls else ""
+        return out + self.line({**self.piece(""), "done": True, **durations(self.job, end.stats)})
+
+    def failed(self, failure: Failure) -> str:
+        return self.line({"error": failure_error(failure, self.job.operation.model).message})
+
+    def close(self) -> str:
+        return ""
+
+    def failure(self, failure: Failure) -> web.Response:
+        error = failure_error(failure, self.job.operation.model)
+        return error_response(error.status, error.code, error.message)
+
+    def whole(self, result: dict[str, Any], tools: list[dict[str, Any]], logprobs: list[dict[str, Any]]
+              ) -> web.Response:
+        text = result.get("text", "")
+        calls = ollama_calls(parse_tool_calls(text, tools)) if tools else None
+        out = self.piece("" if calls else text, calls=calls)
+        if self.logprobs:
+            out["logprobs"] = _logprobs(logprobs) or []
+        return web.json_response({**out, "done": True, **durations(self.job, result)})
+
+
 async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
-    body = await read_body(request)
-    stream = stream_flag(body)
+    body = await read_body(request, empty={})
+    streamed = stream_flag(body)
     name = body.get("model") if isinstance(body.get("model"), str) else ""
-
-    def piece(text: str, logprobs: list | None = None, calls: list | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": name, "created_at": now_iso()}
-        if chat:
-            out["message"] = {"role": "assistant", "content": text}
-            if calls:
-                out["message"]["tool_calls"] = calls
-        else:
-            out["response"] = text
-        if logprobs is not None:
-            out["logprobs"] = logprobs
-        out["done"] = False  # the last line says true, with the counts
-        return out
-
     if not body.get("messages" if chat else "prompt"):  # Ollama's way to load a model: nothing to say yet
         model_name(body)  # workers start on the first real request
-        return web.json_response({**piece(""), "done": True, "done_reason": "load"})
+        return web.json_response({**piece(name, chat, ""), "done": True, "done_reason": "load"})
     operation = to_infer(body, chat=chat)
     tools = check_tools(body["tools"]) if chat and body.get("tools") else []  # valid: to_infer checked them
     job = request.app[appkeys.JOB_REGISTRY].submit(operation)
-    if not stream:
-        await until_finished(request, job)
-        if job.state is not JobState.COMPLETED:
-            raise failure(job, operation.model)
-        result = job.result or {}
-        text = result.get("text", "")
-        calls = tool_calls_in(text, tools) if tools else None
-        out = piece("" if calls else text, calls=calls)
-        logprobs: list[dict[str, Any]] = []
-        async for event in events(job):  # the job's log has them (tokens only: small)
-            if event["type"] == "token":
-                logprobs += _logprobs(event) or []
-        if operation.logprobs is not None:
-            out["logprobs"] = logprobs
-        return web.json_response({**out, "done": True, **durations(job, result)})
-
-    resp: web.StreamResponse | None = None
-
-    async def send(lines: list[dict[str, Any]]) -> None:
-        nonlocal resp
-        if resp is None:  # headers go once the request is known good: its first token, or its end
-            resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
-            await resp.prepare(request)
-        await resp.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
-
-    held: list[str] = []  # with tools: an answer that may yet be a call is held back until it is known
-    deciding = bool(tools)
-
-    try:
-        async for batch in job.follow():
-            out = []
-            for _, encoded in batch:
-                event = json.loads(encoded)
-                if event["type"] == "token":
-                    if deciding and may_be_tool_call("".join(held) + event["t"]):
-                        held.append(event["t"])
-                    else:
-                        deciding = False
-                        if held:
-                            out.append(piece("".join(held)))
-                            held.clear()
-                        out.append(piece(event["t"], _logprobs(event)))
-                elif event["type"] == "end":
-                    if event["state"] == JobState.COMPLETED:
-                        if held:
-                            calls = tool_calls_in("".join(held), tools)
-                            out.append(piece("", calls=calls) if calls else piece("".join(held)))
-                        out.append({**piece(""), "done": True, **durations(job, event)})
-                    elif resp is None and not out:
-                        raise failure(job, operation.model)  # nothing sent yet: a proper status
-                    else:
-                        out.append({"error": failure(job, operation.model).message})
-            if out:
-                await send(out)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-        # The client went away mid-stream: its generation stops now, freeing the worker.
-        cancel(request, job)
-        raise
-    assert resp is not None  # a job always ends with an end event
-    await resp.write_eof()
-    return resp
+    renderer = OllamaRenderer(job, name, chat, operation)
+    if streamed:
+        return await stream(request, job, renderer, tools)
+    failure, logprobs = await wait_for_answer(request, job, logprobs=operation.logprobs is not None)
+    if failure is not None:
+        return renderer.failure(failure)
+    return renderer.whole(job.result or {}, tools, logprobs)
 
 
 # --- models ----------------------------------------------------------------------------------------------
@@ -397,9 +361,10 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
         except asyncio.TimeoutError:  # finished() cancelled it
             return []
         found = []
-        async for event in events(job):
-            if event["type"] == "data" and event.get("action") == "model_list":
-                found += [{**m, "hive_id": alias} for m in event["payload"].get("models") or []]
+        async for events in follow(job):
+            for event in events:
+                if isinstance(event, Data) and event.action == "model_list":
+                    found += [{**m, "hive_id": alias} for m in event.payload.get("models") or []]
         return found
 
     entries = [m for models in await asyncio.gather(*(one(a) for a in request.app[HIVES].schedulable()))
@@ -491,7 +456,7 @@ async def tags(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    body = await read_body(request)
+    body = await read_body(request, empty={})
     wanted = model_name(body)
     entries = await catalogs(request)
     found = find(entries, wanted)
@@ -538,9 +503,9 @@ async def ps(request: web.Request) -> web.Response:
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request)
+    body = await read_body(request, empty={})
     wanted = model_name(body)
-    stream = stream_flag(body)
+    streamed = stream_flag(body)
     if not is_reference(wanted):
         raise OllamaError(f"'{wanted}' is not a model rbee can pull: rbee pulls GGUF files, not Ollama's library. "
                           f"Pass an rbee reference: hf:<org>/<repo>:<file>.gguf (a file on Hugging Face), "
@@ -553,34 +518,31 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if not isinstance(hive, str):
         raise OllamaError("'hive_id' must be a hive's alias (a string)")
     job = request.app[appkeys.JOB_REGISTRY].submit(ModelDownload(hive_id=str(hive), model=wanted))
-    if not stream:
-        await until_finished(request, job)
-        if job.state is not JobState.COMPLETED:
-            raise failure(job)
+    if not streamed:
+        failure, _ = await wait_for_answer(request, job)
+        if failure is not None:
+            raise failure_error(failure)
         return web.json_response({"status": "success"})
     resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    try:
+    async with cancel_if_client_leaves(request, job):
         await resp.write(json.dumps({"status": "pulling manifest"}).encode() + b"\n")
-        async for event in events(job):
-            line: dict[str, Any] | None = None
-            if event["type"] == "data" and event.get("action") == "download_progress":
-                p = event["payload"]
-                line = {"status": f"pulling {reference.file or reference.id}", "digest": reference.id,
-                        "total": p.get("total") or 0, "completed": p.get("done") or 0}
-            elif event["type"] == "narration" and event.get("action") == "model_verify":
-                line = {"status": "verifying sha256 digest"}
-            elif event["type"] == "end":
-                if event["state"] == JobState.COMPLETED:
-                    line = {"status": "success", "digest": f"sha256:{event.get('sha256', '')}"}
-                else:
-                    line = {"error": failure(job).message}
-            if line is not None:
-                await resp.write(json.dumps(line).encode() + b"\n")
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-        cancel(request, job)
-        raise
-    await resp.write_eof()
+        async for events in follow(job):
+            lines = []
+            for event in events:
+                if isinstance(event, Data) and event.action == "download_progress":
+                    p = event.payload
+                    lines.append({"status": f"pulling {reference.file or reference.id}", "digest": reference.id,
+                                  "total": p.get("total") or 0, "completed": p.get("done") or 0})
+                elif isinstance(event, Narration) and event.action == "model_verify":
+                    lines.append({"status": "verifying sha256 digest"})
+                elif isinstance(event, End) and event.state is JobState.COMPLETED:
+                    lines.append({"status": "success", "digest": f"sha256:{event.stats.get('sha256', '')}"})
+                elif isinstance(event, End):
+                    lines.append({"error": failure_error(Failure.of(job, event.state)).message})
+            if lines:
+                await resp.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+        await resp.write_eof()
     return resp
 
 
@@ -588,7 +550,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 
 async def embed(request: web.Request) -> web.Response:
-    body = await read_body(request)
+    body = await read_body(request, empty={})
     model = model_name(body)
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
@@ -608,7 +570,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     """The older endpoint: one prompt, one vector (unit length, as every rbee embedding)."""
-    body = await read_body(request)
+    body = await read_body(request, empty={})
     model = model_name(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:

@@ -1,7 +1,8 @@
 """Function calling for models whose chat template may know nothing of tools: the tools are described
 in a system message, a call is a JSON object {"name": ..., "arguments": {...}}, and when a call is
 required the worker's grammar (a JSON schema) makes the model write exactly that. Pure functions, so
-every API on the queen (OpenAI, Ollama) can share them.
+every API on the queen (OpenAI, Ollama) can share them; `ToolCallHoldBack` is the one place a stream
+holds back text that may turn out to be a call.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.events import Token
 from shared.inference import MAX_SCHEMA_CHARS, schema_for_grammar
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -151,6 +153,43 @@ def may_be_tool_call(text: str) -> bool:
     """Whether an answer that begins so could still turn out to be a call (a stream holds it back)."""
     body = text.lstrip()
     return any(body.startswith(p) or p.startswith(body) for p in ("{", "```", "<tool_call>"))
+
+
+class ToolCallHoldBack:
+    """A streamed answer that may yet be a tool call is held back until it clearly is not (then it goes
+    out as one token, its log-probabilities kept) or the answer ends (then it is parsed: a call, or text).
+    Without tools every token passes straight through."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None) -> None:
+        self.tools = tools or []
+        self.holding = bool(self.tools)
+        self._held: list[Token] = []
+
+    def feed(self, token: Token) -> Token | None:
+        """What to send now for `token` (None: held back)."""
+        if not self.holding:
+            return token
+        self._held.append(token)
+        return None if may_be_tool_call("".join(t.t for t in self._held)) else self.release()
+
+    def release(self) -> Token | None:
+        """The held text as one token (None when nothing is held); nothing is held back after it."""
+        self.holding = False
+        held, self._held = self._held, []
+        if not held:
+            return None
+        logprobs = [p for t in held for p in t.logprobs or ()]
+        return Token(t="".join(t.t for t in held), i=held[0].i,
+                     logprobs=logprobs if any(t.logprobs is not None for t in held) else None)
+
+    def finish(self) -> tuple[Token | None, list[dict[str, Any]] | None]:
+        """At the answer's end: the held text to send, or the calls it is (in OpenAI's shape)."""
+        if self.holding and self._held:
+            calls = parse_tool_calls("".join(t.t for t in self._held), self.tools)
+            if calls:
+                self.holding, self._held = False, []
+                return None, calls
+        return self.release(), None
 
 
 def check_json_schema(schema: Any, field: str) -> None:

@@ -1,0 +1,46 @@
+"""The queen's API routes (queen/api/) on a real aiohttp app over the shared job API, with a scripted
+generator in place of the inference runner: the APIs' mapping and rendering, tested without llama.cpp."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from aiohttp import web
+
+from queen.api.routes import OWN_AUTH, setup_apis
+from queen.appkeys import KNOWN_MODELS
+from queen.model_names import KnownModels
+from shared import appkeys
+from shared.app import create_base_app
+from shared.job_registry import Job
+from shared.job_routes import setup_job_api
+from shared.models import BUILTIN_MODEL
+from tests.support.scripted_executor import ScriptedGenerator
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = "hf:org/repo:model-q4.gguf"
+
+
+class FixedModels(KnownModels):
+    """The models running hives would list, fixed by the test (there is no hive to ask)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        super().__init__()
+        self._fixed = [BUILTIN_MODEL, *ids]
+
+    async def ids(self, hives: Any, max_age_s: float = 0.0) -> list[str]:
+        return self._fixed
+
+
+def api_app(executor: ScriptedGenerator, models: Iterable[str] = (MODEL, "missing", "too-long", "busy", "crash",
+                                                                   "bug")) -> web.Application:
+    app = create_base_app(TOKEN, own_auth=OWN_AUTH)
+    setup_job_api(app, executor, actor="queen")
+    app[KNOWN_MODELS] = FixedModels(models)
+    setup_apis(app)
+    return app
+
+
+def jobs(app: web.Application) -> list[Job]:
+    return list(app[appkeys.JOB_REGISTRY].jobs())
