@@ -30,7 +30,6 @@ from tests.support.processes import BIN, start_daemon  # noqa: E402
 from worker.config import all_cores  # noqa: E402
 
 
-
 async def run_queen(session, url, auth, max_tokens: int, started: float | None = None) -> Run:
     body = {"operation": "infer", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
     return await run_over_http(session, url, "/v1/jobs", body, auth, started)

@@ -37,7 +37,11 @@ SERVER_EXTRAS = ["fastapi", "uvicorn", "sse-starlette", "starlette-context", "py
 
 def ensure_server_extras() -> None:
     try:
-        import fastapi, pydantic_settings, sse_starlette, starlette_context, uvicorn  # noqa: E401, F401
+        import fastapi  # noqa: F401  (each import only checks that the extra is installed)
+        import pydantic_settings  # noqa: F401
+        import sse_starlette  # noqa: F401
+        import starlette_context  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError:
         print("installing llama-cpp-python's server extras for this benchmark: " + ", ".join(SERVER_EXTRAS),
               file=sys.stderr)

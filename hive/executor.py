@@ -17,9 +17,17 @@ from shared.events import Data, emit, narrate
 from shared.job_registry import Job
 from shared.models import alias_of
 from shared.operations import (
-    HiveOperation, ModelDelete, ModelDownload, ModelGet, ModelList, Operation, WorkerDelete, WorkerGet, WorkerList, WorkerSpawn,
+    HiveOperation,
+    ModelDelete,
+    ModelDownload,
+    ModelGet,
+    ModelList,
+    Operation,
+    WorkerDelete,
+    WorkerGet,
+    WorkerList,
+    WorkerSpawn,
 )
-
 
 EMBEDDING_THREADS = 2  # at most, for an embedding worker on CPU
 

@@ -17,8 +17,8 @@ from hive.catalog import CatalogEntry, ModelCatalog
 from hive.errors import DownloadFailed, ModelNotFound
 from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, gguf_problem, is_gguf
 from shared.events import Data, emit, narrate
-from shared.process import CHILD_CWD
 from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
+from shared.process import CHILD_CWD
 
 NARRATE_EVERY_S = 1.0
 

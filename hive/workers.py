@@ -22,9 +22,9 @@ from hive.config import HiveConfig
 from hive.errors import WorkerNotFound, WorkerStartFailed
 from hive.queen_link import QueenLink
 from shared.client import DaemonClient
+from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
-from shared.errors import RbeeError
 from shared.heartbeat import EngineState, Heartbeat
 from shared.process import CHILD_CWD
 from shared.wire import WireEnum

@@ -168,7 +168,7 @@ def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -
     if not found["running"]:
         return {"stopped": False, "reason": "no rbee-hive holds the lock"}
     pid = found.get("pid")
-    if not found.get("verified"):
+    if not found.get("verified") or not isinstance(pid, int):
         return {"stopped": False, "reason": f"the lock's holder (pid {pid}) is not an rbee-hive of this install; "
                                             "left alone"}
     if (problem := _signal(pid, signal.SIGTERM)) is not None:

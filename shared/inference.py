@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from shared.errors import InvalidRequest
 from shared.wire import Messages, WireMessage, bounds, parse_message
 
-
 MAX_SCHEMA_CHARS = 16 << 10  # a schema's grammar is built in pure Python, in time that grows fast with size
 MAX_GRAMMAR_CHARS = 64 << 10
 MAX_TOKENS_LIMIT = 1 << 20  # a worker also refuses more than its slot's context, with the sizes

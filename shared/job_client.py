@@ -8,6 +8,7 @@ the caller sees every event exactly once.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Mapping
@@ -70,7 +71,7 @@ class JobClient(DaemonClient):
 
     # -- the queen's conversations (ids by unique prefix) --------------------------------------------------
 
-    async def conversations(self) -> list[dict[str, Any]]:
+    async def conversations(self) -> builtins.list[dict[str, Any]]:
         return (await self.request("GET", "/v1/conversations"))["conversations"]
 
     async def conversation(self, conv_id: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import math
 import types
 import typing
@@ -95,16 +94,20 @@ def parse_message(cls: type[M], data: Any, *, tag: str | None = None) -> M:
     return message
 
 
-@functools.cache
+_SCHEMAS: dict[type, dict[str, tuple[Any, bool, Mapping[str, Any]]]] = {}
+
+
 def _schema(cls: type[WireMessage]) -> dict[str, tuple[Any, bool, Mapping[str, Any]]]:
     """name -> (type hint, required, metadata); resolving hints is slow, so once per class."""
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: (hints[f.name],
-                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-                 f.metadata)
-        for f in dataclasses.fields(cls)
-    }
+    if (schema := _SCHEMAS.get(cls)) is None:
+        hints = typing.get_type_hints(cls)
+        schema = _SCHEMAS[cls] = {
+            f.name: (hints[f.name],
+                     f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                     f.metadata)
+            for f in dataclasses.fields(cls)
+        }
+    return schema
 
 
 def field_types(cls: type[WireMessage]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from shared.operations import Infer, Status
 from tests.support.processes import children_of, pid_alive, start_queen
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 HELLO = dict(prompt="The capital of France is", max_tokens=8, temperature=0)
 
@@ -31,7 +33,7 @@ async def queen(home):
     pids = children_of(daemon.proc.pid)
     await asyncio.to_thread(daemon.stop, 30)
     for pid in pids:  # every test must leave nothing behind
-        await until(lambda: not pid_alive(pid), what=f"process {pid} to exit with the queen")
+        await until(lambda pid=pid: not pid_alive(pid), what=f"process {pid} to exit with the queen")
 
 
 @pytest.fixture
@@ -187,7 +189,9 @@ async def test_requests_waiting_for_a_model_are_served_first_come_first_served(h
             _, status = await run(client, Status())
             assert next(e for e in status if isinstance(e, Data)).payload["waiting_for_a_worker"] == {"smollm2-135m": 3}
             await client.cancel(busy.job_id)
-            results = [[e async for e in client.stream(job.job_id)] for job in waiting]
+            results = []
+            for job in waiting:  # (an async comprehension in a list comprehension needs 3.11)
+                results.append([e async for e in client.stream(job.job_id)])
         assert all(events[-1].state == "completed" for events in results)
         said = [next(e.human for e in events if isinstance(e, Narration) and e.action == "worker_wait")
                 for events in results]
@@ -309,14 +313,14 @@ async def test_shutdown_and_sigkill_leave_no_process_behind(home):
         else:
             queen.proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(queen.proc.wait, 10)
-        await until(lambda: not any(pid_alive(p) for p in pids), timeout=15,
-                    what=lambda: f"every child to exit after {how} (left: {[p for p in pids if pid_alive(p)]})")
+        await until(lambda pids=pids: not any(pid_alive(p) for p in pids), timeout=15,
+                    what=lambda pids=pids, how=how: f"every child to exit after {how} (left: {[p for p in pids if pid_alive(p)]})")
 
 
 async def test_cancelling_a_queen_job_cancels_the_download_it_drives(tmp_path, aiohttp_server):
-    from tests.support.fake_hub import FakeHub
-    from tests.support.processes import start_daemon, BIN
     from shared.builtin_model import builtin_model_path
+    from tests.support.fake_hub import FakeHub
+    from tests.support.processes import BIN, start_daemon
 
     hub = FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()}, bytes_per_s=10e6)  # ~10 s in all
     server = await aiohttp_server(hub.app())

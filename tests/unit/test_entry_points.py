@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 BIN = Path(sys.executable).parent
 ALL = ["rbee", "rbee-keeper", "queen-rbee", "rbee-hive", "llm-worker-rbee"]
 

@@ -5,7 +5,17 @@ import pytest
 
 from shared.errors import InvalidRequest
 from shared.events import (
-    Data, End, Error, Narration, Started, Token, bind_job, decode_event, emit, encode_event, narrate,
+    Data,
+    End,
+    Error,
+    Narration,
+    Started,
+    Token,
+    bind_job,
+    decode_event,
+    emit,
+    encode_event,
+    narrate,
     unbind_job,
 )
 

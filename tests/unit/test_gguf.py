@@ -8,10 +8,25 @@ import tracemalloc
 import pytest
 
 from hive.errors import HiveError
-from hive.gguf import GGUFArray, GGUFError, GGUFString, MAX_KEPT_STRING, read_gguf, read_gguf_metadata
+from hive.gguf import MAX_KEPT_STRING, GGUFArray, GGUFError, GGUFString, read_gguf, read_gguf_metadata
 from shared.builtin_model import builtin_model_path
-from tests.support.gguf_writer import (ARRAY, BOOL, FLOAT32, FLOAT64, INT8, INT16, INT32, INT64, STRING, UINT8, UINT16,
-                                       UINT32, UINT64, GGUFWriter, llama_like)
+from tests.support.gguf_writer import (
+    ARRAY,
+    BOOL,
+    FLOAT32,
+    FLOAT64,
+    INT8,
+    INT16,
+    INT32,
+    INT64,
+    STRING,
+    UINT8,
+    UINT16,
+    UINT32,
+    UINT64,
+    GGUFWriter,
+    llama_like,
+)
 
 # ggml type -> (bytes per block, values per block), for the types the built-in model uses
 GGML_BLOCKS = {0: (4, 1), 3: (20, 32), 8: (34, 32)}  # f32, q4_1, q8_0

@@ -12,6 +12,8 @@ import pytest
 from shared import hive_control
 from shared.hive_control import HiveLock, HiveLockBusy
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 
 @pytest.fixture
 def home(tmp_path):

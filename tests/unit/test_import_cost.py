@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 HEAVY = ("textual", "llama_cpp", "asyncssh")
 
 

@@ -4,7 +4,12 @@ import pytest
 
 from shared.errors import InvalidRequest, UnknownOperation
 from shared.operations import (
-    HIVE_OPERATIONS, OPERATIONS, Infer, ModelDownload, WorkerSpawn, parse_operation,
+    HIVE_OPERATIONS,
+    OPERATIONS,
+    Infer,
+    ModelDownload,
+    WorkerSpawn,
+    parse_operation,
 )
 
 SPEC_OPERATIONS = {

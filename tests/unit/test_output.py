@@ -10,8 +10,20 @@ import time
 import pytest
 
 from keeper_tui.output import (
-    CONVERSATION_COLUMNS, HumanRenderer, JsonRenderer, ago, conversation_rows, human_value, job_rows, key_values,
-    progress_text, render_data, short_id, table, transcript, when,
+    CONVERSATION_COLUMNS,
+    HumanRenderer,
+    JsonRenderer,
+    ago,
+    conversation_rows,
+    human_value,
+    job_rows,
+    key_values,
+    progress_text,
+    render_data,
+    short_id,
+    table,
+    transcript,
+    when,
 )
 from shared.events import Data, End, Error, Narration, Token
 

@@ -8,8 +8,14 @@ import sys
 
 import pytest
 
-from queen.api.tool_calls import (check_json_schema, check_tool_choice, check_tools, may_be_tool_call,
-                              parse_tool_calls, tool_call_schema)
+from queen.api.tool_calls import (
+    check_json_schema,
+    check_tool_choice,
+    check_tools,
+    may_be_tool_call,
+    parse_tool_calls,
+    tool_call_schema,
+)
 from shared.errors import InvalidRequest
 from shared.inference import schema_for_grammar
 
@@ -72,6 +78,7 @@ def test_a_stream_holds_back_only_what_may_become_a_call():
     assert not may_be_tool_call("Sure") and not may_be_tool_call("<b>")
 
 
+@pytest.mark.usefixtures("slow")  # runs a process
 def test_a_schema_the_grammar_cannot_follow_is_refused_without_loading_llama_cpp():
     with pytest.raises(InvalidRequest, match="not a JSON schema") as caught:
         check_json_schema({"type": "foo"}, "response_format")

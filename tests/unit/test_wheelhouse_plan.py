@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from queen.hives.remote import wheelhouse
-from queen.hives.remote.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, classify_pip_output, pip_error,
-                              plan_target)
+from queen.hives.remote.wheelhouse import (
+    REMOTE_TAGS_COMMAND,
+    TargetPython,
+    WheelhouseError,
+    classify_pip_output,
+    pip_error,
+    plan_target,
+)
 
 try:
     from packaging import tags
@@ -81,6 +87,7 @@ def test_platforms_are_every_platform_tag_best_first():
     assert CP312.key == "cp312-cp312-manylinux_2_36_x86_64"
 
 
+@pytest.mark.usefixtures("slow")  # runs a process
 def test_local_matches_what_the_remote_command_prints_here():
     """REMOTE_TAGS_COMMAND is what the caller runs over SSH after the venv's python; here on ours."""
     out = subprocess.run(f"{shlex.quote(sys.executable)} {REMOTE_TAGS_COMMAND}", shell=True, capture_output=True,

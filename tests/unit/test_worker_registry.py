@@ -13,7 +13,7 @@ from queen.hives import HiveRegistry
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import InvalidRequest
-from shared.heartbeat import Heartbeat, EngineState, parse_heartbeat
+from shared.heartbeat import EngineState, Heartbeat, parse_heartbeat
 
 
 def beat(worker_id: str = "w1", state: str = "ready", model: str = "smollm2-135m", hive_id: str = "localhost"):
