@@ -11,6 +11,8 @@ import pytest
 from tests.support.processes import start_queen
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # The client has no sampling parameters any more (newer Claude models drop them); rbee still takes them.

@@ -12,6 +12,8 @@ from shared.inference import InferenceRequest
 from shared.job_client import JobClient
 from tests.support.processes import start_worker
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 PROMPTS = ["The capital of France is", "1, 2, 3, 4, 5,", "Once upon a time, there was a",
            "The best way to learn a language is"]
 

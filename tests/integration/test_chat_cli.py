@@ -10,6 +10,8 @@ import pytest
 
 from tests.support.keeper import json_lines, running_keeper
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 SHORT = ["--max-tokens", "8", "--temperature", "0"]
 LONG = ["--max-tokens", "400", "--temperature", "0"]
 COUNTING = "Count from 1 to 300, separated by commas."

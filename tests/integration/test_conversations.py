@@ -20,6 +20,8 @@ from shared.paths import RbeePaths
 from tests.support.processes import start_queen
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 TINY = dict(max_tokens=8, temperature=0)
 
 

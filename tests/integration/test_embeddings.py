@@ -16,6 +16,8 @@ from hive.gguf import read_gguf_metadata
 from shared.builtin_model import builtin_model_path
 from tests.support.processes import BIN, daemon_env, start_queen
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 MODEL = "smollm2-135m"
 CAT = "The cat sat on the mat."
 

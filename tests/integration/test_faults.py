@@ -19,6 +19,8 @@ from shared.operations import Infer
 from tests.support.processes import children_of, pid_alive, start_queen
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 CLIENTS = 3
 SAY_WITHIN_S = 30

@@ -19,6 +19,8 @@ from tests.support.fake_hub import FakeHub
 from tests.support.processes import children_of, pid_alive, start_hive
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 BUILTIN_SHA = hashlib.sha256(builtin_model_path().read_bytes()).hexdigest()
 HF_REF = "hf:test-org/tiny-GGUF:smollm2-135m-q4_1.gguf"
 

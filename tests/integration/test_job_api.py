@@ -104,6 +104,7 @@ async def test_cancel_mid_job_ends_cancelled_and_runs_cleanup(client, executor):
     assert (await again.json())["error"]["code"] == "JOB_CONFLICT"
 
 
+@pytest.mark.usefixtures("slow")  # runs a process
 async def test_failures_become_error_events_not_tracebacks(client):
     job_id = await submit(client, {"operation": "hive_get", "alias": "down"})
     events = payloads(await stream(client, job_id))

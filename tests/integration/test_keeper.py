@@ -11,6 +11,8 @@ import pytest
 
 from tests.support.keeper import json_lines, running_keeper
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 FRANCE = ["--raw", "--temperature", "0", "--max-tokens", "12", "The capital of France is"]
 
 

@@ -17,7 +17,7 @@ from shared.inference import InferenceRequest
 from shared.job_client import JobClient
 from tests.support.processes import Daemon, rss_mb, start_worker
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 SIZES = (512, 2048)
 SLOTS = 4

@@ -25,7 +25,7 @@ from tests.integration.test_remote_hive import BASE_PYTHON, payload, run
 from tests.support.netns import require_netns, start_cluster
 from tests.support.processes import start_queen
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 HOSTS = ("hosta", "hostb")
 

@@ -22,7 +22,7 @@ import pytest
 from tests.support import netns
 from tests.support.netns import Cluster, Host, require_netns, start_cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 MARKER = "RBEE_SECRET_MARKER_123"
 

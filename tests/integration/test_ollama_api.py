@@ -15,6 +15,8 @@ from tests.support.fake_hub import FakeHub, hub_in_thread
 from tests.support.processes import BIN, start_daemon
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "num_predict": 8}

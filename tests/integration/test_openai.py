@@ -11,6 +11,8 @@ from shared.job_client import JobClient
 from tests.support.processes import start_queen
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 FRANCE = "The capital of France is"
 
 

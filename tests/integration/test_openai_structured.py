@@ -14,6 +14,8 @@ from shared.job_client import JobClient
 from shared.operations import Infer
 from tests.support.processes import start_queen
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 MODEL = "smollm2-135m"
 PERSON = {
     "type": "object",

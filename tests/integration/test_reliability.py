@@ -15,6 +15,8 @@ import pytest
 from tests.integration.test_keeper import keeper  # noqa: F401  (the fixture)
 from tests.support.keeper import RBEE, Keeper
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 
 

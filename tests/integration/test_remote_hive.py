@@ -21,6 +21,8 @@ from shared.operations import Infer
 from tests.support.processes import pid_alive, start_queen
 from tests.support.sshd import free_port, keygen, sshd_binary, start_sshd
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
 
 

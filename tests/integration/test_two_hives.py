@@ -17,6 +17,8 @@ from shared.operations import ModelDownload, WorkerSpawn
 from tests.support.two_hives import SECOND, start_two_hives
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 
 @pytest.fixture
 async def hives(tmp_path):

@@ -26,7 +26,7 @@ except ImportError:
     from pip._vendor.packaging import tags
     from pip._vendor.packaging.utils import parse_wheel_filename
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 OTHER = (3, 12) if sys.version_info[:2] != (3, 12) else (3, 11)
 BINARIES = ("multidict", "yarl", "frozenlist", "propcache", "aiohttp")

@@ -19,6 +19,8 @@ from shared.job_client import JobClient
 from tests.support.processes import daemon_env, pid_alive, start_worker
 from tests.support.waiting import until, wait_until
 
+pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
+
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting for a long time
 
 

@@ -24,7 +24,7 @@ COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 
 
 @pytest.fixture
-async def queen(tmp_path):
+async def queen(tmp_path, slow):
     home = tmp_path / "home"
     daemon = await asyncio.to_thread(start_queen, home)
     daemon.paths = RbeePaths.from_env({"RBEE_HOME": str(home)})
@@ -221,7 +221,7 @@ async def test_bad_form_values_are_notified(tmp_path):
 
 
 @pytest.fixture
-async def queen_with_hub(tmp_path, aiohttp_server):
+async def queen_with_hub(tmp_path, aiohttp_server, slow):
     """A queen whose hives download from a slow local stand-in for the hub (~10 s for the built-in GGUF)."""
     hub = FakeHub({"test-org/tiny-GGUF/m.gguf": builtin_model_path()}, bytes_per_s=10e6)
     server = await aiohttp_server(hub.app())
@@ -269,7 +269,7 @@ async def test_a_download_shows_progress_in_its_tab_and_escape_cancels_it(queen_
 
 
 @pytest.fixture
-async def two_hives(tmp_path):
+async def two_hives(tmp_path, slow):
     setup = await asyncio.to_thread(start_two_hives, tmp_path)
     yield setup
     await asyncio.to_thread(setup.stop)
