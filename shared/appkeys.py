@@ -11,8 +11,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from shared.job_registry import JobRegistry
-    from shared.job_routes import JobHistory
+    from shared.job_registry import JobHistory, JobRegistry
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Protocol
 
 from shared.errors import AmbiguousId, JobConflict, JobNotFound, RbeeError
 from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
@@ -202,6 +202,17 @@ class Job:
                 await asyncio.shield(cleanup())
             except Exception:  # one failing cleanup must not skip the others
                 log.exception("cleanup of %s failed", self.id)
+
+
+Cursor = tuple[float, str]  # (created_at, job_id): where a page of the job list ends
+
+
+class JobHistory(Protocol):
+    """Where finished jobs outlive the registry (the queen keeps them in SQLite, at appkeys.JOB_HISTORY)."""
+
+    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    async def list(self, *, limit: int, before: Cursor | None) -> list[dict[str, Any]]: ...
 
 
 class JobRegistry:

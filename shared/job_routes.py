@@ -16,7 +16,7 @@ import contextlib
 import inspect
 import math
 import sys
-from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Collection
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
@@ -25,7 +25,7 @@ from shared import appkeys
 from shared.errors import InvalidRequest, JobNotFound
 from shared.events import DONE_FRAME, sse_frame
 from shared.http import read_json
-from shared.job_registry import Executor, Job, JobLimits, JobRegistry
+from shared.job_registry import Cursor, Executor, Job, JobLimits, JobRegistry
 from shared.operations import Operation, parse_operation
 
 if sys.version_info >= (3, 11):
@@ -36,14 +36,6 @@ else:  # aiohttp depends on async-timeout before 3.11
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for the job to end before answering 202 "still ending"
 SSE_PING_S = 5.0  # keeps idle streams alive (a long prompt's prefill) and lets readers tell a hung peer
 SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (it can resume later)
-
-class JobHistory(Protocol):
-    """Where finished jobs outlive the registry (the queen keeps them in SQLite, at appkeys.JOB_HISTORY)."""
-
-    async def get(self, job_id: str) -> dict[str, Any] | None: ...
-
-    async def list(self, *, limit: int, before: "Cursor | None") -> list[dict[str, Any]]: ...
-
 
 Parse = Callable[[Any], "Operation | Awaitable[Operation]"]
 Admit = Callable[[JobRegistry], None]
@@ -209,7 +201,6 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return int(raw)
 
 
-Cursor = tuple[float, str]  # (created_at, job_id): where a page of the job list ends
 
 
 def _cursor_query(request: web.Request, name: str) -> Cursor | None:

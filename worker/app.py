@@ -25,7 +25,7 @@ from worker.embedder import EmbeddingEngine
 from worker.embedding_api import refuse_embeddings, setup_embedding_api
 from worker.engine import GenerationEngine
 from worker.heartbeat import HeartbeatSender
-from worker.inference_api import pending_jobs, setup_inference_api
+from worker.inference_api import queue_depth, setup_inference_api
 from worker.metrics import worker_gauges
 
 
@@ -91,13 +91,6 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
 async def say_stopping(app: web.Application) -> None:
     if HEARTBEAT in app and GOODBYE in app and app[shared_keys.LISTENING].url:
         await app[HEARTBEAT].say_goodbye(app[GOODBYE]())
-
-
-def queue_depth(app: web.Application) -> int:
-    """Requests waiting for a slot."""
-    if shared_keys.JOB_REGISTRY not in app:
-        return 0
-    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - app[ENGINE].slots_busy)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import appkeys as shared_keys
 from shared.errors import InvalidRequest
 from shared.heartbeat import EngineState
 from shared.inference import parse_inference_request
@@ -25,6 +26,13 @@ from worker.errors import NotReady, QueueFull
 
 def pending_jobs(registry: JobRegistry) -> int:
     return sum(1 for job in registry.jobs() if not job.state.finished)
+
+
+def queue_depth(app: web.Application) -> int:
+    """Requests waiting for a slot (the heartbeat, /health and /metrics report it)."""
+    if shared_keys.JOB_REGISTRY not in app:
+        return 0
+    return max(0, pending_jobs(app[shared_keys.JOB_REGISTRY]) - app[ENGINE].slots_busy)
 
 
 def generation_engine(app: web.Application) -> GenerationEngine:

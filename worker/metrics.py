@@ -10,12 +10,10 @@ from prometheus_client.core import GaugeMetricFamily
 
 from shared.metrics import labelled
 from worker.appkeys import CONFIG, ENGINE
+from worker.inference_api import queue_depth
 
 
 def worker_gauges(app: web.Application) -> Iterable[GaugeMetricFamily]:
-    # worker.app mounts this module: imported when first scraped
-    from worker.app import queue_depth
-
     if ENGINE in app:
         engine, config = app[ENGINE], app[CONFIG]
         key = (config.worker_id, config.hive_id or "")
