@@ -109,7 +109,8 @@ async def test_failures_become_error_events_not_tracebacks(client):
     job_id = await submit(client, {"operation": "hive_get", "alias": "down"})
     events = payloads(await stream(client, job_id))
     assert events == [
-        {"type": "error", "code": "HIVE_UNREACHABLE", "message": "Hive 'down' does not answer at 127.0.0.1:1."},
+        {"type": "error", "code": "HIVE_UNREACHABLE", "message": "Hive 'down' does not answer at 127.0.0.1:1.",
+         "status": 500},  # the HTTP status the failure means, kept by whoever forwards or answers it
         {"type": "end", "state": "failed"},
     ]
     bug_id = await submit(client, {"operation": "hive_get", "alias": "bug"})
