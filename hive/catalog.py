@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hive.gguf import GGUFError, read_gguf_metadata
-from shared.sqlite import SqliteThread
+from shared.sqlite import SqliteStore
 
 log = logging.getLogger("rbee.hive.catalog")
 
@@ -48,15 +48,9 @@ class CatalogEntry:
         return asdict(self)
 
 
-class ModelCatalog:
+class ModelCatalog(SqliteStore):
     def __init__(self, path: Path) -> None:
-        self._db = SqliteThread(path, setup=_setup)
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
+        super().__init__(path, setup=_setup)
 
     async def get(self, model_id: str) -> CatalogEntry | None:
         row = await self._db.run(lambda db: db.execute(f"SELECT {_COLUMNS} FROM models WHERE id = ?",

@@ -20,7 +20,7 @@ from typing import Any
 
 from queen.errors import QueenError
 from shared.errors import unique_match
-from shared.sqlite import SqliteThread
+from shared.sqlite import SqliteStore
 
 log = logging.getLogger("rbee.queen.conversations")
 
@@ -59,15 +59,9 @@ def _record(row: tuple) -> dict[str, Any]:
             "updated_at": row[5], "message_count": row[6]}
 
 
-class ConversationStore:
+class ConversationStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        self._db = SqliteThread(path, setup=lambda db: db.executescript(_SCHEMA))
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
+        super().__init__(path, setup=lambda db: db.executescript(_SCHEMA))
 
     async def create(self, *, model: str | None = None, hive_id: str | None = None, title: str | None = None
                      ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.errors import unique_match
 from shared.job_registry import Job, about
-from shared.sqlite import SqliteThread
+from shared.sqlite import SqliteStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,15 +58,9 @@ def _setup(db: sqlite3.Connection) -> None:
                (time.time(), _INTERRUPTED))
 
 
-class JobHistoryStore:
+class JobHistoryStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        self._db = SqliteThread(path, setup=_setup)
-
-    async def open(self) -> None:
-        await self._db.open()
-
-    async def close(self) -> None:
-        await self._db.close()
+        super().__init__(path, setup=_setup)
 
     def record(self, job: Job) -> None:
         """Snapshot the job now (on the loop) and write it in the database thread. Read-only jobs (lists,

@@ -53,3 +53,17 @@ class SqliteThread:
         if self._db is not None:
             await self.run(close)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+class SqliteStore:
+    """Base of the stores kept in one SQLite file (catalog, job history, conversations): the owner opens it
+    at start-up and closes it at shutdown (a cleanup_ctx), and subclasses add their queries on `_db`."""
+
+    def __init__(self, path: Path, *, setup: Query[Any]) -> None:
+        self._db = SqliteThread(path, setup=setup)
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
