@@ -41,8 +41,8 @@ class KnownModels:
         self._models = [BUILTIN_MODEL]
         self._at = float("-inf")
 
-    async def ids(self, hives: HiveRegistry, max_age_s: float = 0.0) -> list[str]:
-        if time.monotonic() - self._at <= max_age_s:
+    async def ids(self, hives: HiveRegistry | None, max_age_s: float = 0.0) -> list[str]:
+        if hives is None or time.monotonic() - self._at <= max_age_s:  # None: an app with no hives to ask
             return self._models
 
         async def catalog(alias: str, url: str) -> list[str]:
@@ -60,7 +60,7 @@ class KnownModels:
         self._models, self._at = models, time.monotonic()
         return models
 
-    async def has(self, hives: HiveRegistry, model: str, max_age_s: float) -> bool:
+    async def has(self, hives: HiveRegistry | None, model: str, max_age_s: float) -> bool:
         """Whether `model` (an id or an alias) is known: from the recent answer, else from asking again."""
         return among(model, await self.ids(hives, max_age_s)) or among(model, await self.ids(hives))
 

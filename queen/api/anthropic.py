@@ -12,7 +12,7 @@ This module converts a request into that job (`to_infer`) and renders the job in
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import web
 
@@ -154,7 +154,7 @@ def to_infer(body: Any) -> tuple[Infer, bool]:
     return operation, stream
 
 
-def stop_of(result: dict[str, Any], operation: Infer) -> tuple[str, str | None]:
+def stop_of(result: Mapping[str, Any], operation: Infer) -> tuple[str, str | None]:
     """Anthropic's (stop_reason, stop_sequence) for a generation's result."""
     if result.get("stop_reason") == "length":
         return "max_tokens", None

@@ -91,12 +91,12 @@ def canonical(model: str) -> str:
 
 
 async def known_models(app: web.Application, max_age_s: float = 0.0) -> list[str]:
-    return await app[KNOWN_MODELS].ids(app.get(HIVES), max_age_s)  # type: ignore[arg-type]
+    return await app[KNOWN_MODELS].ids(app.get(HIVES), max_age_s)
 
 
 async def check_model(app: web.Application, model: str) -> None:
     """UnknownModel (404) unless a running hive has `model` (an id, a reference or an alias)."""
-    if not await app[KNOWN_MODELS].has(app.get(HIVES), canonical(model), MODELS_CACHE_S):  # type: ignore[arg-type]
+    if not await app[KNOWN_MODELS].has(app.get(HIVES), canonical(model), MODELS_CACHE_S):
         raise UnknownModel(model)
 
 
@@ -118,7 +118,7 @@ class Failure:
         if job.error is not None:
             return cls(int(job.error.get("status") or 500), job.error["code"], job.error["message"])
         if state is JobState.CANCELLED:
-            return cls(CLIENT_LEFT, "CANCELLED", f"The request was cancelled before it finished.")
+            return cls(CLIENT_LEFT, "CANCELLED", "The request was cancelled before it finished.")
         return cls(500, "FAILED", f"The request ended {state.value}.")
 
 
@@ -201,12 +201,15 @@ class Renderer(Protocol):
 
     def error(self, error: Error) -> str:
         """An error event mid-stream (the job's end follows it)."""
+        ...
 
     def end(self, end: End, calls: list[dict[str, Any]] | None) -> str:
         """The job completed; `calls`: the tool calls its held-back answer turned out to be."""
+        ...
 
     def failed(self, failure: Failure) -> str:
         """The job failed or was cancelled after the stream began."""
+        ...
 
     def close(self) -> str: ...
 

@@ -26,8 +26,17 @@ from typing import Any
 
 from aiohttp import web
 
-from queen.api.common import (ApiError, Failure, api_route, cancel_if_client_leaves, follow, read_body, stream,
-                              until_finished, wait_for_answer)
+from queen.api.common import (
+    ApiError,
+    Failure,
+    api_route,
+    cancel_if_client_leaves,
+    follow,
+    read_body,
+    stream,
+    until_finished,
+    wait_for_answer,
+)
 from queen.api.tool_calls import add_system, check_json_schema, check_tools, parse_tool_calls, tools_prompt
 from queen.appkeys import CONFIG, HIVES, WORKERS
 from shared import __version__, appkeys
@@ -283,9 +292,9 @@ class OllamaRenderer:
     content_type = NDJSON
     headers_at_once = False  # a failure before the first token gets its own status
 
-    def __init__(self, job: Job, name: str, chat: bool, operation: Infer | None = None) -> None:
-        self.job, self.name, self.chat = job, name, chat
-        self.logprobs = operation is not None and operation.logprobs is not None
+    def __init__(self, job: Job, name: str, chat: bool, operation: Infer) -> None:
+        self.job, self.name, self.chat, self.model = job, name, chat, operation.model
+        self.logprobs = operation.logprobs is not None
 
     def piece(self, text: str, logprobs: list | None = None, calls: list | None = None) -> dict[str, Any]:
         return piece(self.name, self.chat, text, logprobs, calls)
@@ -308,13 +317,13 @@ class OllamaRenderer:
         return out + self.line({**self.piece(""), "done": True, **durations(self.job, end.stats)})
 
     def failed(self, failure: Failure) -> str:
-        return self.line({"error": failure_error(failure, self.job.operation.model).message})
+        return self.line({"error": failure_error(failure, self.model).message})
 
     def close(self) -> str:
         return ""
 
     def failure(self, failure: Failure) -> web.Response:
-        error = failure_error(failure, self.job.operation.model)
+        error = failure_error(failure, self.model)
         return error_response(error.status, error.code, error.message)
 
     def whole(self, result: dict[str, Any], tools: list[dict[str, Any]], logprobs: list[dict[str, Any]]
@@ -330,7 +339,7 @@ class OllamaRenderer:
 async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
     body = await read_body(request, empty={})
     streamed = stream_flag(body)
-    name = body.get("model") if isinstance(body.get("model"), str) else ""
+    name = str(body["model"]) if isinstance(body.get("model"), str) else ""
     if not body.get("messages" if chat else "prompt"):  # Ollama's way to load a model: nothing to say yet
         model_name(body)  # workers start on the first real request
         return web.json_response({**piece(name, chat, ""), "done": True, "done_reason": "load"})
@@ -379,7 +388,8 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
             pass  # not installed here: nothing to offer
     # The local hive's files (and the built-in) are on this machine: their architecture is a short read.
     local = [m for m in entries if m.get("hive_id") in (LOCAL_HIVE, None) and m.get("path")]
-    for m, arch in zip(local, await asyncio.to_thread(lambda: [gguf_architecture(m["path"]) for m in local])):
+    architectures = await asyncio.to_thread(lambda: [gguf_architecture(entry["path"]) for entry in local])
+    for m, arch in zip(local, architectures):
         m["architecture"] = arch
     return entries
 

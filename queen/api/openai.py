@@ -19,10 +19,16 @@ from typing import Any
 
 from aiohttp import web
 
-from queen.api.common import (ApiError, Failure, api_route, check_model, known_models, read_body, stream,
-                              wait_for_answer)
-from queen.api.tool_calls import (add_system, check_json_schema, check_tool_choice, check_tools, parse_tool_calls,
-                                  tool_call_schema, tools_prompt)
+from queen.api.common import ApiError, Failure, api_route, check_model, known_models, read_body, stream, wait_for_answer
+from queen.api.tool_calls import (
+    add_system,
+    check_json_schema,
+    check_tool_choice,
+    check_tools,
+    parse_tool_calls,
+    tool_call_schema,
+    tools_prompt,
+)
 from shared import appkeys
 from shared.errors import InvalidRequest
 from shared.events import DONE_FRAME, End, Error, Token
