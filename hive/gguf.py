@@ -214,7 +214,7 @@ class _Reader:
         for i in range(n_kv):
             key = self.string(f"metadata key #{i}")
             if not isinstance(key, str):
-                raise self.fail(f"metadata key #{i} is {key.length} bytes long")
+                raise self.fail(f"metadata key #{i} is {key.length if key else '?'} bytes long")
             kind = self.u32(f"the type of {key}")
             metadata[key] = self.value(kind, key, depth=0)
         self.need_items(n_tensors, 24, "tensors")
@@ -279,7 +279,7 @@ class _Reader:
     def tensor(self, i: int) -> GGUFTensor:
         name = self.string(f"the name of tensor #{i}")
         if not isinstance(name, str):
-            raise self.fail(f"the name of tensor #{i} is {name.length} bytes long")
+            raise self.fail(f"the name of tensor #{i} is {name.length if name else '?'} bytes long")
         n_dims = self.u32(f"the dimension count of tensor {name}")
         if not 1 <= n_dims <= MAX_DIMS:
             raise self.fail(f"tensor {name} has {n_dims} dimensions (GGML allows 1 to {MAX_DIMS})")

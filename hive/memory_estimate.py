@@ -195,7 +195,7 @@ def _per_layer(value: int | list[int], n_layer: int, what: str) -> list[int]:
 def _vocab_size(gguf: GGUFFile, where: str) -> int:
     """`<arch>.vocab_size`, else the tokenizer's token count, else the embedding matrix's width."""
     for value in (gguf.arch_value("vocab_size"), gguf.metadata.get("tokenizer.ggml.tokens")):
-        if _is_int(value) and value > 0:
+        if isinstance(value, int) and _is_int(value) and value > 0:
             return value
         if isinstance(value, (list, GGUFArray)) and len(value) > 0:
             return len(value)

@@ -117,6 +117,7 @@ class ModelStore:
         return path
 
     async def _download(self, ref: ModelRef) -> Path:
+        assert ref.repo is not None and ref.file is not None, "an hf: reference names a repo and a file"
         dest = self.model_dir / "hf" / ref.repo
         dest.mkdir(parents=True, exist_ok=True)
         narrate("model_download", f"Downloading {ref.file} from {ref.repo}", target=ref.id)
