@@ -20,10 +20,22 @@ def llama_cpp_version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def workers_use_amx() -> bool:
+    """Whether the llama.cpp rbee's workers load was built with AMX (bootstrap.sh builds it without where
+    AMX faults): llama-server is built the same way, so both run the same kernels."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
 def llama_server_binary() -> Path:
     """The path of a built llama-server, building it the first time (about 10 minutes on 2 cores)."""
     version = llama_cpp_version()
-    root = CACHE / f"llama-cpp-python-{version}"
+    amx = workers_use_amx()
+    root = CACHE / f"llama-cpp-python-{version}{'' if amx else '-noamx'}"
     binary = root / "build" / "bin" / "llama-server"
     if binary.exists():
         return binary
@@ -43,9 +55,10 @@ def llama_server_binary() -> Path:
                     tar.extract(member, source, filter="data")
     cores = str(os.cpu_count() or 2)
     print(f"[bench] building llama-server with {cores} cores into {root / 'build'} (once)", file=sys.stderr)
+    flags = [] if amx else [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
     subprocess.run(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(root / "build"),
                     "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_OPENSSL=OFF"],
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_OPENSSL=OFF", *flags],
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(root / "build"), "--target", "llama-server", "-j", cores],
                    check=True, stdout=subprocess.DEVNULL)
