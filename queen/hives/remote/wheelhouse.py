@@ -282,6 +282,15 @@ async def build_wheelhouse(data_dir: Path) -> Path:
         return await _build_local(data_dir)
 
 
+def rebuilt_llama_wheels() -> list[str]:
+    """pip options offering the llama-cpp-python wheels bootstrap.sh rebuilt for this CPU (without AMX,
+    where the VM faults on it): pip's own cache keys a wheel by its source only, so without them a remote
+    would get the build that crashes here, not the one this machine runs."""
+    cache = Path(os.environ.get("RBEE_WHEEL_CACHE") or Path.home() / ".cache" / "rbee" / "llama-wheels")
+    found = sorted(d for d in cache.glob("*") if d.is_dir() and any(d.glob("llama_cpp_python-*.whl")))
+    return [option for d in found for option in ("--find-links", str(d))]
+
+
 async def _build_local(data_dir: Path) -> Path:
     root = source_root()
     wheelhouse = data_dir / "wheelhouse"
@@ -295,7 +304,7 @@ async def _build_local(data_dir: Path) -> Path:
             if old.is_file():
                 old.unlink()
         narrate("hive_install", "Collecting the wheels of rbee's dependencies (once; cached afterwards)")
-        await _pip("wheel", "--quiet", "--wheel-dir", str(wheelhouse), str(root), what=what)
+        await _pip("wheel", "--quiet", "--wheel-dir", str(wheelhouse), *rebuilt_llama_wheels(), str(root), what=what)
         await _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheelhouse), *EXTRA_NO_DEPS, what=what)
         marker.touch()
     narrate("hive_install", "Building rbee's wheel")
