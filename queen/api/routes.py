@@ -5,7 +5,6 @@ middlewares answer before any handler (no token, no such route, a body too large
 the one API whose paths they are on.
 """
 
-
 from __future__ import annotations
 
 from aiohttp import web
