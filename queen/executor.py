@@ -6,19 +6,35 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from queen.conversations import ConversationStore
+from queen.embeddings import run_embed
 from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.hives.remote.hives_conf import import_ssh_config
-from queen.conversations import ConversationStore
-from queen.embeddings import run_embed
 from queen.inference import InferenceRunner, Progress
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.events import Data, emit, narrate
 from shared.job_client import Clients
 from shared.job_registry import Job, JobRegistry
 from shared.operations import (
-    ANY_HIVE, HiveGet, HiveImportSsh, HiveInstall, HiveList, HiveOperation, HiveRefreshCapabilities, HiveStart,
-    Embed, HiveStatus, HiveStop, HiveUninstall, Infer, Operation, SshTest, Status, WorkerDelete, WorkerSpawn,
+    ANY_HIVE,
+    Embed,
+    HiveGet,
+    HiveImportSsh,
+    HiveInstall,
+    HiveList,
+    HiveOperation,
+    HiveRefreshCapabilities,
+    HiveStart,
+    HiveStatus,
+    HiveStop,
+    HiveUninstall,
+    Infer,
+    Operation,
+    SshTest,
+    Status,
+    WorkerDelete,
+    WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
 

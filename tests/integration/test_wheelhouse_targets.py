@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from queen.hives.remote.wheelhouse import (REMOTE_TAGS_COMMAND, TargetPython, WheelhouseError, build_wheelhouse, fetch_wheels,
-                              prepare_wheelhouse)
+from queen.hives.remote.wheelhouse import (
+    REMOTE_TAGS_COMMAND,
+    TargetPython,
+    WheelhouseError,
+    build_wheelhouse,
+    fetch_wheels,
+    prepare_wheelhouse,
+)
 
 try:
     from packaging import tags

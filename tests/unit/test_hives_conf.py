@@ -7,7 +7,12 @@ import pytest
 
 from queen.errors import QueenError
 from queen.hives.remote.hives_conf import (
-    DEFAULT_INSTALL_DIR, HivesConfError, RemoteHost, import_ssh_config, load_hives_conf, parse_ssh_style,
+    DEFAULT_INSTALL_DIR,
+    HivesConfError,
+    RemoteHost,
+    import_ssh_config,
+    load_hives_conf,
+    parse_ssh_style,
 )
 from shared.ports import DEFAULT_HIVE_PORT
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from queen.errors import QueenError
 from shared.operations import ANY_HIVE, LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, valid_port
+
 DEFAULT_INSTALL_DIR = "~/.local/share/rbee-hive"
 KEYS = {
     "hostname": "hostname", "port": "port", "user": "user", "identityfile": "identity_file",

@@ -130,7 +130,7 @@ async def stop(host: RemoteHost) -> dict[str, Any]:
 
 
 async def uninstall(host: RemoteHost) -> dict[str, Any]:
-    """Remove the install dir (the hive must be stopped first: HiveRegistry.stop)."""
+    """Remove the install dir (the hive must be stopped first: RemoteHive.stop)."""
     async with await connect(host) as conn:
         root = await install_dir(conn, host)
         status, _ = await run(conn, host, f"test -f {q(root)}/{MARKER}", action="hive_uninstall", check=False)

@@ -26,8 +26,8 @@ import asyncssh
 
 from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers, run_remote_job
-from queen.hives.remote.link import HiveLink
 from queen.hives.remote.hives_conf import RemoteHost
+from queen.hives.remote.link import HiveLink
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError, ServerError
 from shared.events import Data, Event, detached_task, narrate
