@@ -122,8 +122,8 @@ class LocalHive:
             line = await asyncio.wait_for(proc.stdout.readline(), self._config.hive_start_timeout_s)  # type: ignore[union-attr]
         except asyncio.TimeoutError:
             line = b""
-        url = listening_url(line)
-        if url is None:
+        listening = listening_url(line)
+        if listening is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -131,7 +131,7 @@ class LocalHive:
             tail = tail_file(log_path, 10)
             raise HiveUnavailable(f"Hive {self.alias} did not start (exit code {proc.returncode}). "
                                   f"Its log {log_path} ends with:\n{tail}")
-        self.url = url
+        self.url = url = listening
         self.state = HiveState.RUNNING
         self.started_at = time.time()
         self.exit_code = None
