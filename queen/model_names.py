@@ -52,8 +52,7 @@ class KnownModels:
             except RbeeError:
                 return []  # a hive that does not answer has no models to offer right now
 
-        per_hive = await asyncio.gather(*(catalog(h.alias, h.url) for h in hives.all()
-                                          if h.url and (h.local or hives.token_of(h.alias))))
+        per_hive = await asyncio.gather(*(catalog(alias, url) for alias, url in hives.with_address()))
         models = [BUILTIN_MODEL]
         for ids in per_hive:
             models += [m for m in ids if m not in models]
