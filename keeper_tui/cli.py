@@ -14,10 +14,17 @@ import signal
 import sys
 from typing import Any, TextIO
 
-from keeper_tui.errors import KeeperError
 from keeper_tui.chat import TerminalChat
+from keeper_tui.errors import KeeperError
 from keeper_tui.output import (
-    CONVERSATION_COLUMNS, JOB_COLUMNS, HumanRenderer, JsonRenderer, conversation_rows, job_rows, key_values, table,
+    CONVERSATION_COLUMNS,
+    JOB_COLUMNS,
+    HumanRenderer,
+    JsonRenderer,
+    conversation_rows,
+    job_rows,
+    key_values,
+    table,
     transcript,
 )
 from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
@@ -27,10 +34,10 @@ from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL
 from shared.operations import ANY_HIVE, LOCAL_HIVE, Operation, parse_operation
-from shared.ports import DEFAULT_QUEEN_URL
-from shared.wire import field_types
 from shared.paths import RbeePaths
+from shared.ports import DEFAULT_QUEEN_URL
 from shared.token import load_or_create_token
+from shared.wire import field_types
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_QUEEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

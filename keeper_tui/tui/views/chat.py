@@ -18,7 +18,7 @@ from keeper_tui.tui.screens import ConversationChoice, ConversationsScreen
 from keeper_tui.tui.views.base import View
 from keeper_tui.tui.widgets import MessageBox, NarrationPane, Transcript
 from shared.errors import RbeeError
-from shared.events import End, Error, Event, JobState, Narration, Token
+from shared.events import End, Error, Event, Narration, Token
 from shared.inference import SAMPLING_DEFAULTS, Generation
 from shared.models import BUILTIN_MODEL
 from shared.operations import Infer
