@@ -18,17 +18,18 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from queen.api.routes import OWN_AUTH as ANTHROPIC_AUTH, setup_apis
+from queen.api.routes import OWN_AUTH as ANTHROPIC_AUTH
+from queen.api.routes import setup_apis
 from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, WORKERS
+from queen.config import QueenConfig
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
-from queen.config import QueenConfig
 from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
 from queen.inference import InferenceRunner
-from queen.model_names import KnownModels
 from queen.metrics import queen_gauges
+from queen.model_names import KnownModels
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
 from shared import __version__
@@ -40,8 +41,8 @@ from shared.http import read_json
 from shared.job_client import Clients
 from shared.job_routes import setup_job_api
 from shared.metrics import setup_metrics
-from shared.token import tokens_equal
 from shared.operations import WorkerDelete
+from shared.token import tokens_equal
 
 log = logging.getLogger("rbee.queen")
 

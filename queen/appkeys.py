@@ -8,8 +8,8 @@ from aiohttp import web
 from queen.config import QueenConfig
 from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
-from queen.model_names import KnownModels
 from queen.hives import HiveRegistry
+from queen.model_names import KnownModels
 from queen.worker_registry import WorkerRegistry
 from shared.job_client import Clients
 

@@ -16,7 +16,6 @@ from shared.events import End, Error, Event, JobState, Narration, current_job_id
 from shared.job_client import JobClient
 from shared.wire import WireMessage
 
-
 CANCEL_GRACE_S = 0.5  # how long a cancelled queen job waits for the remote job to confirm its cancel
 
 

@@ -18,7 +18,6 @@ from shared.job_client import Clients
 from shared.job_registry import Job
 from shared.operations import Infer
 
-
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
 ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})
 START_ATTEMPTS = 3  # workers tried for a request that could not start, before the job fails

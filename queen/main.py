@@ -12,8 +12,8 @@ from queen.app import create_app
 from queen.config import QueenConfig
 from shared.daemon import configure_logging, daemon_arg_parser, port_number, serve
 from shared.events import set_default_actor
-from shared.process import keep_files_private
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
+from shared.process import keep_files_private
 from shared.token import load_or_create_token
 
 PROG = "queen-rbee"

@@ -15,6 +15,7 @@ from shared.errors import RbeeError
 from shared.models import BUILTIN_MODEL
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_ARCHITECTURE = "llama"  # its general.architecture (a test reads the file to keep this true)
 GGUF_MAGIC = b"GGUF"
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -40,7 +39,7 @@ from queen.api.common import (
 from queen.api.tool_calls import add_system, check_json_schema, check_tools, parse_tool_calls, tools_prompt
 from queen.appkeys import CONFIG, HIVES, WORKERS
 from shared import __version__, appkeys
-from shared.builtin_model import builtin_model_path, builtin_model_sha256
+from shared.builtin_model import BUILTIN_ARCHITECTURE, builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
 from shared.events import Data, End, Error, JobState, Narration, Token
 from shared.job_registry import Job
@@ -51,7 +50,6 @@ from shared.wire import parse_message
 PREFIX = "/api/"
 TAG = ":latest"  # Ollama names are name:tag; rbee's models have one version each
 NDJSON = "application/x-ndjson"
-KEY = b"general.architecture"
 CATALOG_TIMEOUT_S = 15.0  # a hive that does not list its models by then is left out of /api/tags
 # Ollama option -> rbee's Generation field (the others Ollama knows are accepted and ignored).
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
@@ -383,32 +381,11 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
             path = builtin_model_path()
             entries.append({"id": BUILTIN_MODEL, "reference": BUILTIN_MODEL, "alias": BUILTIN_MODEL,
                             "path": str(path), "size": path.stat().st_size, "sha256": builtin_model_sha256() or "",
-                            "added_at": path.stat().st_mtime, "hive_id": None, "estimate": {}})
+                            "added_at": path.stat().st_mtime, "hive_id": None, "estimate": {},
+                            "architecture": BUILTIN_ARCHITECTURE})
         except (RbeeError, OSError):
             pass  # not installed here: nothing to offer
-    # The local hive's files (and the built-in) are on this machine: their architecture is a short read.
-    local = [m for m in entries if m.get("hive_id") in (LOCAL_HIVE, None) and m.get("path")]
-    architectures = await asyncio.to_thread(lambda: [gguf_architecture(entry["path"]) for entry in local])
-    for m, arch in zip(local, architectures):
-        m["architecture"] = arch
-    return entries
-
-
-def gguf_architecture(path: str) -> str:
-    """A GGUF's `general.architecture` ("llama"), which writers put first among its keys: a read of a few
-    dozen bytes; "" for a file that does not start so (the hive reads GGUFs in full, the queen need not)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-            if len(head) < 24 or head[:4] != b"GGUF" or struct.unpack("<I", head[4:8])[0] < 2:
-                return ""
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n != len(KEY) or f.read(n) != KEY or struct.unpack("<I", f.read(4))[0] != 8:  # 8: a string
-                return ""
-            (n,) = struct.unpack("<Q", f.read(8))
-            return f.read(min(n, 64)).decode("utf-8", "replace") if n <= 64 else ""
-    except (OSError, struct.error):
-        return ""
+    return entries  # each hive's entries carry the GGUF's architecture (read once, when it was catalogued)
 
 
 def ollama_names(entries: list[dict[str, Any]]) -> dict[str, str]:

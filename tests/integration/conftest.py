@@ -6,6 +6,7 @@ from shared.app import create_base_app
 from shared.job_registry import JobLimits
 from shared.job_routes import setup_job_api
 from shared.operations import OPERATIONS
+from tests.support.keeper import running_keeper
 from tests.support.scripted_executor import ScriptedExecutor
 
 TOKEN = "test-token-0123456789"
@@ -32,3 +33,10 @@ def make_job_app(executor):
 @pytest.fixture
 async def client(aiohttp_client, make_job_app):
     return await aiohttp_client(make_job_app())
+
+
+@pytest.fixture
+def keeper(tmp_path, slow):
+    """The real `rbee` with a home of its own: the queen it wakes is stopped afterwards, with all it started."""
+    with running_keeper(tmp_path / "home") as keeper:
+        yield keeper

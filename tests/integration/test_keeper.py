@@ -9,17 +9,11 @@ import sys
 
 import pytest
 
-from tests.support.keeper import json_lines, running_keeper
+from tests.support.keeper import json_lines
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 FRANCE = ["--raw", "--temperature", "0", "--max-tokens", "12", "The capital of France is"]
-
-
-@pytest.fixture
-def keeper(tmp_path):
-    with running_keeper(tmp_path / "home") as keeper:
-        yield keeper
 
 
 def test_autostart_and_human_stdout_holds_exactly_the_answer(keeper):

@@ -147,7 +147,7 @@ async def test_a_cut_link_is_reported_and_heals_by_itself(setup):
         job = await client.submit(Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=2000, temperature=0,
                                         hive_id="hostb"))
         events, last = [], -1
-        async for last, event in client.stream_with_ids(job.job_id):
+        async for last, event in client.stream_with_ids(job.job_id):  # noqa: B007  (`last` is read after the loop)
             events.append(event)
             if sum(isinstance(e, Token) for e in events) >= 5:
                 break

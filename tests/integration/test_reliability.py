@@ -12,7 +12,6 @@ import subprocess
 import aiohttp
 import pytest
 
-from tests.integration.test_keeper import keeper  # noqa: F401  (the fixture)
 from tests.support.keeper import RBEE, Keeper
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
@@ -211,9 +210,9 @@ async def test_a_request_that_cannot_start_on_a_worker_goes_to_another(queen_cli
 
 
 async def test_workers_that_go_away_are_unschedulable_at_once(queen_client):
-    from tests.support.waiting import until
     from shared.events import Error, Token
     from shared.operations import Infer
+    from tests.support.waiting import until
 
     queen, client = queen_client
     await run_job(client, Infer(prompt="Hello", max_tokens=4))

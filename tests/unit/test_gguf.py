@@ -9,7 +9,7 @@ import pytest
 
 from hive.errors import HiveError
 from hive.gguf import MAX_KEPT_STRING, GGUFArray, GGUFError, GGUFString, read_gguf, read_gguf_metadata
-from shared.builtin_model import builtin_model_path
+from shared.builtin_model import BUILTIN_ARCHITECTURE, builtin_model_path
 from tests.support.gguf_writer import (
     ARRAY,
     BOOL,
@@ -40,7 +40,7 @@ def builtin():
 def test_builtin_model_metadata(builtin):
     meta = builtin.metadata
     assert builtin.version == 3 and builtin.byte_order == "little"
-    assert builtin.architecture == "llama"
+    assert builtin.architecture == BUILTIN_ARCHITECTURE == "llama"  # the Ollama API names it without reading
     assert meta["llama.block_count"] == 30
     assert meta["llama.context_length"] == 8192
     assert meta["llama.embedding_length"] == 576

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from queen.api.ollama import OllamaError, gguf_architecture, model_name, to_infer
-from shared.builtin_model import builtin_model_path
+from queen.api.ollama import OllamaError, model_name, to_infer
 from shared.inference import SAMPLING_DEFAULTS
 
 
@@ -55,9 +54,3 @@ def test_what_rbee_cannot_do_is_refused_by_name():
             to_infer({"model": "m", "prompt": "hi", **extra}, chat=False)
     with pytest.raises(OllamaError, match="'model' is required"):
         model_name({"prompt": "hi"})
-
-
-def test_the_architecture_is_read_from_the_gguf_header(tmp_path):
-    assert gguf_architecture(str(builtin_model_path())) == "llama"
-    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all, but long enough to read a header")
-    assert gguf_architecture(str(tmp_path / "x.gguf")) == "" and gguf_architecture(str(tmp_path / "none")) == ""
