@@ -7,6 +7,7 @@ from shared.job_registry import JobLimits
 from shared.job_routes import setup_job_api
 from shared.operations import OPERATIONS
 from tests.support.keeper import running_keeper
+from tests.support.processes import start_queen
 from tests.support.scripted_executor import ScriptedExecutor
 
 TOKEN = "test-token-0123456789"
@@ -40,3 +41,11 @@ def keeper(tmp_path, slow):
     """The real `rbee` with a home of its own: the queen it wakes is stopped afterwards, with all it started."""
     with running_keeper(tmp_path / "home") as keeper:
         yield keeper
+
+
+@pytest.fixture(scope="module")
+def queen(request, tmp_path_factory, slow):
+    """One real queen for a module's tests (a module that needs another kind defines its own `queen`)."""
+    daemon = start_queen(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "-home"))
+    yield daemon
+    daemon.stop(30)

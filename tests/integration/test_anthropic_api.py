@@ -8,7 +8,6 @@ import anthropic
 import httpx
 import pytest
 
-from tests.support.processes import start_queen
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
@@ -17,13 +16,6 @@ MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # The client has no sampling parameters any more (newer Claude models drop them); rbee still takes them.
 GREEDY = {"temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def queen(tmp_path_factory):
-    daemon = start_queen(tmp_path_factory.mktemp("anthropic-home"))
-    yield daemon
-    daemon.stop(30)
 
 
 @pytest.fixture

@@ -8,19 +8,11 @@ import openai
 import pytest
 
 from shared.job_client import JobClient
-from tests.support.processes import start_queen
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
 FRANCE = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def queen(tmp_path_factory):
-    daemon = start_queen(tmp_path_factory.mktemp("openai-home"))
-    yield daemon
-    daemon.stop(30)
 
 
 @pytest.fixture

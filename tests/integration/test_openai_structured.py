@@ -12,7 +12,6 @@ import pytest
 from shared.events import Error, Token
 from shared.job_client import JobClient
 from shared.operations import Infer
-from tests.support.processes import start_queen
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
 
@@ -45,13 +44,6 @@ ADD = {
                        "required": ["a", "b"]},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def queen(tmp_path_factory):
-    daemon = start_queen(tmp_path_factory.mktemp("openai-structured-home"))
-    yield daemon
-    daemon.stop(30)
 
 
 @pytest.fixture

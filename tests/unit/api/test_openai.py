@@ -12,22 +12,11 @@ import pytest
 
 from shared.events import JobState
 from shared.operations import Embed, Infer
-from tests.support.api_app import AUTH, MODEL, api_app, jobs
-from tests.support.scripted_executor import ScriptedGenerator
+from tests.support.api_app import AUTH, MODEL, jobs
 
 CHAT = "/v1/chat/completions"
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-
-
-@pytest.fixture
-def generator():
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-async def client(aiohttp_client, generator):
-    return await aiohttp_client(api_app(generator))
 
 
 async def events_of(resp) -> list:

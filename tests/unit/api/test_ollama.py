@@ -10,21 +10,10 @@ import pytest
 
 from shared.events import JobState
 from shared.operations import Embed
-from tests.support.api_app import AUTH, MODEL, api_app, jobs
-from tests.support.scripted_executor import ScriptedGenerator
+from tests.support.api_app import AUTH, MODEL, jobs
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}}]
-
-
-@pytest.fixture
-def generator():
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-async def client(aiohttp_client, generator):
-    return await aiohttp_client(api_app(generator))
 
 
 def chat(text: str, **extra) -> dict:

@@ -9,20 +9,9 @@ import json
 import pytest
 
 from shared.events import JobState
-from tests.support.api_app import MODEL, TOKEN, api_app, jobs
-from tests.support.scripted_executor import ScriptedGenerator
+from tests.support.api_app import MODEL, TOKEN, jobs
 
 KEY = {"x-api-key": TOKEN}
-
-
-@pytest.fixture
-def generator():
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-async def client(aiohttp_client, generator):
-    return await aiohttp_client(api_app(generator))
 
 
 def ask(text: str, **extra) -> dict:
