@@ -36,8 +36,8 @@ fi
 # The truth about a llama.cpp build is a real generation: a prompt of several tokens runs the batched
 # kernels, which is where a build made for another CPU dies (SIGILL), and where llama.cpp's AMX kernels
 # die on machines whose CPU lists AMX but whose VM faults on it (SIGSEGV in ggml_backend_amx_mul_mat).
-generates() {  # (in a subshell whose stderr is closed, so a crash is not reported by the shell too)
-  ( "$VENV/bin/python" - >/dev/null 2>&1 ) 2>/dev/null <<'PY'
+generates() {  # (call it with stderr closed, or the shell reports a crash with the whole script)
+  "$VENV/bin/python" - >/dev/null 2>&1 <<'PY'
 from llama_cpp import Llama
 from shared.builtin_model import builtin_model_path
 llm = Llama(str(builtin_model_path()), n_ctx=256, n_threads=2, verbose=False)
@@ -45,7 +45,7 @@ llm.eval(llm.tokenize(b"The quick brown fox jumps over the lazy dog, 1, 2, 3, 4,
 PY
 }
 set +e
-generates
+generates 2>/dev/null
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
@@ -62,7 +62,7 @@ if [ "$rc" -ne 0 ]; then
     say "llama.cpp does not generate on this CPU (exit $rc); installing the build without AMX made here before"
   fi
   "${PIP[@]}" install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-  if ! generates; then
+  if ! generates 2>/dev/null; then
     say "llama.cpp still cannot generate here. Remove $wheels and pip's cache (pip cache purge), then run ./bootstrap.sh again."
     exit 1
   fi
