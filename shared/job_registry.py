@@ -256,6 +256,7 @@ class JobRegistry:
         self._jobs[job.id] = job
         bisect.insort(self._sorted_ids, job.id)
         job._task = asyncio.create_task(self._run(job), name=job.id)
+        job._task.add_done_callback(lambda _task: self._end_if_never_ran(job))
         for listener in self._submit_listeners:
             listener(job)
         return job
@@ -349,6 +350,16 @@ class JobRegistry:
             job._finish(state, stats)
         finally:
             unbind_job(token)
+        self._ended(job)
+
+    def _end_if_never_ran(self, job: Job) -> None:
+        """A task cancelled before its first step never runs `_run`: its job ends here, or its readers
+        would wait for ever and it would never be evicted."""
+        if not job.state.finished:
+            job._finish(JobState.CANCELLED)
+            self._ended(job)
+
+    def _ended(self, job: Job) -> None:
         self._count_finished(job)
         self.evict()  # at once: a burst of big jobs must not wait for the periodic sweep
         for listener in self._listeners:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from queen.api.common import ApiError, Failure, api_route, check_model, read_body, stream, wait_for_answer
+from queen.api.common import CLIENT_LEFT, ApiError, Failure, api_route, check_model, read_body, stream, wait_for_answer
 from shared import appkeys
 from shared.errors import InvalidRequest, Unauthorized
 from shared.events import End, Error, Token
@@ -40,7 +40,8 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
 
 
 def _error_type(status: int) -> str:
-    return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    """(a job cancelled while its client waits, 499, is the server's doing: api_error)"""
+    return _ERROR_TYPES.get(status, "invalid_request_error" if status < CLIENT_LEFT else "api_error")
 
 
 def matches(path: str) -> bool:

@@ -365,7 +365,7 @@ async def catalogs(request: web.Request) -> list[dict[str, Any]]:
         job = registry.submit(ModelList(hive_id=alias))
         try:
             await asyncio.wait_for(until_finished(request, job), CATALOG_TIMEOUT_S)
-        except asyncio.TimeoutError:  # finished() cancelled it
+        except asyncio.TimeoutError:  # the timeout cancelled until_finished, which cancelled the job
             return []
         found = []
         async for events in follow(job):

@@ -19,7 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from queen.api.common import ApiError, Failure, api_route, check_model, known_models, read_body, stream, wait_for_answer
+from queen.api.common import (
+    CLIENT_LEFT,
+    ApiError,
+    Failure,
+    api_route,
+    check_model,
+    known_models,
+    read_body,
+    stream,
+    wait_for_answer,
+)
 from queen.api.tool_calls import (
     add_system,
     check_json_schema,
@@ -55,11 +65,16 @@ class Extras:
         return self.tool_choice != "none"
 
 
+_OPENAI_CODES = {"INVALID_REQUEST": "invalid_request_error"}  # rbee's code -> what OpenAI's clients know
+
+
 def error_response(status: int, code: str, message: str, param: str | None = None) -> web.Response:
-    """An error in OpenAI's shape: its `type` from the status, `code` rbee's code in lower case."""
-    kind = "authentication_error" if status == 401 else "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response({"error": {"message": message, "type": kind, "param": param,
-                                        "code": "invalid_api_key" if status == 401 else code.lower()}},
+    """An error in OpenAI's shape: its `type` from the status (a job cancelled while its client waits is the
+    server's doing), `code` rbee's code in lower case, OpenAI's own words where it has them."""
+    kind = ("authentication_error" if status == 401 else "invalid_request_error" if status < CLIENT_LEFT
+            else "server_error")
+    code = "invalid_api_key" if status == 401 else _OPENAI_CODES.get(code, code.lower())
+    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
                              status=status)
 
 

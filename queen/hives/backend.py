@@ -45,8 +45,6 @@ class HiveBackend(Protocol):
     def supervision(self) -> dict[str, Any]:
         """What a supervised hive adds to its status (problem, unreachable_since, notes)."""
 
-    async def healthy(self) -> bool: ...
-
     async def ensure_running(self) -> str:
         """The hive's URL once it runs (started, or waited for, as the backend does it)."""
 

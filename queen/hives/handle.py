@@ -23,11 +23,6 @@ class HiveHandle:
     def state(self) -> HiveState:
         return self.backend.state
 
-    @property
-    def local(self) -> bool:
-        """Whether it is the queen's own machine: a description (status output), not a switch for behaviour."""
-        return self.backend.local
-
     def to_dict(self) -> dict[str, Any]:
         return {"alias": self.alias, "local": self.backend.local, "url": self.url, "state": self.state.value,
                 **self.backend.describe(), "capabilities": self.capabilities, **self.backend.supervision()}

@@ -118,8 +118,9 @@ class LocalHive:
                 "--worker-slots", str(self._config.worker_slots),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=CHILD_CWD)
         self.process = proc
+        assert proc.stdout is not None  # stdout=PIPE
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self._config.hive_start_timeout_s)  # type: ignore[union-attr]
+            line = await asyncio.wait_for(proc.stdout.readline(), self._config.hive_start_timeout_s)
         except asyncio.TimeoutError:
             line = b""
         listening = listening_url(line)
@@ -141,9 +142,10 @@ class LocalHive:
         return url
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(Exception):
-            async for _ in proc.stdout:  # type: ignore[union-attr]
-                pass
+        if proc.stdout is not None:  # drained, so the hive never blocks writing to it
+            with contextlib.suppress(Exception):
+                async for _ in proc.stdout:
+                    pass
         code = await proc.wait()
         if self.process is proc:
             self.exit_code = code

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from shared.errors import AmbiguousId, JobNotFound
-from shared.job_registry import JobLimits, JobRegistry
+from shared.job_registry import JobLimits, JobRegistry, JobState
 from shared.operations import Infer, Status
 
 
@@ -106,3 +106,15 @@ async def test_ten_thousand_jobs_keep_the_totals_exact():
         await _finished(registry, *(Status() for _ in range(1000)))
     assert len(list(registry.jobs())) == 1000
     _assert_totals_match_a_recount(registry)
+
+
+async def test_a_job_cancelled_before_it_ever_ran_ends_cancelled_and_is_counted():
+    registry = JobRegistry(_quiet, limits=JobLimits(max_finished=2))
+    job = registry.submit(Status())
+    registry.cancel(job.id)  # before the task's first step: _run never starts
+    assert await asyncio.wait_for(job.wait(), 5) is JobState.CANCELLED
+    await asyncio.sleep(0)
+    _assert_totals_match_a_recount(registry)
+    await _finished(registry, Status(), Status())
+    with pytest.raises(JobNotFound):  # evicted like any finished job
+        registry.get(job.id)

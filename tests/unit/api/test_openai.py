@@ -117,10 +117,10 @@ async def test_text_that_is_no_call_is_released(client):
 
 
 @pytest.mark.parametrize("body, status, param, code", [
-    ({"model": MODEL, "messages": [], "n": 1}, 400, "messages", "invalid_request"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n", "invalid_request"),
+    ({"model": MODEL, "messages": [], "n": 1}, 400, "messages", "invalid_request_error"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n", "invalid_request_error"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 400, "temperature",
-     "invalid_request"),
+     "invalid_request_error"),
     ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, 404, "model", "model_not_found"),
     ({"model": "too-long", "messages": [{"role": "user", "content": "hi"}]}, 400, None, "prompt_too_long"),
     ({"model": "missing", "messages": [{"role": "user", "content": "hi"}]}, 404, None, "model_not_found"),
@@ -202,3 +202,17 @@ async def test_embedding_errors(client, body, status, param):
     resp = await client.post("/v1/embeddings", headers=AUTH, json=body)
     error = (await resp.json())["error"]
     assert resp.status == status and error["param"] == param, error
+
+
+def test_a_job_cancelled_while_its_client_waits_is_the_servers_doing_in_both_shapes():
+    import json
+
+    from queen.api import anthropic, openai
+    from queen.api.common import CLIENT_LEFT
+
+    ours = json.loads(openai.error_response(CLIENT_LEFT, "CANCELLED", "cancelled").text)["error"]
+    assert (ours["type"], ours["code"]) == ("server_error", "cancelled")
+    theirs = json.loads(anthropic.error_response(CLIENT_LEFT, "CANCELLED", "cancelled").text)["error"]
+    assert theirs["type"] == "api_error"
+    bad = json.loads(openai.error_response(400, "INVALID_REQUEST", "no").text)["error"]
+    assert (bad["type"], bad["code"]) == ("invalid_request_error", "invalid_request_error")
