@@ -48,7 +48,7 @@ class HiveExecutor:
         if op.hive_id != self.config.hive_id:
             raise HiveError(f"This is hive '{self.config.hive_id}', not '{op.hive_id}'.", code="WRONG_HIVE")
         if isinstance(op, WorkerSpawn):
-            device = await self.resolve_device(op.worker, op.device)
+            device = await self.resolve_device(op.device)
             budget = self.embedding_threads if op.embedding else self.thread_budget
             budget(device)  # refuse early, before a download
             entry = await self.store.provision(op.model)
@@ -141,15 +141,12 @@ class HiveExecutor:
         self.capabilities = await asyncio.to_thread(detect_capabilities)
         return self.capabilities
 
-    async def resolve_device(self, kind: str, index: int) -> str:
-        if kind == "cpu":
+    async def resolve_device(self, device: str) -> str:
+        if device in ("cpu", "auto"):
             return "cpu"
-        device = f"{kind}:{index}"
-        if kind == "cuda":
-            await self.refresh_capabilities()  # GPUs may have changed since start-up
-            if device in self.capabilities["devices"]:
-                return device
-            have = ", ".join(self.capabilities["devices"])
-            raise DeviceNotFound(f"Device {device} does not exist on hive {self.config.hive_id} "
-                                 f"({self.capabilities['gpu_note']}; devices here: {have}).")
-        raise DeviceNotFound(f"Worker type '{kind}' is not supported on hive {self.config.hive_id}; use cpu or cuda.")
+        await self.refresh_capabilities()  # GPUs may have changed since start-up
+        if device in self.capabilities["devices"]:
+            return device
+        have = ", ".join(self.capabilities["devices"])
+        raise DeviceNotFound(f"Device {device} does not exist on hive {self.config.hive_id} "
+                             f"({self.capabilities['gpu_note']}; devices here: {have}).")

@@ -33,7 +33,15 @@ from shared.events import End, Error, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
 from shared.job_client import JobClient
 from shared.models import BUILTIN_MODEL
-from shared.operations import ANY_HIVE, LOCAL_HIVE, Operation, parse_operation
+from shared.operations import (
+    ANY_HIVE,
+    DEVICE_AUTO,
+    FLASH_ATTN_MODES,
+    KV_CACHE_TYPES,
+    LOCAL_HIVE,
+    Operation,
+    parse_operation,
+)
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_QUEEN_URL
 from shared.token import load_or_create_token
@@ -116,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hive", dest="hive_id", default=None,
                    help=f"the hive (spawn: default {ANY_HIVE}, wherever there is room; otherwise {LOCAL_HIVE})")
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"spawn: model reference (default {BUILTIN_MODEL})")
-    p.add_argument("--worker", default="cpu", choices=("cpu", "cuda", "metal"), help="spawn: worker type")
-    p.add_argument("--device", type=int, default=0, help="spawn: device index (cuda:N)")
+    p.add_argument("--device", default=DEVICE_AUTO,
+                   help="spawn: auto (default: a GPU when the model fits one, else the CPU), cpu, or cuda:N")
+    p.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES,
+                   help="spawn: the KV cache's element type (default: the hive's, f16); q8_0 halves its memory")
+    p.add_argument("--flash-attn", choices=FLASH_ATTN_MODES,
+                   help="spawn: llama.cpp's flash attention (default: the hive's, auto)")
     p.add_argument("--embedding", action="store_true",
                    help="spawn: an embedding worker (serves /v1/embeddings; never generates)")
 
@@ -183,7 +195,9 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         hive = args.hive_id or (ANY_HIVE if args.action == "spawn" else LOCAL_HIVE)
         body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": hive}
         if args.action == "spawn":
-            body.update(model=args.model, worker=args.worker, device=args.device, embedding=args.embedding)
+            body.update(model=args.model, device=args.device, embedding=args.embedding)
+            body.update({k: v for k, v in (("kv_cache_type", args.kv_cache_type), ("flash_attn", args.flash_attn))
+                         if v is not None})
         elif args.action in ("get", "delete"):
             if not args.id:
                 parser.error(f"worker {args.action} needs a worker id (see `rbee worker list`)")

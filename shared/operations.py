@@ -7,6 +7,7 @@ one of the dataclasses below or raises `InvalidRequest` naming the field that is
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -18,6 +19,18 @@ from shared.wire import WireMessage, bounds, field_error, json_type, parse_messa
 
 LOCAL_HIVE = "localhost"
 ANY_HIVE = "any"  # worker_spawn: the queen places the worker (never a hive's alias)
+
+DEVICE_AUTO = "auto"
+_DEVICE = re.compile(r"auto|cpu|cuda:\d{1,2}")
+# llama.cpp's KV cache element types a worker may be started with, and its flash-attention switch.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTN_MODES = ("auto", "on", "off")
+
+
+def check_device(message: type, device: str) -> None:
+    """auto, cpu or cuda:N: anything else is refused naming the field."""
+    if not _DEVICE.fullmatch(device):
+        raise field_error(message, "device", f"must be auto, cpu or cuda:N (a GPU's index), not '{device}'")
 
 OPERATIONS: dict[str, type["Operation"]] = {}
 
@@ -125,9 +138,13 @@ class HiveOperation(Operation):
 class WorkerSpawn(HiveOperation):
     name: ClassVar[str] = "worker_spawn"
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
-    worker: str = field(default="cpu", metadata={"choices": ("cpu", "cuda", "metal")})
-    device: int = field(default=0, metadata=bounds(0))
+    device: str = DEVICE_AUTO  # auto (a GPU when the hive's plan fits one, else the CPU) | cpu | cuda:N
     embedding: bool = False  # a worker that computes embeddings (Embed) and never generates
+    kv_cache_type: str | None = field(default=None, metadata={"choices": KV_CACHE_TYPES})  # None: the hive's
+    flash_attn: str | None = field(default=None, metadata={"choices": FLASH_ATTN_MODES})  # None: the hive's
+
+    def validate(self) -> None:
+        check_device(type(self), self.device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +203,11 @@ class Infer(Operation, Generation):
     model: str = field(default=BUILTIN_MODEL, metadata={"nonempty": True})
     hive_id: str | None = None  # None: any hive
     conversation_id: str | None = None  # the queen adds this exchange to that stored conversation
+    device: str = DEVICE_AUTO  # for a worker started for this answer: auto | cpu | cuda:N
+
+    def validate(self) -> None:
+        super().validate()
+        check_device(type(self), self.device)
 
 
 MAX_EMBED_INPUTS = 2048  # per request, as OpenAI's own limit

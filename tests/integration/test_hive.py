@@ -146,7 +146,7 @@ async def test_models_builtin_and_local_files(client, tmp_path):
     ({"operation": "model_get", "id": "nope"}, "MODEL_NOT_FOUND", "No model 'nope' in this hive's catalog"),
     ({"operation": "worker_get", "id": "worker-nope"}, "WORKER_NOT_FOUND", "No worker 'worker-nope'"),
     ({"operation": "worker_delete", "id": "worker-nope"}, "WORKER_NOT_FOUND", "No worker 'worker-nope'"),
-    ({"operation": "worker_spawn", "worker": "cuda", "device": 7}, "DEVICE_NOT_FOUND", "Device cuda:7 does not exist"),
+    ({"operation": "worker_spawn", "device": "cuda:7"}, "DEVICE_NOT_FOUND", "Device cuda:7 does not exist"),
     ({"operation": "worker_list", "hive_id": "gpu-box"}, "WRONG_HIVE", "This is hive 'localhost', not 'gpu-box'"),
 ])
 async def test_bad_requests_fail_the_job_with_a_clear_error(client, operation, code, fragment):

@@ -32,7 +32,8 @@ FULL = {
     "hive_status": {"alias": "gpu1"},
     "hive_refresh_capabilities": {"alias": "gpu1"},
     "hive_import_ssh": {"ssh_config_path": "/tmp/ssh_config", "default_hive_port": 7835},
-    "worker_spawn": {"hive_id": "gpu1", "model": "smollm2-135m", "worker": "cuda", "device": 1, "embedding": True},
+    "worker_spawn": {"hive_id": "gpu1", "model": "smollm2-135m", "device": "cuda:1", "embedding": True,
+                     "kv_cache_type": "q8_0", "flash_attn": "on"},
     "embed": {"model": "smollm2-135m", "input": ["one", "two"], "hive_id": "gpu1"},
     "worker_list": {"hive_id": "gpu1"},
     "worker_get": {"hive_id": "gpu1", "id": "worker-1"},
@@ -41,7 +42,7 @@ FULL = {
     "model_list": {"hive_id": "gpu1"},
     "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
     "model_delete": {"hive_id": "gpu1", "id": "smollm2-135m"},
-    "infer": {"model": "smollm2-135m", "messages": [{"role": "system", "content": "Be brief."},
+    "infer": {"device": "cuda:0", "model": "smollm2-135m", "messages": [{"role": "system", "content": "Be brief."},
                                                     {"role": "user", "content": "Hello"}], "hive_id": "gpu1", "max_tokens": 16,
               "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 42, "stop": ["\n\n", "END"],
               "json_schema": {"type": "object"}, "presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": 2},
@@ -69,7 +70,7 @@ def test_defaults_fill_in_and_survive_round_trip():
     assert (op.max_tokens, op.temperature, op.top_p, op.top_k) == (128, 0.8, 0.95, 40)  # shared/inference.py
     assert parse_operation(op.to_dict()) == op
     spawn = parse_operation({"operation": "worker_spawn"})
-    assert spawn == WorkerSpawn(hive_id="localhost", model="smollm2-135m", worker="cpu", device=0)
+    assert spawn == WorkerSpawn(hive_id="localhost", model="smollm2-135m", device="auto")
 
 
 def test_hive_operations_are_the_forwarded_ones():
@@ -104,7 +105,9 @@ def test_single_stop_string_is_accepted():
         ({"operation": "infer", "prompt": "x", "model": None}, "'model' of operation 'infer' must not be null"),
         ({"operation": "infer", "prompt": "x", "promt": "y"}, "Unknown field 'promt' for operation 'infer'. Valid fields: prompt, messages, max_tokens"),
         ({"operation": "status", "alias": "x"}, "Unknown field 'alias' for operation 'status'. Valid fields: none"),
-        ({"operation": "worker_spawn", "worker": "tpu"}, "'worker' of operation 'worker_spawn' must be one of cpu, cuda, metal, not 'tpu'"),
+        ({"operation": "worker_spawn", "device": "tpu"}, "'device' of operation 'worker_spawn' must be auto, cpu or cuda:N (a GPU's index), not 'tpu'"),
+        ({"operation": "infer", "prompt": "hi", "device": "gpu"}, "'device' of operation 'infer' must be auto, cpu or cuda:N"),
+        ({"operation": "worker_spawn", "kv_cache_type": "q2"}, "'kv_cache_type' of operation 'worker_spawn' must be one of f16, q8_0, q4_0, not 'q2'"),
         ({"operation": "hive_import_ssh", "default_hive_port": 70000}, "must be at most 65535"),
         ({"operation": "worker_get"}, "Missing field 'id' for operation 'worker_get'"),
         ({"operation": "embed", "input": []}, "Field 'input' of operation 'embed' must hold at least one string"),
