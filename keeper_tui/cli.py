@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference or alias (default {BUILTIN_MODEL})")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
+    p.add_argument("--device", default=None,
+                   help="where a worker started for this answer runs: auto (default: a GPU when the model fits "
+                        "one, else the CPU), cpu, or cuda:N; a running worker on that kind of device is used first")
     add_sampling_options(p)
 
     p = command("chat", "Talk with a model: each answer streams in, the conversation so far goes with every "
@@ -216,7 +219,8 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def infer_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The model, hive and sampling options the user gave (the rest keep the operation's defaults)."""
-    return {k: getattr(args, k) for k in ("model", "hive_id", *SAMPLING_DEFAULTS) if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("model", "hive_id", "device", *SAMPLING_DEFAULTS)
+            if getattr(args, k, None) is not None}
 
 
 def prompt_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO | None = None) -> str:

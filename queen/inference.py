@@ -60,7 +60,8 @@ class InferenceRunner:
         while True:
             attempt += 1
             try:
-                worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting)
+                worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting,
+                                                      device=op.device)
             except RbeeError:
                 if lost is not None:  # nowhere to move it (say, the one hive it must run on is out of reach)
                     raise lost from None

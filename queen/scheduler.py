@@ -24,7 +24,7 @@ from queen.model_names import resolve_model
 from queen.placement import NoRoom, place
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
-from shared.operations import WorkerSpawn
+from shared.operations import DEVICE_AUTO, WorkerSpawn
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
 FULL_RECHECK_S = 5.0  # how long "no hive has room for another worker of this model" is believed
@@ -48,17 +48,19 @@ class Scheduler:
         return counts
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str,
-                      waiting: Callable[[bool], None] = lambda _: None, *, embedding: bool = False) -> WorkerInfo:
+                      waiting: Callable[[bool], None] = lambda _: None, *, embedding: bool = False,
+                      device: str = DEVICE_AUTO) -> WorkerInfo:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had. `embedding`: an embedding worker of the model (started
-        apart from its generating ones, queued apart too)."""
+        apart from its generating ones, queued apart too). `device` (auto | cpu | cuda:N): a new worker is
+        started there; other than auto, only a running worker on that kind of device is used."""
         if hive_id is not None:  # an unknown hive fails at once; a remote one's running workers are adopted first
             await self.hives.workers_known(hive_id)
         key = (model, hive_id, embedding)
         queue = self._queues.setdefault(key, deque())
         queue.append(job_id)
         try:
-            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding)
+            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding, device)
         finally:
             queue.remove(job_id)
             if not queue and self._queues.get(key) is queue:
@@ -66,12 +68,14 @@ class Scheduler:
             self.workers.notify()  # the next in line looks again
 
     async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, queue: deque[str],
-                               waiting: Callable[[bool], None], embedding: bool = False) -> WorkerInfo:
+                               waiting: Callable[[bool], None], embedding: bool = False,
+                               device: str = DEVICE_AUTO) -> WorkerInfo:
         key = (model, hive_id, embedding)
         kind = "embedding worker" if embedding else "worker"
         waiting_said = False
         while True:
-            worker = self.workers.with_free_slot(model, hive_id, embedding=embedding) if queue[0] == job_id else None
+            worker = (self.workers.with_free_slot(model, hive_id, embedding=embedding, device=device)
+                      if queue[0] == job_id else None)
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
@@ -99,7 +103,8 @@ class Scheduler:
                         target = None  # its own workers' slots come free: wait for one
                         self._full_until[key] = time.monotonic() + FULL_RECHECK_S
                     if target is not None:
-                        worker, _ = await self._spawn(model, target, embedding=embedding)
+                        worker, _ = await self._spawn(model, target, WorkerSpawn(hive_id=target, model=model, device=device,
+                                                                              embedding=embedding), embedding=embedding)
                         self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                         return worker
             if not waiting_said:

@@ -142,12 +142,14 @@ class WorkerRegistry:
         self._workers.pop(worker_id, None)
         self.notify()
 
-    def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False) -> WorkerInfo | None:
+    def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False,
+                       device: str = "auto") -> WorkerInfo | None:
         """A ready worker for the model with a slot free: the least loaded first, then the least recently
-        used (keeps the others warm). `embedding` picks among embedding workers, else among generating ones."""
+        used (keeps the others warm). `embedding` picks among embedding workers, else among generating ones;
+        `device` other than auto: only a worker on the CPU (cpu) or on that GPU (cuda:N)."""
         candidates = [w for w in self._workers.values()
                       if w.model == model and w.free_slots and (hive_id is None or w.hive_id == hive_id)
-                      and w.embedding == embedding]
+                      and w.embedding == embedding and on_device(w.device, device)]
         return min(candidates, key=lambda w: (len(w.leases), w.last_used)) if candidates else None
 
     def count_alive(self, model: str, hive_id: str, *, embedding: bool = False) -> int:
@@ -171,3 +173,13 @@ class WorkerRegistry:
     async def wait_for_change(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+def on_device(worker_device: str, wanted: str) -> bool:
+    """Whether a worker on `worker_device` ("cpu", "cuda:1", "cuda:0,1" for a split) serves a request for
+    `wanted` (auto, cpu or cuda:N)."""
+    if wanted == "auto":
+        return True
+    if wanted == "cpu":
+        return worker_device == "cpu"
+    return worker_device.startswith("cuda:") and wanted[5:] in worker_device[5:].split(",")

@@ -70,10 +70,19 @@ def test_a_worker_spawn_naming_no_hive_is_placed_by_the_queen():
     assert parse("worker", "list") == WorkerList(hive_id=LOCAL_HIVE)
 
 
+def test_device_and_kv_options_reach_the_operations():
+    assert parse("worker", "spawn", "--device", "cuda:1", "--kv-cache-type", "q8_0", "--flash-attn", "on") == \
+        WorkerSpawn(hive_id=ANY_HIVE, device="cuda:1", kv_cache_type="q8_0", flash_attn="on")
+    assert parse("worker", "spawn").device == "auto"
+    assert parse("infer", "--device", "cpu", "hi").device == "cpu"
+    assert parse("infer", "hi").device == "auto"
+
+
 @pytest.mark.parametrize("argv, said", [
     (("infer", "--max-tokens", "0", "hi"), "--max-tokens must be at least 1, not 0"),
     (("infer", "--stop", "", "hi"), "--stop must not contain empty strings"),
-    (("worker", "spawn", "--hive", "gpu_1", "--device", "-1"), "--device must be at least 0, not -1"),
+    (("worker", "spawn", "--hive", "gpu_1", "--device", "gpu1"), "--device must be auto, cpu or cuda:N (a GPU's index), not 'gpu1'"),
+    (("infer", "--device", "cuda", "hi"), "--device must be auto, cpu or cuda:N"),
     (("hive", "start", " "), "ALIAS must not be empty"),
 ])
 def test_bad_values_name_the_option(argv, said, capsys):

@@ -11,7 +11,7 @@ from queen.config import QueenConfig
 from queen.errors import UnknownHive
 from queen.hives import HiveRegistry
 from queen.scheduler import Scheduler
-from queen.worker_registry import WorkerRegistry, WorkerStatus
+from queen.worker_registry import WorkerRegistry, WorkerStatus, on_device
 from shared.errors import InvalidRequest
 from shared.heartbeat import EngineState, Heartbeat, parse_heartbeat
 
@@ -145,3 +145,13 @@ def test_embedding_workers_are_told_apart_and_never_given_generation():
     assert registry.count_alive("smollm2-135m", "localhost", embedding=True) == 1
     with pytest.raises(InvalidRequest):
         parse_heartbeat({**beat("e2").to_dict(), "embedding": "yes"})
+
+
+@pytest.mark.parametrize("worker_device, wanted, serves", [
+    ("cpu", "auto", True), ("cuda:0", "auto", True),
+    ("cpu", "cpu", True), ("cuda:0", "cpu", False),
+    ("cuda:1", "cuda:1", True), ("cuda:1", "cuda:0", False), ("cpu", "cuda:0", False),
+    ("cuda:0,1", "cuda:1", True), ("cuda:10", "cuda:1", False),
+])
+def test_a_request_naming_a_device_uses_only_workers_there(worker_device, wanted, serves):
+    assert on_device(worker_device, wanted) is serves
