@@ -2,7 +2,8 @@
 
 Resources, each owned by a cleanup_ctx: the model catalog (SQLite, in its own thread), the worker
 supervisor (its client session and every worker process: stopped gracefully on shutdown). Workers'
-heartbeats go through the hive to the queen (hive/queen_link.py).
+heartbeats go through the hive to the queen (hive/queen_link.py). /health carries the latest GPU reading
+(hive/capabilities.py), never waiting for nvidia-smi: the queen checks it every second.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from hive.appkeys import CONFIG, EXECUTOR, QUEEN
-from hive.capabilities import detect_capabilities
+from hive.capabilities import MACHINE, detect_capabilities
 from hive.catalog import ModelCatalog
 from hive.config import HiveConfig
 from hive.executor import HiveExecutor
@@ -26,7 +27,7 @@ from shared import appkeys as shared_keys
 from shared.app import create_base_app
 from shared.job_routes import setup_job_api
 from shared.metrics import setup_metrics
-from shared.operations import HIVE_OPERATIONS
+from shared.operations import HIVE_OPERATIONS, WorkerSpawn
 
 
 def create_app(config: HiveConfig, token: str) -> web.Application:
@@ -35,6 +36,8 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
     app.cleanup_ctx.append(hive_ctx)
 
     async def execute(operation, job):
+        if isinstance(operation, WorkerSpawn):
+            MACHINE.narrate_gpu_problem_once()  # GPUs this llama.cpp cannot use: said in the first spawn's story
         return await app[EXECUTOR](operation, job)
 
     setup_job_api(app, execute, actor="hive", operations=HIVE_OPERATIONS)
@@ -49,6 +52,9 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as resources:
         catalog = ModelCatalog(config.paths.data_dir / "models.db")
         resources.push_async_callback(catalog.close)
+        MACHINE.hive_id = config.hive_id
+        # Whether llama.cpp can offload: a child Python imports it (~0.2 s), while the catalog opens.
+        offload = asyncio.ensure_future(asyncio.to_thread(MACHINE.gpu_offload))
         await catalog.open()
         token = app[shared_keys.TOKEN]
         queen = app[QUEEN] = QueenLink(config.hive_id, config.queen_url, token, lambda: supervisor.session)
@@ -57,6 +63,7 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
         supervisor = WorkerSupervisor(config, token, queen, heartbeat_url=lambda: (
             app[shared_keys.LISTENING].url if config.relay_heartbeats else config.queen_url))
         resources.push_async_callback(supervisor.close)
+        await offload
         caps = await asyncio.to_thread(detect_capabilities)
         store = ModelStore(catalog, config.paths.model_dir)
         await store.register_builtin()
@@ -68,9 +75,12 @@ async def health(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     executor = request.app.get(EXECUTOR)
     workers = executor.supervisor.all() if executor else []
+    reading = MACHINE.latest()
     return web.json_response({
         "status": "ok", "hive_id": config.hive_id,
         "workers": sum(1 for w in workers if w.alive),
+        "gpus": reading.gpus if reading else None,  # None: not read yet (start-up)
+        "gpu_problem": MACHINE.gpu_problem(),
     })
 
 

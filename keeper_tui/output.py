@@ -135,10 +135,76 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         out.write(f"\njobs: {jobs.get('running', 0)} running, {jobs.get('recent', 0)} recent\n")
         for model, count in sorted((payload.get("waiting_for_a_worker") or {}).items()):
             out.write(f"waiting for a worker of {model}: {count}\n")
+    elif action in ("hive_status", "hive_get") and isinstance(payload, dict):
+        hive_status(payload, out)
+    elif action == "hive_refresh_capabilities" and isinstance(payload, dict):
+        capabilities_report(payload, out)
     elif isinstance(payload, dict):
         key_values(payload, out)
     else:
         out.write(json.dumps(payload) + "\n")
+
+
+def hive_status(payload: dict[str, Any], out: TextIO) -> None:
+    """A hive's status as key/values, its GPUs a line each at the end (and what keeps them unused)."""
+    caps = payload.get("capabilities")
+    if not isinstance(caps, dict):
+        key_values(payload, out)
+        return
+    key_values({**payload, "capabilities": without_gpus(caps)}, out)
+    gpu_report(caps, out, stale=payload.get("state") != "running")
+
+
+def capabilities_report(caps: dict[str, Any], out: TextIO) -> None:
+    key_values(without_gpus(caps), out)
+    gpu_report(caps, out)
+
+
+def without_gpus(caps: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in caps.items() if k not in ("gpus", "gpu_note", "gpu_problem")}
+
+
+def gpu_report(caps: dict[str, Any], out: TextIO, *, stale: bool = False) -> None:
+    gpus = caps.get("gpus") or []
+    if gpus:
+        out.write(f"gpus ({caps.get('gpu_note') or len(gpus)}{', as last reported' if stale else ''}):\n")
+        for line in gpu_lines(gpus):
+            out.write(f"  {line}\n")
+    else:
+        out.write(f"gpus  none ({caps.get('gpu_note') or 'not reported'})\n")
+    if caps.get("gpu_problem"):
+        out.write(f"warning: {caps['gpu_problem']}\n")
+
+
+def _gib(mb: Any) -> str:
+    return f"{mb / 1024:.1f}" if isinstance(mb, (int, float)) else "?"
+
+
+def gpu_lines(gpus: list[dict[str, Any]]) -> list[str]:
+    """A line per GPU, columns aligned: "cuda:0  NVIDIA RTX 4090 (8.9)  free 20.1 of 24.0 GiB  util 35 %"
+    ("?" where nvidia-smi could not tell)."""
+    rows = []
+    for g in gpus:
+        cap = g.get("compute_capability")
+        util = g.get("utilization_pct")
+        rows.append((str(g.get("device", "?")), f"{g.get('name') or 'GPU'}{f' ({cap})' if cap else ''}",
+                     f"free {_gib(g.get('memory_free_mb'))} of {_gib(g.get('memory_total_mb'))} GiB",
+                     f"util {util if util is not None else '?'} %"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] + [0]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def gpus_brief(caps: dict[str, Any] | None) -> str:
+    """A hive's GPUs in a table cell: "cuda:0 20.1/24.0 GiB 35 %, cuda:1 …" (free of total, utilisation)."""
+    gpus = (caps or {}).get("gpus") or []
+    if not gpus:
+        return "none" if caps else ""
+    cells = []
+    for g in gpus:
+        util = g.get("utilization_pct")
+        cells.append(f"{g.get('device')} {_gib(g.get('memory_free_mb'))}/{_gib(g.get('memory_total_mb'))} GiB"
+                     + (f" {util} %" if util is not None else ""))
+    return ", ".join(cells) + (" (CPU-only llama.cpp)" if caps and caps.get("gpu_problem") else "")
 
 
 def with_kind(worker: dict[str, Any]) -> dict[str, Any]:

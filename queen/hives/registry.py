@@ -13,6 +13,7 @@ from typing import Any, Callable
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, UnknownHive
 from queen.forwarding import RemoteJobLost, run_remote_job
+from queen.hives.backend import HiveState
 from queen.hives.handle import HiveHandle
 from queen.hives.local import LocalHive
 from queen.hives.remote.backend import RemoteHive
@@ -25,6 +26,8 @@ from shared.job_client import Clients
 from shared.operations import LOCAL_HIVE, HiveOperation, WorkerDelete
 
 log = logging.getLogger("rbee.queen.hives")
+
+CAPABILITIES_TIMEOUT_S = 3.0  # a status waits this long at most for a hive's capabilities
 
 
 class HiveRegistry:
@@ -176,9 +179,16 @@ class HiveRegistry:
             hive.backend.resume()
 
     async def status(self, alias: str) -> dict[str, Any]:
-        """Check the hive's health now, and describe it."""
+        """Check the hive's health now, and describe it (a running one's capabilities as it reads them now:
+        its GPUs' free VRAM and utilisation move)."""
         hive = self.get(alias)
         await hive.backend.refresh()
+        if hive.state is HiveState.RUNNING and hive.url:
+            try:
+                hive.capabilities = await self.clients_for(alias).daemon(hive.url).request(
+                    "GET", "/v1/capabilities", timeout=CAPABILITIES_TIMEOUT_S)
+            except RbeeError as exc:  # told as last reported; its state says whether it is in trouble
+                log.info("hive %s did not tell its capabilities: %s", alias, exc.message)
         return hive.to_dict()
 
     async def statuses(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from textual.widgets import Input
 
 from keeper_tui.tui.app import RbeeApp
 from keeper_tui.tui.views.chat import end_stats
-from keeper_tui.tui.views.hives import HivesView
+from keeper_tui.tui.views.hives import HivesView, hive_row
 from keeper_tui.tui.views.jobs import JobsView
 from keeper_tui.tui.views.models import ModelsView
 from keeper_tui.tui.views.workers import WorkersView
@@ -26,6 +26,8 @@ QUESTION = "Why is the sky blue?"
 ANSWER = ("The sky is blue because of Rayleigh scattering: air molecules scatter short (blue) wavelengths of "
           "sunlight far more than long (red) ones, so blue light reaches your eyes from every direction of the "
           "sky.\n\nAt sunset the light crosses more air, the blue is scattered away, and reds remain.")
+GPUS = [{"device": "cuda:0", "memory_total_mb": 24564, "memory_free_mb": 20582, "utilization_pct": 35},
+        {"device": "cuda:1", "memory_total_mb": 24564, "memory_free_mb": 24264, "utilization_pct": 0}]
 STORY = [("queen", "Starting hive localhost"), ("hive", "Spawning a cpu worker for smollm2-135m"),
          ("worker", "Loading smollm2-135m (98 MB)"), ("queen", "Worker ready on localhost")]
 
@@ -46,7 +48,8 @@ async def show(pilot, key: str) -> None:
     await pilot.press(key)
     await app.workers.wait_for_complete()  # the view asked the queen, which is not there
     app.clear_notifications()
-    app.query_one(HivesView).fill([("localhost", "localhost", "running", "http://127.0.0.1:7835", None)])
+    app.query_one(HivesView).fill([hive_row({"alias": "localhost", "state": "running", "url": "http://127.0.0.1:7835",
+                                             "capabilities": {"gpus": GPUS}})])
     app.query_one(WorkersView).fill([("worker-1", "worker-1", "localhost", "smollm2-135m", "ready", "cpu", "0/4",
                                       4242)])
     app.query_one(JobsView).fill([("job-0d5b7c1e-1", "job-0d5b7c1e", "infer", "completed", QUESTION)])

@@ -1,4 +1,5 @@
-"""The hives tab: every hive the queen knows, and starting, stopping or installing one."""
+"""The hives tab: every hive the queen knows (a running one's GPUs: free of total VRAM, utilisation), and
+starting, stopping or installing one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable
 
+from keeper_tui.output import gpus_brief
 from keeper_tui.tui.queen import QueenLink, data_of
 from keeper_tui.tui.views.base import TableView
 from keeper_tui.tui.widgets import NarrationPane
@@ -16,12 +18,18 @@ from shared.errors import RbeeError
 from shared.job_client import JobClient
 from shared.operations import HiveInstall, HiveList, HiveStart, HiveStop
 
-COLUMNS = ("alias", "state", "url", "host")
+COLUMNS = ("alias", "state", "url", "host", "gpus")
 ACTIONS = {"hive-start": HiveStart, "hive-stop": HiveStop, "hive-install": HiveInstall}
 
 
 async def list_hives(client: JobClient) -> list[dict[str, Any]]:
     return (await data_of(client, HiveList())).get("hives", [])
+
+
+def hive_row(hive: dict[str, Any]) -> tuple:
+    """(key, cells…) of one hive: its GPUs as it last reported them."""
+    return (hive["alias"], hive["alias"], hive["state"], hive.get("url"), hive.get("host"),
+            gpus_brief(hive.get("capabilities")))
 
 
 class HivesView(TableView):
@@ -54,7 +62,7 @@ class HivesView(TableView):
         except RbeeError as exc:
             self.report(exc)
             return
-        self.fill([(h["alias"], h["alias"], h["state"], h.get("url"), h.get("host")) for h in hives])
+        self.fill([hive_row(h) for h in hives])
 
     @on(Button.Pressed, "#hive-start, #hive-stop, #hive-install")
     def act(self, event: Button.Pressed) -> None:
