@@ -27,7 +27,7 @@ from shared.operations import LOCAL_HIVE, HiveOperation, WorkerDelete
 
 log = logging.getLogger("rbee.queen.hives")
 
-CAPABILITIES_TIMEOUT_S = 3.0  # a status waits this long at most for a hive's capabilities
+CAPABILITIES_TIMEOUT_S = 2.0  # a status waits this long at most for a hive's capabilities (a cut link hangs)
 
 
 class HiveRegistry:
