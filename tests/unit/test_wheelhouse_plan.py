@@ -22,6 +22,7 @@ from queen.hives.remote.wheelhouse import (
     pip_error,
     plan_target,
 )
+from shared.llama_build import TOOLKIT_WHEELS
 
 try:
     from packaging import tags
@@ -268,8 +269,10 @@ def fake_index(monkeypatch, no_wheel):
     older = {"multidict": "6.0.5", "numpy": "1.26.4"}
     versions = {"multidict": "6.1.0", "numpy": "2.1.3", "aiohttp": "3.10.10", "async-timeout": "4.0.3",
                 "scikit-build-core": "0.10.7", "cmake": "3.31.1", "ninja": "1.11.1.2", "pathspec": "0.12.1",
-                "packaging": "24.2", "tomli": "2.2.1", "rich": "14.0.0"}
-    requires = {"scikit-build-core": ['packaging>=21.3', 'pathspec>=0.10.1', 'tomli>=1.2.2; python_version<"3.11"'],
+                "packaging": "24.2", "tomli": "2.2.1", "rich": "14.0.0",
+                **{w.split("==")[0]: w.split("==")[1] for w in TOOLKIT_WHEELS}}
+    requires = {"nvidia-cuda-nvcc": ["nvidia-nvvm", "nvidia-cuda-runtime", "nvidia-cuda-crt"],
+                "scikit-build-core": ['packaging>=21.3', 'pathspec>=0.10.1', 'tomli>=1.2.2; python_version<"3.11"'],
                 "multidict": ['typing-extensions>=4.1.0; python_version < "3.11"']}
 
     async def fetch_wheels(requirements, target, dest):
@@ -425,3 +428,77 @@ async def test_a_platform_difference_alone_also_compiles_llama(local_wheelhouse,
     assert plan.llama == "compile"
     assert f"no wheel for {CP311_ARM.key} here" in plan.reason and any("aarch64" in f for f in names(plan))
     assert all(CP311_ARM.fits(f) for f in names(plan) if f.endswith(".whl"))
+
+
+async def test_a_gpu_remote_gets_the_source_to_compile_even_where_this_machines_wheel_fits(local_wheelhouse,
+                                                                                            fake_index):
+    plan = await plan_target(local_wheelhouse, CP311, llama_mode="compile")
+    assert plan.llama == "compile" and plan.reason == "llama-cpp-python: a build for the remote's GPUs, compiled there"
+    files = names(plan)
+    assert "llama_cpp_python-0.3.36.tar.gz" in files and LLAMA not in files  # this machine's CPU build stays here
+    assert "numpy-2.1.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" in files  # its dependencies go
+    assert ("sdist", ["llama-cpp-python==0.3.36"]) in fake_index
+    assert {"scikit-build-core>=0.9.2", "cmake", "ninja"} <= {r for kind, reqs in fake_index if kind == "wheels"
+                                                             for r in reqs}
+
+
+async def test_a_remote_with_its_own_build_gets_only_its_dependencies(local_wheelhouse, fake_index):
+    plan = await plan_target(local_wheelhouse, CP311, llama_mode="cached")
+    assert (plan.llama, fake_index) == ("cached", [])
+    files = names(plan)
+    assert not [f for f in files if f.startswith("llama_cpp_python")]
+    assert "typing_extensions-4.12.2-py3-none-any.whl" in files and any(f.startswith("numpy-") for f in files)
+
+
+async def test_cudas_wheels_are_fetched_for_the_target_as_pinned(local_wheelhouse, fake_index):
+    plan = await plan_target(local_wheelhouse, CP311, llama_mode="compile", extra_wheels=TOOLKIT_WHEELS)
+    fetched = [r for kind, reqs in fake_index if kind == "wheels" for r in reqs]
+    assert set(TOOLKIT_WHEELS) <= set(fetched)
+    assert "nvidia-nvvm" not in fetched  # nvcc's own unpinned requirement is the pinned one already asked for
+    files = names(plan)
+    for wanted in TOOLKIT_WHEELS:
+        name, version = wanted.split("==")
+        assert f"{name.replace('-', '_')}-{version}-py3-none-any.whl" in files
+
+
+# a GPU remote's own build (the commands install.py runs there, from its nvidia-smi's answer)
+
+GPU_REMOTE = ("backend=\nmachine=x86_64\ncores=16\nnvidia-smi=yes\ngpu: 0, NVIDIA GeForce RTX 4090, 8.9, 580.65.06\n")
+
+
+def test_a_gpu_remote_with_nvcc_compiles_there_into_its_installs_cache():
+    from queen.hives.remote.install import cuda_build_steps
+    from shared.llama_build import Probe, decide
+
+    root = "/home/me/.local/share/rbee-hive"
+    probe = Probe.parse(GPU_REMOTE + "nvcc: /usr/local/cuda/bin/nvcc\nnvcc-release: 12.8\n"
+                                     "cublas: /usr/local/cuda/include/cublas_v2.h\n")
+    decision = decide(probe, "0.3.36", toolkit_base=root)
+    steps = cuda_build_steps(decision, root, "gpu1", cached=False)
+    assert [s[0] for s in steps] == [
+        "Compiling llama-cpp-python 0.3.36 with CUDA on gpu1 (-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=89): about 6 "
+        "minutes on 16 cores, once; pip's output follows",
+        f"Installing the CUDA build of llama-cpp-python from {root}/llama-wheels/0.3.36-cuda-sm89"]
+    compile_words = shlex.split(steps[0][1])
+    assert compile_words[:4] == ["mkdir", "-p", f"{root}/llama-wheels/0.3.36-cuda-sm89", "&&"]
+    assert compile_words[4:8] == ["env", "CMAKE_ARGS=-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=89",
+                                  "CMAKE_BUILD_PARALLEL_LEVEL=16", "CUDACXX=/usr/local/cuda/bin/nvcc"]
+    assert "--no-index --find-links" in steps[0][1] and "--no-cache-dir" in steps[0][1]
+    assert steps[0][2] >= 3600  # a long compile is not cut off by the default command timeout
+    assert "--force-reinstall --no-deps" in steps[1][1]
+    # A reinstall of the same version: the build kept in the install is installed, nothing compiled.
+    assert [s[0] for s in cuda_build_steps(decision, root, "gpu1", cached=True)] == [steps[1][0]]
+
+
+def test_a_gpu_remote_without_nvcc_makes_cudas_wheels_a_toolkit_in_its_install_first():
+    from queen.hives.remote.install import cuda_build_steps
+    from shared.llama_build import Probe, decide
+
+    root = "/srv/rbee"
+    decision = decide(Probe.parse(GPU_REMOTE), "0.3.36", toolkit_base=root)
+    steps = cuda_build_steps(decision, root, "gpu1", cached=False)
+    assert steps[0][0] == "Making CUDA's nvidia-* wheels a toolkit in /srv/rbee/cuda-toolkit/13.0 on gpu1"
+    setup = shlex.split(steps[0][1])[2]
+    assert "--target /srv/rbee/cuda-toolkit/13.0 --no-index --find-links /srv/rbee/wheelhouse" in setup
+    assert "CUDACXX=/srv/rbee/cuda-toolkit/13.0/nvidia/cu13/bin/nvcc" in steps[1][1]
+    assert "-Wl,-rpath,/srv/rbee/cuda-toolkit/13.0/nvidia/cu13/lib" in steps[1][1]

