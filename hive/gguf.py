@@ -71,11 +71,63 @@ class GGUFString:
 
 
 @dataclass(frozen=True)
+class GGMLType:
+    """How ggml stores one tensor type: `type_size` bytes for every block of `block_size` values."""
+
+    name: str
+    block_size: int
+    type_size: int
+
+
+QK_K = 256  # values per block of the k-quants and most i-quants
+# ggml's types as numbered in ggml.h (enum ggml_type) with their block layouts (ggml-common.h's block_*
+# structs; each static_assert there gives the size). Numbers ggml removed (4, 5, 31-33, 36-38) are left out.
+GGML_TYPES: dict[int, GGMLType] = {
+    0: GGMLType("F32", 1, 4), 1: GGMLType("F16", 1, 2),
+    2: GGMLType("Q4_0", 32, 18), 3: GGMLType("Q4_1", 32, 20),
+    6: GGMLType("Q5_0", 32, 22), 7: GGMLType("Q5_1", 32, 24),
+    8: GGMLType("Q8_0", 32, 34), 9: GGMLType("Q8_1", 32, 36),
+    10: GGMLType("Q2_K", QK_K, 84), 11: GGMLType("Q3_K", QK_K, 110), 12: GGMLType("Q4_K", QK_K, 144),
+    13: GGMLType("Q5_K", QK_K, 176), 14: GGMLType("Q6_K", QK_K, 210), 15: GGMLType("Q8_K", QK_K, 292),
+    16: GGMLType("IQ2_XXS", QK_K, 66), 17: GGMLType("IQ2_XS", QK_K, 74), 18: GGMLType("IQ3_XXS", QK_K, 98),
+    19: GGMLType("IQ1_S", QK_K, 50), 20: GGMLType("IQ4_NL", 32, 18), 21: GGMLType("IQ3_S", QK_K, 110),
+    22: GGMLType("IQ2_S", QK_K, 82), 23: GGMLType("IQ4_XS", QK_K, 136),
+    24: GGMLType("I8", 1, 1), 25: GGMLType("I16", 1, 2), 26: GGMLType("I32", 1, 4), 27: GGMLType("I64", 1, 8),
+    28: GGMLType("F64", 1, 8), 29: GGMLType("IQ1_M", QK_K, 56), 30: GGMLType("BF16", 1, 2),
+    34: GGMLType("TQ1_0", QK_K, 54), 35: GGMLType("TQ2_0", QK_K, 66),
+    39: GGMLType("MXFP4", 32, 17), 40: GGMLType("NVFP4", 64, 36), 41: GGMLType("Q1_0", 128, 18),
+    42: GGMLType("Q2_0", 64, 18),
+}
+GGML_TYPE_IDS = {t.name: i for i, t in GGML_TYPES.items()}
+
+
+@dataclass(frozen=True)
 class GGUFTensor:
     name: str
     shape: tuple[int, ...]
     ggml_type: int
     offset: int  # from the start of the tensor data
+
+    @property
+    def type_name(self) -> str:
+        known = GGML_TYPES.get(self.ggml_type)
+        return known.name if known else f"type {self.ggml_type}"
+
+    @property
+    def nbytes(self) -> int:
+        """Its size in the file and in memory (ggml_nbytes of a contiguous tensor): rows of whole blocks."""
+        kind = GGML_TYPES.get(self.ggml_type)
+        if kind is None:
+            raise GGUFError(f"Tensor {self.name} has ggml type {self.ggml_type}, which this rbee does not know "
+                            "(a newer quantization?): cannot tell how much memory it needs. Update rbee, or use a "
+                            "file quantized with a common type (Q4_K_M, Q8_0, F16).")
+        if self.shape[0] % kind.block_size:
+            raise GGUFError(f"Tensor {self.name} ({kind.name}) has rows of {self.shape[0]} values, not a whole "
+                            f"number of {kind.block_size}-value blocks: the file is corrupt.")
+        values = 1
+        for dim in self.shape[1:]:
+            values *= dim
+        return self.shape[0] // kind.block_size * kind.type_size * values
 
 
 @dataclass(frozen=True)
@@ -94,6 +146,14 @@ class GGUFFile:
     def tensor_data_bytes(self) -> int:
         """The weights: everything after the header, alignment padding included."""
         return self.file_size - self.data_offset
+
+    @property
+    def alignment(self) -> int:
+        return int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+
+    def padded_nbytes(self, tensor: GGUFTensor) -> int:
+        """What a tensor takes of the file's data: its bytes, padded to the alignment as GGUF writers do."""
+        return -(-tensor.nbytes // self.alignment) * self.alignment
 
     @property
     def architecture(self) -> str:
