@@ -84,6 +84,7 @@ class WorkerPlan:
     room: dict[str, int | None]  # what each device of per_device had for it (free less margin; None: unknown)
     gpu_totals: dict[str, int]  # each used GPU's total memory, for people
     reason: str = ""  # why not more of the GPU, when it says something
+    layers_per_gpu: tuple[int, ...] = ()  # repeating layers on each GPU of `gpus`
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -98,8 +99,8 @@ class WorkerPlan:
         if self.kind == "gpu":
             line = f"All {self.gpu_layers} layers on {self._gpu_devices[0]}: {gpu_words[0]}"
         elif self.kind == "split":
-            shares = "/".join(f"{round(s * 100)}" for s in self.tensor_split)
-            line = (f"Split over {_and(self._gpu_devices)} ({shares} by room for layers): "
+            layers = _and([str(n) for n in self.layers_per_gpu])
+            line = (f"Split over {_and(self._gpu_devices)} ({layers} layers, the output layer on the last): "
                     f"{_and(gpu_words)}")
         elif self.kind == "partial":
             on_gpu = self.gpu_layers - 1  # the first layer offloaded is the output layer
@@ -116,6 +117,7 @@ class WorkerPlan:
         return {
             "kind": self.kind, "device": self.device, "gpus": list(self.gpus), "gpu_layers": self.gpu_layers,
             "n_layer": self.n_layer, "tensor_split": list(self.tensor_split),
+            "layers_per_gpu": list(self.layers_per_gpu),
             "needs_mb": {d: mb(n) for d, n in self.per_device.items()},
             "room_mb": {d: mb(n) for d, n in self.room.items()},
             "reason": self.reason, "describe": self.describe(), "estimate": self.estimate.to_dict(),
@@ -198,7 +200,8 @@ class _Planner:
         return WorkerPlan(kind=kind, device="cuda:0" if chosen else "cpu", gpus=tuple(g.index for g in chosen),
                           gpu_layers=placement.gpu_layers, n_layer=self.est.n_layer, tensor_split=split,
                           per_device=per_device, estimate=self.est.cpu, room=room,
-                          gpu_totals={g.device: g.total_bytes for g in chosen}, reason=reason)
+                          gpu_totals={g.device: g.total_bytes for g in chosen}, reason=reason,
+                          layers_per_gpu=placement.layers_on if chosen else ())
 
     def whole(self, ranked: Sequence[GpuState]) -> WorkerPlan | None:
         placement = self.est.place(self.full)
@@ -220,26 +223,24 @@ class _Planner:
         return None
 
     def _split_over(self, chosen: list[GpuState]) -> WorkerPlan | None:
+        """Layers in proportion to each GPU's room for them (its room less CUDA's overhead and its compute
+        buffer, and on the last GPU the output layer), counted in whole layers of their real sizes (a
+        Q4_K_M's first and last layers are larger); else filled in order, the slack left on the last."""
         est = self.est
         rooms = [self.room(g) for g in chosen]
         fixed = [est.cuda_overhead + est.gpu_layer_compute for _ in chosen]
         fixed[-1] += est.weights.output + max(est.gpu_output_compute - est.gpu_layer_compute, 0)
-        shares = [float(r - f) for r, f in zip(rooms, fixed)]
-        if min(shares) <= 0:
+        for_layers = [r - f for r, f in zip(rooms, fixed)]
+        if min(for_layers) <= 0:
             return None
-        biggest_layer = max((w + kv for w, kv in zip(est.weights.layers, est.kv_layers)), default=0)
-        for _ in range(4):  # whole layers: nudge a GPU that one layer too many overflows
-            total = sum(shares)
-            split = tuple(round(s / total, 4) for s in shares)
-            if min(split) <= 0:
-                return None
+        sizes = [w + kv for w, kv in zip(est.weights.layers, est.kv_layers)]
+        for counts in (_proportional(sizes, for_layers), _filled(sizes, for_layers)):
+            if counts is None or min(counts) < 1:
+                continue
+            split = _shares(counts, self.full)
             placement = est.place(self.full, split)
-            over = [need - room for need, room in zip(placement.gpus, rooms)]
-            if all(o <= 0 for o in over):
-                if not self.ram_fits(placement.host):
-                    return None
-                return self.plan("split", chosen, placement, split)
-            shares = [s - (o + biggest_layer if o > 0 else 0) for s, o in zip(shares, over)]
+            if placement.layers_on == tuple(counts) and all(n <= r for n, r in zip(placement.gpus, rooms)):
+                return self.plan("split", chosen, placement, split) if self.ram_fits(placement.host) else None
         return None
 
     def partial(self, gpu: GpuState) -> WorkerPlan | None:
@@ -286,6 +287,48 @@ class _Planner:
                     f"slot{'s' if cpu.slots != 1 else ''} ({cpu.cache_type} KV cache): {'; '.join(parts)}. "
                     "Try a smaller --ctx-size or fewer slots, --kv-cache-type q8_0 (half the KV cache), "
                     "stopping idle workers, or another hive.")
+
+
+def _proportional(sizes: list[int], rooms: list[int]) -> list[int]:
+    """Layer counts per GPU whose bytes follow the GPUs' rooms: a GPU's last layer is the one that brings
+    the running total nearest its cumulative share."""
+    total, room_total = sum(sizes), sum(rooms)
+    counts, running, layer = [], 0, 0
+    target = 0.0
+    for room in rooms[:-1]:
+        target += total * room / room_total
+        start = layer
+        while layer < len(sizes) and abs(running + sizes[layer] - target) <= abs(running - target):
+            running += sizes[layer]
+            layer += 1
+        counts.append(layer - start)
+    counts.append(len(sizes) - layer)
+    return counts
+
+
+def _filled(sizes: list[int], rooms: list[int]) -> list[int] | None:
+    """Layer counts filling each GPU but the last in turn; the last takes the rest (None: it cannot)."""
+    counts, layer = [], 0
+    for room in rooms[:-1]:
+        start, used = layer, 0
+        while layer < len(sizes) and used + sizes[layer] <= room:
+            used += sizes[layer]
+            layer += 1
+        counts.append(layer - start)
+    counts.append(len(sizes) - layer)
+    return counts if sum(sizes[len(sizes) - counts[-1]:]) <= rooms[-1] else None
+
+
+def _shares(counts: list[int], gpu_layers: int) -> tuple[float, ...]:
+    """A tensor split that makes llama.cpp give GPU i exactly counts[i] layers (the output layer to the
+    last): it sends layer il to the first GPU whose cumulative share exceeds il / gpu_layers, so each
+    boundary sits half a layer before the next GPU's first layer (safe from float rounding)."""
+    bounds, running = [], 0
+    for count in counts[:-1]:
+        running += count
+        bounds.append(round((running - 0.5) / gpu_layers, 4))
+    bounds.append(1.0)
+    return tuple(round(b - a, 4) for a, b in zip([0.0] + bounds[:-1], bounds))
 
 
 def _gib(n: int) -> str:

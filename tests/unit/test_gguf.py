@@ -8,7 +8,17 @@ import tracemalloc
 import pytest
 
 from hive.errors import HiveError
-from hive.gguf import MAX_KEPT_STRING, GGUFArray, GGUFError, GGUFString, read_gguf, read_gguf_metadata
+from hive.gguf import (
+    GGML_TYPE_IDS,
+    GGML_TYPES,
+    MAX_KEPT_STRING,
+    GGUFArray,
+    GGUFError,
+    GGUFString,
+    GGUFTensor,
+    read_gguf,
+    read_gguf_metadata,
+)
 from shared.builtin_model import BUILTIN_ARCHITECTURE, builtin_model_path
 from tests.support.gguf_writer import (
     ARRAY,
@@ -215,3 +225,36 @@ def test_synthetic_llama_file(tmp_path):
     assert gguf.architecture == "llama" and gguf.arch_value("block_count") == 2
     assert gguf.metadata["tokenizer.ggml.tokens"] == GGUFArray("string", 3000)
     assert gguf.tensor_data_bytes == 1000
+
+
+def test_ggml_block_sizes_by_hand():
+    """Bytes per block from ggml-common.h's structs: d/dmin halves, scales, packed quants."""
+    sizes = {t.name: (t.block_size, t.type_size) for t in GGML_TYPES.values()}
+    assert sizes["F32"] == (1, 4) and sizes["F16"] == (1, 2) and sizes["BF16"] == (1, 2)
+    assert sizes["Q4_0"] == (32, 2 + 16) and sizes["Q4_1"] == (32, 2 + 2 + 16) and sizes["Q8_0"] == (32, 2 + 32)
+    assert sizes["Q5_0"] == (32, 2 + 4 + 16) and sizes["Q5_1"] == (32, 2 + 2 + 4 + 16)
+    assert sizes["Q2_K"] == (256, 2 * 2 + 16 + 64) and sizes["Q3_K"] == (256, 2 + 64 + 32 + 12)
+    assert sizes["Q4_K"] == (256, 2 * 2 + 12 + 128) and sizes["Q5_K"] == (256, 2 * 2 + 12 + 128 + 32)
+    assert sizes["Q6_K"] == (256, 2 + 16 + 192) and sizes["Q8_K"] == (256, 4 + 256 + 32)
+    assert sizes["IQ4_XS"] == (256, 2 + 2 + 4 + 128) and sizes["IQ4_NL"] == (32, 2 + 16)
+    assert sizes["IQ2_XXS"] == (256, 2 + 64) and sizes["IQ1_S"] == (256, 2 + 32 + 16)
+    assert GGML_TYPE_IDS["Q4_K"] == 12 and GGML_TYPE_IDS["Q6_K"] == 14 and GGML_TYPE_IDS["BF16"] == 30
+
+
+def test_tensor_sizes_add_up_to_the_builtin_files_data(builtin):
+    """Every tensor's bytes from its type and shape, padded to the alignment, tile the tensor data."""
+    ordered = sorted(builtin.tensors, key=lambda t: t.offset)
+    for tensor, following in zip(ordered, ordered[1:]):
+        assert tensor.offset + builtin.padded_nbytes(tensor) == following.offset, tensor.name
+    assert sum(builtin.padded_nbytes(t) for t in ordered) == builtin.tensor_data_bytes == 96_576_768
+    embd = ordered[0]
+    assert embd.type_name == "Q8_0" and embd.nbytes == 576 // 32 * 34 * 49152 == 30_081_024
+    q = next(t for t in ordered if t.name == "blk.0.attn_q.weight")
+    assert q.type_name == "Q4_1" and q.nbytes == 576 // 32 * 20 * 576 == 207_360
+
+
+def test_unknown_tensor_type_and_broken_rows_are_named():
+    with pytest.raises(GGUFError, match="Tensor x has ggml type 31, which this rbee does not know"):
+        GGUFTensor("x", (256, 4), 31, 0).nbytes  # noqa: B018  (Q4_0_4_4: gone from ggml)
+    with pytest.raises(GGUFError, match=r"Tensor y \(Q4_K\) has rows of 100 values, not a whole number of 256"):
+        GGUFTensor("y", (100, 4), 12, 0).nbytes  # noqa: B018
