@@ -4,8 +4,10 @@ The hive asks before it starts a worker, from the GGUF's tensor table and what i
 (hive/memory_estimate.py places the bytes as llama.cpp does). For `device="auto"` the order is:
 
     1. every layer on ONE GPU: the one with the most room that holds it all;
-    2. else split over several GPUs of the hive (the fewest that hold it, tensor split by their room for
-       layers, the GPU with the most room last, since llama.cpp puts the output layer on the last one);
+    2. else split over several GPUs of the hive: the fewest (those with the most room) that hold it, the
+       one with the most room last (llama.cpp puts the output layer on the last), layers shared in
+       proportion to each GPU's room for them, counted in whole layers of their real sizes, and a
+       `tensor_split` that makes llama.cpp give each GPU exactly those layers;
     3. else partial offload: as many layers as fit on the GPU with the most room, the rest in RAM;
     4. else the CPU.
 
