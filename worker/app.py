@@ -111,6 +111,11 @@ async def health(request: web.Request) -> web.Response:
         "max_queue": config.max_queue,
         "pid": os.getpid(),
         "embedding": config.embedding,
+        "kv_cache_type": config.kv_cache_type,
+        "flash_attn": config.flash_attn,
+        "gpu_layers": engine.gpu_layers,
+        "layers": engine.layers,
+        "tensor_split": list(config.tensor_split),
     }
     if isinstance(engine, EmbeddingEngine):
         body.update(dimensions=engine.dimensions, pooling=engine.pooling)

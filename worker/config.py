@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT
+
 
 def all_cores() -> int:
     """Cores this process may run on (llama.cpp's own default is half of them)."""
@@ -33,14 +35,21 @@ class WorkerConfig:
     heartbeat_interval_s: float = 5.0
     exit_with_parent: bool = True
     embedding: bool = False  # compute embeddings (POST /v1/embeddings) instead of generating
+    kv_cache_type: str = KV_CACHE_DEFAULT  # f16 | q8_0 | q4_0: the element type of the K and V caches
+    flash_attn: str = FLASH_ATTN_DEFAULT  # auto | on | off (a quantized cache needs it: shared/kv_cache.py)
+    gpu_layers: int | None = None  # layers offloaded to the GPU; None: every one on cuda:N, none on cpu
+    tensor_split: tuple[float, ...] = ()  # proportions of the model per visible GPU (several: split by layer)
 
     def __post_init__(self) -> None:
         if self.threads <= 0:
             object.__setattr__(self, "threads", all_cores())
 
     @property
-    def gpu_layers(self) -> int:
-        return 0 if self.device == "cpu" else -1  # -1: offload every layer
+    def n_gpu_layers(self) -> int:
+        """llama.cpp's n_gpu_layers: a negative number offloads every layer (the output layer included)."""
+        if self.device == "cpu":
+            return 0
+        return -1 if self.gpu_layers is None else self.gpu_layers
 
     @property
     def gpu_index(self) -> int:

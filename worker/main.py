@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ from shared.builtin_model import gguf_problem
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.errors import RbeeError
 from shared.events import set_default_actor
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, kv_cache_problem
+from shared.operations import FLASH_ATTN_MODES, KV_CACHE_TYPES
 from shared.ports import DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
 from shared.token import load_or_create_token
@@ -45,6 +49,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=4,
                         help="slots: requests generated together in one batch (default 4)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
+    parser.add_argument("--gpu-layers", type=int, metavar="N",
+                        help="layers to offload to the GPU, the rest stay in RAM (default: every layer with "
+                             "--device cuda:N; only with cuda)")
+    parser.add_argument("--tensor-split", metavar="A,B,...",
+                        help="share of the model on each visible GPU, e.g. 3,1 (split by layer over several "
+                             "GPUs; only with cuda)")
+    parser.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default=KV_CACHE_DEFAULT,
+                        help=f"element type of the KV cache: q8_0 takes about half of f16's memory, q4_0 about a "
+                             f"quarter; quantized types need flash attention (default {KV_CACHE_DEFAULT})")
+    parser.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=FLASH_ATTN_DEFAULT,
+                        help=f"llama.cpp's flash attention: auto (where the device supports it), on, off "
+                             f"(default {FLASH_ATTN_DEFAULT})")
     parser.add_argument("--max-queue", type=int, default=8,
                         help="requests that may wait for a free slot; more get 503 (default 8)")
     parser.add_argument("--abandon-after", type=float, default=5.0, metavar="SECONDS",
@@ -71,7 +87,9 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError("--abandon-after and --heartbeat-interval must be positive")
     if args.queen_url and not args.hive_id:
         raise WorkerStartError("--queen-url needs --hive-id: heartbeats say which hive the worker belongs to")
-    check_device(args.device)
+    if (problem := kv_cache_problem(args.kv_cache_type, args.flash_attn)) is not None:
+        raise WorkerStartError(problem[0].upper() + problem[1:])
+    gpu_layers, tensor_split = check_offload(args.device, args.gpu_layers, args.tensor_split)
     model: Path = args.model.expanduser()
     if (problem := gguf_problem(model)) is not None:
         raise WorkerStartError(f"model file {model} {problem}")
@@ -92,7 +110,51 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         heartbeat_interval_s=args.heartbeat_interval,
         exit_with_parent=not args.no_exit_with_parent,
         embedding=args.embedding,
+        kv_cache_type=args.kv_cache_type,
+        flash_attn=args.flash_attn,
+        gpu_layers=gpu_layers,
+        tensor_split=tensor_split,
     )
+
+
+def check_offload(device: str, gpu_layers: int | None, tensor_split: str | None) -> tuple[int | None, tuple[float, ...]]:
+    """--device, --gpu-layers and --tensor-split, checked together: what the GPU build and GPUs allow."""
+    if gpu_layers is not None and gpu_layers < 0:
+        raise WorkerStartError(f"--gpu-layers must be 0 or more, not {gpu_layers} (leave it out to offload "
+                               "every layer)")
+    shares = parse_tensor_split(tensor_split) if tensor_split is not None else ()
+    if device == "cpu" and (gpu_layers or shares):
+        flag = "--gpu-layers" if gpu_layers else "--tensor-split"
+        raise WorkerStartError(f"{flag} needs --device cuda:N: on the CPU every layer stays in RAM")
+    check_device(device)
+    if len(shares) > 1:
+        import llama_cpp
+
+        most = min(llama_cpp.llama_max_devices(), visible_gpus() or llama_cpp.llama_max_devices())
+        if len(shares) > most:
+            raise WorkerStartError(f"--tensor-split names {len(shares)} GPUs; this worker sees {most} "
+                                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(all)')})")
+    return gpu_layers, shares
+
+
+def parse_tensor_split(text: str) -> tuple[float, ...]:
+    """'3,1' -> (3.0, 1.0): one non-negative share per visible GPU, at least one of them above zero."""
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise WorkerStartError(f"--tensor-split takes numbers separated by commas (e.g. 3,1), not {text!r}") from None
+    if any(not math.isfinite(share) or share < 0 for share in shares) or not sum(shares) > 0:
+        raise WorkerStartError(f"--tensor-split needs shares of 0 or more, at least one above 0, not {text!r}")
+    return shares
+
+
+def visible_gpus() -> int | None:
+    """GPUs this process may use: those CUDA_VISIBLE_DEVICES names (a hive pins its workers so), else
+    every one nvidia-smi lists (None: unknown)."""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if pinned is not None:
+        return len([part for part in pinned.split(",") if part.strip()])
+    return count_nvidia_gpus()
 
 
 def check_device(device: str) -> None:
@@ -108,9 +170,9 @@ def check_device(device: str) -> None:
             f"--device {device}: this llama-cpp-python build has no GPU support. Rebuild it with "
             "CMAKE_ARGS='-DGGML_CUDA=on' pip install --no-cache-dir --force-reinstall llama-cpp-python, "
             "or use --device cpu")
-    gpus = count_nvidia_gpus()
+    gpus = visible_gpus()
     if gpus is not None and int(m.group(1)) >= gpus:
-        raise WorkerStartError(f"--device {device}: this machine has {gpus} NVIDIA GPU(s) (cuda:0..cuda:{gpus - 1})")
+        raise WorkerStartError(f"--device {device}: this worker sees {gpus} NVIDIA GPU(s) (cuda:0..cuda:{gpus - 1})")
 
 
 def count_nvidia_gpus() -> int | None:

@@ -23,6 +23,11 @@ from worker.errors import NotReady
 
 log = logging.getLogger("rbee.worker.engine")
 
+# --kv-cache-type and --flash-attn: the names of llama.cpp's own constants (in llama_cpp, imported late).
+KV_GGML_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+FLASH_ATTN_TYPES = {"auto": "LLAMA_FLASH_ATTN_TYPE_AUTO", "on": "LLAMA_FLASH_ATTN_TYPE_ENABLED",
+                    "off": "LLAMA_FLASH_ATTN_TYPE_DISABLED"}
+
 Work = TypeVar("Work")  # what the loop hands the owner thread: a generation, an embedding task
 
 
@@ -47,9 +52,18 @@ class LlamaOwner(Generic[Work]):
         self._shutdown = threading.Event()
         self._stopped = threading.Event()  # the owner thread has ended
         self._vocab_lock = threading.Lock()  # tokenizing (any thread) never meets the model being freed
+        self.layers = 0  # the model's repeating layers, once loaded
         self._model: Any = None
         self._ctx: Any = None
         self._vocab: Any = None
+
+    @property
+    def gpu_layers(self) -> int:
+        """Layers on the GPU as llama.cpp counts them: the model's layers + 1 (the output layer) is all."""
+        wanted = self.config.n_gpu_layers
+        if not self.layers:  # not loaded yet
+            return wanted
+        return self.layers + 1 if wanted < 0 else min(wanted, self.layers + 1)
 
     # -- loop side ------------------------------------------------------------------------------------
 
@@ -196,22 +210,35 @@ class LlamaOwner(Generic[Work]):
             _quiet_llama_logs()
             llama_cpp.llama_backend_init()
             mparams = llama_cpp.llama_model_default_params()
-            mparams.n_gpu_layers = cfg.gpu_layers
+            mparams.n_gpu_layers = cfg.n_gpu_layers
             mparams.main_gpu = cfg.gpu_index
+            # One GPU: everything on main_gpu (llama.cpp's default, LAYER, would spread over every visible one).
+            mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
+            split = _tensor_split(llama_cpp, cfg.tensor_split)  # kept referenced until the model is loaded
+            if split is not None:
+                mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_LAYER
+                mparams.tensor_split = split
             model = llama_cpp.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
             if not model:
                 raise ValueError("llama.cpp could not load it (see the lines above in this log)")
             self._model = model
             self._vocab = llama_cpp.llama_model_get_vocab(model)
+            self.layers = llama_cpp.llama_model_n_layer(model)
             trained = llama_cpp.llama_model_n_ctx_train(model)
             self.n_ctx = min(cfg.ctx_size, trained) if trained > 0 else cfg.ctx_size
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_threads = cparams.n_threads_batch = cfg.threads
             cparams.no_perf = True
+            cparams.type_k = cparams.type_v = getattr(llama_cpp, KV_GGML_TYPES[cfg.kv_cache_type])
+            cparams.flash_attn_type = getattr(llama_cpp, FLASH_ATTN_TYPES[cfg.flash_attn])
             what = self._context_params(llama_cpp, cparams)
             ctx = llama_cpp.llama_init_from_model(model, cparams)
             if not ctx:
-                raise ValueError(f"llama.cpp could not make {what}")
+                hint = ""
+                if cfg.kv_cache_type != "f16" and cfg.flash_attn == "auto":
+                    hint = (f" (a {cfg.kv_cache_type} KV cache needs flash attention, which this device may lack: "
+                            "try --flash-attn on, or --kv-cache-type f16)")
+                raise ValueError(f"llama.cpp could not make {what}{hint}")
             self._ctx = ctx
             self._context_ready(llama_cpp)
         except Exception as exc:  # a bad file, too little memory
@@ -232,6 +259,14 @@ class LlamaOwner(Generic[Work]):
         if self._model:
             llama_cpp.llama_model_free(self._model)
         self._ctx = self._model = None
+
+
+def _tensor_split(llama_cpp: Any, shares: tuple[float, ...]) -> Any:
+    """--tensor-split as llama.cpp reads it: a float per device, llama_max_devices() of them (None: one GPU)."""
+    if len(shares) < 2:
+        return None
+    array = (ctypes.c_float * llama_cpp.llama_max_devices())(*shares)
+    return ctypes.cast(array, ctypes.POINTER(ctypes.c_float))
 
 
 def resolve(future: asyncio.Future[Any], value: Any) -> None:
