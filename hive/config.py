@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT
 from shared.operations import LOCAL_HIVE
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_HIVE_PORT
@@ -21,6 +22,8 @@ class HiveConfig:
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
     worker_slots: int = 4  # requests each worker generates at once (its --parallel)
     worker_ctx_size: int = 2048  # tokens of context per slot (its --ctx-size); memory estimates use it too
+    worker_kv_cache_type: str = KV_CACHE_DEFAULT  # its --kv-cache-type when a spawn names none; estimates too
+    worker_flash_attn: str = FLASH_ATTN_DEFAULT  # its --flash-attn when a spawn names none
 
     def __post_init__(self) -> None:
         if self.paths is None:

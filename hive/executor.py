@@ -30,6 +30,7 @@ from shared.operations import (
 )
 
 EMBEDDING_THREADS = 2  # at most, for an embedding worker on CPU
+GPU_WORKER_THREADS = 4  # at most, for a worker on a GPU (see thread_budget)
 
 
 class HiveExecutor:
@@ -51,9 +52,11 @@ class HiveExecutor:
             device = await self.resolve_device(op.device)
             budget = self.embedding_threads if op.embedding else self.thread_budget
             budget(device)  # refuse early, before a download
+            kv_cache_type, flash_attn = self.supervisor.kv_cache_settings(op.kv_cache_type, op.flash_attn)
             entry = await self.store.provision(op.model)
             async with self._spawning:  # two spawns at once must not both count the same free cores
-                worker = await self.supervisor.spawn(entry, device, budget(device), embedding=op.embedding)
+                worker = await self.supervisor.spawn(entry, device, budget(device), embedding=op.embedding,
+                                                     kv_cache_type=kv_cache_type, flash_attn=flash_attn)
             emit(Data(action="worker_spawn", payload=worker.to_dict()))
             return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots, "embedding": worker.embedding}
         if isinstance(op, WorkerList):
@@ -91,11 +94,14 @@ class HiveExecutor:
 
     async def describe_model(self, entry: CatalogEntry) -> dict[str, Any]:
         """The catalog entry, with what a worker of it would need here (from the GGUF's own metadata)."""
-        key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_slots)
+        key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_slots,
+               self.config.worker_kv_cache_type, self.config.worker_flash_attn)
         if key not in self._estimates:
             try:
                 estimate = await asyncio.to_thread(estimate_worker_memory, entry.path,
-                                                   ctx_size=self.config.worker_ctx_size, slots=self.config.worker_slots)
+                                                   ctx_size=self.config.worker_ctx_size, slots=self.config.worker_slots,
+                                                   cache_type=self.config.worker_kv_cache_type,
+                                                   flash_attn=self.config.worker_flash_attn)
                 self._estimates[key] = estimate.to_dict()
             except (GGUFError, OSError, ValueError) as exc:  # listed all the same, without a size
                 self._estimates[key] = {"error": str(exc)}
@@ -106,7 +112,9 @@ class HiveExecutor:
         (more threads than cores only make them fight). A GPU worker's threads only feed its GPU."""
         cores = int(self.capabilities["cpu"]["cores"])
         if device != "cpu":
-            return cores
+            # A GPU worker's threads only feed its GPU (and run what stays in RAM of a partial offload): more
+            # than a few slow the CPU workers beside it and gain it nothing.
+            return min(GPU_WORKER_THREADS, cores)
         used = self.supervisor.threads_in_use()
         free = cores - used
         if free < 1:
@@ -126,7 +134,7 @@ class HiveExecutor:
         leave /v1/embeddings unusable on a machine whose cores one generating worker already takes."""
         cores = int(self.capabilities["cpu"]["cores"])
         if device != "cpu":
-            return cores
+            return min(GPU_WORKER_THREADS, cores)  # as any GPU worker's (thread_budget)
         used = self.supervisor.threads_in_use()
         if used == 0 or used + EMBEDDING_THREADS <= cores:
             return min(EMBEDDING_THREADS, cores)

@@ -13,7 +13,8 @@ from hive.config import HiveConfig
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.events import set_default_actor
 from shared.hive_control import HiveLock, HiveLockBusy
-from shared.operations import LOCAL_HIVE
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, kv_cache_problem
+from shared.operations import FLASH_ATTN_MODES, KV_CACHE_TYPES, LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
 from shared.token import load_or_create_token
@@ -39,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a worker that has not exited this long after SIGTERM is killed (default 10)")
     parser.add_argument("--worker-slots", type=int, default=4,
                         help="requests each worker generates together in one batch (default 4)")
+    parser.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default=KV_CACHE_DEFAULT,
+                        help="element type of each worker's KV cache unless a spawn names one: q8_0 takes about half "
+                             f"of f16's memory, q4_0 about a quarter; quantized types need flash attention "
+                             f"(default {KV_CACHE_DEFAULT})")
+    parser.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=FLASH_ATTN_DEFAULT,
+                        help="llama.cpp's flash attention in each worker unless a spawn says: auto (where the device "
+                             f"supports it), on, off (default {FLASH_ATTN_DEFAULT})")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit (stopping every worker) when the process that started the hive dies")
     return parser.parse_args(argv)
@@ -54,9 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):
         print(f"{PROG}: --hive-id may hold letters, digits, '.', '_' and '-', not {args.hive_id!r}", file=sys.stderr)
         sys.exit(2)
+    if (problem := kv_cache_problem(args.kv_cache_type, args.flash_attn)) is not None:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        sys.exit(2)
     config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
                         relay_heartbeats=args.relay_heartbeats, worker_stop_timeout_s=args.worker_stop_timeout,
-                        worker_slots=args.worker_slots)
+                        worker_slots=args.worker_slots, worker_kv_cache_type=args.kv_cache_type,
+                        worker_flash_attn=args.flash_attn)
     if args.exit_with_parent:
         die_with_parent()
     keep_files_private()

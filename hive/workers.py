@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,13 +20,14 @@ import aiohttp
 
 from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
-from hive.errors import WorkerNotFound, WorkerStartFailed
+from hive.errors import HiveError, WorkerNotFound, WorkerStartFailed
 from hive.queen_link import QueenLink
 from shared.client import DaemonClient
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.heartbeat import EngineState, Heartbeat
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, kv_cache_problem
 from shared.process import CHILD_CWD
 from shared.wire import WireEnum
 
@@ -62,6 +64,10 @@ class WorkerProcess:
     slots: int = 1
     url: str | None = None
     embedding: bool = False  # started with --embedding: computes embeddings, never generates
+    kv_cache_type: str = KV_CACHE_DEFAULT
+    flash_attn: str = FLASH_ATTN_DEFAULT
+    gpu_layers: int = 0  # layers offloaded (-1: every one)
+    gpus: tuple[int, ...] = ()  # the machine's GPUs it is pinned to (CUDA_VISIBLE_DEVICES), as nvidia-smi numbers them
     state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None
     started_at: float = field(default_factory=time.time)
@@ -77,7 +83,8 @@ class WorkerProcess:
         return {
             "id": self.id, "model": self.model, "device": self.device, "pid": self.proc.pid, "url": self.url,
             "state": live_state or self.state.value, "threads": self.threads, "slots": self.slots, "exit_code": self.exit_code, "started_at": self.started_at,
-            "embedding": self.embedding,
+            "embedding": self.embedding, "kv_cache_type": self.kv_cache_type, "flash_attn": self.flash_attn,
+            "gpu_layers": self.gpu_layers, "gpus": list(self.gpus),
         }
 
 
@@ -122,24 +129,59 @@ class WorkerSupervisor:
         return sum(w.threads for w in self._workers.values()
                    if w.alive and w.device == "cpu" and w.state is not ProcessState.STOPPING and not w.embedding)
 
-    async def spawn(self, model: CatalogEntry, device: str, threads: int, *, embedding: bool = False) -> WorkerProcess:
+    def kv_cache_settings(self, kv_cache_type: str | None, flash_attn: str | None) -> tuple[str, str]:
+        """A spawn's KV cache type and flash attention, the hive's where it names none; refused when llama.cpp
+        could not make a context with them (call it before a download, to refuse early)."""
+        kv_cache_type = kv_cache_type or self.config.worker_kv_cache_type
+        flash_attn = flash_attn or self.config.worker_flash_attn
+        if (problem := kv_cache_problem(kv_cache_type, flash_attn)) is not None:
+            raise HiveError(problem[0].upper() + problem[1:] + ".", code="KV_CACHE_NEEDS_FLASH_ATTN")
+        return kv_cache_type, flash_attn
+
+    async def spawn(self, model: CatalogEntry, device: str, threads: int, *, embedding: bool = False,
+                    kv_cache_type: str | None = None, flash_attn: str | None = None, gpu_layers: int | None = None,
+                    tensor_split: tuple[float, ...] = (), visible_gpus: tuple[int, ...] = ()) -> WorkerProcess:
+        """Start a worker on `device` (cpu or cuda:N as this machine numbers its GPUs). `kv_cache_type` and
+        `flash_attn` default to the hive's; `gpu_layers` (None: every layer) and `tensor_split` (a share per
+        GPU of `visible_gpus`) say how it offloads. `visible_gpus` pins it: the child sees only those GPUs
+        (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order), as cuda:0, cuda:1, ... inside."""
+        kv_cache_type, flash_attn = self.kv_cache_settings(kv_cache_type, flash_attn)
+        gpu = device != "cpu"
+        if not gpu and (gpu_layers or tensor_split or visible_gpus):
+            raise ValueError(f"a CPU worker offloads nothing: gpu_layers={gpu_layers}, tensor_split={tensor_split}, "
+                             f"visible_gpus={visible_gpus}")
+        if tensor_split and visible_gpus and len(tensor_split) != len(visible_gpus):
+            raise ValueError(f"tensor_split {tensor_split} needs one share per GPU of {visible_gpus}")
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         slots = 1 if embedding else self.config.worker_slots  # an embedding worker takes one input at a time
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
-                "--hive-id", self.config.hive_id, "--device", device, "--threads", str(threads),
-                "--parallel", str(slots), "--ctx-size", str(self.config.worker_ctx_size)]
+                "--hive-id", self.config.hive_id, "--device", "cuda:0" if visible_gpus else device,
+                "--threads", str(threads), "--parallel", str(slots), "--ctx-size", str(self.config.worker_ctx_size),
+                "--kv-cache-type", kv_cache_type, "--flash-attn", flash_attn]
+        if gpu and gpu_layers is not None:
+            argv += ["--gpu-layers", str(gpu_layers)]
+        if tensor_split:
+            argv += ["--tensor-split", ",".join(f"{share:.6g}" for share in tensor_split)]
+        env = None  # inherit: a CPU worker needs no CUDA_VISIBLE_DEVICES (its llama.cpp offloads nothing)
+        if visible_gpus:
+            env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA's own order is fastest first
+                   "CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in visible_gpus)}
         if embedding:
             argv.append("--embedding")
         if (heartbeat_url := self._heartbeat_url()) is not None:
             argv += ["--queen-url", heartbeat_url]
         kind = "embedding worker" if embedding else "worker"
-        narrate("worker_spawn", f"Starting {kind} {worker_id} for {model.id} on {device}", target=worker_id)
+        settings = "" if (kv_cache_type, flash_attn) == (KV_CACHE_DEFAULT, FLASH_ATTN_DEFAULT) else \
+            f" (KV cache {kv_cache_type}, flash attention {flash_attn})"
+        narrate("worker_spawn", f"Starting {kind} {worker_id} for {model.id} on {device}{settings}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD)
+            stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD, env=env)
         worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads, slots=slots,
-                               embedding=embedding)
+                               embedding=embedding, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
+                               gpu_layers=(-1 if gpu_layers is None else gpu_layers) if gpu else 0,
+                               gpus=visible_gpus or ((int(device.split(":", 1)[1]),) if gpu else ()))
         self._workers[worker_id] = worker
         worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
         try:

@@ -72,7 +72,7 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     def heartbeat() -> Heartbeat:
         return Heartbeat(worker_id=config.worker_id, hive_id=config.hive_id or "", url=listening.url or "",
                          model=config.model_ref, state=app[ENGINE].state, pid=os.getpid(),
-                         queue_depth=queue_depth(app), device=config.device, slots=app[ENGINE].slots_total,
+                         queue_depth=queue_depth(app), device=config.device_name, slots=app[ENGINE].slots_total,
                          slots_busy=app[ENGINE].slots_busy, embedding=config.embedding)
 
     app[GOODBYE] = lambda: dataclasses.replace(heartbeat(), state=EngineState.STOPPING)
@@ -102,7 +102,7 @@ async def health(request: web.Request) -> web.Response:
         "state": engine.state.value,
         "worker_id": config.worker_id,
         "model": config.model_ref,
-        "device": config.device,
+        "device": config.device_name,
         "threads": config.threads,
         "ctx_size": engine.n_ctx,
         "slots": engine.slots_total,

@@ -39,10 +39,13 @@ class WorkerConfig:
     flash_attn: str = FLASH_ATTN_DEFAULT  # auto | on | off (a quantized cache needs it: shared/kv_cache.py)
     gpu_layers: int | None = None  # layers offloaded to the GPU; None: every one on cuda:N, none on cpu
     tensor_split: tuple[float, ...] = ()  # proportions of the model per visible GPU (several: split by layer)
+    device_name: str = ""  # the device as the machine numbers it (a pinned worker's cuda:0 may be its cuda:2)
 
     def __post_init__(self) -> None:
         if self.threads <= 0:
             object.__setattr__(self, "threads", all_cores())
+        if not self.device_name:
+            object.__setattr__(self, "device_name", self.device)
 
     @property
     def n_gpu_layers(self) -> int:

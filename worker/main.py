@@ -105,6 +105,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         ctx_size=args.ctx_size,
         parallel=args.parallel,
         device=args.device,
+        device_name=machine_device(args.device),
         max_queue=args.max_queue,
         abandon_after_s=args.abandon_after,
         heartbeat_interval_s=args.heartbeat_interval,
@@ -146,6 +147,18 @@ def parse_tensor_split(text: str) -> tuple[float, ...]:
     if any(not math.isfinite(share) or share < 0 for share in shares) or not sum(shares) > 0:
         raise WorkerStartError(f"--tensor-split needs shares of 0 or more, at least one above 0, not {text!r}")
     return shares
+
+
+def machine_device(device: str) -> str:
+    """cuda:N as nvidia-smi numbers the machine's GPUs: a hive pins a worker to its GPUs with
+    CUDA_VISIBLE_DEVICES (and CUDA_DEVICE_ORDER=PCI_BUS_ID, nvidia-smi's order), inside which they count
+    from cuda:0 again. Reported in /health and heartbeats, so people see the GPU they know."""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not device.startswith("cuda:") or not pinned:
+        return device
+    visible = [part.strip() for part in pinned.split(",")]
+    index = int(device.split(":", 1)[1])
+    return f"cuda:{visible[index]}" if index < len(visible) and visible[index].isdigit() else device
 
 
 def visible_gpus() -> int | None:

@@ -84,3 +84,16 @@ def test_tensor_split_refuses_what_is_no_list_of_shares(text):
     with pytest.raises(WorkerStartError) as err:
         parse_tensor_split(text)
     assert "--tensor-split" in err.value.message and repr(text) in err.value.message
+
+
+@pytest.mark.parametrize(("pinned", "device", "shown"), [
+    (None, "cuda:1", "cuda:1"), ("2", "cuda:0", "cuda:2"), ("1,3", "cuda:1", "cuda:3"), ("", "cuda:0", "cuda:0"),
+    ("GPU-5d1c", "cuda:0", "cuda:0"), ("2", "cpu", "cpu")])
+def test_a_pinned_worker_reports_the_gpu_as_the_machine_numbers_it(monkeypatch, pinned, device, shown):
+    from worker.main import machine_device
+
+    if pinned is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", pinned)
+    assert machine_device(device) == shown
