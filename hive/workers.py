@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -88,6 +89,63 @@ class WorkerProcess:
         }
 
 
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """Where and how a worker's llama.cpp runs, as its command line and environment say it. `device` is
+    cpu or cuda:N as this machine (nvidia-smi) numbers its GPUs; `visible_gpus` pins the worker to those
+    GPUs (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order: CUDA's own is fastest first), inside which they
+    are cuda:0, cuda:1, ...; `gpu_layers` None offloads every layer; `tensor_split` is a share per GPU."""
+
+    device: str
+    kv_cache_type: str = KV_CACHE_DEFAULT
+    flash_attn: str = FLASH_ATTN_DEFAULT
+    gpu_layers: int | None = None
+    tensor_split: tuple[float, ...] = ()
+    visible_gpus: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        """The planner's mistakes, not a user's: said as plainly, but as ValueError."""
+        if self.device == "cpu" and (self.gpu_layers or self.tensor_split or self.visible_gpus):
+            raise ValueError(f"a CPU worker offloads nothing, yet gpu_layers={self.gpu_layers}, "
+                             f"tensor_split={self.tensor_split}, visible_gpus={self.visible_gpus}")
+        if self.gpu_layers is not None and self.gpu_layers < 0:
+            raise ValueError(f"gpu_layers must be None (every layer) or 0 or more, not {self.gpu_layers}")
+        if self.tensor_split and self.visible_gpus and len(self.tensor_split) != len(self.visible_gpus):
+            raise ValueError(f"tensor_split {self.tensor_split} needs one share per GPU of {self.visible_gpus}")
+
+    def args(self) -> list[str]:
+        """The worker's command-line arguments for these."""
+        args = ["--device", "cuda:0" if self.visible_gpus else self.device,
+                "--kv-cache-type", self.kv_cache_type, "--flash-attn", self.flash_attn]
+        if self.device != "cpu" and self.gpu_layers is not None:
+            args += ["--gpu-layers", str(self.gpu_layers)]
+        if self.tensor_split:
+            args += ["--tensor-split", ",".join(f"{share:.6g}" for share in self.tensor_split)]
+        return args
+
+    def env(self, base: Mapping[str, str]) -> dict[str, str] | None:
+        """The worker's environment: `base` pinned to its GPUs; None (inherit) when not pinned: a CPU
+        worker needs no CUDA_VISIBLE_DEVICES, its llama.cpp offloads nothing."""
+        if not self.visible_gpus:
+            return None
+        return {**base, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                "CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in self.visible_gpus)}
+
+    @property
+    def offloaded_layers(self) -> int:
+        """As listed: 0 on the CPU, -1 for every layer."""
+        if self.device == "cpu":
+            return 0
+        return -1 if self.gpu_layers is None else self.gpu_layers
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The machine's GPUs the worker uses, as nvidia-smi numbers them."""
+        if self.visible_gpus:
+            return self.visible_gpus
+        return (int(self.device.split(":", 1)[1]),) if self.device.startswith("cuda:") else ()
+
+
 class WorkerSupervisor:
     def __init__(self, config: HiveConfig, token: str, queen: QueenLink,
                  heartbeat_url: Callable[[], str | None]) -> None:
@@ -146,27 +204,13 @@ class WorkerSupervisor:
         GPU of `visible_gpus`) say how it offloads. `visible_gpus` pins it: the child sees only those GPUs
         (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order), as cuda:0, cuda:1, ... inside."""
         kv_cache_type, flash_attn = self.kv_cache_settings(kv_cache_type, flash_attn)
-        gpu = device != "cpu"
-        if not gpu and (gpu_layers or tensor_split or visible_gpus):
-            raise ValueError(f"a CPU worker offloads nothing: gpu_layers={gpu_layers}, tensor_split={tensor_split}, "
-                             f"visible_gpus={visible_gpus}")
-        if tensor_split and visible_gpus and len(tensor_split) != len(visible_gpus):
-            raise ValueError(f"tensor_split {tensor_split} needs one share per GPU of {visible_gpus}")
+        launch = WorkerLaunch(device, kv_cache_type, flash_attn, gpu_layers, tensor_split, visible_gpus)
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         slots = 1 if embedding else self.config.worker_slots  # an embedding worker takes one input at a time
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
-                "--hive-id", self.config.hive_id, "--device", "cuda:0" if visible_gpus else device,
-                "--threads", str(threads), "--parallel", str(slots), "--ctx-size", str(self.config.worker_ctx_size),
-                "--kv-cache-type", kv_cache_type, "--flash-attn", flash_attn]
-        if gpu and gpu_layers is not None:
-            argv += ["--gpu-layers", str(gpu_layers)]
-        if tensor_split:
-            argv += ["--tensor-split", ",".join(f"{share:.6g}" for share in tensor_split)]
-        env = None  # inherit: a CPU worker needs no CUDA_VISIBLE_DEVICES (its llama.cpp offloads nothing)
-        if visible_gpus:
-            env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA's own order is fastest first
-                   "CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in visible_gpus)}
+                "--hive-id", self.config.hive_id, "--threads", str(threads), "--parallel", str(slots),
+                "--ctx-size", str(self.config.worker_ctx_size), *launch.args()]
         if embedding:
             argv.append("--embedding")
         if (heartbeat_url := self._heartbeat_url()) is not None:
@@ -177,11 +221,10 @@ class WorkerSupervisor:
         narrate("worker_spawn", f"Starting {kind} {worker_id} for {model.id} on {device}{settings}", target=worker_id)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD, env=env)
+            stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD, env=launch.env(os.environ))
         worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads, slots=slots,
                                embedding=embedding, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
-                               gpu_layers=(-1 if gpu_layers is None else gpu_layers) if gpu else 0,
-                               gpus=visible_gpus or ((int(device.split(":", 1)[1]),) if gpu else ()))
+                               gpu_layers=launch.offloaded_layers, gpus=launch.gpus)
         self._workers[worker_id] = worker
         worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
         try:
