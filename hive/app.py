@@ -53,8 +53,9 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
         catalog = ModelCatalog(config.paths.data_dir / "models.db")
         resources.push_async_callback(catalog.close)
         MACHINE.hive_id = config.hive_id
-        # Whether llama.cpp can offload: a child Python imports it (~0.2 s), while the catalog opens.
-        offload = asyncio.ensure_future(asyncio.to_thread(MACHINE.gpu_offload))
+        # GPUs, and (where there are some) whether llama.cpp can offload to them: a child Python imports
+        # it (~0.3 s), while the catalog opens.
+        detected = asyncio.ensure_future(asyncio.to_thread(detect_capabilities))
         await catalog.open()
         token = app[shared_keys.TOKEN]
         queen = app[QUEEN] = QueenLink(config.hive_id, config.queen_url, token, lambda: supervisor.session)
@@ -63,8 +64,7 @@ async def hive_ctx(app: web.Application) -> AsyncIterator[None]:
         supervisor = WorkerSupervisor(config, token, queen, heartbeat_url=lambda: (
             app[shared_keys.LISTENING].url if config.relay_heartbeats else config.queen_url))
         resources.push_async_callback(supervisor.close)
-        await offload
-        caps = await asyncio.to_thread(detect_capabilities)
+        caps = await detected
         store = ModelStore(catalog, config.paths.model_dir)
         await store.register_builtin()
         app[EXECUTOR] = HiveExecutor(config, store, supervisor, caps)

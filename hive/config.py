@@ -24,6 +24,7 @@ class HiveConfig:
     worker_ctx_size: int = 2048  # tokens of context per slot (its --ctx-size); memory estimates use it too
     worker_kv_cache_type: str = KV_CACHE_DEFAULT  # its --kv-cache-type when a spawn names none; estimates too
     worker_flash_attn: str = FLASH_ATTN_DEFAULT  # its --flash-attn when a spawn names none
+    vram_budget_bytes: int | None = None  # at most this much planned on each GPU (None: its free memory less a margin)
 
     def __post_init__(self) -> None:
         if self.paths is None:

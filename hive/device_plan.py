@@ -130,6 +130,12 @@ class WorkerPlan:
         return [f"cuda:{i}" for i in self.gpus]
 
 
+def no_gpu_offload(device: str) -> NoGpuOffload:
+    return NoGpuOffload(f"{device} was asked for, but this hive's llama.cpp was built for the CPU only. "
+                        "Reinstall the hive on a machine where nvidia-smi lists the GPU "
+                        "(`rbee hive install`, or RBEE_LLAMA_BACKEND=cuda ./bootstrap.sh), or use --device cpu.")
+
+
 def gpu_margin(gpu: GpuState) -> int:
     """What the plan leaves free on a GPU: max(5 % of its memory, 256 MiB)."""
     return max(int(gpu.total_bytes * MARGIN_FRACTION), MARGIN_MIN_BYTES)
@@ -158,10 +164,7 @@ def plan_worker(gguf: str | os.PathLike[str] | GGUFFile, *, gpus: Sequence[GpuSt
         return planner.cpu("asked for") or planner.refuse([])
     if device.startswith("cuda:"):
         if not can_offload:
-            raise NoGpuOffload(f"{device} was asked for, but this hive's llama.cpp was built for the CPU only. "
-                               "Reinstall the hive on a machine where nvidia-smi lists the GPU "
-                               "(`rbee hive install`, or RBEE_LLAMA_BACKEND=cuda ./bootstrap.sh), or use "
-                               "--device cpu.")
+            raise no_gpu_offload(device)
         chosen = [g for g in gpus if g.device == device]
         if not chosen:
             have = ", ".join(g.device for g in gpus) or "none"

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=FLASH_ATTN_DEFAULT,
                         help="llama.cpp's flash attention in each worker unless a spawn says: auto (where the device "
                              f"supports it), on, off (default {FLASH_ATTN_DEFAULT})")
+    parser.add_argument("--vram-budget-mb", type=int, metavar="MIB",
+                        help="plan at most this many MiB on each GPU (default: its free memory less a margin of "
+                             "max(5 %%, 256 MiB)); a smaller budget makes large models offload only part of their layers")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit (stopping every worker) when the process that started the hive dies")
     return parser.parse_args(argv)
@@ -65,10 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     if (problem := kv_cache_problem(args.kv_cache_type, args.flash_attn)) is not None:
         print(f"{PROG}: {problem}", file=sys.stderr)
         sys.exit(2)
+    if args.vram_budget_mb is not None and args.vram_budget_mb < 1:
+        print(f"{PROG}: --vram-budget-mb must be 1 or more, not {args.vram_budget_mb}", file=sys.stderr)
+        sys.exit(2)
     config = HiveConfig(hive_id=args.hive_id, host=args.host, port=args.port, queen_url=args.queen_url,
                         relay_heartbeats=args.relay_heartbeats, worker_stop_timeout_s=args.worker_stop_timeout,
                         worker_slots=args.worker_slots, worker_kv_cache_type=args.kv_cache_type,
-                        worker_flash_attn=args.flash_attn)
+                        worker_flash_attn=args.flash_attn,
+                        vram_budget_bytes=None if args.vram_budget_mb is None else args.vram_budget_mb << 20)
     if args.exit_with_parent:
         die_with_parent()
     keep_files_private()

@@ -21,6 +21,7 @@ import aiohttp
 
 from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
+from hive.device_plan import WorkerPlan
 from hive.errors import HiveError, WorkerNotFound, WorkerStartFailed
 from hive.queen_link import QueenLink
 from shared.client import DaemonClient
@@ -69,6 +70,7 @@ class WorkerProcess:
     flash_attn: str = FLASH_ATTN_DEFAULT
     gpu_layers: int = 0  # layers offloaded (-1: every one)
     gpus: tuple[int, ...] = ()  # the machine's GPUs it is pinned to (CUDA_VISIBLE_DEVICES), as nvidia-smi numbers them
+    plan: WorkerPlan | None = None  # where the hive planned it (hive/device_plan.py)
     state: ProcessState = ProcessState.STARTING
     exit_code: int | None = None
     started_at: float = field(default_factory=time.time)
@@ -86,6 +88,7 @@ class WorkerProcess:
             "state": live_state or self.state.value, "threads": self.threads, "slots": self.slots, "exit_code": self.exit_code, "started_at": self.started_at,
             "embedding": self.embedding, "kv_cache_type": self.kv_cache_type, "flash_attn": self.flash_attn,
             "gpu_layers": self.gpu_layers, "gpus": list(self.gpus),
+            "plan": None if self.plan is None else {k: v for k, v in self.plan.to_dict().items() if k != "estimate"},
         }
 
 
@@ -102,6 +105,7 @@ class WorkerLaunch:
     gpu_layers: int | None = None
     tensor_split: tuple[float, ...] = ()
     visible_gpus: tuple[int, ...] = ()
+    hide_gpus: bool = False  # a CPU worker on a machine with GPUs: CUDA_VISIBLE_DEVICES="" keeps it off them
 
     def __post_init__(self) -> None:
         """The planner's mistakes, not a user's: said as plainly, but as ValueError."""
@@ -127,7 +131,9 @@ class WorkerLaunch:
         """The worker's environment: `base` pinned to its GPUs; None (inherit) when not pinned: a CPU
         worker needs no CUDA_VISIBLE_DEVICES, its llama.cpp offloads nothing."""
         if not self.visible_gpus:
-            return None
+            # A CUDA build's llama.cpp would still use a GPU it sees for large batches (and take CUDA's
+            # overhead there) with no layer offloaded.
+            return {**base, "CUDA_VISIBLE_DEVICES": ""} if self.device == "cpu" and self.hide_gpus else None
         return {**base, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                 "CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in self.visible_gpus)}
 
@@ -198,13 +204,15 @@ class WorkerSupervisor:
 
     async def spawn(self, model: CatalogEntry, device: str, threads: int, *, embedding: bool = False,
                     kv_cache_type: str | None = None, flash_attn: str | None = None, gpu_layers: int | None = None,
-                    tensor_split: tuple[float, ...] = (), visible_gpus: tuple[int, ...] = ()) -> WorkerProcess:
+                    tensor_split: tuple[float, ...] = (), visible_gpus: tuple[int, ...] = (), hide_gpus: bool = False,
+                    plan: WorkerPlan | None = None) -> WorkerProcess:
         """Start a worker on `device` (cpu or cuda:N as this machine numbers its GPUs). `kv_cache_type` and
         `flash_attn` default to the hive's; `gpu_layers` (None: every layer) and `tensor_split` (a share per
         GPU of `visible_gpus`) say how it offloads. `visible_gpus` pins it: the child sees only those GPUs
-        (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order), as cuda:0, cuda:1, ... inside."""
+        (CUDA_VISIBLE_DEVICES, in nvidia-smi's PCI order), as cuda:0, cuda:1, ... inside; `hide_gpus` hides
+        every GPU from a CPU worker. `plan` is kept to be listed."""
         kv_cache_type, flash_attn = self.kv_cache_settings(kv_cache_type, flash_attn)
-        launch = WorkerLaunch(device, kv_cache_type, flash_attn, gpu_layers, tensor_split, visible_gpus)
+        launch = WorkerLaunch(device, kv_cache_type, flash_attn, gpu_layers, tensor_split, visible_gpus, hide_gpus)
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         slots = 1 if embedding else self.config.worker_slots  # an embedding worker takes one input at a time
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
@@ -224,7 +232,7 @@ class WorkerSupervisor:
             stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD, env=launch.env(os.environ))
         worker = WorkerProcess(worker_id, model.id, model.path, device, proc, threads=threads, slots=slots,
                                embedding=embedding, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
-                               gpu_layers=launch.offloaded_layers, gpus=launch.gpus)
+                               gpu_layers=launch.offloaded_layers, gpus=launch.gpus, plan=plan)
         self._workers[worker_id] = worker
         worker._watcher = detached_task(self._watch(worker), name=f"watch-{worker_id}")
         try:

@@ -213,11 +213,20 @@ def with_kind(worker: dict[str, Any]) -> dict[str, Any]:
 
 
 def needs(model: dict[str, Any]) -> str:
-    """What a worker of the model needs on its hive (weights, KV cache for its context × slots, compute)."""
+    """What a worker of the model needs on its hive (weights, KV cache for its context × slots, compute):
+    on each device of the hive's plan when it uses a GPU ("cuda:0 832 MiB + cpu 371 MiB"), else in RAM."""
     estimate = model.get("estimate") or {}
     if "total_mb" not in estimate:
         return "?"
-    return f"{estimate['total_mb']:.0f} MiB ({estimate.get('ctx_size')}×{estimate.get('slots')})"
+    shape = f"({estimate.get('ctx_size')}×{estimate.get('slots')})"
+    plan = model.get("plan") or {}
+    if plan.get("code") == "NO_FIT":
+        return f"{estimate['total_mb']:.0f} MiB {shape}, no room now"
+    per_device = plan.get("needs_mb") or {}
+    if plan.get("kind") in (None, "cpu") or not per_device:
+        return f"{estimate['total_mb']:.0f} MiB {shape}"
+    gpus = [f"{device} {mb:.0f} MiB" for device, mb in per_device.items() if device != "cpu"]
+    return " + ".join(gpus + [f"cpu {per_device.get('cpu', 0):.0f} MiB"]) + f" {shape}"
 
 
 def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -96,7 +96,7 @@ class Scheduler:
                         # Another model's worker is stopped only for a model that has none yet.
                         # An embedding worker shares cores (its hive gives it a few threads): memory only.
                         target = await place(self.hives, self.workers, model, room, evict=not has_worker,
-                                             needs_core=not embedding)
+                                             needs_core=not embedding, device=device)
                     except NoRoom:
                         if not has_worker:
                             raise
@@ -128,7 +128,8 @@ class Scheduler:
                          "(the queen's --max-workers-per-hive). Use `rbee worker list`, or name a hive with --hive.")
         has_worker = any(alive(h) for h in candidates)
         await self._stop_dead_workers(room)
-        target = await place(self.hives, self.workers, model, room, evict=not has_worker, needs_core=not op.embedding)
+        target = await place(self.hives, self.workers, model, room, evict=not has_worker, needs_core=not op.embedding,
+                             device=op.device)
         _, result = await self._spawn(model, target, dataclasses.replace(op, hive_id=target, model=model),
                                       embedding=op.embedding)
         return {**result, "hive_id": target}
@@ -145,7 +146,7 @@ class Scheduler:
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
         url = await self.hives.worker_url(hive_id, str(result["url"]))
         return self.workers.add(str(result["worker_id"]), hive_id, url, model, int(result.get("slots") or 1),
-                                embedding=embedding), result
+                                embedding=embedding, device=str(result.get("device") or "cpu")), result
 
     async def _stop_dead_workers(self, hive_ids: list[str]) -> None:
         """Workers the queen gave up on (silent, crashed, stopped) are stopped on their hive first."""

@@ -111,13 +111,13 @@ class WorkerRegistry:
         return worker
 
     def add(self, worker_id: str, hive_id: str, url: str, model: str, slots: int = 1, *,
-            embedding: bool = False) -> WorkerInfo:
+            embedding: bool = False, device: str = "cpu") -> WorkerInfo:
         """Register a worker the queen just had spawned (its first heartbeat may not have arrived yet)."""
         existing = self._workers.get(worker_id)
         if existing is not None:
             return existing
         worker = self._workers[worker_id] = WorkerInfo(worker_id, hive_id, url, model, WorkerStatus.READY,
-                                                       self._timeout, slots=slots, embedding=embedding)
+                                                       self._timeout, slots=slots, embedding=embedding, device=device)
         self.notify()
         return worker
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hive.capabilities import GPU_FIELDS, GpuReader, probe_gpu_offload
-from shared.events import Narration
+from shared.events import Data, Error, Narration
 from shared.job_client import JobClient
 from tests.support.fake_nvidia_smi import FakeNvidiaSmi, gpu
 from tests.support.processes import start_hive
@@ -108,6 +108,29 @@ async def test_a_cpu_only_llama_cpp_says_once_that_the_gpus_go_unused_and_how_to
     assert len(told[0]) == 1 and told[0][0].level == "warn" and told[0][0].human == problem
     assert told[1] == []
     assert stories[0][-1].state == "completed", stories[0]
+
+
+async def test_a_cpu_only_llama_cpp_plans_the_cpu_says_why_and_hides_the_gpus_from_its_worker(hive):
+    async with JobClient(hive.url, hive.token) as client:
+        job = await client.submit({"operation": "model_list"})
+        listed = next(e for e in [e async for e in client.stream(job.job_id)] if isinstance(e, Data))
+        plan = listed.payload["models"][0]["plan"]
+        assert (plan["kind"], plan["reason"]) == ("cpu", "this hive's llama.cpp cannot offload to a GPU")
+        assert list(plan["needs_mb"]) == ["cpu"] and "if_gpus_freed" not in plan
+
+        job = await client.submit({"operation": "worker_spawn", "model": "smollm2-135m", "device": "cuda:1"})
+        events = [e async for e in client.stream(job.job_id)]
+        refused = next(e for e in events if isinstance(e, Error))
+        assert (refused.code, refused.status) == ("NO_GPU_OFFLOAD", 409) and "--device cpu" in refused.message
+
+        job = await client.submit({"operation": "worker_spawn", "model": "smollm2-135m"})  # device auto
+        events = [e async for e in client.stream(job.job_id)]
+    said = [e.human for e in events if isinstance(e, Narration) and e.action == "device_plan"]
+    assert said == ["smollm2-135m: On the CPU: 374 MB of RAM (this hive's llama.cpp cannot offload to a GPU)"]
+    worker = next(e for e in events if isinstance(e, Data) and e.action == "worker_spawn").payload
+    assert (worker["device"], worker["gpus"], worker["plan"]["kind"]) == ("cpu", [], "cpu")
+    environ = dict(item.split("=", 1) for item in open(f"/proc/{worker['pid']}/environ").read().split("\0") if "=" in item)
+    assert environ["CUDA_VISIBLE_DEVICES"] == ""  # a CUDA build would otherwise still use a GPU it sees
 
 
 async def test_metrics_have_gauges_per_gpu(hive):
