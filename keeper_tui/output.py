@@ -146,10 +146,16 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
 
 
 def hive_status(payload: dict[str, Any], out: TextIO) -> None:
-    """A hive's status as key/values, its GPUs a line each at the end (and what keeps them unused)."""
+    """A hive's status as key/values, its GPUs a line each at the end (and what keeps them unused): as
+    its capabilities say them, else as its last heartbeat (/health, each second) did."""
+    reported = payload.get("gpus_reported")
+    payload = {k: v for k, v in payload.items() if k not in ("gpus_reported", "gpus_reported_at")}
     caps = payload.get("capabilities")
     if not isinstance(caps, dict):
         key_values(payload, out)
+        if reported:
+            gpu_report({"gpus": reported, "gpu_note": "from its heartbeat"}, out,
+                       stale=payload.get("state") != "running")
         return
     key_values({**payload, "capabilities": without_gpus(caps)}, out)
     gpu_report(caps, out, stale=payload.get("state") != "running")

@@ -98,5 +98,10 @@ async def _cancel_quietly(client: JobClient, job_id: str) -> None:
 
 async def hive_answers(client: DaemonClient, alias: str) -> bool:
     """True when a hive answers /health at the client's URL as `alias` (not some other service there)."""
+    return await hive_health(client, alias) is not None
+
+
+async def hive_health(client: DaemonClient, alias: str) -> dict[str, Any] | None:
+    """What a hive's /health at the client's URL says (its GPUs among it), when it is `alias`; else None."""
     health = await client.health_or_none()
-    return health is not None and health.get("hive_id") == alias
+    return health if health is not None and health.get("hive_id") == alias else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.model_names import hive_models
-from queen.worker_registry import WorkerRegistry, WorkerStatus
+from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import narrate
 from shared.operations import WorkerDelete
@@ -145,14 +145,21 @@ def rank(usable: list[HiveFit], known_need_mb: float | None = None) -> list[Hive
     return sorted(usable, key=lambda f: (plan_rank(f), f.vram_free_mb, f.has_model, f.free_mb or 0.0), reverse=True)
 
 
+def gpu_victim(workers: WorkerRegistry, model: str, fits: list[HiveFit]) -> tuple[WorkerInfo, HiveFit] | None:
+    """The least recently used idle GPU worker of another model on a hive whose plan for `model` would be
+    a whole GPU (or a split) without its GPU workers, and that hive; None when there is none."""
+    idle = [(w, f) for f in fits if f.gpu_if_freed for w in workers.all()
+            if w.hive_id == f.alias and w.alive and w.idle and w.model != model and w.device != "cpu"]
+    return min(idle, key=lambda pair: pair[0].last_used) if idle else None
+
+
 async def _free_gpu(hives: HiveRegistry, workers: WorkerRegistry, model: str, fits: list[HiveFit]) -> str | None:
     """Stop the least recently used idle GPU worker of another model on a hive where `model` would then
     have a whole GPU (or a split); the hive, or None when there is no such worker."""
-    idle = [(w, f) for f in fits if f.gpu_if_freed for w in workers.all()
-            if w.hive_id == f.alias and w.alive and w.idle and w.model != model and w.device != "cpu"]
-    if not idle:
+    chosen = gpu_victim(workers, model, fits)
+    if chosen is None:
         return None
-    victim, fit = min(idle, key=lambda pair: pair[0].last_used)
+    victim, fit = chosen
     workers.mark(victim.worker_id, WorkerStatus.STOPPED)  # before any await: nobody leases it meanwhile
     narrate("evict", f"{model} would run on a GPU of {fit.alias} that {victim.worker_id} holds ({victim.model}, "
                      f"idle for {time.monotonic() - victim.last_used:.0f} s, the least recently used): stopping it "

@@ -154,6 +154,16 @@ def test_hive_status_shows_its_gpus_and_why_they_go_unused():
     assert out.getvalue().splitlines()[-1] == "gpus  none (no GPU: nvidia-smi is not installed)"
 
 
+def test_a_remote_hive_whose_capabilities_were_never_had_shows_the_gpus_of_its_last_heartbeat():
+    out = io.StringIO()
+    render_data("hive_status", {"alias": "gpu1", "state": "unreachable", "capabilities": None,
+                                "gpus_reported": [RTX], "gpus_reported_at": 1.0}, out)
+    lines = out.getvalue().splitlines()
+    assert lines[-2:] == ["gpus (from its heartbeat, as last reported):",
+                          "  cuda:0  NVIDIA GeForce RTX 4090 (8.9)  free 20.1 of 24.0 GiB  util 35 %"]
+    assert not any("gpus_reported" in line for line in lines)
+
+
 def test_the_hives_tab_shows_free_of_total_vram_and_utilisation():
     assert COLUMNS[-1] == "gpus"
     two = {"gpus": [RTX, {**RTX, "device": "cuda:1", "memory_free_mb": 1024, "utilization_pct": None}]}

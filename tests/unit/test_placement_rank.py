@@ -42,3 +42,23 @@ def test_a_hive_without_the_file_is_judged_by_its_free_vram_against_the_known_es
                  fit("gpu", "gpu", vram=2000)) == ["gpu", "tiny", "cpu"]
     # no GPU at all: as a CPU hive
     assert order(fit("a", None, ram=9000, has_model=False), fit("b", "cpu", ram=1000)) == ["b", "a"]
+
+
+def test_the_gpu_victim_is_the_least_recently_used_idle_gpu_worker_of_another_model_where_freeing_helps():
+    from queen.placement import gpu_victim
+    from queen.worker_registry import WorkerRegistry
+
+    workers = WorkerRegistry(heartbeat_timeout_s=15)
+    for worker_id, hive, model, device, used in [("w-old-gpu", "a", "m1", "cuda:0", 10.0),
+                                                 ("w-new-gpu", "a", "m2", "cuda:1", 20.0),
+                                                 ("w-cpu", "a", "m3", "cpu", 1.0),  # older, but frees no VRAM
+                                                 ("w-same", "a", "wanted", "cuda:2", 0.0),  # the model itself
+                                                 ("w-other-hive", "b", "m1", "cuda:0", 0.0)]:
+        workers.add(worker_id, hive, "http://x", model, device=device).last_used = used
+    fits = [fit("a", "cpu"), fit("b", "cpu")]
+    assert gpu_victim(workers, "wanted", fits) is None  # no hive says freeing its GPUs would help
+    fits[0].gpu_if_freed = True
+    victim, where = gpu_victim(workers, "wanted", fits)
+    assert (victim.worker_id, where.alias) == ("w-old-gpu", "a")
+    workers.lease(victim, "job-1")  # busy: never stopped
+    assert gpu_victim(workers, "wanted", fits)[0].worker_id == "w-new-gpu"

@@ -84,7 +84,7 @@ class RemoteHive:
             return {}
         return {"problem": sup.problem,
                 "unreachable_since": sup.unreachable_at if sup.phase is Phase.UNREACHABLE else None,
-                "notes": list(sup.notes)[-5:]}
+                "notes": list(sup.notes)[-5:], "gpus_reported": sup.gpus, "gpus_reported_at": sup.gpus_at}
 
     async def healthy(self) -> bool:
         url = self.url

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import asyncssh
 
 from queen.errors import HiveUnavailable
-from queen.forwarding import hive_answers, run_remote_job
+from queen.forwarding import hive_health, run_remote_job
 from queen.hives.remote.hives_conf import RemoteHost
 from queen.hives.remote.link import HiveLink
 from queen.worker_registry import WorkerRegistry, WorkerStatus
@@ -91,6 +91,8 @@ class RemoteHiveSupervisor:
         self._task: asyncio.Task | None = None
         self._connected_once = False
         self._hung_said = False
+        self.gpus: list[dict[str, Any]] | None = None  # as the hive's last /health told them
+        self.gpus_at: float | None = None  # wall clock
 
     @property
     def host(self) -> RemoteHost:
@@ -322,8 +324,10 @@ class RemoteHiveSupervisor:
                 closed.cancel()
             if link.closed:
                 raise LinkLost(link.close_reason)
-            if await hive_answers(self.clients.daemon(self.url), self.alias):
+            if (health := await hive_health(self.clients.daemon(self.url), self.alias)) is not None:
                 failures, self._hung_said = 0, False
+                if health.get("gpus") is not None:  # the hive's GPUs, as its heartbeat each second tells them
+                    self.gpus, self.gpus_at = health["gpus"], time.time()
                 continue
             failures += 1
             if link.closed:
