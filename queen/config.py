@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from queen.prefix_index import RouteGuard
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_QUEEN_PORT
 
@@ -20,6 +21,8 @@ class QueenConfig:
     hive_start_timeout_s: float = 60.0
     worker_progress_timeout_s: float = 20.0  # a generating worker silent this long (no token, no ping) is hung
     worker_slots: int = 4  # the local hive's workers each generate this many requests at once
+    cache_routing: bool = True  # a generation goes to the worker expected to hold its prompt's cache
+    route_guard: RouteGuard = RouteGuard()  # unless that worker is this much busier than the least loaded
 
     def __post_init__(self) -> None:
         if self.paths is None:

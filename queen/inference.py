@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.model_names import resolve_model
+from queen.prefix_index import chain, serialize, with_answer
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError, ServerError, StreamTimeout
@@ -55,19 +57,24 @@ class InferenceRunner:
         # What a hive catalogs it as, and its workers report (a short alias stands for its model).
         model = await resolve_model(op.model, self.scheduler.hives, self.workers)
         progress = progress or Progress()
+        prompt_text = serialize(op.prompt, op.messages)
+        prefix = chain(prompt_text)  # for the worker that holds most of its cache
         attempt = 0
         lost: RbeeError | None = None  # why the answer is being moved, if it is
         while True:
             attempt += 1
             try:
                 worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting,
-                                                      device=op.device)
+                                                      device=op.device, prefix=prefix)
             except RbeeError:
                 if lost is not None:  # nowhere to move it (say, the one hive it must run on is out of reach)
                     raise lost from None
                 raise
             try:
-                return await self._generate(worker, op, started, progress)
+                result = await self._generate(worker, op, started, progress)
+                if not progress.moves:  # a continued answer's cache is its last worker's alone: not worth it
+                    remember_cache(worker, op, prompt_text, prefix, result)
+                return result
             except WorkerRefused as exc:  # nothing of this attempt reached the client: another may take it
                 if attempt >= START_ATTEMPTS + progress.moves:
                     raise
@@ -165,6 +172,7 @@ class InferenceRunner:
             "text": "".join(parts),
             "tokens_out": (stats.get("tokens_out") or 0) + carried if carried else stats.get("tokens_out"),
             "prompt_tokens": stats.get("prompt_tokens"),
+            "prompt_tokens_reused": stats.get("prompt_tokens_reused"),  # found in the worker's KV cache
             "ttft_ms": round((progress.first_token_at - started) * 1000, 2) if progress.first_token_at else None,
             "tokens_per_s": stats.get("tokens_per_s"),
             "stop_reason": stats.get("stop_reason"),
@@ -173,3 +181,15 @@ class InferenceRunner:
             "hive_id": worker.hive_id,
             "model": worker.model,
         }
+
+
+def remember_cache(worker: WorkerInfo, op: Infer, prompt_text: str, prefix: Sequence[int],
+                   result: dict[str, Any]) -> None:
+    """What the worker now holds: its index corrected by what it reused of this prompt, then this prompt
+    with its answer (the next turn of the conversation starts with both)."""
+    index = worker.prefixes
+    index.capacity = worker.slots
+    index.learn(len(prompt_text), result.get("prompt_tokens"))
+    if isinstance(reused := result.get("prompt_tokens_reused"), int):
+        index.correct(prefix, reused)
+    index.record(chain(with_answer(op.prompt, op.messages, str(result.get("text") or ""))))

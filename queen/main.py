@@ -10,6 +10,7 @@ import sys
 
 from queen.app import create_app
 from queen.config import QueenConfig
+from queen.prefix_index import RouteGuard
 from shared.daemon import configure_logging, daemon_arg_parser, port_number, serve
 from shared.events import set_default_actor
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
@@ -38,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-progress-timeout", type=float, default=20.0, metavar="SECONDS",
                         help="a generating worker that sends nothing this long is hung: its request fails and its "
                              "hive stops it (default 20)")
+    parser.add_argument("--no-cache-routing", dest="cache_routing", action="store_false",
+                        help="route generations by load alone, not to the worker that holds the prompt's KV cache")
+    parser.add_argument("--route-guard-slots", type=int, default=RouteGuard.abs_slots, metavar="N",
+                        help="cache-aware routing gives way to load when the worker with the cache has more than N "
+                             f"busy slots more than the least loaded (default {RouteGuard.abs_slots}) ...")
+    parser.add_argument("--route-guard-ratio", type=float, default=RouteGuard.rel, metavar="R",
+                        help=f"... and more than R times as many (default {RouteGuard.rel})")
     parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="a worker silent this long is lost and never scheduled (default 15)")
     return parser.parse_args(argv)
@@ -57,10 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: --max-workers-per-hive, --worker-idle-timeout and --heartbeat-timeout must be positive",
               file=sys.stderr)
         sys.exit(2)
+    if args.route_guard_slots < 0 or args.route_guard_ratio < 1:
+        print(f"{PROG}: --route-guard-slots must be 0 or more and --route-guard-ratio at least 1", file=sys.stderr)
+        sys.exit(2)
     config = QueenConfig(host=args.host, port=args.port, local_hive_port=args.local_hive_port,
                          max_workers_per_hive=args.max_workers_per_hive, worker_slots=args.worker_slots,
                          worker_progress_timeout_s=args.worker_progress_timeout,
-                         worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout)
+                         worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout,
+                         cache_routing=args.cache_routing,
+                         route_guard=RouteGuard(args.route_guard_slots, args.route_guard_ratio))
     keep_files_private()
     config.paths.make_private()
     app = create_app(config, load_or_create_token(config.paths))

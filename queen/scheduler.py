@@ -16,12 +16,14 @@ import dataclasses
 import functools
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from queen.config import QueenConfig
 from queen.hives import HiveRegistry
 from queen.model_names import resolve_model
 from queen.placement import NoRoom, place
+from queen.prefix_index import MIN_ROUTED_TOKENS
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.events import narrate
 from shared.operations import DEVICE_AUTO, WorkerSpawn
@@ -49,18 +51,19 @@ class Scheduler:
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str,
                       waiting: Callable[[bool], None] = lambda _: None, *, embedding: bool = False,
-                      device: str = DEVICE_AUTO) -> WorkerInfo:
+                      device: str = DEVICE_AUTO, prefix: Sequence[int] = ()) -> WorkerInfo:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had. `embedding`: an embedding worker of the model (started
         apart from its generating ones, queued apart too). `device` (auto | cpu | cuda:N): a new worker is
-        started there; other than auto, only a running worker on that kind of device is used."""
+        started there; other than auto, only a running worker on that kind of device is used. `prefix`: the
+        prompt's chunk hashes (queen/prefix_index.py), for the worker that holds most of its cache."""
         if hive_id is not None:  # an unknown hive fails at once; a remote one's running workers are adopted first
             await self.hives.workers_known(hive_id)
         key = (model, hive_id, embedding)
         queue = self._queues.setdefault(key, deque())
         queue.append(job_id)
         try:
-            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding, device)
+            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding, device, prefix)
         finally:
             queue.remove(job_id)
             if not queue and self._queues.get(key) is queue:
@@ -69,18 +72,22 @@ class Scheduler:
 
     async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, queue: deque[str],
                                waiting: Callable[[bool], None], embedding: bool = False,
-                               device: str = DEVICE_AUTO) -> WorkerInfo:
+                               device: str = DEVICE_AUTO, prefix: Sequence[int] = ()) -> WorkerInfo:
         key = (model, hive_id, embedding)
         kind = "embedding worker" if embedding else "worker"
         waiting_said = False
         while True:
-            worker = (self.workers.with_free_slot(model, hive_id, embedding=embedding, device=device)
+            guard = self.config.route_guard if self.config.cache_routing else None
+            worker = (self.workers.with_free_slot(model, hive_id, embedding=embedding, device=device, prefix=prefix,
+                                                  guard=guard)
                       if queue[0] == job_id else None)
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
+                held = worker.prefixes.tokens(worker.prefixes.held(prefix)) if prefix else 0
+                cache = f"; it holds ~{held:,} tokens of this prompt" if held >= MIN_ROUTED_TOKENS else ""
                 narrate("worker_found", f"Using warm {kind} {worker.worker_id} on {worker.hive_id} (slot "
-                                        f"{len(worker.leases)} of {worker.slots})", target=worker.worker_id)
+                                        f"{len(worker.leases)} of {worker.slots}{cache})", target=worker.worker_id)
                 return worker
             candidates = [hive_id] if hive_id else self.hives.schedulable()
             alive = functools.partial(self.workers.count_alive, model, embedding=embedding)

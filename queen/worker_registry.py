@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from queen.prefix_index import MIN_ROUTED_TOKENS, PrefixIndex, RouteGuard
 from shared.heartbeat import EngineState, Heartbeat
 from shared.wire import WireEnum
 
@@ -51,6 +53,7 @@ class WorkerInfo:
     last_seen: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     leases: set[str] = field(default_factory=set)  # the queen jobs generating on it right now
+    prefixes: PrefixIndex = field(default_factory=PrefixIndex)  # the prompts its slots hold, approximately
 
     @property
     def state(self) -> WorkerStatus:
@@ -143,14 +146,27 @@ class WorkerRegistry:
         self.notify()
 
     def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False,
-                       device: str = "auto") -> WorkerInfo | None:
-        """A ready worker for the model with a slot free: the least loaded first, then the least recently
-        used (keeps the others warm). `embedding` picks among embedding workers, else among generating ones;
-        `device` other than auto: only a worker on the CPU (cpu) or on that GPU (cuda:N)."""
+                       device: str = "auto", prefix: Sequence[int] = (),
+                       guard: RouteGuard | None = None) -> WorkerInfo | None:
+        """A ready worker for the model with a slot free: the one expected to hold the longest part of the
+        prompt (`prefix`, its chunk hashes: queen/prefix_index.py) unless `guard` finds it too much busier
+        than the least loaded; else the least loaded, then the least recently used (keeps the others warm).
+        `embedding` picks among embedding workers, else among generating ones; `device` other than auto:
+        only a worker on the CPU (cpu) or on that GPU (cuda:N). No `guard`: load alone."""
         candidates = [w for w in self._workers.values()
                       if w.model == model and w.free_slots and (hive_id is None or w.hive_id == hive_id)
                       and w.embedding == embedding and on_device(w.device, device)]
-        return min(candidates, key=lambda w: (len(w.leases), w.last_used)) if candidates else None
+        if not candidates:
+            return None
+        least = min(candidates, key=lambda w: (len(w.leases), w.last_used))
+        if guard is None or not prefix or len(candidates) == 1:
+            return least
+        cached = max(candidates, key=lambda w: (w.prefixes.held(prefix), -len(w.leases), -w.last_used))
+        held = cached.prefixes.held(prefix)
+        if held == 0 or cached.prefixes.tokens(held) < MIN_ROUTED_TOKENS \
+                or guard.overloaded(len(cached.leases), len(least.leases)):
+            return least
+        return cached
 
     def count_alive(self, model: str, hive_id: str, *, embedding: bool = False) -> int:
         """Workers of the model on the hive, of one kind (generating, or embedding)."""

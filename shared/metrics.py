@@ -5,7 +5,7 @@ apps in one process. Two kinds of metric:
 
 - counters and histograms that move when something happens, which here is a job ending (`JobMetrics`,
   hooked to the job registry's `on_finish`): jobs by operation and state, tokens generated, time to first
-  token, tokens/s, bytes downloaded;
+  token, tokens/s, prompt tokens and those read from a KV cache (hits and misses), bytes downloaded;
 - gauges read from the daemon's live registries at scrape time (a `gauges(app)` function each daemon
   passes to `setup_metrics`), so nothing has to be kept in step with them.
 """
@@ -28,6 +28,7 @@ log = logging.getLogger("rbee.metrics")
 
 PATH = "/metrics"
 GENERATING = frozenset({"infer", "inference"})  # the queen's operation and the worker's
+PROMPT_CACHE_HIT_TOKENS = 32  # reused tokens that make a hit: fewer are a chat template's first few
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
@@ -56,6 +57,13 @@ class JobMetrics:
                               "token.", buckets=TTFT_BUCKETS, registry=registry)
         self.speed = Histogram("rbee_tokens_per_second", "Generation speed of finished generations.",
                                buckets=TPS_BUCKETS, registry=registry)
+        self.prompt_tokens = Counter("rbee_prompt_tokens", "Prompt tokens of finished generations.",
+                                     registry=registry)
+        self.cached_tokens = Counter("rbee_prompt_tokens_cached", "Prompt tokens a worker found in its KV cache "
+                                     "(not computed again).", registry=registry)
+        self.cache = Counter("rbee_prompt_cache_requests", "Finished generations by whether a worker's KV cache "
+                             f"held at least {PROMPT_CACHE_HIT_TOKENS} tokens of the prompt (hit) or not (miss).",
+                             ["result"], registry=registry)
         self.downloaded = Counter("rbee_download_bytes", "Bytes of model files fetched by finished downloads "
                                   "(a resumed download counts the part it had too).", registry=registry)
 
@@ -70,6 +78,11 @@ class JobMetrics:
                 self.ttft.observe(ttft_ms / 1000)
             if isinstance(speed, (int, float)) and speed > 0:
                 self.speed.observe(speed)
+            prompt, cached = result.get("prompt_tokens"), result.get("prompt_tokens_reused")
+            if isinstance(prompt, int) and prompt > 0 and isinstance(cached, int):
+                self.prompt_tokens.inc(prompt)
+                self.cached_tokens.inc(cached)
+                self.cache.labels("hit" if cached >= PROMPT_CACHE_HIT_TOKENS else "miss").inc()
         downloaded = downloaded_bytes(job.kept_events())
         if downloaded:
             self.downloaded.inc(downloaded)

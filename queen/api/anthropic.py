@@ -166,11 +166,18 @@ def stop_of(result: Mapping[str, Any], operation: Infer) -> tuple[str, str | Non
 
 
 def message(message_id: str, model: str, text: str | None, stop: tuple[str | None, str | None],
-            input_tokens: int, output_tokens: int) -> dict[str, Any]:
+            usage: dict[str, int]) -> dict[str, Any]:
     return {"id": message_id, "type": "message", "role": "assistant", "model": model,
             "content": [] if text is None else [{"type": "text", "text": text}],
-            "stop_reason": stop[0], "stop_sequence": stop[1],
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+            "stop_reason": stop[0], "stop_sequence": stop[1], "usage": usage}
+
+
+def usage_of(result: dict[str, Any]) -> dict[str, int]:
+    """Anthropic's usage: the prompt's tokens read from a worker's KV cache apart from those computed
+    (their sum is the prompt), as its prompt caching reports them."""
+    prompt, cached = result.get("prompt_tokens") or 0, result.get("prompt_tokens_reused") or 0
+    return {"input_tokens": prompt - cached, "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+            "output_tokens": result.get("tokens_out") or 0}
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
@@ -190,7 +197,7 @@ class AnthropicRenderer:
         self.operation = operation
 
     def start(self) -> str:
-        return (sse("message_start", {"message": message(self.id, self.operation.model, None, (None, None), 0, 0)})
+        return (sse("message_start", {"message": message(self.id, self.operation.model, None, (None, None), usage_of({}))})
                 + sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
                 + sse("ping", {}))
 
@@ -205,8 +212,7 @@ class AnthropicRenderer:
         reason, sequence = stop_of(result, self.operation)
         return (sse("content_block_stop", {"index": 0})
                 + sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                        "usage": {"input_tokens": result.get("prompt_tokens") or 0,
-                                                  "output_tokens": result.get("tokens_out") or 0}})
+                                        "usage": usage_of(result)})
                 + sse("message_stop", {}))
 
     def failed(self, failure: Failure) -> str:
@@ -221,5 +227,4 @@ class AnthropicRenderer:
 
     def whole(self, result: dict[str, Any]) -> web.Response:
         return web.json_response(message(self.id, self.operation.model, result.get("text", ""),
-                                         stop_of(result, self.operation), result.get("prompt_tokens") or 0,
-                                         result.get("tokens_out") or 0))
+                                         stop_of(result, self.operation), usage_of(result)))

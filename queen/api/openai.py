@@ -292,9 +292,11 @@ def _completion_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str
             "text_offset": offsets}
 
 
-def _usage(result: Any) -> dict[str, int]:
+def _usage(result: Any) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt's tokens a worker's KV cache held (`prompt_tokens_details`)."""
     prompt, completion = result.get("prompt_tokens") or 0, result.get("tokens_out") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": result.get("prompt_tokens_reused") or 0}}
 
 
 class OpenAIRenderer:

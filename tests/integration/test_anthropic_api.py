@@ -42,8 +42,10 @@ def test_message_plain_and_streamed_agree(client):
     assert kinds[0] == "message_start" and kinds[1] == "content_block_start"
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert "".join(deltas) == text == final.content[0].text
-    assert (final.stop_reason, final.usage.output_tokens, final.usage.input_tokens) == \
-        (whole.stop_reason, whole.usage.output_tokens, whole.usage.input_tokens)
+    assert (final.stop_reason, final.usage.output_tokens) == (whole.stop_reason, whole.usage.output_tokens)
+    # the same prompt again: read from the worker's KV cache but its last token (computed for its logits)
+    assert (whole.usage.cache_read_input_tokens, final.usage.input_tokens) == (0, 1)
+    assert final.usage.input_tokens + final.usage.cache_read_input_tokens == whole.usage.input_tokens
 
 
 def test_raw_stream_has_anthropics_event_lines(queen):

@@ -120,6 +120,8 @@ class ScriptedGenerator(ScriptedExecutor):
             await asyncio.sleep(delay)
         if failure is not None:
             raise failure()
+        cached = re.search(r"cached=(\d+)", text)  # "cached=N": a worker's KV cache held N of its tokens
         return {"text": "".join(pieces), "tokens_out": len(pieces), "prompt_tokens": len(text.split()),
+                "prompt_tokens_reused": min(int(cached.group(1)), len(text.split())) if cached else 0,
                 "ttft_ms": 1.0, "tokens_per_s": 100.0, "stop_reason": stop_reason, "stop_sequence": matched,
                 "model": operation.model}

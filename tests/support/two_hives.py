@@ -53,7 +53,7 @@ def require_sshd() -> None:
         pytest.skip("OpenSSH server (sshd) is not installed; `apt-get install openssh-server` to run these")
 
 
-def start_two_hives(tmp_path: Path) -> TwoHives:
+def start_two_hives(tmp_path: Path, *queen_args: str) -> TwoHives:
     require_sshd()
     sshd = start_sshd(tmp_path / "sshd")
     install = tmp_path / "second-install"
@@ -72,7 +72,7 @@ def start_two_hives(tmp_path: Path) -> TwoHives:
         f"    InstallDir {install}\n    Python {BASE_PYTHON}\n")
     (queen_paths.config_dir / "remote-hives.json").write_text(
         json.dumps({SECOND: {"token": token, "keep_running": True}}))
-    queen = start_queen(queen_home)
+    queen = start_queen(queen_home, *queen_args)
     wait_until(lambda: hive_control.status(home).get("port"), timeout=60, what="the queen to start hive second")
     model = tmp_path / "models" / "only-on-second.gguf"
     model.parent.mkdir()

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from queen.api.anthropic import usage_of
 from shared.events import JobState
 from tests.support.api_app import MODEL, TOKEN, jobs
 
@@ -46,7 +47,8 @@ async def test_the_whole_message(client):
     assert body == {"id": "msg_" + job.id.removeprefix("job-").replace("-", ""), "type": "message",
                     "role": "assistant", "model": MODEL, "content": [{"type": "text", "text": "Hello. "}],
                     "stop_reason": "stop_sequence", "stop_sequence": "END",
-                    "usage": {"input_tokens": 3, "output_tokens": 3}}
+                    "usage": {"input_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                              "output_tokens": 3}}
 
 
 async def test_the_streamed_message(client):
@@ -59,7 +61,14 @@ async def test_the_streamed_message(client):
     assert events[0][1]["message"]["content"] == [] and events[0][1]["message"]["stop_reason"] is None
     assert "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta") == "abcdef"
     assert events[-2][1]["delta"] == {"stop_reason": "max_tokens", "stop_sequence": None}
-    assert events[-2][1]["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    assert events[-2][1]["usage"] == {"input_tokens": 1, "cache_creation_input_tokens": 0,
+                                      "cache_read_input_tokens": 0, "output_tokens": 2}
+
+
+async def test_tokens_read_from_a_workers_cache_are_counted_apart_as_anthropic_does():
+    result = {"prompt_tokens": 10, "prompt_tokens_reused": 7, "tokens_out": 2}
+    assert usage_of(result) == {"input_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 7,
+                                "output_tokens": 2}  # input + cache read = the whole prompt
 
 
 @pytest.mark.parametrize("body, status, kind, says", [

@@ -61,7 +61,11 @@ async def test_the_whole_chat_answer(client):
     assert body["model"] == MODEL and body["created"] == int(job.created_at)
     assert body["choices"] == [{"index": 0, "finish_reason": "stop", "logprobs": None,
                                 "message": {"role": "assistant", "content": "Hello, world."}}]
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
+    resp = await client.post(CHAT, headers=AUTH, json={"model": MODEL, "messages": [
+        {"role": "user", "content": "say:Hi. cached=2 three four"}]})
+    assert (await resp.json())["usage"]["prompt_tokens_details"] == {"cached_tokens": 2}  # of 4
 
 
 async def test_the_streamed_chat_answer(client):

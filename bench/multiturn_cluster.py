@@ -1,0 +1,114 @@
+"""Cache-aware routing against prefix-blind routing, in one run: two warm workers of the built-in model on
+two hives (the queen's own and one over a loopback sshd: tests/support/two_hives.py; needs sshd), and 8
+conversations of 6 turns each, their histories growing to about 1,500 tokens, the 8 next turns sent at
+once each time (interleaved). The same conversations go through a queen that routes by cache and one
+started with --no-cache-routing (load alone), alternating by round. Reported per mode: the cache hit rate
+of turns 2-6 (a worker reused 32 or more prompt tokens), median and p90 time to first token of turns 2-6,
+and tokens/s over the whole workload. The last line printed is one JSON object.
+
+    .venv/bin/python bench/multiturn_cluster.py [--rounds 1] [--conversations 8] [--turns 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import print_run_in_temp_home  # noqa: E402
+from shared.events import Error, Token  # noqa: E402
+from shared.job_client import JobClient  # noqa: E402
+from shared.operations import Infer, WorkerSpawn  # noqa: E402
+from tests.support.two_hives import SECOND, start_two_hives  # noqa: E402
+
+HIT_TOKENS = 32
+MAX_TOKENS = 16
+
+
+def facts(conversation: int, turn: int) -> str:
+    """About 230 tokens of new facts a turn, unique to the conversation from its first words."""
+    return " ".join(f"In conversation {conversation}, fact {turn}.{k}: {k} times {turn + 3} is {k * (turn + 3)}."
+                    for k in range(1, 16))
+
+
+async def one_turn(client: JobClient, history: tuple) -> dict:
+    started = time.perf_counter()
+    job = await client.submit(Infer(messages=history, max_tokens=MAX_TOKENS, temperature=0))
+    first = None
+    async for event in client.stream(job.job_id):
+        if isinstance(event, Token) and first is None:
+            first = time.perf_counter()
+        if isinstance(event, Error):
+            raise SystemExit(f"a turn failed: {event.message}")
+    stats = dict(event.stats)  # the End event's
+    return {"ttft_ms": ((first or time.perf_counter()) - started) * 1000, "reused": stats.get("prompt_tokens_reused")
+            or 0, "prompt": stats.get("prompt_tokens") or 0, "tokens": stats.get("tokens_out") or 0,
+            "text": stats.get("text") or "", "worker": stats.get("worker_id")}
+
+
+async def workload(home: Path, routing: bool, conversations: int, turns: int, tag: str) -> dict:
+    setup = await asyncio.to_thread(start_two_hives, home, *(() if routing else ("--no-cache-routing",)))
+    try:
+        async with JobClient(setup.queen.url, setup.queen.token, request_timeout=600) as client:
+            for hive_id in ("localhost", SECOND):
+                job = await client.submit(WorkerSpawn(hive_id=hive_id))
+                async for _ in client.stream(job.job_id):
+                    pass
+            histories = [(("system", f"Conversation {tag}-{c}. You are a careful assistant who remembers facts."),)
+                         for c in range(conversations)]
+            later: list[dict] = []
+            tokens, began = 0, time.perf_counter()
+            for turn in range(turns):
+                histories = [h + (("user", f"Remember these. {facts(c, turn)} What is 3 times {turn + 3}?"),)
+                             for c, h in enumerate(histories)]
+                answers = await asyncio.gather(*(one_turn(client, h) for h in histories))
+                histories = [h + (("assistant", a["text"]),) for h, a in zip(histories, answers)]
+                tokens += sum(a["tokens"] for a in answers)
+                if turn:
+                    later += answers
+                print(f"  {'cache' if routing else 'blind'} turn {turn + 1}: prompts ~{answers[0]['prompt']} tokens, "
+                      f"hits {sum(a['reused'] >= HIT_TOKENS for a in answers)}/{len(answers)}, median TTFT "
+                      f"{statistics.median(a['ttft_ms'] for a in answers):.0f} ms", file=sys.stderr)
+            elapsed = time.perf_counter() - began
+        ttfts = sorted(a["ttft_ms"] for a in later)
+        return {"hit_rate": round(sum(a["reused"] >= HIT_TOKENS for a in later) / len(later), 3),
+                "ttft_ms_median": round(statistics.median(ttfts), 1),
+                "ttft_ms_p90": round(ttfts[int(0.9 * (len(ttfts) - 1))], 1),
+                "tokens_per_s": round(tokens / elapsed, 2), "last_prompt_tokens": later[-1]["prompt"]}
+    finally:
+        await asyncio.to_thread(setup.stop)
+
+
+async def run(home: Path, rounds: int, conversations: int, turns: int) -> dict:
+    results: dict[str, list[dict]] = {"cache": [], "blind": []}
+    for r in range(rounds):
+        for mode in (("cache", "blind") if r % 2 == 0 else ("blind", "cache")):  # alternating: drift cancels out
+            sub = home / f"{mode}-{r}"
+            sub.mkdir()
+            results[mode].append(await workload(sub, mode == "cache", conversations, turns, f"{mode}{r}"))
+
+    def med(mode: str, key: str) -> float:
+        return round(statistics.median(x[key] for x in results[mode]), 3)
+
+    out: dict = {"bench": "multiturn_cluster", "rounds": rounds, "conversations": conversations, "turns": turns}
+    for mode in results:
+        out.update({f"{mode}_{key}": med(mode, key) for key in ("hit_rate", "ttft_ms_median", "ttft_ms_p90",
+                                                                  "tokens_per_s", "last_prompt_tokens")})
+    out["ttft_median_blind_over_cache"] = round(out["blind_ttft_ms_median"] / out["cache_ttft_ms_median"], 2)
+    out["tokens_per_s_cache_over_blind"] = round(out["cache_tokens_per_s"] / out["blind_tokens_per_s"], 3)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=6)
+    args = parser.parse_args()
+    print_run_in_temp_home(lambda home: run(home, args.rounds, args.conversations, args.turns))

@@ -1,0 +1,109 @@
+"""Which prompts each worker holds in its KV cache, as the queen can tell without tokens: the index behind
+cache-aware routing.
+
+A worker keeps each slot's cache until another request takes the slot, and a prompt that begins with a
+cached one reuses it (worker/slots.py: turn 2 of a chat reads ~100 ms instead of seconds). So the next
+turn of a conversation is fast only on the worker that answered the last one. The queen sees text, not
+tokens: it serializes a request's prompt (the chat's messages, or the plain prompt) into one string, cuts
+it into CHUNK_CHARS chunks and chains their hashes (a hash names everything up to its chunk's end), as
+SGLang's router keeps an approximate radix tree per worker. Each worker's `PrefixIndex` holds the chains
+of its last `capacity` sequences (one per slot: a new one evicts the least recently used, or replaces the
+chain it extends, as the worker's own slot choice does) with each answer appended, since the next turn
+carries it. What the worker reports it reused corrects the index: a chain it no longer held is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shared.wire import Messages
+
+CHUNK_CHARS = 64  # the routing's resolution: shorter shared prefixes are not worth a worker's load
+MAX_INDEXED_CHARS = 256 * 1024  # about 64k tokens: a longer prompt's tail does not decide where it goes
+MIN_ROUTED_TOKENS = 32  # as worker/slots.py's MIN_SHARED_PREFIX: less is cheaper to compute again
+DEFAULT_CHARS_PER_TOKEN = 4.0  # until a worker's reports teach the index its model's figure
+_ROLE, _END = "\x1e", "\x1f"  # separators no text carries
+
+
+def serialize(prompt: str | None, messages: Messages | None) -> str:
+    """One string per request, whose prefixes are the prefixes of what the worker will tokenize."""
+    if messages is not None:
+        return "".join(f"{role}{_ROLE}{content}{_END}" for role, content in messages)
+    return f"raw{_ROLE}{prompt or ''}"
+
+
+def with_answer(prompt: str | None, messages: Messages | None, answer: str) -> str:
+    """What the worker's slot holds after answering: the prompt, then the answer as the next turn sends it."""
+    if messages is not None:
+        return serialize(None, (*messages, ("assistant", answer)))
+    return serialize(prompt, None) + answer
+
+
+def chain(text: str) -> tuple[int, ...]:
+    """The hash of each whole chunk of `text`, each chained to the one before."""
+    hashes, previous = [], 0
+    for start in range(0, min(len(text), MAX_INDEXED_CHARS) - CHUNK_CHARS + 1, CHUNK_CHARS):
+        previous = hash((previous, text[start:start + CHUNK_CHARS]))
+        hashes.append(previous)
+    return tuple(hashes)
+
+
+def shared_chunks(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class PrefixIndex:
+    """A worker's cached sequences, as chains (most recently used last); bounded by its slots."""
+
+    capacity: int = 4
+    chains: list[tuple[int, ...]] = field(default_factory=list)
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+
+    def held(self, request: Sequence[int]) -> int:
+        """Chunks of `request` the worker is expected to hold (the longest shared prefix of any chain)."""
+        return max((shared_chunks(c, request) for c in self.chains), default=0)
+
+    def tokens(self, chunks: int) -> int:
+        return int(chunks * CHUNK_CHARS / self.chars_per_token)
+
+    def record(self, sequence: tuple[int, ...]) -> None:
+        """A sequence the worker now holds: it replaces the chain it shares the most with (the slot the
+        worker reused), else the least recently used one when every slot is taken."""
+        if not sequence:
+            return
+        best = max(range(len(self.chains)), key=lambda i: shared_chunks(self.chains[i], sequence), default=None)
+        if best is not None and shared_chunks(self.chains[best], sequence) > 0:
+            del self.chains[best]
+        elif len(self.chains) >= self.capacity:
+            del self.chains[0]
+        self.chains.append(sequence)
+
+    def correct(self, request: Sequence[int], reused_tokens: int) -> None:
+        """The worker reused `reused_tokens` of `request`: chains it claimed to hold beyond that are gone."""
+        reused_chunks = int(reused_tokens * self.chars_per_token / CHUNK_CHARS)
+        if self.held(request) > reused_chunks + 1:  # a chunk of slack: chunks and tokens do not align
+            self.chains = [c for c in self.chains if shared_chunks(c, request) <= reused_chunks + 1]
+
+    def learn(self, chars: int, prompt_tokens: int | None) -> None:
+        """The model's characters per token, from a prompt of `chars` that was `prompt_tokens` long."""
+        if prompt_tokens and chars > 0:
+            self.chars_per_token = 0.8 * self.chars_per_token + 0.2 * (chars / prompt_tokens)
+
+
+@dataclass(frozen=True)
+class RouteGuard:
+    """When the worker with the cache is too much busier than the least loaded one, the load wins (as
+    SGLang's balance thresholds): more than `abs_slots` more busy slots AND more than `rel` times as many."""
+
+    abs_slots: int = 2
+    rel: float = 1.5
+
+    def overloaded(self, cached_load: int, least_load: int) -> bool:
+        return cached_load - least_load > self.abs_slots and cached_load > self.rel * least_load
