@@ -1,7 +1,7 @@
 """Cache-aware routing against prefix-blind routing, in one run: two warm workers of the built-in model on
 two hives (the queen's own and one over a loopback sshd: tests/support/two_hives.py; needs sshd), and 8
-conversations of 6 turns each, their histories growing to about 1,500 tokens, the 8 next turns sent at
-once each time (interleaved). The same conversations go through a queen that routes by cache and one
+conversations of 6 turns each about a document of ~1,150 tokens given in turn 1 (each turn then a short
+question; the history grows to ~1,400 tokens), the 8 next turns sent at once each time (interleaved). The same conversations go through a queen that routes by cache and one
 started with --no-cache-routing (load alone), alternating by round. Reported per mode: the cache hit rate
 of turns 2-6 (a worker reused 32 or more prompt tokens), median and p90 time to first token of turns 2-6,
 and tokens/s over the whole workload. The last line printed is one JSON object.
@@ -31,10 +31,14 @@ HIT_TOKENS = 32
 MAX_TOKENS = 16
 
 
-def facts(conversation: int, turn: int) -> str:
-    """About 230 tokens of new facts a turn, unique to the conversation from its first words."""
-    return " ".join(f"In conversation {conversation}, fact {turn}.{k}: {k} times {turn + 3} is {k * (turn + 3)}."
-                    for k in range(1, 16))
+def document(conversation: int) -> str:
+    """About 1,150 tokens of facts, unique to the conversation from its first words: what turn 1 asks the
+    model to remember, and what every later turn carries as history."""
+    return " ".join(f"In conversation {conversation}, fact {k}: {k} times {conversation + 3} is "
+                    f"{k * (conversation + 3)}." for k in range(1, 61))
+
+
+QUESTIONS = ["What is fact 7?", "And fact 12?", "And fact 30?", "And fact 45?", "And fact 58?"]
 
 
 async def one_turn(client: JobClient, history: tuple) -> dict:
@@ -60,20 +64,22 @@ async def workload(home: Path, routing: bool, conversations: int, turns: int, ta
                 job = await client.submit(WorkerSpawn(hive_id=hive_id))
                 async for _ in client.stream(job.job_id):
                     pass
-            histories = [(("system", f"Conversation {tag}-{c}. You are a careful assistant who remembers facts."),)
+            histories = [(("system", f"Conversation {tag}-{c}. You are a careful assistant who remembers facts."),
+                          ("user", f"Remember these facts. {document(c)}"), ("assistant", "I have noted them."))
                          for c in range(conversations)]
             later: list[dict] = []
             tokens, began = 0, time.perf_counter()
             for turn in range(turns):
-                histories = [h + (("user", f"Remember these. {facts(c, turn)} What is 3 times {turn + 3}?"),)
-                             for c, h in enumerate(histories)]
+                histories = [h + (("user", QUESTIONS[(turn - 1) % len(QUESTIONS)] if turn else "Ready?"),)
+                             for h in histories]
                 answers = await asyncio.gather(*(one_turn(client, h) for h in histories))
                 histories = [h + (("assistant", a["text"]),) for h, a in zip(histories, answers)]
                 tokens += sum(a["tokens"] for a in answers)
                 if turn:
                     later += answers
                 print(f"  {'cache' if routing else 'blind'} turn {turn + 1}: prompts ~{answers[0]['prompt']} tokens, "
-                      f"hits {sum(a['reused'] >= HIT_TOKENS for a in answers)}/{len(answers)}, median TTFT "
+                      f"hits {sum(a['reused'] >= HIT_TOKENS for a in answers)}/{len(answers)}, median reused "
+                      f"{statistics.median(a['reused'] for a in answers):.0f}, median TTFT "
                       f"{statistics.median(a['ttft_ms'] for a in answers):.0f} ms", file=sys.stderr)
             elapsed = time.perf_counter() - began
         ttfts = sorted(a["ttft_ms"] for a in later)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT
 from shared.operations import LOCAL_HIVE
@@ -24,11 +25,16 @@ class HiveConfig:
     worker_ctx_size: int = 2048  # tokens of context per slot (its --ctx-size); memory estimates use it too
     worker_kv_cache_type: str = KV_CACHE_DEFAULT  # its --kv-cache-type when a spawn names none; estimates too
     worker_flash_attn: str = FLASH_ATTN_DEFAULT  # its --flash-attn when a spawn names none
+    prompt_cache_mb: int = 1024  # slots' KV caches kept on disk, every model's together (0: none kept)
     vram_budget_bytes: int | None = None  # at most this much planned on each GPU (None: its free memory less a margin)
 
     def __post_init__(self) -> None:
         if self.paths is None:
             object.__setattr__(self, "paths", RbeePaths.from_env())
+
+    def prompt_cache_dir(self, sha256: str) -> Path:
+        """Where workers of the model with this sha256 keep its prompt caches (worker/prompt_cache.py)."""
+        return self.paths.data_dir / "prompt-cache" / (sha256[:16] or "unknown")
 
     @property
     def worker_host(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from typing import Any
 
 from hive.capabilities import detect_capabilities
@@ -83,7 +84,10 @@ class HiveExecutor:
             if users:
                 raise HiveError(f"Model {entry.id} is in use by {', '.join(users)}; delete those workers first.",
                                 code="MODEL_IN_USE", status=409)
-            emit(Data(action="model_delete", payload=(await self.store.delete(entry.id)).to_dict()))
+            deleted = await self.store.delete(entry.id)
+            # its prompt caches go with it (none of them fits another model)
+            await asyncio.to_thread(shutil.rmtree, self.config.prompt_cache_dir(entry.sha256), True)
+            emit(Data(action="model_delete", payload=deleted.to_dict()))
             return None
         raise HiveError(f"The hive does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
 

@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=FLASH_ATTN_DEFAULT,
                         help="llama.cpp's flash attention in each worker unless a spawn says: auto (where the device "
                              f"supports it), on, off (default {FLASH_ATTN_DEFAULT})")
+    parser.add_argument("--prompt-cache-mb", type=int, default=1024, metavar="MB",
+                        help="disk the workers' saved prompt caches may take, every model's together; a slot's KV "
+                             "cache is saved before another conversation overwrites it and when its worker stops, "
+                             "and read back by any worker of the model here (default 1024; 0 keeps none)")
     parser.add_argument("--vram-budget-mb", type=int, metavar="MIB",
                         help="plan at most this many MiB on each GPU (default: its free memory less a margin of "
                              "max(5 %%, 256 MiB)); a smaller budget makes large models offload only part of their layers")
@@ -68,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     if (problem := kv_cache_problem(args.kv_cache_type, args.flash_attn)) is not None:
         print(f"{PROG}: {problem}", file=sys.stderr)
         sys.exit(2)
+    if args.prompt_cache_mb < 0:
+        print(f"{PROG}: --prompt-cache-mb must be 0 (keep none) or more, not {args.prompt_cache_mb}", file=sys.stderr)
+        sys.exit(2)
     if args.vram_budget_mb is not None and args.vram_budget_mb < 1:
         print(f"{PROG}: --vram-budget-mb must be 1 or more, not {args.vram_budget_mb}", file=sys.stderr)
         sys.exit(2)
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                         relay_heartbeats=args.relay_heartbeats, worker_stop_timeout_s=args.worker_stop_timeout,
                         worker_slots=args.worker_slots, worker_kv_cache_type=args.kv_cache_type,
                         worker_flash_attn=args.flash_attn,
-                        vram_budget_bytes=None if args.vram_budget_mb is None else args.vram_budget_mb << 20)
+                        vram_budget_bytes=None if args.vram_budget_mb is None else args.vram_budget_mb << 20,
+                        prompt_cache_mb=args.prompt_cache_mb)
     if args.exit_with_parent:
         die_with_parent()
     keep_files_private()

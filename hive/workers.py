@@ -221,6 +221,9 @@ class WorkerSupervisor:
                 "--ctx-size", str(self.config.worker_ctx_size), *launch.args()]
         if embedding:
             argv.append("--embedding")
+        elif self.config.prompt_cache_mb > 0:
+            argv += ["--prompt-cache-dir", str(self.config.prompt_cache_dir(model.sha256)),
+                     "--prompt-cache-mb", str(self.config.prompt_cache_mb)]
         if (heartbeat_url := self._heartbeat_url()) is not None:
             argv += ["--queen-url", heartbeat_url]
         kind = "embedding worker" if embedding else "worker"

@@ -40,6 +40,8 @@ class WorkerConfig:
     gpu_layers: int | None = None  # layers offloaded to the GPU; None: every one on cuda:N, none on cpu
     tensor_split: tuple[float, ...] = ()  # proportions of the model per visible GPU (several: split by layer)
     device_name: str = ""  # the device as the machine numbers it (a pinned worker's cuda:0 may be its cuda:2)
+    prompt_cache_dir: Path | None = None  # slots' KV caches saved here (worker/prompt_cache.py); None: none kept
+    prompt_cache_bytes: int = 1024 << 20  # the whole hive's prompt caches at most (every model's directory)
 
     def __post_init__(self) -> None:
         if self.threads <= 0:

@@ -14,11 +14,13 @@ of a `TextStream` (worker/text_stream.py).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import json
 import queue
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 from shared.errors import InvalidRequest
@@ -28,7 +30,8 @@ from shared.inference import InferenceRequest, schema_for_grammar
 from worker.config import WorkerConfig
 from worker.decoding import Decoding, Generation, PreparedRequest, end_stats
 from worker.errors import GenerationError
-from worker.owner_thread import LlamaOwner, reject, resolve
+from worker.owner_thread import LlamaOwner, log, reject, resolve
+from worker.prompt_cache import MIN_RESTORE_GAIN, MIN_SAVED_TOKENS, PromptCacheStore
 from worker.sampling import sampler_for
 from worker.slots import Slot, place_prompt
 from worker.text_stream import TextStream
@@ -56,6 +59,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         self._busy_told = 0  # the busy-slot count last handed to the loop
         self._deliver_now = False  # a first token waits for its hand-over
         self._delivered_at = 0.0
+        self._prompt_cache: PromptCacheStore | None = None  # opened on the owner thread (file I/O)
 
     # -- loop side ------------------------------------------------------------------------------------
 
@@ -169,9 +173,15 @@ class GenerationEngine(LlamaOwner[Generation]):
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._slots = [Slot(seq) for seq in range(self.config.parallel)]
+        if (directory := self.config.prompt_cache_dir) is not None:
+            key = f"{directory.name}:{self.config.model_path.stat().st_size}:{self.config.kv_cache_type}"
+            self._prompt_cache = PromptCacheStore(directory, key, self.config.prompt_cache_bytes)
+            self._prompt_cache.open()
         try:
             while self._step(self._slots, self._waiting):
                 pass
+            for slot in self._slots:  # told to stop: what the slots hold outlives the worker
+                self._save_slot(slot, keep=0)
         finally:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -232,14 +242,64 @@ class GenerationEngine(LlamaOwner[Generation]):
 
         req, started = gen.request, time.perf_counter()
         placement = place_prompt(slots, req.prompt_tokens)
-        slot = placement.slot
+        slot, keep = placement.slot, placement.keep
         if placement.copy_from is not None:
             llama_cpp.llama_memory_seq_cp(self._memory, placement.copy_from.seq, slot.seq, -1, -1)  # all of it
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, placement.keep, -1)
-        slot.begin(req.prompt_tokens, placement.keep, Decoding(
+        elif self._prompt_cache is not None:
+            self._save_slot(slot, keep)  # before the cells past `keep` are overwritten
+            keep = self._restore(slot, req.prompt_tokens, keep)
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+        slot.begin(req.prompt_tokens, keep, Decoding(
             gen, sampler=sampler_for(req, self._vocab, self.n_ctx), text=TextStream(req.stop_strings),
-            reused=placement.keep, started=started))
+            reused=keep, started=started))
         self._post(gen.emit, Started(job_id=gen.job_id, model=self.config.model_ref))
+
+    def _save_slot(self, slot: Slot, keep: int) -> None:
+        """Save the slot's cache when a request is about to drop at least MIN_SAVED_TOKENS of it (another
+        conversation takes the slot; the next turn of the same one keeps it) and nothing saved holds it."""
+        import llama_cpp
+
+        store, held = self._prompt_cache, slot.cached
+        if store is None or len(held) - keep < MIN_SAVED_TOKENS or store.covers(held):
+            return
+        tokens, began = (llama_cpp.llama_token * len(held))(*held), time.perf_counter()
+        saved = store.save(held, lambda path: llama_cpp.llama_state_seq_save_file(
+            self._ctx, str(path).encode(), slot.seq, tokens, len(held)) > 0)
+        if saved is not None:
+            log.info("saved the prompt cache of %d tokens (%.1f MB) in %.0f ms", len(held), saved.size / 1e6,
+                     (time.perf_counter() - began) * 1000)
+
+    def _restore(self, slot: Slot, prompt: list[int], keep: int) -> int:
+        """Read back the saved sequence sharing the longest prefix with the prompt into the slot, when it
+        gives MIN_RESTORE_GAIN tokens more than the slot holds; the tokens the request now reuses."""
+        import llama_cpp
+
+        store = self._prompt_cache
+        saved, shared = store.longest(prompt) if store is not None else (None, 0)
+        shared = min(shared, len(prompt) - 1)  # the last prompt token is decoded again: it gives the logits
+        if store is None or saved is None or shared < keep + MIN_RESTORE_GAIN:
+            return keep
+        capacity = len(saved.tokens)
+        tokens_out, count = (llama_cpp.llama_token * capacity)(), ctypes.c_size_t(0)
+
+        def read(path: Path) -> list[int] | None:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            slot.cached = []
+            if llama_cpp.llama_state_seq_load_file(self._ctx, str(path).encode(), slot.seq, tokens_out, capacity,
+                                                   ctypes.byref(count)) == 0:
+                return None
+            return list(tokens_out[:count.value])
+
+        began = time.perf_counter()
+        if not store.read(saved, read):
+            if not slot.cached:  # the slot was emptied for it: nothing of its own is left to reuse
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                return 0
+            return keep
+        slot.cached = list(saved.tokens)
+        log.info("read back the prompt cache of %d tokens (%.1f MB) in %.0f ms: %d of the prompt's %d tokens reused",
+                 len(saved.tokens), saved.size / 1e6, (time.perf_counter() - began) * 1000, shared, len(prompt))
+        return shared
 
     def _decode_and_sample(self, active: list[Slot]) -> None:
         import llama_cpp

@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=FLASH_ATTN_DEFAULT,
                         help=f"llama.cpp's flash attention: auto (where the device supports it), on, off "
                              f"(default {FLASH_ATTN_DEFAULT})")
+    parser.add_argument("--prompt-cache-dir", type=Path, metavar="DIR",
+                        help="save slots' KV caches here before they are overwritten and when the worker stops, "
+                             "and read them back for prompts that start with them (the hive gives each model a "
+                             "directory under its own; default: none)")
+    parser.add_argument("--prompt-cache-mb", type=int, default=1024, metavar="MB",
+                        help="most MiB the prompt caches of every model beside --prompt-cache-dir take together; "
+                             "the least recently used go first (default 1024)")
     parser.add_argument("--max-queue", type=int, default=8,
                         help="requests that may wait for a free slot; more get 503 (default 8)")
     parser.add_argument("--abandon-after", type=float, default=5.0, metavar="SECONDS",
@@ -89,6 +96,9 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError("--queen-url needs --hive-id: heartbeats say which hive the worker belongs to")
     if (problem := kv_cache_problem(args.kv_cache_type, args.flash_attn)) is not None:
         raise WorkerStartError(problem[0].upper() + problem[1:])
+    if args.prompt_cache_mb < 1:
+        raise WorkerStartError(f"--prompt-cache-mb must be 1 or more, not {args.prompt_cache_mb} (leave out "
+                               "--prompt-cache-dir to keep no caches)")
     gpu_layers, tensor_split = check_offload(args.device, args.gpu_layers, args.tensor_split)
     model: Path = args.model.expanduser()
     if (problem := gguf_problem(model)) is not None:
@@ -115,6 +125,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         flash_attn=args.flash_attn,
         gpu_layers=gpu_layers,
         tensor_split=tensor_split,
+        prompt_cache_dir=args.prompt_cache_dir.expanduser().resolve() if args.prompt_cache_dir else None,
+        prompt_cache_bytes=args.prompt_cache_mb << 20,
     )
 
 
