@@ -123,14 +123,13 @@ class HiveExecutor:
         """The GPUs a new worker may use now: those whose memory nvidia-smi tells and that no worker holds
         (from the latest reading; refresh_capabilities first; whether llama.cpp can offload to them is the
         plan's to say). `freeing`: as if every worker on a GPU were stopped (its planned VRAM free again)."""
-        caps = self.capabilities
-        held = self.gpus_held()
-        planned = {index: (w.plan.per_device.get(f"cuda:{index}", 0) if w.plan else 0)
-                   for w in self.supervisor.all() if w.alive for index in w.gpus}
+        # what each held GPU's worker was planned to take there, by index
+        held = {index: (w.plan.per_device.get(f"cuda:{index}", 0) if w.plan else 0)
+                for w in self.supervisor.all() if w.alive for index in w.gpus}
         return [GpuState(int(g["index"]), str(g["name"]), int(g["memory_total_mb"]) * MIB,
-                         min(int(g["memory_free_mb"]) * MIB + (planned.get(g["index"], 0) if freeing else 0),
+                         min(int(g["memory_free_mb"]) * MIB + (held.get(g["index"], 0) if freeing else 0),
                              int(g["memory_total_mb"]) * MIB), g.get("compute_capability") or "")
-                for g in caps.get("gpus") or []
+                for g in self.capabilities.get("gpus") or []
                 if (freeing or g["index"] not in held) and g.get("memory_total_mb")
                 and g.get("memory_free_mb") is not None]
 
@@ -162,7 +161,7 @@ class HiveExecutor:
                self.config.worker_kv_cache_type, self.config.worker_flash_attn)
         if key not in self._estimates:
             try:
-                estimate = await asyncio.to_thread(estimate_worker_memory, entry.path,
+                estimate = await asyncio.to_thread(estimate_worker_memory, await self.gguf_of(entry),
                                                    ctx_size=self.config.worker_ctx_size, slots=self.config.worker_slots,
                                                    cache_type=self.config.worker_kv_cache_type,
                                                    flash_attn=self.config.worker_flash_attn)

@@ -160,13 +160,10 @@ async def _free_gpu(hives: HiveRegistry, workers: WorkerRegistry, model: str, fi
     if chosen is None:
         return None
     victim, fit = chosen
-    workers.mark(victim.worker_id, WorkerStatus.STOPPED)  # before any await: nobody leases it meanwhile
-    narrate("evict", f"{model} would run on a GPU of {fit.alias} that {victim.worker_id} holds ({victim.model}, "
-                     f"idle for {time.monotonic() - victim.last_used:.0f} s, the least recently used): stopping it "
-                     "to free its VRAM", target=victim.worker_id, level="warn")
-    await hives.forward(WorkerDelete(hive_id=fit.alias, id=victim.worker_id))
-    workers.forget(victim.worker_id)
-    return fit.alias
+    idle = f"{time.monotonic() - victim.last_used:.0f}"
+    return await _evict(hives, workers, victim, fit, f"{model} would run on a GPU of {fit.alias} that "
+                        f"{victim.worker_id} holds ({victim.model}, idle for {idle} s, the least recently used): "
+                        "stopping it to free its VRAM")
 
 
 async def _make_room(hives: HiveRegistry, workers: WorkerRegistry, model: str, fits: list[HiveFit]) -> str | None:
@@ -178,10 +175,15 @@ async def _make_room(hives: HiveRegistry, workers: WorkerRegistry, model: str, f
     if not idle:
         return None
     victim, fit = min(idle, key=lambda pair: (not pair[1].has_model, pair[0].last_used))
+    idle_s = f"{time.monotonic() - victim.last_used:.0f}"
+    return await _evict(hives, workers, victim, fit, f"No hive has room for {model}: stopping {victim.worker_id} "
+                        f"({victim.model}, idle for {idle_s} s, the least recently used) on {fit.alias} to make room")
+
+
+async def _evict(hives: HiveRegistry, workers: WorkerRegistry, victim: WorkerInfo, fit: HiveFit, story: str) -> str:
+    """Stop `victim` on its hive, telling `story`; the hive it ran on."""
     workers.mark(victim.worker_id, WorkerStatus.STOPPED)  # before any await: nobody leases it meanwhile
-    narrate("evict", f"No hive has room for {model}: stopping {victim.worker_id} ({victim.model}, idle for "
-                     f"{time.monotonic() - victim.last_used:.0f} s, the least recently used) on {fit.alias} "
-                     "to make room", target=victim.worker_id, level="warn")
+    narrate("evict", story, target=victim.worker_id, level="warn")
     await hives.forward(WorkerDelete(hive_id=fit.alias, id=victim.worker_id))
     workers.forget(victim.worker_id)
     return fit.alias

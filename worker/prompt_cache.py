@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.slots import common_prefix
+
 log = logging.getLogger("rbee.worker.prompt_cache")
 
 FORMAT = 1
@@ -42,15 +44,6 @@ class SavedPrefix:
     tokens: tuple[int, ...]
     size: int  # of the state file, bytes
     crc: int  # CRC-32 of the state file
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def file_crc(path: Path) -> int:
