@@ -1,14 +1,15 @@
-"""N chat clients at once: rbee's OpenAI endpoint (queen -> worker, as a user's client reaches it) against
-llama.cpp's own `llama-server`, same GGUF, threads and N slots.
+"""N chat clients at once: rbee's OpenAI endpoint (queen -> worker, as a user's client reaches it) with
+its default settings against llama.cpp's own `llama-server` tuned for N, same GGUF and threads.
 
-For N in 1, 2, 4, 8: both servers run with N slots (rbee: a queen whose local hive gives its worker
-`--worker-slots N`; llama-server: `-np N -c N*CTX`), and each round sends N streamed chat requests at
+For N in 1, 4, 8, 16: rbee runs as a user starts it (one KV cache shared by as many requests as fit;
+`--slots N` gives it N fixed slots instead), llama-server with `-np N -c N*CTX` (N slots of CTX tokens,
+what a user would tune it to for N clients), and each round sends N streamed chat requests at
 once (96 tokens, temperature 0, a different prompt per client) to one side, then the other (the order
 alternates by round). Aggregate tokens/s is every client's tokens over the round's wall time; TTFT is
 from sending a request to its first content chunk. llama-server is built once from the llama.cpp that
 llama-cpp-python vendors (bench/llama_server.py). The last line printed is one JSON object.
 
-    .venv/bin/python bench/concurrency.py [--rounds 3] [--clients 1,2,4,8] [--max-tokens 96]
+    .venv/bin/python bench/concurrency.py [--rounds 3] [--clients 1,4,8,16] [--max-tokens 96] [--slots N]
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def start_llama_server(binary: Path, n: int, threads: int) -> tuple[subprocess.P
     return proc, url
 
 
-async def measure(n: int, rounds: int, max_tokens: int, binary: Path, threads: int, home: Path) -> dict:
-    queen = await asyncio.to_thread(start_queen, home / f"rbee-{n}", "--worker-slots", str(n))
+async def measure(n: int, rounds: int, max_tokens: int, binary: Path, threads: int, home: Path,
+                  slots: int | None) -> dict:
+    queen = await asyncio.to_thread(start_queen, home / f"rbee-{n}",
+                                    *(["--worker-slots", str(slots)] if slots else []))
     server, server_url = await asyncio.to_thread(start_llama_server, binary, n, threads)
     rbee = AsyncOpenAI(base_url=queen.url + "/v1", api_key=queen.token, max_retries=0, timeout=600)
     peer = AsyncOpenAI(base_url=server_url + "/v1", api_key="none", max_retries=0, timeout=600)
@@ -130,7 +133,8 @@ async def measure(n: int, rounds: int, max_tokens: int, binary: Path, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
+    parser.add_argument("--clients", default="1,4,8,16", help="comma-separated client counts")
+    parser.add_argument("--slots", type=int, help="give rbee's workers this many fixed slots (default: rbee's default)")
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args()
     binary = llama_server_binary()
@@ -138,13 +142,14 @@ def main() -> None:
     results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
         for n in (int(c) for c in args.clients.split(",")):
-            results[n] = asyncio.run(measure(n, args.rounds, args.max_tokens, binary, threads, Path(tmp)))
+            results[n] = asyncio.run(measure(n, args.rounds, args.max_tokens, binary, threads, Path(tmp), args.slots))
     print(f"{'clients':>7} | {'rbee tok/s':>10} | {'llama-server':>12} | {'ratio':>5} | {'rbee TTFT p50':>13} | "
           f"{'llama-server TTFT p50':>21}")
     for n, r in results.items():
         print(f"{n:>7} | {r['rbee_tokens_per_s']:>10} | {r['llama_server_tokens_per_s']:>12} | {r['ratio']:>5} | "
               f"{r['rbee_ttft_p50_ms']:>10} ms | {r['llama_server_ttft_p50_ms']:>18} ms")
-    summary: dict = {"bench": "concurrency", "threads": threads, "rounds": args.rounds, "max_tokens": args.max_tokens}
+    summary: dict = {"bench": "concurrency", "threads": threads, "rounds": args.rounds, "max_tokens": args.max_tokens,
+                     "rbee_slots": args.slots or "default"}
     for n, r in results.items():
         summary[f"ratio_{n}"] = r["ratio"]
         summary[f"ttft_delta_ms_{n}"] = round(r["rbee_ttft_p50_ms"] - r["llama_server_ttft_p50_ms"], 1)

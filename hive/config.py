@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, MAX_SLOTS, start_slots
 from shared.operations import LOCAL_HIVE
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_HIVE_PORT
@@ -21,8 +21,8 @@ class HiveConfig:
     paths: RbeePaths = None  # type: ignore[assignment]  # filled from the environment when not given
     worker_ready_timeout_s: float = 120.0  # a worker that is not ready by then is stopped and reported
     worker_stop_timeout_s: float = 10.0  # SIGTERM, then SIGKILL after this long
-    worker_slots: int = 4  # requests each worker generates at once (its --parallel)
-    worker_ctx_size: int = 2048  # tokens of context per slot (its --ctx-size); memory estimates use it too
+    worker_slots: int | None = None  # fixed slots per worker (its --parallel); None: slots that grow with demand
+    worker_ctx_size: int = 2048  # one request's context at most (its --ctx-size); memory estimates use it too
     worker_kv_cache_type: str = KV_CACHE_DEFAULT  # its --kv-cache-type when a spawn names none; estimates too
     worker_flash_attn: str = FLASH_ATTN_DEFAULT  # its --flash-attn when a spawn names none
     prompt_cache_mb: int = 1024  # slots' KV caches kept on disk, every model's together (0: none kept)
@@ -35,6 +35,16 @@ class HiveConfig:
     def prompt_cache_dir(self, sha256: str) -> Path:
         """Where workers of the model with this sha256 keep its prompt caches (worker/prompt_cache.py)."""
         return self.paths.data_dir / "prompt-cache" / (sha256[:16] or "unknown")
+
+    @property
+    def worker_start_slots(self) -> int:
+        """The slots a generating worker starts with, which its memory is planned for (shared/kv_cache.py)."""
+        return start_slots(self.worker_slots)
+
+    @property
+    def worker_max_slots(self) -> int:
+        """The slots a generating worker may grow to (what the queen sees)."""
+        return self.worker_slots or MAX_SLOTS
 
     @property
     def worker_host(self) -> str:

@@ -145,7 +145,7 @@ class HiveExecutor:
         return await asyncio.to_thread(
             plan_worker, gguf, gpus=self.usable_gpus(freeing=freeing),
             ram_free_bytes=self.capabilities.get("ram_available_bytes"), ctx_size=self.config.worker_ctx_size,
-            slots=1 if embedding else self.config.worker_slots, cache_type=kv_cache_type, flash_attn=flash_attn,
+            slots=1 if embedding else self.config.worker_start_slots, cache_type=kv_cache_type, flash_attn=flash_attn,
             device=wanted, can_offload=bool(self.capabilities.get("gpu_offload")),
             vram_budget_bytes=self.config.vram_budget_bytes)
 
@@ -157,12 +157,12 @@ class HiveExecutor:
 
     async def describe_model(self, entry: CatalogEntry) -> dict[str, Any]:
         """The catalog entry, with what a worker of it would need here (from the GGUF's own metadata)."""
-        key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_slots,
+        key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_start_slots,
                self.config.worker_kv_cache_type, self.config.worker_flash_attn)
         if key not in self._estimates:
             try:
                 estimate = await asyncio.to_thread(estimate_worker_memory, await self.gguf_of(entry),
-                                                   ctx_size=self.config.worker_ctx_size, slots=self.config.worker_slots,
+                                                   ctx_size=self.config.worker_ctx_size, slots=self.config.worker_start_slots,
                                                    cache_type=self.config.worker_kv_cache_type,
                                                    flash_attn=self.config.worker_flash_attn)
                 self._estimates[key] = estimate.to_dict()

@@ -13,7 +13,7 @@ from hive.config import HiveConfig
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.events import set_default_actor
 from shared.hive_control import HiveLock, HiveLockBusy
-from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, kv_cache_problem
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, MAX_SLOTS, START_SLOTS, kv_cache_problem
 from shared.operations import FLASH_ATTN_MODES, KV_CACHE_TYPES, LOCAL_HIVE
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
@@ -38,8 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "machine, where the queen's address changes with each SSH connection)")
     parser.add_argument("--worker-stop-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="a worker that has not exited this long after SIGTERM is killed (default 10)")
-    parser.add_argument("--worker-slots", type=int, default=4,
-                        help="requests each worker generates together in one batch (default 4)")
+    parser.add_argument("--worker-slots", type=int, metavar="N",
+                        help="give each worker N fixed slots (requests generated together, as llama-server -np N); "
+                             f"by default a worker starts with {START_SLOTS} and grows to as many as requests wait for, "
+                             f"up to {MAX_SLOTS}, while memory allows")
     parser.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default=KV_CACHE_DEFAULT,
                         help="element type of each worker's KV cache unless a spawn names one: q8_0 takes about half "
                              f"of f16's memory, q4_0 about a quarter; quantized types need flash attention "
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("hive")
     args = parse_args(argv)
-    if not 1 <= args.worker_slots <= 64:
+    if args.worker_slots is not None and not 1 <= args.worker_slots <= 64:
         print(f"{PROG}: --worker-slots must be between 1 and 64, not {args.worker_slots}", file=sys.stderr)
         sys.exit(2)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.hive_id):

@@ -214,10 +214,13 @@ class WorkerSupervisor:
         kv_cache_type, flash_attn = self.kv_cache_settings(kv_cache_type, flash_attn)
         launch = WorkerLaunch(device, kv_cache_type, flash_attn, gpu_layers, tensor_split, visible_gpus, hide_gpus)
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-        slots = 1 if embedding else self.config.worker_slots  # an embedding worker takes one input at a time
+        # an embedding worker takes one input at a time; a generating one's slots grow unless fixed
+        slots = 1 if embedding else self.config.worker_max_slots
+        fixed = 1 if embedding else self.config.worker_slots
+        sharing = ["--parallel", str(fixed)] if fixed else []
         argv = [sys.executable, "-m", "worker.main", "--worker-id", worker_id, "--model", model.path,
                 "--model-ref", model.id, "--host", self.config.worker_host, "--port", "0",
-                "--hive-id", self.config.hive_id, "--threads", str(threads), "--parallel", str(slots),
+                "--hive-id", self.config.hive_id, "--threads", str(threads), *sharing,
                 "--ctx-size", str(self.config.worker_ctx_size), *launch.args()]
         if embedding:
             argv.append("--embedding")

@@ -20,7 +20,7 @@ class QueenConfig:
     heartbeat_timeout_s: float = 15.0  # a worker silent this long is lost and never scheduled
     hive_start_timeout_s: float = 60.0
     worker_progress_timeout_s: float = 20.0  # a generating worker silent this long (no token, no ping) is hung
-    worker_slots: int = 4  # the local hive's workers each generate this many requests at once
+    worker_slots: int | None = None  # fixed slots per worker (hive --worker-slots); None: a shared KV pool
     cache_routing: bool = True  # a generation goes to the worker expected to hold its prompt's cache
     route_guard: RouteGuard = RouteGuard()  # unless that worker is this much busier than the least loaded
 

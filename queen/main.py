@@ -34,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "more wait for a free slot)")
     parser.add_argument("--worker-idle-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="stop workers idle this long (default 900)")
-    parser.add_argument("--worker-slots", type=int, default=4,
-                        help="requests each worker of the local hive generates together (default 4)")
+    parser.add_argument("--worker-slots", type=int, metavar="N",
+                        help="give each worker of the local hive N fixed slots (requests generated together, as "
+                             "llama-server -np N); by default a worker's slots grow with demand (rbee-hive --help)")
     parser.add_argument("--worker-progress-timeout", type=float, default=20.0, metavar="SECONDS",
                         help="a generating worker that sends nothing this long is hung: its request fails and its "
                              "hive stops it (default 20)")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(PROG)
     set_default_actor("queen")
     args = parse_args(argv)
-    if not 1 <= args.worker_slots <= 64:
+    if args.worker_slots is not None and not 1 <= args.worker_slots <= 64:
         print(f"{PROG}: --worker-slots must be between 1 and 64", file=sys.stderr)
         sys.exit(2)
     if args.worker_progress_timeout < 12:  # more than twice the streams' 5 s keep-alive

@@ -21,3 +21,25 @@ def kv_cache_problem(kv_cache_type: str, flash_attn: str) -> str | None:
                 f"through it): use --flash-attn auto or on with --kv-cache-type {kv_cache_type}, or keep "
                 "--flash-attn off with --kv-cache-type f16")
     return None
+
+# A generating worker's slots follow demand: it starts with START_SLOTS slots (llama.cpp sequences, each
+# --ctx-size tokens of KV cache, as llama-server -np N) and, when requests wait for one, grows to as many
+# as they need, at most --max-parallel (MAX_SLOTS by default), while the machine has the memory: it makes
+# a larger context and moves every slot's cells into it (a pause of a fraction of a second, once). A
+# worker given --parallel N keeps N slots. The queen sees the most it may reach, so requests reach the
+# worker and make it grow. (Not one unified cache for all sequences: on the CPU, llama.cpp's unified KV
+# makes every token's attention walk every sequence's cells, measured 10 % slower at 8 clients and 20 %
+# at 16 than separate sequences.)
+START_SLOTS = 4
+MAX_SLOTS = 16
+SLOTS_LIMIT = 64  # what --parallel and --max-parallel accept
+
+
+def start_slots(fixed: int | None, most: int = MAX_SLOTS) -> int:
+    """The slots a worker starts with (and plans memory for): `fixed` ones, else START_SLOTS or fewer."""
+    return fixed or min(START_SLOTS, most)
+
+
+def worker_slots_args(slots: int | None) -> list[str]:
+    """rbee-hive's arguments for the queen's --worker-slots (none: the hive's default, slots that grow)."""
+    return [] if slots is None else ["--worker-slots", str(slots)]

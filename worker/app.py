@@ -107,6 +107,7 @@ async def health(request: web.Request) -> web.Response:
         "ctx_size": engine.n_ctx,
         "slots": engine.slots_total,
         "slots_busy": engine.slots_busy,
+        "slots_open": engine.slots_open,
         "queue_depth": queue_depth(app),
         "max_queue": config.max_queue,
         "pid": os.getpid(),

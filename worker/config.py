@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, MAX_SLOTS, start_slots
 
 
 def all_cores() -> int:
@@ -28,7 +28,8 @@ class WorkerConfig:
     hive_id: str | None = None
     threads: int = 0  # 0: all cores
     ctx_size: int = 2048  # per slot (capped at the model's trained context)
-    parallel: int = 4  # slots: requests decoded together in one batch
+    parallel: int = 0  # fixed slots (requests decoded together in one batch); 0: slots that grow with demand
+    max_parallel: int = MAX_SLOTS  # the slots a growing worker may reach (shared/kv_cache.py)
     device: str = "cpu"  # cpu | cuda:N
     max_queue: int = 8  # requests waiting for a slot; more are refused with 503
     abandon_after_s: float = 5.0  # a generation nobody reads for this long is cancelled
@@ -48,6 +49,15 @@ class WorkerConfig:
             object.__setattr__(self, "threads", all_cores())
         if not self.device_name:
             object.__setattr__(self, "device_name", self.device)
+
+    @property
+    def slots_at_start(self) -> int:
+        return start_slots(self.parallel or None, self.max_parallel)
+
+    @property
+    def slots_at_most(self) -> int:
+        """What the worker reports as its slots: the queen sends it that many requests at once."""
+        return self.parallel or self.max_parallel
 
     @property
     def n_gpu_layers(self) -> int:

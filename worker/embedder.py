@@ -38,7 +38,7 @@ class EmbedTask:
 class EmbeddingEngine(LlamaOwner[EmbedTask]):
     def __init__(self, config: WorkerConfig, on_state_change: Callable[[EngineState], Any] | None = None) -> None:
         super().__init__(config, on_state_change)
-        self.slots_total = 1
+        self.slots_total = self.slots_open = 1
         self.dimensions = 0  # known once loaded
         self.pooling = "mean"
         self._task: EmbedTask | None = None  # owner thread: the one being embedded

@@ -1,9 +1,9 @@
 """`GenerationEngine`: the owner thread (worker/owner_thread.py) of a generating worker, which decodes
 every active request together.
 
-Continuous batching, as llama-server does it: the context has `parallel` slots (llama.cpp sequences,
-each with its own share of the KV cache; worker/slots.py). Each step admits waiting requests into free
-slots, then decodes one batch holding the next token of every generating sequence plus a chunk of each
+Continuous batching, as llama-server does it: the context has slots (llama.cpp sequences, each with its
+own share of the KV cache; worker/slots.py), fixed (--parallel) or growing with demand (`_grow`, rules in
+shared/kv_cache.py). Each step admits waiting requests into free slots, then decodes one batch holding the next token of every generating sequence plus a chunk of each
 new prompt, and samples each sequence with its own sampler chain. A request whose prompt starts with
 what a slot already holds (the next turn of a chat, a shared system prompt) reuses those KV cells.
 Cancelling sets an Event that the loop reads every step. What a request carries while it runs (its
@@ -14,9 +14,9 @@ of a `TextStream` (worker/text_stream.py).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import json
+import os
 import queue
 import time
 from collections import deque
@@ -27,6 +27,7 @@ from shared.errors import InvalidRequest
 from shared.events import Event, Started, Token
 from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest, schema_for_grammar
+from worker import seq_state
 from worker.config import WorkerConfig
 from worker.decoding import Decoding, Generation, PreparedRequest, end_stats
 from worker.errors import GenerationError
@@ -60,6 +61,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         self._deliver_now = False  # a first token waits for its hand-over
         self._delivered_at = 0.0
         self._prompt_cache: PromptCacheStore | None = None  # opened on the owner thread (file I/O)
+        self._cannot_grow = False  # set when growing failed (no memory): the slots stay as they are
 
     # -- loop side ------------------------------------------------------------------------------------
 
@@ -144,11 +146,12 @@ class GenerationEngine(LlamaOwner[Generation]):
 
     def _context_params(self, llama_cpp: Any, cparams: Any) -> str:
         """Slots for continuous batching."""
-        cparams.n_ctx = self.n_ctx * self.config.parallel
+        slots = self.config.slots_at_start
+        cparams.n_ctx = self.n_ctx * slots
         cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-        cparams.n_seq_max = self.config.parallel
+        cparams.n_seq_max = slots
         cparams.kv_unified = False  # each slot its own share of the cache, as llama-server -np N
-        return f"a context of {self.n_ctx} tokens x {self.config.parallel} slots"
+        return f"a context of {self.n_ctx} tokens x {slots} slots"
 
     def _context_ready(self, llama_cpp: Any) -> None:
         self._chat_formatter = self._make_chat_formatter()
@@ -172,7 +175,7 @@ class GenerationEngine(LlamaOwner[Generation]):
 
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._slots = [Slot(seq) for seq in range(self.config.parallel)]
+        self._slots = [Slot(seq) for seq in range(self.config.slots_at_start)]
         if (directory := self.config.prompt_cache_dir) is not None:
             key = f"{directory.name}:{self.config.model_path.stat().st_size}:{self.config.kv_cache_type}"
             self._prompt_cache = PromptCacheStore(directory, key, self.config.prompt_cache_bytes)
@@ -221,6 +224,9 @@ class GenerationEngine(LlamaOwner[Generation]):
         for gen in [g for g in waiting if g.cancel.is_set()]:
             waiting.remove(gen)
             self._post(resolve, gen.done, end_stats(0, None, 0.0, "cancelled"))
+        if waiting and all(s.decoding is not None for s in slots) and len(slots) < self.config.slots_at_most \
+                and not self._cannot_grow:
+            self._grow(slots, len(slots) + len(waiting))
         while waiting and any(s.decoding is None for s in slots):
             self._admit(waiting.popleft(), slots)
         self._tell_busy(slots)
@@ -229,6 +235,52 @@ class GenerationEngine(LlamaOwner[Generation]):
             self._deliver(slots)
             self._tell_busy(slots)  # a slot that just finished is free now, not after the next request
         return True
+
+    def _grow(self, slots: list[Slot], wanted: int) -> None:
+        """Make room for `wanted` slots (the next power of two, at most --max-parallel): a larger context,
+        every slot's cells moved into it, the old one freed. Only when the machine has the memory; if not,
+        or if llama.cpp cannot make it, the slots stay as they are (and waiting requests wait for one)."""
+        import llama_cpp
+
+        began, have = time.perf_counter(), len(slots)
+        target = min(self.config.slots_at_most, 1 << max(wanted - 1, 1).bit_length())
+        more = self._kv_bytes_per_token() * self.n_ctx * (target - have)
+        # on a GPU the KV cache is in its memory: llama.cpp refuses the context when it does not fit
+        if self.config.device == "cpu" and (available := _memory_available()) is not None \
+                and more * 1.25 > available:
+            log.warning("not growing to %d slots: their KV cache needs %.0f MB more, %.0f MB of memory is "
+                        "available", target, more / 1e6, available / 1e6)
+            self._cannot_grow = True
+            return
+        params = type(self._cparams).from_buffer_copy(self._cparams)
+        params.n_ctx, params.n_seq_max = self.n_ctx * target, target
+        ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not ctx:
+            log.warning("not growing to %d slots: llama.cpp could not make the context (out of memory?)", target)
+            self._cannot_grow = True
+            return
+        for slot in slots:  # every slot's cells: running requests go on where they were, idle caches stay
+            if slot.cached and not ((state := seq_state.take(self._ctx, slot.seq)) is not None
+                                    and seq_state.put(ctx, slot.seq, state, target)):
+                llama_cpp.llama_free(ctx)
+                log.warning("not growing to %d slots: slot %d's cache could not be moved", target, slot.seq)
+                self._cannot_grow = True
+                return
+        llama_cpp.llama_free(self._ctx)
+        self._ctx, self._cparams, self._memory = ctx, params, llama_cpp.llama_get_memory(ctx)
+        slots.extend(Slot(seq) for seq in range(have, target))
+        self._post(setattr, self, "slots_open", target)
+        log.info("grew from %d to %d slots (%.0f MB more KV cache) in %.0f ms", have, target, more / 1e6,
+                 (time.perf_counter() - began) * 1000)
+
+    def _kv_bytes_per_token(self) -> float:
+        """One token's K and V over every layer, as llama.cpp stores them (llama-kv-cache.cpp)."""
+        import llama_cpp
+
+        model = self._model
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        per_layer = 2 * llama_cpp.llama_model_n_embd(model) // n_head * llama_cpp.llama_model_n_head_kv(model)
+        return llama_cpp.llama_model_n_layer(model) * per_layer * KV_ELEMENT_BYTES[self.config.kv_cache_type]
 
     def _tell_busy(self, slots: list[Slot]) -> None:
         busy = sum(1 for s in slots if s.decoding is not None)
@@ -257,14 +309,20 @@ class GenerationEngine(LlamaOwner[Generation]):
     def _save_slot(self, slot: Slot, keep: int) -> None:
         """Save the slot's cache when a request is about to drop at least MIN_SAVED_TOKENS of it (another
         conversation takes the slot; the next turn of the same one keeps it) and nothing saved holds it."""
-        import llama_cpp
 
         store, held = self._prompt_cache, slot.cached
         if store is None or len(held) - keep < MIN_SAVED_TOKENS or store.covers(held):
             return
-        tokens, began = (llama_cpp.llama_token * len(held))(*held), time.perf_counter()
-        saved = store.save(held, lambda path: llama_cpp.llama_state_seq_save_file(
-            self._ctx, str(path).encode(), slot.seq, tokens, len(held)) > 0)
+        began = time.perf_counter()
+
+        def write(path: Path) -> bool:
+            state = seq_state.take(self._ctx, slot.seq)
+            if state is None:
+                return False
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+                return file.write(state) == len(state)
+
+        saved = store.save(held, write)
         if saved is not None:
             log.info("saved the prompt cache of %d tokens (%.1f MB) in %.0f ms", len(held), saved.size / 1e6,
                      (time.perf_counter() - began) * 1000)
@@ -279,16 +337,12 @@ class GenerationEngine(LlamaOwner[Generation]):
         shared = min(shared, len(prompt) - 1)  # the last prompt token is decoded again: it gives the logits
         if store is None or saved is None or shared < keep + MIN_RESTORE_GAIN:
             return keep
-        capacity = len(saved.tokens)
-        tokens_out, count = (llama_cpp.llama_token * capacity)(), ctypes.c_size_t(0)
-
         def read(path: Path) -> list[int] | None:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
             slot.cached = []
-            if llama_cpp.llama_state_seq_load_file(self._ctx, str(path).encode(), slot.seq, tokens_out, capacity,
-                                                   ctypes.byref(count)) == 0:
+            if not seq_state.put(self._ctx, slot.seq, path.read_bytes(), len(self._slots)):
                 return None
-            return list(tokens_out[:count.value])
+            return list(saved.tokens)
 
         began = time.perf_counter()
         if not store.read(saved, read):
@@ -428,6 +482,21 @@ class GenerationEngine(LlamaOwner[Generation]):
         llama_cpp.llama_sampler_free(run.sampler)
         run.sampler = None
         slot.release()
+
+
+KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml's block sizes
+
+
+def _memory_available() -> int | None:
+    """The machine's MemAvailable in bytes (None where /proc/meminfo is not)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _deliver_all(batch: list[tuple[Callable[[Event], Any], list[Token]]]) -> None:

@@ -57,8 +57,8 @@ def setup_inference_api(app: web.Application) -> None:
 
     def admit(registry: JobRegistry) -> None:
         waiting = pending_jobs(registry)
-        if waiting >= config.parallel + config.max_queue:  # every slot busy, max_queue waiting for one
-            raise QueueFull(f"The worker's queue is full ({config.parallel} slots busy, {config.max_queue} "
+        if waiting >= config.slots_at_most + config.max_queue:  # every slot busy, max_queue waiting for one
+            raise QueueFull(f"The worker's queue is full ({config.slots_at_most} slots busy, {config.max_queue} "
                             "requests waiting for one). Retry later, or start a worker with more --parallel "
                             "slots.")
 

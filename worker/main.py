@@ -17,7 +17,7 @@ from shared.builtin_model import gguf_problem
 from shared.daemon import configure_logging, daemon_arg_parser, serve
 from shared.errors import RbeeError
 from shared.events import set_default_actor
-from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, kv_cache_problem
+from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, MAX_SLOTS, SLOTS_LIMIT, START_SLOTS, kv_cache_problem
 from shared.operations import FLASH_ATTN_MODES, KV_CACHE_TYPES
 from shared.ports import DEFAULT_QUEEN_URL
 from shared.process import die_with_parent, keep_files_private
@@ -46,8 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ctx-size", type=int, default=2048,
                         help="context of each slot in tokens, prompt and answer (default 2048, at most the "
                              "model's trained context)")
-    parser.add_argument("--parallel", type=int, default=4,
-                        help="slots: requests generated together in one batch (default 4)")
+    parser.add_argument("--parallel", type=int, default=0, metavar="N",
+                        help="N fixed slots: requests generated together in one batch, each with --ctx-size tokens of "
+                             f"KV cache (as llama-server -np N). By default the worker starts with {START_SLOTS} and "
+                             "grows to as many as requests wait for, up to --max-parallel, while memory allows")
+    parser.add_argument("--max-parallel", type=int, default=MAX_SLOTS, metavar="N",
+                        help=f"the slots a worker without --parallel may grow to (default {MAX_SLOTS})")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
     parser.add_argument("--gpu-layers", type=int, metavar="N",
                         help="layers to offload to the GPU, the rest stay in RAM (default: every layer with "
@@ -86,8 +90,10 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError(f"--threads must be positive, not {args.threads}")
     if args.ctx_size < 16:
         raise WorkerStartError(f"--ctx-size must be at least 16, not {args.ctx_size}")
-    if not 1 <= args.parallel <= 64:
-        raise WorkerStartError(f"--parallel must be between 1 and 64, not {args.parallel}")
+    if not 0 <= args.parallel <= SLOTS_LIMIT:
+        raise WorkerStartError(f"--parallel must be between 1 and {SLOTS_LIMIT}, not {args.parallel}")
+    if not 1 <= args.max_parallel <= SLOTS_LIMIT:
+        raise WorkerStartError(f"--max-parallel must be between 1 and {SLOTS_LIMIT}, not {args.max_parallel}")
     if args.max_queue < 0:
         raise WorkerStartError(f"--max-queue must not be negative, not {args.max_queue}")
     if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
@@ -114,6 +120,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         threads=args.threads,
         ctx_size=args.ctx_size,
         parallel=args.parallel,
+        max_parallel=args.max_parallel,
         device=args.device,
         device_name=machine_device(args.device),
         max_queue=args.max_queue,

@@ -41,7 +41,8 @@ class LlamaOwner(Generic[Work]):
         self.state = EngineState.LOADING  # loading -> ready <-> busy (every slot taken); failed if it does not load
         self.load_error: str | None = None
         self.n_ctx: int = config.ctx_size  # per slot
-        self.slots_total = config.parallel
+        self.slots_total = config.slots_at_most  # what the queen sees: the most this worker may run at once
+        self.slots_open = config.slots_at_start  # those its context has now (a growing worker's grow)
         self.slots_busy = 0
         self._on_state_change = on_state_change
         self._requests: queue.SimpleQueue[Work | None] = queue.SimpleQueue()  # None: stop
@@ -56,6 +57,7 @@ class LlamaOwner(Generic[Work]):
         self._model: Any = None
         self._ctx: Any = None
         self._vocab: Any = None
+        self._cparams: Any = None  # what the context was made with
 
     @property
     def gpu_layers(self) -> int:
@@ -232,6 +234,7 @@ class LlamaOwner(Generic[Work]):
             cparams.type_k = cparams.type_v = getattr(llama_cpp, KV_GGML_TYPES[cfg.kv_cache_type])
             cparams.flash_attn_type = getattr(llama_cpp, FLASH_ATTN_TYPES[cfg.flash_attn])
             what = self._context_params(llama_cpp, cparams)
+            self._cparams = cparams  # a kind may make a larger context later (the generation engine's slots)
             ctx = llama_cpp.llama_init_from_model(model, cparams)
             if not ctx:
                 hint = ""

@@ -3,8 +3,8 @@ request overwrites it, and when the worker stops; a later request whose prompt s
 sequence reads it back instead of computing it again, on any worker of the model on that hive (so a
 conversation survives its worker's idle timeout, an eviction, a queen restart).
 
-One saved sequence is two files: llama.cpp's own sequence state (`<key>.kv`: the KV cells and the tokens
-they hold, llama_state_seq_save_file) and a sidecar (`<key>.json`) naming the model it belongs to (its
+One saved sequence is two files: llama.cpp's own sequence state (`<key>.kv`: its KV cells, in the form
+worker/seq_state.py gives them, which a worker with any number of slots reads) and a sidecar (`<key>.json`) naming the model it belongs to (its
 file's sha256 and the cache type: a state only fits the model and cache type that made it), the tokens,
 and the state file's size and CRC-32, so that a truncated, corrupt or foreign file is found before
 llama.cpp reads it and is removed, never loaded (the prompt is computed instead). Each model has its own
@@ -32,7 +32,7 @@ from worker.slots import common_prefix
 
 log = logging.getLogger("rbee.worker.prompt_cache")
 
-FORMAT = 1
+FORMAT = 2  # 2: the state as worker/seq_state.py keeps it (any number of slots reads it); 1: llama.cpp's file
 MIN_SAVED_TOKENS = 256  # a shorter sequence is cheaper to compute again than to write and read back
 MIN_RESTORE_GAIN = 64  # read a saved sequence only when it gives this many tokens more than a slot does
 CRC_CHUNK = 1 << 20

@@ -23,6 +23,7 @@ from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url
 from shared.job_client import Clients
+from shared.kv_cache import worker_slots_args
 from shared.process import CHILD_CWD, tail_file
 
 STOP_TIMEOUT_S = 20.0
@@ -115,7 +116,7 @@ class LocalHive:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hive.main", "--hive-id", self.alias, "--host", "127.0.0.1",
                 "--port", str(port), "--queen-url", self._queen_url(), "--exit-with-parent",
-                "--worker-slots", str(self._config.worker_slots),
+                *worker_slots_args(self._config.worker_slots),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=CHILD_CWD)
         self.process = proc
         assert proc.stdout is not None  # stdout=PIPE

@@ -15,6 +15,7 @@ from shared.builtin_model import builtin_model_path
 from shared.events import Data, End, Error, Narration, Token
 from shared.inference import InferenceRequest
 from shared.job_client import JobClient
+from shared.kv_cache import MAX_SLOTS
 from tests.support.fake_hub import FakeHub
 from tests.support.processes import children_of, pid_alive, start_hive
 from tests.support.waiting import until
@@ -98,7 +99,7 @@ async def test_cpu_workers_share_the_cores_and_never_exceed_them(hive, client):
     cores = len(os.sched_getaffinity(0))
     _, events = await run(client, {"operation": "worker_spawn"})
     first = data_of(events, "worker_spawn")
-    assert first["threads"] == cores and first["slots"] == 4  # one worker, every core, four slots
+    assert first["threads"] == cores and first["slots"] == MAX_SLOTS  # one worker, every core, slots that grow
     _, events = await run(client, {"operation": "worker_spawn"})
     error = next(e for e in events if isinstance(e, Error))
     assert error.code == "THREAD_BUDGET" and f"Every one of the {cores} cores" in error.message

@@ -32,8 +32,8 @@ async def ask(worker, prompt: str) -> tuple[str, dict]:
     return "".join(e.t for e in events if isinstance(e, Token)), dict(end.stats)
 
 
-def start(home, cache_dir):
-    return start_worker(home, "--parallel", "1", "--prompt-cache-dir", str(cache_dir), "--prompt-cache-mb", "512")
+def start(home, cache_dir, slots: int = 1):
+    return start_worker(home, "--parallel", str(slots), "--prompt-cache-dir", str(cache_dir), "--prompt-cache-mb", "512")
 
 
 @pytest.fixture
@@ -55,9 +55,10 @@ async def test_a_slot_taken_by_another_prompt_is_saved_and_read_back(tmp_path, s
         assert again == text_a
     finally:
         assert await asyncio.to_thread(worker.stop) == 0
-    # B was in the slot when the worker stopped: saved then, and read by the next worker
+    # B was in the slot when the worker stopped: saved then, and read by the next worker, which has
+    # another number of slots (a saved state fits any: worker/seq_state.py)
     assert len(list(cache_dir.glob("*.kv"))) == 2
-    worker = await asyncio.to_thread(start, tmp_path / "home2", cache_dir)
+    worker = await asyncio.to_thread(start, tmp_path / "home2", cache_dir, 3)
     try:
         again_b, stats = await ask(worker, LONG_B)
         assert stats["prompt_tokens_reused"] == stats["prompt_tokens"] - 1 and again_b == text_b

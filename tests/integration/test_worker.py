@@ -158,7 +158,7 @@ async def test_health_reports_ready_model_and_queue(worker):
     health = worker.health()
     assert health["state"] == "ready" and health["model"] == "smollm2-135m"
     assert health["threads"] == len(os.sched_getaffinity(0))  # all cores, not llama.cpp's half
-    assert health["queue_depth"] == 0 and health["slots"] == 4 and health["slots_busy"] == 0
+    assert health["queue_depth"] == 0 and health["slots"] == health["slots_open"] == 4 and health["slots_busy"] == 0
 
 
 # --- process lifecycle ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class RemoteHive:
     local = False
 
     def __init__(self, alias: str, host: RemoteHost, *, store: RemoteHiveStore, clients: Clients,
-                 queen_url: Callable[[], str], workers: WorkerRegistry, worker_slots: int) -> None:
+                 queen_url: Callable[[], str], workers: WorkerRegistry, worker_slots: int | None) -> None:
         self.alias = alias
         self.host = host  # from hives.conf, replaced when it changes
         self._store = store

@@ -33,6 +33,7 @@ from shared.errors import RbeeError, ServerError
 from shared.events import Data, Event, detached_task, narrate
 from shared.heartbeat import EngineState, Heartbeat
 from shared.job_client import Clients
+from shared.kv_cache import worker_slots_args
 from shared.operations import WorkerList
 from shared.wire import WireEnum
 
@@ -69,7 +70,7 @@ class Phase(WireEnum):
 
 class RemoteHiveSupervisor:
     def __init__(self, alias: str, *, host: Callable[[], RemoteHost], clients: Callable[[], Clients],
-                 queen_url: Callable[[], str], workers: WorkerRegistry, worker_slots: int,
+                 queen_url: Callable[[], str], workers: WorkerRegistry, worker_slots: int | None,
                  started_at: float | None = None) -> None:
         self.alias = alias
         self._host = host  # read at each use: hives.conf may change
@@ -280,7 +281,7 @@ class RemoteHiveSupervisor:
         self.note(f"Starting rbee-hive on {self.alias}")
         answer = await link.control("start", "--", "--host", "127.0.0.1", "--port", str(self.host.hive_port),
                                     "--hive-id", self.alias, "--queen-url", queen_url, "--relay-heartbeats",
-                                    "--worker-slots", str(self._worker_slots))
+                                    *worker_slots_args(self._worker_slots))
         if not answer.get("running"):
             tail = "\n".join(answer.get("log_tail") or []) or "(no log)"
             raise GiveUp(f"rbee-hive on {self.alias} exited right after starting "
