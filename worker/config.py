@@ -30,6 +30,7 @@ class WorkerConfig:
     ctx_size: int = 2048  # per slot (capped at the model's trained context)
     parallel: int = 0  # fixed slots (requests decoded together in one batch); 0: slots that grow with demand
     max_parallel: int = MAX_SLOTS  # the slots a growing worker may reach (shared/kv_cache.py)
+    draft_max: int = 8  # tokens guessed ahead by n-gram lookup per step (worker/ngram.py); 0: none
     device: str = "cpu"  # cpu | cuda:N
     max_queue: int = 8  # requests waiting for a slot; more are refused with 503
     abandon_after_s: float = 5.0  # a generation nobody reads for this long is cancelled

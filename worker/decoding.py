@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from shared.events import Event, Token
 from shared.inference import InferenceRequest
+from worker.ngram import NgramDrafter
 from worker.text_stream import TextStream
 
 
@@ -61,6 +62,7 @@ class Decoding:
     outbox: list[Token] = field(default_factory=list)  # token events for the loop's next hand-over
     ids_pending: list[int] = field(default_factory=list)  # generated ids whose text is not all out yet
     logprobs_pending: list[dict[str, Any]] = field(default_factory=list)  # one per id whose text is not out yet
+    drafter: NgramDrafter | None = None  # its guesses of the next tokens (worker/ngram.py), once it may guess
 
     def add_text(self, text: str, *, with_ids: bool = False) -> bool:
         """Queue a token event for `text` (nothing for ""), with the log-probabilities of every token it
@@ -83,6 +85,8 @@ class Decoding:
         stats = end_stats(self.generated, ttft, time.perf_counter() - self.started, stop_reason)
         stats.update(prompt_tokens=len(self.gen.request.prompt_tokens), prompt_tokens_reused=self.reused,
                      text="".join(self.parts))
+        if self.drafter is not None and self.drafter.tried:  # speculative decoding: guessed, and kept
+            stats.update(draft_tokens=self.drafter.tried, draft_tokens_accepted=self.drafter.kept)
         if stop_sequence is not None:  # which stop string ended it (Anthropic's API names it)
             stats["stop_sequence"] = stop_sequence
         return stats

@@ -31,6 +31,7 @@ from worker import seq_state
 from worker.config import WorkerConfig
 from worker.decoding import Decoding, Generation, PreparedRequest, end_stats
 from worker.errors import GenerationError
+from worker.ngram import NgramDrafter
 from worker.owner_thread import LlamaOwner, log, reject, resolve
 from worker.prompt_cache import MIN_RESTORE_GAIN, MIN_SAVED_TOKENS, PromptCacheStore
 from worker.sampling import sampler_for
@@ -47,6 +48,7 @@ BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence
 # delays their next token by a fraction of a second per step rather than by seconds (on 2 cores a
 # 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s).
 PROMPT_CHUNK_WHILE_GENERATING = 128
+GUESSING_SLOTS_MAX = 2  # guessed tokens (worker/ngram.py) are decoded when at most this many sequences generate
 
 
 class GenerationEngine(LlamaOwner[Generation]):
@@ -367,12 +369,19 @@ class GenerationEngine(LlamaOwner[Generation]):
             batch.logits[n] = logits
             n += 1
 
-        generating: list[Slot] = []
-        for slot in active:
-            if slot.next_token is not None:
-                slot.batch_index = n
-                add(slot.next_token, slot.position, slot.seq, True)
-                generating.append(slot)
+        generating = [s for s in active if s.next_token is not None]
+        # guesses only while few sequences generate and no prompt is going in: a guess costs a batch
+        # position, which a busy batch gives to another sequence's token for sure
+        guessing = self.config.draft_max > 0 and len(generating) <= GUESSING_SLOTS_MAX \
+            and not any(s.pending for s in active)
+        guesses: dict[int, list[int]] = {}
+        for slot in generating:
+            slot.batch_index = n
+            add(slot.next_token, slot.position, slot.seq, True)
+            if guessing and (guess := self._guess(slot, self.config.draft_max)):
+                guesses[slot.seq] = guess
+                for k, token in enumerate(guess):
+                    add(token, slot.position + 1 + k, slot.seq, True)
         chunks: list[tuple[Slot, int]] = []
         budget = len(generating) + PROMPT_CHUNK_WHILE_GENERATING if generating else BATCH_TOKENS
         for slot in (s for s in active if s.pending):  # prompts share what is left of the batch
@@ -397,35 +406,74 @@ class GenerationEngine(LlamaOwner[Generation]):
             slot.decoded(0)
         for slot, take in chunks:
             slot.decoded(take)
-        for slot in generating + [s for s, _ in chunks if not s.pending]:
-            if slot.decoding is not None and slot.batch_index >= 0:
-                self._sample(slot, slot.decoding)
+        for slot in generating:
+            self._sample_guessed(slot, guesses.get(slot.seq, []))
+        for slot, _ in chunks:
+            if not slot.pending and slot.decoding is not None and slot.batch_index >= 0:
+                self._sample(slot, slot.decoding, slot.batch_index)
 
-    def _sample(self, slot: Slot, run: Decoding) -> None:
+    def _guess(self, slot: Slot, room: int) -> list[int]:
+        """Tokens that may follow the slot's next one (worker/ngram.py), at most `room`."""
+        run = slot.decoding
+        assert run is not None and slot.next_token is not None  # a generating slot
+        req = run.gen.request
+        room = min(room, req.max_tokens - run.generated - 1, self.n_ctx - slot.position - 2)
+        if room <= 0:
+            return []
+        if run.drafter is None:  # made the first time it may guess: the prompt and the answer so far
+            run.drafter = NgramDrafter(slot.cached + [slot.next_token])
+        return run.drafter.draft(room) if run.drafter.worth_it else []
+
+    def _sample_guessed(self, slot: Slot, guess: list[int]) -> None:
+        """Sample the slot's next token, then, while each sampled token is the one guessed at that place,
+        the token after it from the guess's own logits; the cells of guesses not kept are removed."""
+        import llama_cpp
+
+        kept = 0
+        for j in range(len(guess) + 1):
+            if slot.decoding is None:
+                break
+            token = self._sample(slot, slot.decoding, slot.batch_index + j)
+            if token is None or j == len(guess) or token != guess[j]:
+                break
+            slot.cached.append(token)  # its cell was decoded with the guess: kept
+            slot.next_token = None
+            kept += 1
+        if guess:
+            if slot.decoding is not None and slot.decoding.drafter is not None:
+                slot.decoding.drafter.judged(len(guess), kept)
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, len(slot.cached), -1)
+
+    def _sample(self, slot: Slot, run: Decoding, index: int) -> int | None:
+        """Sample from the logits at `index` of the batch; the token when the generation goes on, None
+        when it ended."""
         import llama_cpp
 
         req = run.gen.request
-        token = llama_cpp.llama_sampler_sample(run.sampler, self._ctx, slot.batch_index)
+        token = llama_cpp.llama_sampler_sample(run.sampler, self._ctx, index)
         run.generated += 1
         if run.first_token_at is None:
             run.first_token_at = time.perf_counter()
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop")
-            return
+            return None
         run.ids_pending.append(token)
         if req.logprobs is not None:
-            run.logprobs_pending.append(self._logprobs(slot.batch_index, token, req.logprobs))
+            run.logprobs_pending.append(self._logprobs(index, token, req.logprobs))
         text = run.text.push(self.piece(token))
         stop = run.text.stopped_by
         # at most max_tokens, and never past the slot's context
         if stop is not None or run.generated >= req.max_tokens or slot.position >= self.n_ctx:
             self._queue_text(run, text + run.text.finish())
             self._finish(slot, "length" if stop is None else "stop", stop_sequence=stop)
-            return
+            return None
         # The ids go out with text only when that text is all of theirs (nothing held back, no half
         # character): what the queen continues from then matches what the client saw.
         self._queue_text(run, text, with_ids=run.text.settled)
         slot.next_token = token
+        if run.drafter is not None:
+            run.drafter.add(token)
+        return token
 
     def _queue_text(self, run: Decoding, text: str, *, with_ids: bool = False) -> None:
         if run.add_text(text, with_ids=with_ids):

@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="N fixed slots: requests generated together in one batch, each with --ctx-size tokens of "
                              f"KV cache (as llama-server -np N). By default the worker starts with {START_SLOTS} and "
                              "grows to as many as requests wait for, up to --max-parallel, while memory allows")
+    parser.add_argument("--draft-max", type=int, default=8, metavar="N",
+                        help="speculative decoding: guess up to N tokens ahead by finding the last few tokens earlier in "
+                             "the prompt or answer, and keep those the model agrees with (the text is the same; "
+                             "answers that repeat their prompt come faster). Only while at most 2 requests generate. "
+                             "0 turns it off (default 8)")
     parser.add_argument("--max-parallel", type=int, default=MAX_SLOTS, metavar="N",
                         help=f"the slots a worker without --parallel may grow to (default {MAX_SLOTS})")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:N")
@@ -94,6 +99,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         raise WorkerStartError(f"--parallel must be between 1 and {SLOTS_LIMIT}, not {args.parallel}")
     if not 1 <= args.max_parallel <= SLOTS_LIMIT:
         raise WorkerStartError(f"--max-parallel must be between 1 and {SLOTS_LIMIT}, not {args.max_parallel}")
+    if not 0 <= args.draft_max <= 64:
+        raise WorkerStartError(f"--draft-max must be between 0 and 64, not {args.draft_max}")
     if args.max_queue < 0:
         raise WorkerStartError(f"--max-queue must not be negative, not {args.max_queue}")
     if args.abandon_after <= 0 or args.heartbeat_interval <= 0:
@@ -121,6 +128,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         ctx_size=args.ctx_size,
         parallel=args.parallel,
         max_parallel=args.max_parallel,
+        draft_max=args.draft_max,
         device=args.device,
         device_name=machine_device(args.device),
         max_queue=args.max_queue,

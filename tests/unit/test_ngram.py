@@ -1,0 +1,51 @@
+"""worker/ngram.py: guesses come from an earlier occurrence of the sequence's suffix, the longest first,
+never from the suffix itself; a request whose guesses are rarely kept stops guessing."""
+
+from __future__ import annotations
+
+from worker.ngram import FIRST_LENGTH, MIN_TRIED, NgramDrafter
+
+
+def test_a_repeated_passage_is_guessed_from_where_it_was_before():
+    passage = [10, 11, 12, 13, 14, 15, 16]
+    drafter = NgramDrafter(passage + [99, 10, 11])  # the answer starts repeating the prompt
+    drafter.length = 8
+    assert drafter.draft(4) == [12, 13, 14, 15]
+    drafter.extend([12, 13])
+    assert drafter.draft(8) == [14, 15, 16, 99, 10, 11, 12, 13]  # what followed then, as far as it goes
+
+
+def test_guesses_start_short_grow_when_kept_and_shrink_when_missed():
+    drafter = NgramDrafter(list(range(20)) + [0, 1])
+    assert len(drafter.draft(16)) == FIRST_LENGTH
+    drafter.judged(FIRST_LENGTH, FIRST_LENGTH)  # all kept: twice as long
+    assert len(drafter.draft(16)) == 2 * FIRST_LENGTH
+    drafter.judged(4, 1)  # partly kept: as long
+    assert len(drafter.draft(16)) == 2 * FIRST_LENGTH
+    drafter.judged(4, 0)  # missed at once: half
+    assert len(drafter.draft(16)) == FIRST_LENGTH
+
+
+def test_nothing_is_guessed_without_an_earlier_occurrence():
+    assert NgramDrafter([1, 2, 3, 4]).draft(4) == []
+    assert NgramDrafter([7]).draft(4) == []
+    assert NgramDrafter().draft(4) == []
+
+
+def test_the_longest_matching_suffix_wins_and_the_latest_occurrence_of_it():
+    # [5, 6] is followed by 1 first and by 2 later; [4, 5, 6] only by 3 (one token guessed here)
+    drafter = NgramDrafter([4, 5, 6, 3, 0, 5, 6, 1, 0, 5, 6, 2, 0, 4, 5, 6])
+    assert drafter.draft(1) == [3]
+    drafter = NgramDrafter([5, 6, 1, 0, 5, 6, 2, 0, 9, 5, 6])
+    assert drafter.draft(1) == [2]
+
+
+def test_a_request_whose_guesses_are_rarely_kept_stops_guessing():
+    drafter = NgramDrafter()
+    drafter.judged(MIN_TRIED - 1, 0)
+    assert drafter.worth_it  # too few to judge
+    drafter.judged(1, 0)
+    assert not drafter.worth_it
+    kept = NgramDrafter()
+    kept.judged(MIN_TRIED * 2, MIN_TRIED)
+    assert kept.worth_it
