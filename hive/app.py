@@ -28,6 +28,7 @@ from shared.app import create_base_app
 from shared.job_routes import setup_job_api
 from shared.metrics import setup_metrics
 from shared.operations import HIVE_OPERATIONS, WorkerSpawn
+from shared.prefix_chain import saved_chains
 
 
 def create_app(config: HiveConfig, token: str) -> web.Application:
@@ -43,6 +44,7 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
     setup_job_api(app, execute, actor="hive", operations=HIVE_OPERATIONS)
     setup_queen_routes(app, lambda: app[QUEEN])
     app.router.add_get("/v1/capabilities", capabilities)
+    app.router.add_get("/v1/prompt-caches", prompt_caches)
     setup_metrics(app, hive_gauges)
     return app
 
@@ -82,6 +84,19 @@ async def health(request: web.Request) -> web.Response:
         "gpus": reading.gpus if reading else None,  # None: not read yet (start-up)
         "gpu_problem": MACHINE.gpu_problem(),
     })
+
+
+async def prompt_caches(request: web.Request) -> web.Response:
+    """The prompt caches this hive keeps on disk, per model, as the queen routes by them (chains of the
+    serialized prompt and answer: shared/prefix_chain.py), so a conversation goes back where its cache is."""
+    config, store = request.app[CONFIG], request.app[EXECUTOR].store
+    entries = await store.catalog.list()
+
+    def read() -> dict[str, list[dict]]:
+        return {e.id: [{"chain": list(c), "tokens": n} for c, n in saved_chains(config.prompt_cache_dir(e.sha256))]
+                for e in entries if e.sha256}
+
+    return web.json_response({"hive_id": config.hive_id, "models": await asyncio.to_thread(read)})
 
 
 async def capabilities(request: web.Request) -> web.Response:

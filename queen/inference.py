@@ -11,7 +11,6 @@ from typing import Any
 from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.model_names import resolve_model
-from queen.prefix_index import chain, serialize, with_answer
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError, ServerError, StreamTimeout
@@ -19,6 +18,7 @@ from shared.events import Error, Event, Started, Token, detached_task, emit, nar
 from shared.job_client import Clients
 from shared.job_registry import Job
 from shared.operations import Infer
+from shared.prefix_chain import chain, serialize, with_answer
 
 # A worker answering these at submit is alive and well; any other refusal means it is not the worker it was.
 ANSWERS_OF_A_LIVE_WORKER = frozenset({"QUEUE_FULL", "NOT_READY", "INVALID_REQUEST", "PROMPT_TOO_LONG"})

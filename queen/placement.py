@@ -49,6 +49,7 @@ class HiveFit:
     plan_kind: str | None = None  # the hive's plan for the worker (gpu, split, partial, cpu); None: not known
     vram_free_mb: float = 0.0  # free memory of the GPUs its llama.cpp can use
     gpu_if_freed: bool = False  # the plan would be a whole GPU (or a split) were its GPU workers stopped
+    saved_chunks: int = 0  # chunks of the request's prompt it keeps on disk (a prompt cache: queen/prefix_index.py)
 
     @property
     def fits(self) -> bool:
@@ -84,12 +85,16 @@ async def survey(hives: HiveRegistry, alias: str, model: str) -> HiveFit:
 
 
 async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowed: list[str], *,
-                evict: bool = True, needs_core: bool = True, device: str = "auto") -> str:
+                evict: bool = True, needs_core: bool = True, device: str = "auto",
+                saved_chunks: dict[str, int] | None = None) -> str:
     """The hive to start a worker of `model` on, among `allowed` (the hives under their worker cap);
     `evict`: whether another model's idle worker may be stopped to make room; `needs_core`: False for a
     worker that shares cores (an embedding worker, which stays off GPUs), so only memory counts;
-    `device`: the spawn's (only auto weighs GPUs)."""
+    `device`: the spawn's (only auto weighs GPUs); `saved_chunks`: how much of the request's prompt each
+    hive keeps on disk (among equal plans, the hive that keeps more of it)."""
     fits = list(await asyncio.gather(*(survey(hives, alias, model) for alias in allowed)))
+    for fit in fits:
+        fit.saved_chunks = (saved_chunks or {}).get(fit.alias, 0)
     if len(fits) == 1 and not fits[0].answered:
         return fits[0].alias  # the one hive it may go to: starting the worker there says best what is wrong
     known_need = next((f.needs_mb for f in fits if f.needs_mb is not None), None)
@@ -104,7 +109,7 @@ async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowe
         elif on_cpu and need is not None and fit.free_mb is not None and need > fit.free_mb:
             fit.problem = f"needs {need:.0f} MiB, has {fit.free_mb:.0f} MiB free"
     usable = rank([f for f in fits if f.fits], known_need) if device == "auto" and needs_core else \
-        sorted((f for f in fits if f.fits), key=lambda f: (f.has_model, f.free_mb or 0.0), reverse=True)
+        sorted((f for f in fits if f.fits), key=lambda f: (f.saved_chunks, f.has_model, f.free_mb or 0.0), reverse=True)
     on_gpu = bool(usable) and PLAN_RANK.get(usable[0].plan_kind or "", 0) == PLAN_RANK["gpu"]
     if evict and device == "auto" and needs_core and not on_gpu \
             and (freed := await _free_gpu(hives, workers, model, fits)) is not None:
@@ -132,8 +137,8 @@ async def place(hives: HiveRegistry, workers: WorkerRegistry, model: str, allowe
 
 
 def rank(usable: list[HiveFit], known_need_mb: float | None = None) -> list[HiveFit]:
-    """Hives with room, best first: the most of the worker on GPUs, then the most free VRAM, then the
-    model's file already there, then the most free RAM. A hive without the file has no plan yet: it is
+    """Hives with room, best first: the most of the worker on GPUs, then the most of the prompt kept on
+    disk, then the most free VRAM, then the model's file already there, then the most free RAM. A hive without the file has no plan yet: it is
     counted as a whole GPU when its free VRAM holds the model's estimate elsewhere, part of one when it
     has any, else the CPU."""
     def plan_rank(fit: HiveFit) -> int:
@@ -142,7 +147,8 @@ def rank(usable: list[HiveFit], known_need_mb: float | None = None) -> list[Hive
         if fit.vram_free_mb and known_need_mb is not None and fit.vram_free_mb >= known_need_mb:
             return PLAN_RANK["gpu"]
         return PLAN_RANK["partial"] if fit.vram_free_mb else PLAN_RANK["cpu"]
-    return sorted(usable, key=lambda f: (plan_rank(f), f.vram_free_mb, f.has_model, f.free_mb or 0.0), reverse=True)
+    return sorted(usable, key=lambda f: (plan_rank(f), f.saved_chunks, f.vram_free_mb, f.has_model, f.free_mb or 0.0),
+                  reverse=True)
 
 
 def gpu_victim(workers: WorkerRegistry, model: str, fits: list[HiveFit]) -> tuple[WorkerInfo, HiveFit] | None:

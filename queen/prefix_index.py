@@ -5,8 +5,8 @@ A worker keeps each slot's cache until another request takes the slot, and a pro
 cached one reuses it (worker/slots.py: turn 2 of a chat reads ~100 ms instead of seconds). So the next
 turn of a conversation is fast only on the worker that answered the last one. The queen sees text, not
 tokens: it serializes a request's prompt (the chat's messages, or the plain prompt) into one string, cuts
-it into CHUNK_CHARS chunks and chains their hashes (a hash names everything up to its chunk's end), as
-SGLang's router keeps an approximate radix tree per worker. Each worker's `PrefixIndex` holds the chains
+it into chunks and chains their hashes (shared/prefix_chain.py), as SGLang's router keeps an approximate
+radix tree per worker. Each worker's `PrefixIndex` holds the chains
 of its last `capacity` sequences (one per slot: a new one evicts the least recently used, or replaces the
 chain it extends, as the worker's own slot choice does) with each answer appended, since the next turn
 carries it. What the worker reports it reused corrects the index: a chain it no longer held is dropped.
@@ -17,36 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.wire import Messages
+from shared.prefix_chain import CHUNK_CHARS
 
-CHUNK_CHARS = 64  # the routing's resolution: shorter shared prefixes are not worth a worker's load
-MAX_INDEXED_CHARS = 256 * 1024  # about 64k tokens: a longer prompt's tail does not decide where it goes
 MIN_ROUTED_TOKENS = 32  # as worker/slots.py's MIN_SHARED_PREFIX: less is cheaper to compute again
 DEFAULT_CHARS_PER_TOKEN = 4.0  # until a worker's reports teach the index its model's figure
-_ROLE, _END = "\x1e", "\x1f"  # separators no text carries
-
-
-def serialize(prompt: str | None, messages: Messages | None) -> str:
-    """One string per request, whose prefixes are the prefixes of what the worker will tokenize."""
-    if messages is not None:
-        return "".join(f"{role}{_ROLE}{content}{_END}" for role, content in messages)
-    return f"raw{_ROLE}{prompt or ''}"
-
-
-def with_answer(prompt: str | None, messages: Messages | None, answer: str) -> str:
-    """What the worker's slot holds after answering: the prompt, then the answer as the next turn sends it."""
-    if messages is not None:
-        return serialize(None, (*messages, ("assistant", answer)))
-    return serialize(prompt, None) + answer
-
-
-def chain(text: str) -> tuple[int, ...]:
-    """The hash of each whole chunk of `text`, each chained to the one before."""
-    hashes, previous = [], 0
-    for start in range(0, min(len(text), MAX_INDEXED_CHARS) - CHUNK_CHARS + 1, CHUNK_CHARS):
-        previous = hash((previous, text[start:start + CHUNK_CHARS]))
-        hashes.append(previous)
-    return tuple(hashes)
 
 
 def shared_chunks(a: Sequence[int], b: Sequence[int]) -> int:
@@ -95,6 +69,33 @@ class PrefixIndex:
         """The model's characters per token, from a prompt of `chars` that was `prompt_tokens` long."""
         if prompt_tokens and chars > 0:
             self.chars_per_token = 0.8 * self.chars_per_token + 0.2 * (chars / prompt_tokens)
+
+
+@dataclass
+class SavedPrefixes:
+    """What each hive keeps on disk (the prompt caches its workers saved: worker/prompt_cache.py), per
+    model, as the hive last reported it (GET /v1/prompt-caches). Any worker of the model on that hive
+    reads such a cache back instead of computing the prompt, so a conversation whose worker has stopped
+    (idle timeout, eviction, a queen restart) is still routed to the hive that kept it."""
+
+    max_age_s: float = 5.0  # a report older than this is asked again when it could decide a route
+    reports: dict[str, dict[str, list[tuple[int, ...]]]] = field(default_factory=dict)  # hive -> model -> chains
+    asked_at: dict[str, float] = field(default_factory=dict)
+
+    def stale(self, hive_id: str, now: float) -> bool:
+        return now - self.asked_at.get(hive_id, float("-inf")) > self.max_age_s
+
+    def update(self, hive_id: str, models: dict[str, list[dict]] | None, now: float) -> None:
+        """A hive's report (None: it did not answer; what it said before is kept until it does)."""
+        self.asked_at[hive_id] = now
+        if models is not None:
+            self.reports[hive_id] = {model: [tuple(int(h) for h in entry.get("chain") or ()) for entry in entries]
+                                     for model, entries in models.items() if isinstance(entries, list)}
+
+    def held(self, hive_id: str, model: str, request: Sequence[int]) -> int:
+        """Chunks of `request` the hive keeps on disk for the model (the longest shared prefix)."""
+        chains = self.reports.get(hive_id, {}).get(model, ())
+        return max((shared_chunks(c, request) for c in chains), default=0)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,13 +24,19 @@ from queen.config import QueenConfig
 from queen.hives import HiveRegistry
 from queen.model_names import resolve_model
 from queen.placement import NoRoom, place
-from queen.prefix_index import MIN_ROUTED_TOKENS
+from queen.prefix_index import DEFAULT_CHARS_PER_TOKEN, MIN_ROUTED_TOKENS, SavedPrefixes
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
+from shared.errors import RbeeError
 from shared.events import narrate
 from shared.operations import DEVICE_AUTO, WorkerSpawn
+from shared.prefix_chain import CHUNK_CHARS
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
 FULL_RECHECK_S = 5.0  # how long "no hive has room for another worker of this model" is believed
+
+
+SAVED_REPORT_TIMEOUT_S = 1.0  # a hive slower than this to tell its prompt caches is routed without them
+log = logging.getLogger("rbee.queen.scheduler")
 
 
 class Scheduler:
@@ -41,6 +48,7 @@ class Scheduler:
         # job ids waiting, per model, hive and kind of worker (embedding or not)
         self._queues: dict[tuple[str, str | None, bool], deque[str]] = {}
         self._full_until: dict[tuple[str, str | None, bool], float] = {}  # no room to scale out until then
+        self.saved = SavedPrefixes()  # the prompt caches each hive keeps on disk, as it last reported them
 
     def queued(self) -> dict[str, int]:
         """Requests waiting for a worker, per model."""
@@ -76,16 +84,26 @@ class Scheduler:
         key = (model, hive_id, embedding)
         kind = "embedding worker" if embedding else "worker"
         waiting_said = False
+        routing = self.config.cache_routing and bool(prefix) and not embedding
+
+        def on_disk(alias: str) -> int:
+            return self.saved.held(alias, model, prefix) if routing else 0
+
+        if routing:
+            await self._ask_saved([hive_id] if hive_id else self.hives.schedulable(), model, prefix)
         while True:
             guard = self.config.route_guard if self.config.cache_routing else None
             worker = (self.workers.with_free_slot(model, hive_id, embedding=embedding, device=device, prefix=prefix,
-                                                  guard=guard)
+                                                  guard=guard, on_disk=on_disk)
                       if queue[0] == job_id else None)
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
-                held = worker.prefixes.tokens(worker.prefixes.held(prefix)) if prefix else 0
-                cache = f"; it holds ~{held:,} tokens of this prompt" if held >= MIN_ROUTED_TOKENS else ""
+                live = worker.prefixes.held(prefix) if prefix else 0
+                held = worker.prefixes.tokens(max(live, on_disk(worker.hive_id)))
+                cache = "" if held < MIN_ROUTED_TOKENS else f"; it holds ~{held:,} tokens of this prompt" \
+                    if worker.prefixes.tokens(live) >= held else \
+                    f"; it reads ~{held:,} tokens of this prompt back from {worker.hive_id}'s disk"
                 narrate("worker_found", f"Using warm {kind} {worker.worker_id} on {worker.hive_id} (slot "
                                         f"{len(worker.leases)} of {worker.slots}{cache})", target=worker.worker_id)
                 return worker
@@ -103,7 +121,8 @@ class Scheduler:
                         # Another model's worker is stopped only for a model that has none yet.
                         # An embedding worker shares cores (its hive gives it a few threads): memory only.
                         target = await place(self.hives, self.workers, model, room, evict=not has_worker,
-                                             needs_core=not embedding, device=device)
+                                             needs_core=not embedding, device=device,
+                                             saved_chunks={alias: on_disk(alias) for alias in room})
                     except NoRoom:
                         if not has_worker:
                             raise
@@ -121,6 +140,30 @@ class Scheduler:
                 waiting_said = True
                 waiting(True)
             await self.workers.wait_for_change(1.0)
+
+    async def _ask_saved(self, aliases: list[str], model: str, prefix: Sequence[int]) -> None:
+        """Have the hives' reports of what they keep on disk fresh enough to route by, when they could
+        decide this route: the prompt is long enough and no running worker holds enough of it already."""
+        if len(prefix) * CHUNK_CHARS < MIN_ROUTED_TOKENS * DEFAULT_CHARS_PER_TOKEN:
+            return
+        if any(w.prefixes.tokens(w.prefixes.held(prefix)) >= MIN_ROUTED_TOKENS
+               for w in self.workers.all() if w.model == model and w.alive):
+            return
+        now = time.monotonic()
+
+        async def ask(alias: str) -> None:
+            url = self.hives.get(alias).url
+            models = None
+            if url is not None:
+                try:
+                    body = await self.hives.clients_for(alias).daemon(url).request(
+                        "GET", "/v1/prompt-caches", timeout=SAVED_REPORT_TIMEOUT_S)
+                    models = body.get("models") if isinstance(body, dict) else None
+                except RbeeError as exc:  # an older hive, or one that does not answer now: routed without it
+                    log.debug("hive %s did not tell its prompt caches: %s", alias, exc)
+            self.saved.update(alias, models, now)
+
+        await asyncio.gather(*(ask(a) for a in aliases if self.saved.stale(a, now)))
 
     async def spawn_placed(self, op: WorkerSpawn) -> dict[str, Any]:
         """`worker_spawn` naming no hive: placed like a request's worker (room is made for a model that has

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,10 +147,12 @@ class WorkerRegistry:
 
     def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False,
                        device: str = "auto", prefix: Sequence[int] = (),
-                       guard: RouteGuard | None = None) -> WorkerInfo | None:
+                       guard: RouteGuard | None = None,
+                       on_disk: Callable[[str], int] = lambda _hive: 0) -> WorkerInfo | None:
         """A ready worker for the model with a slot free: the one expected to hold the longest part of the
         prompt (`prefix`, its chunk hashes: queen/prefix_index.py) unless `guard` finds it too much busier
         than the least loaded; else the least loaded, then the least recently used (keeps the others warm).
+        `on_disk(hive_id)`: chunks of the prompt that hive keeps on disk, which any worker there reads back.
         `embedding` picks among embedding workers, else among generating ones; `device` other than auto:
         only a worker on the CPU (cpu) or on that GPU (cuda:N). No `guard`: load alone."""
         candidates = [w for w in self._workers.values()
@@ -161,8 +163,11 @@ class WorkerRegistry:
         least = min(candidates, key=lambda w: (len(w.leases), w.last_used))
         if guard is None or not prefix or len(candidates) == 1:
             return least
-        cached = max(candidates, key=lambda w: (w.prefixes.held(prefix), -len(w.leases), -w.last_used))
-        held = cached.prefixes.held(prefix)
+        def held_by(w: WorkerInfo) -> int:
+            return max(w.prefixes.held(prefix), on_disk(w.hive_id))
+
+        cached = max(candidates, key=lambda w: (held_by(w), -len(w.leases), -w.last_used))
+        held = held_by(cached)
         if held == 0 or cached.prefixes.tokens(held) < MIN_ROUTED_TOKENS \
                 or guard.overloaded(len(cached.leases), len(least.leases)):
             return least

@@ -27,6 +27,7 @@ from shared.errors import InvalidRequest
 from shared.events import Event, Started, Token
 from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest, schema_for_grammar
+from shared.prefix_chain import chain, with_answer
 from worker import seq_state
 from worker.config import WorkerConfig
 from worker.decoding import Decoding, Generation, PreparedRequest, end_stats
@@ -44,9 +45,10 @@ from worker.text_stream import TextStream
 # on 2 cores, per-token hand-over cost 8-12 % of throughput end to end, 20 ms about 5 %, 50 ms under 3 %.
 TOKEN_FLUSH_S = 0.05
 BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence's next one, then prompts
-# While other sequences are generating, a new prompt goes in by chunks of this many tokens, so a long one
-# delays their next token by a fraction of a second per step rather than by seconds (on 2 cores a
-# 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s).
+# While other sequences are generating, each new prompt goes in by chunks of at most this many tokens, so
+# one long prompt delays their next token by a fraction of a second per step rather than by seconds (on 2
+# cores a 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s), while many
+# short ones (a burst of clients) go in together, up to the batch: each waits one step, not one per prompt.
 PROMPT_CHUNK_WHILE_GENERATING = 128
 GUESSING_SLOTS_MAX = 2  # guessed tokens (worker/ngram.py) are decoded when at most this many sequences generate
 
@@ -324,7 +326,7 @@ class GenerationEngine(LlamaOwner[Generation]):
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
                 return file.write(state) == len(state)
 
-        saved = store.save(held, write)
+        saved = store.save(held, write, chain(slot.held_text) if slot.held_text else ())
         if saved is not None:
             log.info("saved the prompt cache of %d tokens (%.1f MB) in %.0f ms", len(held), saved.size / 1e6,
                      (time.perf_counter() - began) * 1000)
@@ -383,9 +385,9 @@ class GenerationEngine(LlamaOwner[Generation]):
                 for k, token in enumerate(guess):
                     add(token, slot.position + 1 + k, slot.seq, True)
         chunks: list[tuple[Slot, int]] = []
-        budget = len(generating) + PROMPT_CHUNK_WHILE_GENERATING if generating else BATCH_TOKENS
+        chunk = PROMPT_CHUNK_WHILE_GENERATING if generating else BATCH_TOKENS
         for slot in (s for s in active if s.pending):  # prompts share what is left of the batch
-            take = min(len(slot.pending), budget - n)
+            take = min(len(slot.pending), BATCH_TOKENS - n, chunk)
             if take <= 0:
                 break
             start = slot.position
@@ -529,6 +531,9 @@ class GenerationEngine(LlamaOwner[Generation]):
             self._post(resolve, run.gen.done, run.end_stats(outcome, stop_sequence))
         llama_cpp.llama_sampler_free(run.sampler)
         run.sampler = None
+        if self._prompt_cache is not None:  # what a saved copy of this slot is reported as (its hive tells the queen)
+            req = run.gen.request
+            slot.held_text = with_answer(req.prompt, req.messages, "".join(run.parts))
         slot.release()
 
 

@@ -103,8 +103,10 @@ class PromptCacheStore:
         return any(len(e.tokens) >= len(tokens) and common_prefix(e.tokens, tokens) == len(tokens)
                    for e in self.entries.values())
 
-    def save(self, tokens: Sequence[int], write: Callable[[Path], bool]) -> SavedPrefix | None:
-        """Save a sequence: `write(path)` writes its state there (False: it could not)."""
+    def save(self, tokens: Sequence[int], write: Callable[[Path], bool],
+             chain: Sequence[int] = ()) -> SavedPrefix | None:
+        """Save a sequence: `write(path)` writes its state there (False: it could not). `chain`: the
+        sequence's text as the queen routes by it (shared/prefix_chain.py), for its hive to report."""
         tokens = tuple(tokens)
         key = hashlib.sha256(f"{self.model_key}:{','.join(map(str, tokens))}".encode()).hexdigest()[:32]
         tmp, final = self.directory / f"{key}.kv.tmp", self.directory / f"{key}.kv"
@@ -119,7 +121,7 @@ class PromptCacheStore:
             fd = os.open(sidecar.with_suffix(".json.tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump({"format": FORMAT, "model": self.model_key, "tokens": list(tokens), "size": entry.size,
-                           "crc": entry.crc, "saved_at": time.time()}, f)
+                           "crc": entry.crc, "saved_at": time.time(), "chain": list(chain)}, f)
             os.replace(sidecar.with_suffix(".json.tmp"), sidecar)
         except OSError as exc:
             log.warning("could not save a prompt cache of %d tokens: %s", len(tokens), exc)

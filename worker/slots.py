@@ -30,6 +30,7 @@ class Slot:
     next_token: int | None = None  # sampled, to be decoded in the next step
     batch_index: int = -1  # where its logits are in this step's batch (-1: none)
     decoding: Decoding | None = None  # the request generating in it
+    held_text: str = ""  # the last request's prompt and answer, serialized as the queen routes (prompt caches)
 
     @property
     def position(self) -> int:

@@ -130,10 +130,19 @@ async def test_placement_goes_where_the_model_is_evicts_idle_workers_only_and_sa
         assert len(evicted) == 1 and "the least recently used" in evicted[0]
 
 
-async def test_a_burst_for_one_model_waits_for_its_own_slots_and_leaves_other_models_workers_alone(hives):
+@pytest.fixture
+async def hives_with_fixed_slots(tmp_path):
+    setup = await asyncio.to_thread(start_two_hives, tmp_path, "--worker-slots", "4")  # slots that do not grow
+    yield setup
+    await asyncio.to_thread(setup.stop)
+
+
+async def test_a_burst_for_one_model_waits_for_its_own_slots_and_leaves_other_models_workers_alone(
+        hives_with_fixed_slots):
     from shared.events import Narration
     from shared.operations import Infer
 
+    hives = hives_with_fixed_slots
     b_model = hives.second_only_model
     async with JobClient(hives.queen.url, hives.queen.token) as client:
         await run(client, ModelDownload(hive_id=SECOND, model=b_model))
@@ -144,7 +153,7 @@ async def test_a_burst_for_one_model_waits_for_its_own_slots_and_leaves_other_mo
         b_worker = spawned[-1].stats["worker_id"]
 
         burst = [asyncio.create_task(run(client, Infer(prompt=f"Count to {i}:", max_tokens=24, temperature=0)))
-                 for i in range(8)]  # twice the slots of the built-in model's one worker
+                 for i in range(8)]  # twice the slots of the built-in model's one worker (4, fixed)
         await asyncio.sleep(0.5)
         b_answer = await run(client, Infer(model=b_model, prompt="Hello", max_tokens=4))
         results = await asyncio.gather(*burst)

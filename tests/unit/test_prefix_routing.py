@@ -5,9 +5,10 @@ busier than the least loaded one; what the worker reports it reused corrects the
 from __future__ import annotations
 
 from queen.inference import remember_cache
-from queen.prefix_index import CHUNK_CHARS, PrefixIndex, RouteGuard, chain, serialize, shared_chunks, with_answer
+from queen.prefix_index import PrefixIndex, RouteGuard, shared_chunks
 from queen.worker_registry import WorkerRegistry
 from shared.operations import Infer
+from shared.prefix_chain import CHUNK_CHARS, chain, serialize, with_answer
 
 SYSTEM = ("system", "You are a careful assistant who answers in full sentences. " * 8)
 TURN1 = (SYSTEM, ("user", "Tell me about the history of the bicycle, from the draisine onwards. " * 3))
