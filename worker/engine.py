@@ -424,7 +424,7 @@ class GenerationEngine(LlamaOwner[Generation]):
             return []
         if run.drafter is None:  # made the first time it may guess: the prompt and the answer so far
             run.drafter = NgramDrafter(slot.cached + [slot.next_token])
-        return run.drafter.draft(room) if run.drafter.worth_it else []
+        return run.drafter.guess(room)
 
     def _sample_guessed(self, slot: Slot, guess: list[int]) -> None:
         """Sample the slot's next token, then, while each sampled token is the one guessed at that place,

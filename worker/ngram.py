@@ -8,8 +8,11 @@ position with the request's own sampler and keeps the guesses up to the first th
 sampled: every token is still drawn from the model's distribution given the tokens before it (the guesses
 only decide how many positions one decode gives), so the text is what it would be without guessing, at
 any temperature. A guess costs a little even when it is wrong (one more position in the batch), so a
-request guesses few tokens at first, twice as many after a guess kept whole, half as many after one
-missed at once, and stops guessing when its guesses are rarely right (`NgramDrafter.worth_it`).
+guess is only decoded after the last one proved right: a guess not decoded is still compared with the
+token that comes (free), and one that matches lets the next be decoded; one decoded and missed at once
+goes back to guessing for free. A request guesses few tokens at first, twice as many after a guess kept
+whole, half as many after one missed at once, and stops guessing when its guesses are rarely right
+(`NgramDrafter.worth_it`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class NgramDrafter:
         self.tried = 0  # guesses decoded
         self.kept = 0  # guesses that matched what was sampled
         self.length = FIRST_LENGTH  # tokens the next guess may have
+        self.primed = False  # the last guess was right: the next is worth decoding
+        self._expected: int | None = None  # the first token of a guess not decoded, to compare with what comes
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -41,6 +46,8 @@ class NgramDrafter:
     def add(self, token: int) -> None:
         """Append a token; index the n-grams that end just before it (the sequence's own current suffix is
         never indexed until a token follows it, so a lookup finds an earlier occurrence only)."""
+        if self._expected is not None:
+            self.primed, self._expected = token == self._expected, None
         tokens, at = self.tokens, len(self.tokens)
         for n, ends in self._ends.items():
             if at >= n:
@@ -59,9 +66,21 @@ class NgramDrafter:
                 return tokens[at:at + most]
         return []
 
+    def guess(self, most: int) -> list[int]:
+        """The tokens to decode as a guess now (`draft`), or [] while guessing has not proved right lately
+        (the guess is then only remembered, to be compared with the token that comes) or does not pay."""
+        if not self.worth_it:
+            return []
+        drafted = self.draft(most)
+        if not self.primed:
+            self._expected = drafted[0] if drafted else None
+            return []
+        return drafted
+
     def judged(self, tried: int, kept: int) -> None:
         self.tried += tried
         self.kept += kept
+        self.primed = kept > 0
         if kept == tried:
             self.length *= 2
         elif kept == 0:

@@ -49,3 +49,15 @@ def test_a_request_whose_guesses_are_rarely_kept_stops_guessing():
     kept = NgramDrafter()
     kept.judged(MIN_TRIED * 2, MIN_TRIED)
     assert kept.worth_it
+
+
+def test_a_guess_is_decoded_only_after_the_last_one_proved_right():
+    drafter = NgramDrafter([10, 11, 12, 13, 99, 10, 11])
+    assert drafter.guess(8) == []  # not proved yet: only remembered (12)
+    drafter.add(12)  # it was right
+    assert drafter.guess(8) == [13, 99]  # FIRST_LENGTH of them
+    drafter.judged(2, 0)  # decoded and missed at once: back to guessing for free
+    drafter.add(50)
+    assert drafter.guess(8) == []
+    drafter.add(7)  # nothing was guessed for this one (no earlier occurrence): still not proved
+    assert drafter.guess(8) == []
