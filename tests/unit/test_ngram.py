@@ -3,7 +3,7 @@ never from the suffix itself; a request whose guesses are rarely kept stops gues
 
 from __future__ import annotations
 
-from worker.ngram import FIRST_LENGTH, MIN_TRIED, NgramDrafter
+from worker.ngram import FIRST_LENGTH, MIN_TRIED, MISSES_TO_STOP, NgramDrafter
 
 
 def test_a_repeated_passage_is_guessed_from_where_it_was_before():
@@ -20,9 +20,9 @@ def test_guesses_start_short_grow_when_kept_and_shrink_when_missed():
     assert len(drafter.draft(16)) == FIRST_LENGTH
     drafter.judged(FIRST_LENGTH, FIRST_LENGTH)  # all kept: twice as long
     assert len(drafter.draft(16)) == 2 * FIRST_LENGTH
-    drafter.judged(4, 1)  # partly kept: as long
+    drafter.judged(4, 3)  # mostly kept: as long
     assert len(drafter.draft(16)) == 2 * FIRST_LENGTH
-    drafter.judged(4, 0)  # missed at once: half
+    drafter.judged(4, 2)  # half kept, or less: half as long
     assert len(drafter.draft(16)) == FIRST_LENGTH
 
 
@@ -46,18 +46,25 @@ def test_a_request_whose_guesses_are_rarely_kept_stops_guessing():
     assert drafter.worth_it  # too few to judge
     drafter.judged(1, 0)
     assert not drafter.worth_it
-    kept = NgramDrafter()
-    kept.judged(MIN_TRIED * 2, MIN_TRIED)
-    assert kept.worth_it
+    half = NgramDrafter()  # half kept does not pay: each guessed position costs about half a token
+    half.judged(MIN_TRIED * 2, MIN_TRIED)
+    assert not half.worth_it
+    most = NgramDrafter()
+    most.judged(MIN_TRIED * 2, MIN_TRIED * 3 // 2)
+    assert most.worth_it
 
 
-def test_a_guess_is_decoded_only_after_the_last_one_proved_right():
+def test_a_guess_is_decoded_only_after_one_proved_right_and_stops_after_misses():
     drafter = NgramDrafter([10, 11, 12, 13, 99, 10, 11])
-    assert drafter.guess(8) == []  # not proved yet: only remembered (12)
-    drafter.add(12)  # it was right
-    assert drafter.guess(8) == [13, 99]  # FIRST_LENGTH of them
-    drafter.judged(2, 0)  # decoded and missed at once: back to guessing for free
+    assert drafter.guess(8) == []  # not proved yet: [12, 13] only remembered
+    drafter.add(12)
+    assert drafter.guess(8) == []  # half of it came
+    drafter.add(13)  # all of it came as guessed
+    assert drafter.guess(8) == [99, 10]  # FIRST_LENGTH tokens, decoded
+    drafter.judged(2, 1)  # half kept, or less: back to guessing for free
     drafter.add(50)
-    assert drafter.guess(8) == []
-    drafter.add(7)  # nothing was guessed for this one (no earlier occurrence): still not proved
-    assert drafter.guess(8) == []
+    assert drafter.guess(8) == [] and not drafter.primed
+    for _ in range(MISSES_TO_STOP):  # guesses in a row of which nothing is kept: no more guessing
+        drafter.primed = True
+        drafter.judged(1, 0)
+    assert not drafter.worth_it
