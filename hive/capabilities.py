@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from shared.events import narrate
+from shared.meminfo import ram_bytes
 from shared.operations import LOCAL_HIVE
 
 log = logging.getLogger("rbee.hive.capabilities")
@@ -57,19 +58,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def ram_bytes(field: str = "MemTotal") -> int | None:
-    """A /proc/meminfo figure in bytes: MemTotal, or MemAvailable (what new processes can have without
-    swapping: free memory plus reclaimable caches)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 # --- nvidia-smi ----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hive.gguf import GGUFArray, GGUFError, GGUFFile, read_gguf
+from shared.kv_cache import KV_ELEMENT_BYTES
 
 MIB = 1 << 20
 
@@ -54,12 +55,7 @@ MIB = 1 << 20
 # import the worker, so the number is repeated here and a test checks both agree.
 WORKER_UBATCH = 512
 
-# Bytes per cached element for llama.cpp's KV cache types (block size / values per block for quantized
-# ones). llama-cpp-python's default, and the worker's, is f16.
-KV_CACHE_TYPES: dict[str, float] = {
-    "f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32,
-    "q4_0": 18 / 32, "iq4_nl": 18 / 32,
-}
+KV_CACHE_TYPES = KV_ELEMENT_BYTES  # bytes per cached element (shared/kv_cache.py); the worker's default is f16
 F32 = 4
 # Live f32 activations per token while a layer runs: the residual stream, its norm and the attention or
 # FFN output (n_embd each), the FFN's gate, up and their product (n_ff each).

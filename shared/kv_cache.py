@@ -7,6 +7,12 @@ from __future__ import annotations
 from shared.operations import FLASH_ATTN_MODES, KV_CACHE_TYPES
 
 KV_CACHE_DEFAULT = "f16"
+# Bytes per cached element for llama.cpp's KV cache types (block size / values per block for quantized
+# ones): the hive's memory estimates and a worker growing its slots both count with it.
+KV_ELEMENT_BYTES: dict[str, float] = {
+    "f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32,
+    "q4_0": 18 / 32, "iq4_nl": 18 / 32,
+}
 FLASH_ATTN_DEFAULT = "auto"
 
 

@@ -3,9 +3,10 @@ every active request together.
 
 Continuous batching, as llama-server does it: the context has slots (llama.cpp sequences, each with its
 own share of the KV cache; worker/slots.py), fixed (--parallel) or growing with demand (`_grow`, rules in
-shared/kv_cache.py). Each step admits waiting requests into free slots, then decodes one batch holding the next token of every generating sequence plus a chunk of each
-new prompt, and samples each sequence with its own sampler chain. A request whose prompt starts with
-what a slot already holds (the next turn of a chat, a shared system prompt) reuses those KV cells.
+shared/kv_cache.py). Each step admits waiting requests into free slots, then decodes one batch holding
+the next token of every generating sequence plus a chunk of each new prompt, and samples each sequence
+with its own sampler chain. A request whose prompt starts with what a slot already holds (the next turn of
+a chat, a shared system prompt) reuses those KV cells.
 Cancelling sets an Event that the loop reads every step. What a request carries while it runs (its
 sampler, text stream, timings) is its `Decoding` (worker/decoding.py); the text a client sees comes out
 of a `TextStream` (worker/text_stream.py).
@@ -27,6 +28,8 @@ from shared.errors import InvalidRequest
 from shared.events import Event, Started, Token
 from shared.heartbeat import EngineState
 from shared.inference import InferenceRequest, schema_for_grammar
+from shared.kv_cache import KV_ELEMENT_BYTES
+from shared.meminfo import ram_bytes
 from shared.prefix_chain import chain, with_answer
 from worker import seq_state
 from worker.config import WorkerConfig
@@ -250,7 +253,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         target = min(self.config.slots_at_most, 1 << max(wanted - 1, 1).bit_length())
         more = self._kv_bytes_per_token() * self.n_ctx * (target - have)
         # on a GPU the KV cache is in its memory: llama.cpp refuses the context when it does not fit
-        if self.config.device == "cpu" and (available := _memory_available()) is not None \
+        if self.config.device == "cpu" and (available := ram_bytes("MemAvailable")) is not None \
                 and more * 1.25 > available:
             log.warning("not growing to %d slots: their KV cache needs %.0f MB more, %.0f MB of memory is "
                         "available", target, more / 1e6, available / 1e6)
@@ -313,7 +316,6 @@ class GenerationEngine(LlamaOwner[Generation]):
     def _save_slot(self, slot: Slot, keep: int) -> None:
         """Save the slot's cache when a request is about to drop at least MIN_SAVED_TOKENS of it (another
         conversation takes the slot; the next turn of the same one keeps it) and nothing saved holds it."""
-
         store, held = self._prompt_cache, slot.cached
         if store is None or len(held) - keep < MIN_SAVED_TOKENS or store.covers(held):
             return
@@ -535,21 +537,6 @@ class GenerationEngine(LlamaOwner[Generation]):
             req = run.gen.request
             slot.held_text = with_answer(req.prompt, req.messages, "".join(run.parts))
         slot.release()
-
-
-KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml's block sizes
-
-
-def _memory_available() -> int | None:
-    """The machine's MemAvailable in bytes (None where /proc/meminfo is not)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _deliver_all(batch: list[tuple[Callable[[Event], Any], list[Token]]]) -> None:
