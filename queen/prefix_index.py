@@ -82,8 +82,11 @@ class SavedPrefixes:
     reports: dict[str, dict[str, list[tuple[int, ...]]]] = field(default_factory=dict)  # hive -> model -> chains
     asked_at: dict[str, float] = field(default_factory=dict)
 
-    def stale(self, hive_id: str, now: float) -> bool:
-        return now - self.asked_at.get(hive_id, float("-inf")) > self.max_age_s
+    def stale(self, hive_id: str, now: float, worker_gone_at: float | None = None) -> bool:
+        """Older than max_age_s, or older than the last time a worker of the hive went away (a stopping
+        worker saves what its slots hold)."""
+        asked = self.asked_at.get(hive_id, float("-inf"))
+        return now - asked > self.max_age_s or (worker_gone_at is not None and worker_gone_at >= asked)
 
     def update(self, hive_id: str, models: dict[str, list[dict]] | None, now: float) -> None:
         """A hive's report (None: it did not answer; what it said before is kept until it does)."""

@@ -163,7 +163,7 @@ class Scheduler:
                     log.debug("hive %s did not tell its prompt caches: %s", alias, exc)
             self.saved.update(alias, models, now)
 
-        await asyncio.gather(*(ask(a) for a in aliases if self.saved.stale(a, now)))
+        await asyncio.gather(*(ask(a) for a in aliases if self.saved.stale(a, now, self.workers.gone_at.get(a))))
 
     async def spawn_placed(self, op: WorkerSpawn) -> dict[str, Any]:
         """`worker_spawn` naming no hive: placed like a request's worker (room is made for a model that has

@@ -92,6 +92,7 @@ class WorkerRegistry:
         self._workers: dict[str, WorkerInfo] = {}
         self._timeout = heartbeat_timeout_s
         self._changed = asyncio.Event()
+        self.gone_at: dict[str, float] = {}  # per hive, when a worker of it was last forgotten (time.monotonic())
 
     def heartbeat(self, beat: Heartbeat) -> WorkerInfo | None:
         """Register or refresh a worker; a worker going away (or its hive saying it went) is unschedulable
@@ -142,7 +143,8 @@ class WorkerRegistry:
                 self.mark(worker.worker_id, status)
 
     def forget(self, worker_id: str) -> None:
-        self._workers.pop(worker_id, None)
+        if (worker := self._workers.pop(worker_id, None)) is not None:
+            self.gone_at[worker.hive_id] = time.monotonic()  # what it held may be on its hive's disk now
         self.notify()
 
     def with_free_slot(self, model: str, hive_id: str | None, *, embedding: bool = False,

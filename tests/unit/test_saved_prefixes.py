@@ -39,6 +39,8 @@ def test_the_queen_keeps_each_hive_s_report_until_it_is_old():
     assert saved.stale("b", now=100.0) and saved.held("b", "m", turn2) == 0
     saved.update("b", {"m": [{"chain": list(chain(with_answer(None, HISTORY, "Red."))), "tokens": 300}]}, now=100.0)
     assert not saved.stale("b", now=104.0) and saved.stale("b", now=106.0)
+    assert saved.stale("b", now=101.0, worker_gone_at=100.5)  # a worker stopped since: its caches may be new
+    assert not saved.stale("b", now=101.0, worker_gone_at=99.0)
     assert saved.held("b", "m", turn2) >= len(chain(serialize(None, HISTORY)))
     assert saved.held("b", "other-model", turn2) == 0 and saved.held("a", "m", turn2) == 0
     saved.update("b", None, now=110.0)  # no answer this time: the last report stands
