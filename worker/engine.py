@@ -53,6 +53,8 @@ BATCH_TOKENS = 512  # tokens decoded per step at most: every generating sequence
 # cores a 512-token chunk of the built-in model takes about 1.3 s, 128 tokens about 0.3 s), while many
 # short ones (a burst of clients) go in together, up to the batch: each waits one step, not one per prompt.
 PROMPT_CHUNK_WHILE_GENERATING = 128
+# an idle worker's first step waits for the rest of a burst (GenerationEngine._gather)
+GATHER_FIRST_S, GATHER_GAP_S, GATHER_MAX_S = 0.002, 0.008, 0.040
 GUESSING_SLOTS_MAX = 2  # guessed tokens (worker/ngram.py) are decoded when at most this many sequences generate
 
 
@@ -223,6 +225,8 @@ class GenerationEngine(LlamaOwner[Generation]):
                 item = self._requests.get_nowait()
         except queue.Empty:
             pass
+        if idle and self._gather(waiting):
+            return False
         if self._shutdown.is_set():
             return False
         for slot in slots:
@@ -242,6 +246,28 @@ class GenerationEngine(LlamaOwner[Generation]):
             self._deliver(slots)
             self._tell_busy(slots)  # a slot that just finished is free now, not after the next request
         return True
+
+    def _gather(self, waiting: deque[Generation]) -> bool:
+        """An idle worker's first step waits a moment for the rest of a burst: clients that ask at once reach
+        it over tens of milliseconds (each passes the queen's and this worker's event loops in turn), and a
+        step started with the first alone makes every other wait for it to end. Waits GATHER_FIRST_S for a
+        second request, then GATHER_GAP_S after each arrival, GATHER_MAX_S in all, never past a full house.
+        True: told to stop meanwhile."""
+        began = time.perf_counter()
+        deadline = began + GATHER_FIRST_S
+        while len(waiting) < self.config.slots_at_most:
+            left = min(deadline, began + GATHER_MAX_S) - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                item = self._requests.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is None:
+                return True
+            waiting.append(item)
+            deadline = time.perf_counter() + GATHER_GAP_S
+        return False
 
     def _grow(self, slots: list[Slot], wanted: int) -> None:
         """Make room for `wanted` slots (the next power of two, at most --max-parallel): a larger context,
