@@ -55,14 +55,11 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
     answer or its stream broke; an error the daemon answered at submit (queue full, bad request) is
     raised as it came. Cancelling the caller cancels the remote job.
     """
-    try:
-        submitted = await client.submit(request)
-    except (ServerUnreachable, StreamTimeout) as exc:
-        raise RemoteJobLost(f"{client.base_url} did not take the job: {exc.message}", submitted=False) from exc
+    job = client.run(request)  # submit and stream in one request
     end: End | None = None
     last_error: Error | None = None
     try:
-        async for event in client.stream(submitted.job_id):
+        async for event in job:
             if isinstance(event, End):
                 end = event
                 continue
@@ -71,11 +68,19 @@ async def run_remote_job(client: JobClient, request: WireMessage, *,
             on_event(event)
     except asyncio.CancelledError:
         # Cancel it there too; wait for that a moment only: a hung daemon must not hold the cancel up.
-        cancel = detached_task(_cancel_quietly(client, submitted.job_id), name=f"cancel-{submitted.job_id}")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(cancel), CANCEL_GRACE_S)
+        # (Cancelled before the daemon answered: it cancels a job whose reader left, or runs a short one.)
+        if job.job_id is not None:
+            cancel = detached_task(_cancel_quietly(client, job.job_id), name=f"cancel-{job.job_id}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(cancel), CANCEL_GRACE_S)
         raise
+    except (ServerUnreachable, StreamTimeout) as exc:
+        if job.job_id is None:
+            raise RemoteJobLost(f"{client.base_url} did not take the job: {exc.message}", submitted=False) from exc
+        raise RemoteJobLost(f"the stream from {client.base_url} broke ({exc.message})", submitted=True) from exc
     except RbeeError as exc:
+        if job.job_id is None:
+            raise  # the daemon's answer at submit (queue full, bad request), as it came
         raise RemoteJobLost(f"the stream from {client.base_url} broke ({exc.message})", submitted=True) from exc
     if end is None:
         raise RemoteJobLost(f"{client.base_url} ended the stream without finishing", submitted=True)

@@ -19,6 +19,7 @@ from shared.errors import InvalidRequest
 from shared.wire import WireEnum
 
 DONE = "[DONE]"
+JOB_ID_HEADER = "X-Rbee-Job-Id"  # names the job whose stream a POST answered with (Accept: text/event-stream)
 Level = Literal["info", "warn", "error"]
 LEVELS = ("info", "warn", "error")
 

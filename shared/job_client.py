@@ -18,9 +18,9 @@ import aiohttp
 from aiohttp_sse_client.client import EventSource
 from multidict import CIMultiDict
 
-from shared.client import DaemonClient, unreachable
+from shared.client import DaemonClient, server_error, unreachable
 from shared.errors import ServerError, StreamTimeout
-from shared.events import DONE, Event, decode_event
+from shared.events import DONE, JOB_ID_HEADER, Event, decode_event
 from shared.wire import WireMessage
 
 
@@ -52,12 +52,20 @@ class JobClient(DaemonClient):
 
     async def submit(self, operation: WireMessage | Mapping[str, Any]) -> SubmittedJob:
         payload = operation.to_dict() if isinstance(operation, WireMessage) else dict(operation)
-        body = await self.request("POST", self.path, payload)
+        return self.submitted(self.base_url + self.path, await self.request("POST", self.path, payload))
+
+    @staticmethod
+    def submitted(url: str, body: Any) -> SubmittedJob:
         try:
             return SubmittedJob(job_id=str(body["job_id"]), sse_url=str(body["sse_url"]))
         except (KeyError, TypeError) as exc:
-            raise ServerError(f"{self.base_url}{self.path} answered {body!r}, not a job.", code="BAD_RESPONSE",
-                              status=502) from exc
+            raise ServerError(f"{url} answered {body!r}, not a job.", code="BAD_RESPONSE", status=502) from exc
+
+    def run(self, operation: WireMessage | Mapping[str, Any]) -> "StreamedJob":
+        """Submit and read the stream in one request: `async for event in client.run(op)`; its
+        `job_id` is known once the server took the job (for a cancel)."""
+        payload = operation.to_dict() if isinstance(operation, WireMessage) else dict(operation)
+        return StreamedJob(self, payload)
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self.request("GET", f"{self.path}/{job_id}")
@@ -135,6 +143,72 @@ class JobClient(DaemonClient):
                 await self.get(job_id)  # raises the server's error (404 unknown job, 401, ...)
                 raise ServerError(f"The stream of {job_id} at {self.base_url} failed: {exc}.") from exc
 
+
+
+class StreamedJob:
+    """A job submitted with `Accept: text/event-stream`: the POST's answer is the job's stream. A stream
+    that drops after the server took the job is resumed with GET and Last-Event-ID, as `stream` does."""
+
+    def __init__(self, client: JobClient, payload: dict[str, Any]) -> None:
+        self.client = client
+        self.payload = payload
+        self.job_id: str | None = None  # set once the server answered with the stream
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        client = self.client
+        url = client.base_url + client.path
+        timeout = aiohttp.ClientTimeout(total=None, connect=client._connect_timeout,
+                                        sock_read=client._stream_idle_timeout)
+        headers = {**client._headers(), "Accept": "text/event-stream"}
+        last = -1
+        try:
+            async with client.session.post(url, json=self.payload, headers=headers, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise server_error(resp.status, await resp.read())
+                if resp.content_type != "text/event-stream":  # an rbee from before: it answers the job's id
+                    self.job_id = client.submitted(url, await resp.json()).job_id
+                else:
+                    self.job_id = resp.headers.get(JOB_ID_HEADER)
+                    if self.job_id is None:
+                        raise ServerError(f"POST {url} answered a stream without naming its job "
+                                          f"({JOB_ID_HEADER}).", code="BAD_RESPONSE", status=502)
+                    async for seq, text in _sse_messages(resp.content):
+                        if text == DONE:
+                            return
+                        if seq is not None:
+                            last = seq
+                        yield decode_event(text)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            if self.job_id is None:  # the server never said it took the job
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise StreamTimeout(f"POST {url} got no answer within {client._stream_idle_timeout:g} s.") from exc
+                if isinstance(exc, aiohttp.ClientConnectionError):
+                    raise unreachable(client.base_url, exc) from exc
+                raise ServerError(f"POST {url} failed: {exc or type(exc).__name__}.", code="BAD_RESPONSE",
+                                  status=502) from exc
+        # The stream dropped, or closed without [DONE], or never came: follow it with GET after the last event.
+        async for _, event in client.stream_with_ids(self.job_id, after=last):
+            yield event
+
+
+async def _sse_messages(content: aiohttp.StreamReader) -> AsyncIterator[tuple[int | None, str]]:
+    """(id, data) of each SSE message, as the job routes write them: `id:` and `data:` lines; comments
+    (the server's pings) and other fields skipped."""
+    data: list[str] = []
+    seq: int | None = None
+    async for raw in content:  # one line at a time
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield seq, "\n".join(data)
+            data, seq = [], None
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            data.append(value)
+        elif field == "id":
+            seq = int(value)
 
 
 @dataclass(frozen=True)

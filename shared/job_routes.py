@@ -1,6 +1,7 @@
 """The job API of SPEC.md, mounted on any daemon's app with that daemon's executor.
 
-    POST   /v1/jobs                 -> 201 {"job_id", "sse_url"}
+    POST   /v1/jobs                 -> 201 {"job_id", "sse_url"}; with `Accept: text/event-stream`, the
+                                       job's stream at once (its id in X-Rbee-Job-Id): one request, not two
     GET    /v1/jobs/{job_id}/stream -> text/event-stream, replayed from the start or after Last-Event-ID
     GET    /v1/jobs/{job_id}        -> the job's state
     GET    /v1/jobs                 -> recent jobs
@@ -23,7 +24,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from shared import appkeys
 from shared.errors import InvalidRequest, JobNotFound
-from shared.events import DONE_FRAME, sse_frame
+from shared.events import DONE_FRAME, JOB_ID_HEADER, sse_frame
 from shared.http import read_json
 from shared.job_registry import Cursor, Executor, Job, JobLimits, JobRegistry
 from shared.operations import Operation, parse_operation
@@ -93,7 +94,7 @@ def setup_job_api(
 
         asyncio.get_running_loop().call_later(abandon_after_s, cancel_if_still_abandoned)
 
-    async def create_job(request: web.Request) -> web.Response:
+    async def create_job(request: web.Request) -> web.StreamResponse:
         operation = parse_request(await read_json(request))
         if inspect.isawaitable(operation):  # a parser that must leave the loop (a worker tokenizing)
             operation = await operation
@@ -101,13 +102,19 @@ def setup_job_api(
         if admit is not None:
             admit(registry)
         job = registry.submit(operation)
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            # The caller reads the stream in this same request (what the queen does with workers and hives):
+            # a burst of requests reaches the worker sooner, and a dropped stream resumes with GET as usual.
+            return await _follow(request, registry, job, -1)
         cancel_if_abandoned_later(registry, job)  # a client that never comes to read
         return web.json_response({"job_id": job.id, "sse_url": f"{path}/{job.id}/stream"}, status=201)
 
     async def stream_job(request: web.Request) -> web.StreamResponse:
         registry = request.app[appkeys.JOB_REGISTRY]
         job = registry.get(request.match_info["job_id"])
-        after = _last_event_id(request)
+        return await _follow(request, registry, job, _last_event_id(request))
+
+    async def _follow(request: web.Request, registry: JobRegistry, job: Job, after: int) -> web.StreamResponse:
         job.readers += 1
         try:
             return await _stream(request, job, after)
@@ -117,7 +124,8 @@ def setup_job_api(
 
     async def _stream(request: web.Request, job: Job, after: int) -> web.StreamResponse:
         # send_timeout=None: _write applies our own timeout to each batch.
-        async with sse_response(request, ping_interval=SSE_PING_S, send_timeout=None) as stream:
+        async with sse_response(request, ping_interval=SSE_PING_S, send_timeout=None, allow_all_methods=True,
+                                headers={JOB_ID_HEADER: job.id}) as stream:
             # Frames are written in batches (one write for everything already logged) rather than one
             # send per event: fewer syscalls, and a reader that is behind catches up quickly.
             done_sent = False

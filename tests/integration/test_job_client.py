@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import pytest
+from aiohttp import web
 
 from shared.errors import ServerError, ServerUnreachable, StreamTimeout
 from shared.events import Data, End, Error, Narration, Token
@@ -117,7 +118,8 @@ class DroppingProxy:
     async def _handle(self, client_reader, client_writer):
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         request = await client_reader.readuntil(b"\r\n\r\n")
-        is_stream = b"/stream" in request.split(b"\r\n", 1)[0]
+        # a GET of a stream, or a POST answered with its job's stream
+        is_stream = b"/stream" in request.split(b"\r\n", 1)[0] or b"accept: text/event-stream" in request.lower()
         cut = None
         if is_stream:
             self.stream_connections += 1
@@ -164,3 +166,75 @@ async def test_dropped_stream_resumes_with_last_event_id(server):
         assert got == expected  # nothing lost, nothing repeated
     finally:
         proxy.server.close()
+
+
+async def test_run_submits_and_streams_in_one_request(aiohttp_server, make_job_app):
+    app = make_job_app()
+    requests = []
+
+    @web.middleware
+    async def count(request, handler):
+        requests.append(f"{request.method} {request.path}")
+        return await handler(request)
+
+    app.middlewares.insert(0, count)
+    server = await aiohttp_server(app)
+    async with JobClient(url_of(server), TOKEN) as client:
+        job = client.run(Infer(prompt="tokens=4"))
+        assert job.job_id is None
+        events = [e async for e in job]
+        assert requests == ["POST /v1/jobs"]  # no second request for the stream
+        assert job.job_id is not None and isinstance(events[0], Narration) and events[0].job_id == job.job_id
+        assert [e for e in events if isinstance(e, Token)] == [Token(t=f"t{i} ", i=i) for i in range(4)]
+        assert events[-1] == End(state="completed", stats={"tokens_out": 4})
+        # the same story a GET of the stream tells afterwards
+        assert [e async for e in client.stream(job.job_id)] == events
+
+
+async def test_run_keeps_errors_at_submit_and_failures_in_the_stream(server):
+    async with JobClient(url_of(server), TOKEN) as client:
+        job = client.run({"operation": "fly"})
+        with pytest.raises(ServerError) as err:
+            [e async for e in job]
+        assert err.value.status == 400 and err.value.code == "UNKNOWN_OPERATION" and job.job_id is None
+        failing = client.run({"operation": "hive_get", "alias": "down"})
+        assert [e async for e in failing] == [
+            Error(code="HIVE_UNREACHABLE", message="Hive 'down' does not answer at 127.0.0.1:1."), End(state="failed")]
+    url = f"http://127.0.0.1:{free_port()}"
+    async with JobClient(url, TOKEN) as client:
+        job = client.run(Status())
+        with pytest.raises(ServerUnreachable, match=f"Nothing answers at {url}"):
+            [e async for e in job]
+        assert job.job_id is None
+
+
+async def test_run_resumes_a_dropped_stream_with_get(server):
+    proxy = DroppingProxy(server.port, cut_after=1500, drops=1)
+    port = await proxy.start()
+    try:
+        async with JobClient(f"http://127.0.0.1:{port}", TOKEN, resume_backoff=0.01) as via_proxy:
+            job = via_proxy.run(Infer(prompt="tokens=200 delay=0.002"))
+            got = [e async for e in job]
+        async with JobClient(url_of(server), TOKEN) as direct:
+            expected = [e async for e in direct.stream(job.job_id)]
+        assert proxy.stream_connections == 2  # the POST cut, then one GET that finished
+        assert got == expected  # nothing lost, nothing repeated
+    finally:
+        proxy.server.close()
+
+
+async def test_run_follows_a_server_that_answers_the_job_id(aiohttp_server, make_job_app):
+    """A daemon from before streams were answered at once: its 201 {job_id} is followed with GET."""
+    app = make_job_app()
+
+    @web.middleware
+    async def forget_accept(request, handler):
+        return await handler(request.clone(headers={k: v for k, v in request.headers.items() if k.lower() != "accept"}))
+
+    app.middlewares.insert(0, forget_accept)
+    server = await aiohttp_server(app)
+    async with JobClient(url_of(server), TOKEN) as client:
+        job = client.run(Infer(prompt="tokens=3"))
+        events = [e async for e in job]
+        assert [e for e in events if isinstance(e, Token)] == [Token(t=f"t{i} ", i=i) for i in range(3)]
+        assert events[-1] == End(state="completed", stats={"tokens_out": 3}) and job.job_id is not None

@@ -94,3 +94,13 @@ async def test_an_embed_job_is_kept_without_its_vectors_and_with_its_texts_cappe
     assert record["result"] == {"model": "smollm2-135m", "prompt_tokens": 9, "dimensions": 576}
     assert record["request"]["input"] == ["x" * history.TEXT_CAP] and record["request"]["truncated"] is True
     await store.close()
+
+
+async def test_history_commits_without_a_sync_each_time(tmp_path):
+    """WAL with synchronous=NORMAL: a record costs no fsync (the burst of a busy queen), and is still there
+    after the store closes (a crash of the queen loses nothing; only a power cut could)."""
+    store = JobHistoryStore(tmp_path / "queen.db")
+    await store.open()
+    assert await store._db.run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 1  # NORMAL
+    assert await store._db.run(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+    await store.close()
