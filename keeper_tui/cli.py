@@ -19,10 +19,13 @@ from keeper_tui.errors import KeeperError
 from keeper_tui.output import (
     CONVERSATION_COLUMNS,
     JOB_COLUMNS,
+    KEY_COLUMNS,
+    USAGE_COLUMNS,
     HumanRenderer,
     JsonRenderer,
     conversation_rows,
     job_rows,
+    key_rows,
     key_values,
     table,
     transcript,
@@ -55,6 +58,7 @@ EXAMPLES = """examples:
   echo "Summarise this" | rbee infer             the prompt from stdin (or `rbee infer -`)
   rbee chat                                      an interactive conversation (/help inside)
   rbee conversations list                        stored conversations; `rbee chat --resume ID` goes on
+  rbee keys create NAME --scope infer            an API key for a person or an app (shown once)
   rbee infer --max-tokens 64 --seed 1 "Hello"    sampling options
   rbee --json infer "Hello" | jq .               one JSON object per line, for scripts
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
@@ -146,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "show", "cancel"))
     p.add_argument("job_id", nargs="?", help="show/cancel: the job id (a unique prefix is enough)")
     p.add_argument("--all", action="store_true", help="list: read-only jobs too (lists, gets, status)")
+
+    p = command("keys", "Give people and apps their own API key, with a scope and limits, instead of the queen's "
+                        "token: create, list, revoke, rotate.",
+                "rbee keys create open-webui --scope infer --models smollm2-135m --requests-per-minute 60")
+    p.add_argument("action", choices=("create", "list", "revoke", "rotate", "usage"))
+    p.add_argument("name", nargs="?", help="the key's name (letters, digits, '.', '_', '-'); usage: only this key's")
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="usage: from this day on (default: all kept)")
+    p.add_argument("--scope", choices=("infer", "read", "admin"), default="infer",
+                   help="create: infer (default: the inference APIs and its own jobs), read (adds status, lists and "
+                        "/metrics) or admin (everything)")
+    p.add_argument("--models", help="create: the only models it may use, comma-separated (default: all)")
+    p.add_argument("--tokens-per-day", type=int, metavar="N", help="create: prompt and answer tokens a day")
+    p.add_argument("--requests-per-minute", type=int, metavar="N", help="create: requests a minute")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="create: requests running at once")
+    p.add_argument("--expires", metavar="DURATION", help="create: it stops working after this long (90m, 12h, 30d, 2w)")
 
     command("tui", "Open the terminal UI.", "rbee tui")
     return parser
@@ -381,6 +400,43 @@ class Keeper:
             transcript(conversation, sys.stdout)
             return EXIT_OK
 
+    async def keys_command(self, action: str, name: str | None) -> int:
+        client = await self.queen_client()
+        async with client:
+            if action == "list":
+                keys = await client.keys()
+                if isinstance(self.render, JsonRenderer):
+                    return self._emit({"keys": keys})
+                table(key_rows(keys), KEY_COLUMNS, sys.stdout)
+                return EXIT_OK
+            if action == "usage":
+                rows = await client.key_usage(name, self.args.since)
+                if isinstance(self.render, JsonRenderer):
+                    return self._emit({"usage": rows})
+                table(rows, USAGE_COLUMNS, sys.stdout)
+                return EXIT_OK
+            assert name
+            if action == "revoke":
+                revoked = await client.revoke_key(name)
+                ended = revoked.get("jobs_ended") or 0
+                self.render.say(f"revoked key {name}" + (f"; ended its {ended} running job(s)" if ended else ""))
+                return self._emit(revoked, human=False)
+            if action == "create":
+                settings = {"name": name, "scope": self.args.scope, "models": self.args.models,
+                            "expires": self.args.expires, "tokens_per_day": self.args.tokens_per_day,
+                            "requests_per_minute": self.args.requests_per_minute,
+                            "max_concurrent": self.args.max_concurrent}
+                made = await client.create_key({k: v for k, v in settings.items() if v is not None})
+            else:
+                made = await client.rotate_key(name)
+            if isinstance(self.render, JsonRenderer):
+                return self._emit(made)
+            key = made["key"]
+            self.render.say(f"{'created' if action == 'create' else 'rotated'} key {key['name']} (scope {key['scope']}); "
+                            "it is shown this once: the queen keeps only its hash")
+            print(made["secret"])  # stdout: `KEY=$(rbee keys create app)` takes it
+            return EXIT_OK
+
     def _emit(self, payload: dict[str, Any], human: bool = True) -> int:
         if isinstance(self.render, JsonRenderer):
             self.render.line({"type": "result", **payload})
@@ -401,6 +457,10 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         if args.action != "list" and not args.id:
             parser.error(f"conversations {args.action} needs a conversation id (see `rbee conversations list`)")
         return await keeper.conversations_command(args.action, args.id)
+    if args.command == "keys":
+        if args.action not in ("list", "usage") and not args.name:
+            parser.error(f"keys {args.action} needs the key's name (see `rbee keys list`)")
+        return await keeper.keys_command(args.action, args.name)
     if args.command == "chat":
         if args.json:
             parser.error("rbee chat has no --json mode; scripts can use `rbee --json infer`")

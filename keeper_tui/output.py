@@ -112,7 +112,7 @@ QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "mod
                         ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
 HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
 JOB_COLUMNS = [("id_h", "job"), ("operation", "operation"), ("state", "state"), ("created_h", "created"),
-               ("summary", "summary")]
+               ("key", "key"), ("summary", "summary")]  # key: the API key that made it; empty: the queen's token
 
 
 def render_data(action: str, payload: Any, out: TextIO) -> None:
@@ -256,6 +256,23 @@ def conversation_rows(conversations: list[dict[str, Any]]) -> list[dict[str, Any
              "updated_h": ago(c["updated_at"]) if c.get("updated_at") else ""} for c in conversations]
 
 
+def key_rows(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for key in keys:
+        limits = [f"{key[k]:,} {label}" for k, label in (("tokens_per_day", "tokens/day"),
+                  ("requests_per_minute", "req/min"), ("max_concurrent", "at once")) if key.get(k)]
+        rows.append({**key, "models_h": ",".join(key["models"]) if key.get("models") else "all",
+                     "limits_h": ", ".join(limits) or "none", "created_h": ago(key["created_at"]),
+                     "used_h": ago(key["last_used_at"]) if key.get("last_used_at") else "never",
+                     "expires_h": ago(key["expires_at"]) if key.get("expires_at") else "never"})
+    return rows
+
+
+KEY_COLUMNS = [("name", "name"), ("scope", "scope"), ("models_h", "models"), ("limits_h", "limits"),
+               ("tokens_today", "tokens today"), ("created_h", "created"), ("used_h", "last used"),
+               ("expires_h", "expires")]
+USAGE_COLUMNS = [("day", "day"), ("key", "key"), ("model", "model"), ("requests", "requests"),
+                 ("prompt_tokens", "prompt"), ("completion_tokens", "completion"), ("total_tokens", "total")]
 CONVERSATION_COLUMNS = [("id", "id"), ("title_h", "title"), ("model_h", "model"), ("message_count", "messages"),
                         ("updated_h", "updated")]
 PLAIN_PROGRESS_STEP = 25  # without a terminal, one line per quarter of a download

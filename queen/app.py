@@ -1,6 +1,7 @@
 """`create_app(config, token)`: the queen's aiohttp application.
 
-Resources, each owned by `queen_ctx` (a cleanup_ctx) and stopped in reverse order: the job history
+Who may do what is queen/access (API keys, scopes; its middleware sees every request). Resources, each
+owned by `queen_ctx` (a cleanup_ctx) and stopped in reverse order: the job history
 (SQLite, in its own thread), the HTTP client session, the hive registry (stops the hives this queen
 started), the running jobs, and the idle-worker reaper.
 """
@@ -18,7 +19,8 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from queen.api.routes import OWN_AUTH as ANTHROPIC_AUTH
+from queen.access.middleware import access_middleware, submit_job
+from queen.access.routes import setup_access
 from queen.api.routes import setup_apis
 from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, WORKERS
 from queen.config import QueenConfig
@@ -48,16 +50,17 @@ log = logging.getLogger("rbee.queen")
 
 
 def create_app(config: QueenConfig, token: str) -> web.Application:
-    app = create_base_app(token, own_auth=frozenset({("POST", HEARTBEAT_PATH)}) | ANTHROPIC_AUTH)
+    app = create_base_app(token, auth=access_middleware(token))  # API keys and scopes: queen/access
     app[CONFIG] = config
     app[KNOWN_MODELS] = KnownModels()
 
     async def execute(operation, job):
         return await app[EXECUTOR](operation, job)
 
-    setup_job_api(app, execute, actor="queen")
+    setup_job_api(app, execute, actor="queen", submit=submit_job)
     setup_apis(app)  # OpenAI's, Ollama's and Anthropic's
     setup_conversation_api(app)
+    setup_access(app, config.paths.data_dir / "keys.db")  # before queen_ctx: a key is checked on every request
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)
     app.router.add_post(HEARTBEAT_PATH, heartbeat)

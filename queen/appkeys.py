@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from queen.access.keys import ApiKey, KeyStore
+from queen.access.limits import KeyLimits
 from queen.config import QueenConfig
 from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
@@ -20,3 +22,6 @@ WORKERS = web.AppKey("queen_workers", WorkerRegistry)
 EXECUTOR = web.AppKey("queen_executor", QueenExecutor)
 CONVERSATIONS = web.AppKey("queen_conversations", ConversationStore)
 KNOWN_MODELS = web.AppKey("queen_known_models", KnownModels)  # the API layers' model check
+KEYS = web.AppKey("queen_keys", KeyStore)  # API keys (queen/access)
+LIMITS = web.AppKey("queen_key_limits", KeyLimits)  # what each key is using now
+CALLER = web.RequestKey("queen_caller", ApiKey)  # the API key of a request; absent for the queen's own token

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from queen.appkeys import CONVERSATIONS
 from queen.conversations import FIELDS
+from shared.appkeys import REQUEST_OWNER, visible_owner
 from shared.errors import InvalidRequest
 from shared.http import read_json
 
@@ -38,22 +39,26 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 def setup_conversation_api(app: web.Application) -> None:
     """The routes above; the store itself is opened by the queen's resources (queen_ctx)."""
 
+    # A caller with an owner (an API key below admin) sees and changes only its own conversations.
     async def create(request: web.Request) -> web.Response:
-        record = await request.app[CONVERSATIONS].create(**await _fields(request))
+        record = await request.app[CONVERSATIONS].create(**await _fields(request), owner=request.get(REQUEST_OWNER))
         return web.json_response({"conversation": record}, status=201)
 
     async def list_all(request: web.Request) -> web.Response:
-        return web.json_response({"conversations": await request.app[CONVERSATIONS].list()})
+        return web.json_response({"conversations": await request.app[CONVERSATIONS].list(owner=visible_owner(request))})
 
     async def get(request: web.Request) -> web.Response:
-        return web.json_response({"conversation": await request.app[CONVERSATIONS].get(request.match_info["id"])})
+        record = await request.app[CONVERSATIONS].get(request.match_info["id"], owner=visible_owner(request))
+        return web.json_response({"conversation": record})
 
     async def update(request: web.Request) -> web.Response:
-        record = await request.app[CONVERSATIONS].update(request.match_info["id"], await _fields(request))
+        record = await request.app[CONVERSATIONS].update(request.match_info["id"], await _fields(request),
+                                                         owner=visible_owner(request))
         return web.json_response({"conversation": record})
 
     async def delete(request: web.Request) -> web.Response:
-        return web.json_response({"deleted": await request.app[CONVERSATIONS].delete(request.match_info["id"])})
+        deleted = await request.app[CONVERSATIONS].delete(request.match_info["id"], owner=visible_owner(request))
+        return web.json_response({"deleted": deleted})
 
     app.router.add_post("/v1/conversations", create)
     app.router.add_get("/v1/conversations", list_all)

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     model      TEXT,
     hive_id    TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner      TEXT              -- the API key that made it; NULL: the queen's own token
 );
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT NOT NULL,
@@ -59,37 +60,49 @@ def _record(row: tuple) -> dict[str, Any]:
             "updated_at": row[5], "message_count": row[6]}
 
 
-class ConversationStore(SqliteStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, setup=lambda db: db.executescript(_SCHEMA))
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(conversations)")}:  # an older rbee's
+        db.execute("ALTER TABLE conversations ADD COLUMN owner TEXT")
 
-    async def create(self, *, model: str | None = None, hive_id: str | None = None, title: str | None = None
-                     ) -> dict[str, Any]:
+
+class ConversationStore(SqliteStore):
+    """Every method takes the `owner` asking (an API key's name below admin): it sees only its own
+    conversations, and another's are not found, as if they did not exist. None: sees all."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, setup=_setup)
+
+    async def create(self, *, model: str | None = None, hive_id: str | None = None, title: str | None = None,
+                     owner: str | None = None) -> dict[str, Any]:
         conv_id, now = f"conv-{secrets.token_hex(6)}", time.time()
         await self._db.run(lambda db: db.execute(
-            f"INSERT INTO conversations ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (conv_id, title or "", model, hive_id, now, now)))
+            f"INSERT INTO conversations ({COLUMNS}, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, title or "", model, hive_id, now, now, owner)))
         return await self.get(conv_id, messages=False)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, *, owner: str | None = None) -> list[dict[str, Any]]:
         """Conversations with something in them (one whose first question failed is not worth showing)."""
+        mine, args = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
         rows = await self._db.run(lambda db: db.execute(
-            f"SELECT {COLUMNS}, {COUNT} AS n FROM conversations c WHERE n > 0 ORDER BY updated_at DESC, id").fetchall())
+            f"SELECT {COLUMNS}, {COUNT} AS n FROM conversations c WHERE n > 0 {mine} ORDER BY updated_at DESC, id",
+            args).fetchall())
         return [_record(r) for r in rows]
 
-    async def resolve(self, given: str) -> str:
+    async def resolve(self, given: str, *, owner: str | None = None) -> str:
         """The id `given` names: a whole id or a unique beginning of one."""
         like = given.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        mine, args = ("owner = ? AND ", (owner,)) if owner is not None else ("", ())
         ids = await self._db.run(lambda db: [r[0] for r in db.execute(
-            "SELECT id FROM conversations WHERE id LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\' LIMIT 6",
-            (like, "conv-" + like))])
+            f"SELECT id FROM conversations WHERE {mine}(id LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\') LIMIT 6",
+            (*args, like, "conv-" + like))])
         found = unique_match(given, ids, kind="conversation", prefix="conv-")
         if found is None:
             raise ConversationNotFound(f"No conversation '{given}'. `rbee conversations list` shows them.")
         return found
 
-    async def get(self, given: str, *, messages: bool = True) -> dict[str, Any]:
-        conv_id = await self.resolve(given)
+    async def get(self, given: str, *, messages: bool = True, owner: str | None = None) -> dict[str, Any]:
+        conv_id = await self.resolve(given, owner=owner)
 
         def read(db: sqlite3.Connection) -> tuple[tuple, list[tuple]]:
             row = db.execute(f"SELECT {COLUMNS}, {COUNT} FROM conversations c WHERE id = ?", (conv_id,)).fetchone()
@@ -105,8 +118,8 @@ class ConversationStore(SqliteStore):
             record["messages"] = [{"role": r, "content": c, "at": at} for r, c, at in said]
         return record
 
-    async def update(self, given: str, fields: dict[str, Any]) -> dict[str, Any]:
-        conv_id = await self.resolve(given)
+    async def update(self, given: str, fields: dict[str, Any], *, owner: str | None = None) -> dict[str, Any]:
+        conv_id = await self.resolve(given, owner=owner)
         if fields:
             assignments = ", ".join(f"{name} = ?" for name in fields)
             await self._db.run(lambda db: db.execute(
@@ -114,8 +127,8 @@ class ConversationStore(SqliteStore):
                 (*fields.values(), time.time(), conv_id)))
         return await self.get(conv_id, messages=False)
 
-    async def delete(self, given: str) -> str:
-        conv_id = await self.resolve(given)
+    async def delete(self, given: str, *, owner: str | None = None) -> str:
+        conv_id = await self.resolve(given, owner=owner)
 
         def delete(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conv_id,))

@@ -112,7 +112,8 @@ class QueenExecutor:
     async def _infer_in_conversation(self, op: Infer, job: Job) -> dict[str, Any]:
         """An answer whose exchange (the user's turn and the answer, as far as it got) is stored in the
         conversation when the job ends."""
-        conv_id = await self.conversations.resolve(op.conversation_id or "")  # a wrong id fails before any work
+        # a wrong id (or another key's) fails before any work
+        conv_id = await self.conversations.resolve(op.conversation_id or "", owner=job.owner if job.own_only else None)
         turn = [("user", op.prompt)] if op.prompt is not None else [m for m in (op.messages or ())[-1:] if m[0] == "user"]
         progress = Progress()
         try:

@@ -30,12 +30,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     text        TEXT,               -- what an infer generated
     result      TEXT,               -- JSON
     error       TEXT,               -- JSON {code, message}
-    about       TEXT                -- what the job is about, for listings
+    about       TEXT,               -- what the job is about, for listings
+    owner       TEXT                -- the API key that made it; NULL: the queen's own token
 );
 CREATE INDEX IF NOT EXISTS jobs_created_at ON jobs (created_at);
 """
-COLUMNS = "job_id, operation, request, state, created_at, started_at, finished_at, text, result, error, about"
-LIGHT_COLUMNS = "job_id, operation, state, created_at, started_at, finished_at, error, about"
+COLUMNS = "job_id, operation, request, state, created_at, started_at, finished_at, text, result, error, about, owner"
+LIGHT_COLUMNS = "job_id, operation, state, created_at, started_at, finished_at, error, about, owner"
 # A request or answer is kept whole up to this size; beyond it, its long texts are cut (and it says so),
 # so a thousand one-megabyte prompts cost the disk tens of megabytes, not a gigabyte.
 TEXT_CAP = 16 << 10
@@ -54,8 +55,10 @@ def _setup(db: sqlite3.Connection) -> None:
     # power cut at most the last jobs' records; two commits per job cost a third of the CPU they did.
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
-    if "about" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # made by an older rbee
-        db.execute("ALTER TABLE jobs ADD COLUMN about TEXT")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for added in ("about", "owner"):  # a history made by an older rbee
+        if added not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {added} TEXT")
     # Jobs that were running when the queen last stopped did not finish.
     db.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE state IN ('queued', 'running')",
                (time.time(), _INTERRUPTED))
@@ -73,33 +76,37 @@ class JobHistoryStore(SqliteStore):
         row = _row(job)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT OR REPLACE INTO jobs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            db.execute(f"INSERT OR REPLACE INTO jobs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             # The KEEP-th newest row's time bounds what stays; both lookups walk the created_at index.
             db.execute("DELETE FROM jobs WHERE created_at < "
                        "(SELECT created_at FROM jobs ORDER BY created_at DESC LIMIT 1 OFFSET ?)", (KEEP - 1,))
 
         self._db.submit(write).add_done_callback(_log_failure)
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
-        """The job `job_id` names: its whole id or a unique beginning of it (AmbiguousId if several)."""
+    async def get(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        """The job `job_id` names: its whole id or a unique beginning of it (AmbiguousId if several); with
+        `owner`, among that API key's jobs only."""
         like = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        mine = "" if owner is None else "owner = ? AND "
         rows = await self._db.run(lambda db: db.execute(
-            f"SELECT {COLUMNS} FROM jobs WHERE job_id = ? OR job_id LIKE ? ESCAPE '\\' OR job_id LIKE ? ESCAPE '\\' "
-            "LIMIT 6", (job_id, like, "job-" + like)).fetchall())
+            f"SELECT {COLUMNS} FROM jobs WHERE {mine}(job_id = ? OR job_id LIKE ? ESCAPE '\\' OR job_id LIKE ? "
+            "ESCAPE '\\') LIMIT 6", (*([owner] if owner is not None else []), job_id, like, "job-" + like)).fetchall())
         found = unique_match(job_id, [r[0] for r in rows], kind="job", prefix="job-")
         return next((_summary(r) for r in rows if r[0] == found), None)
 
-    async def list(self, *, limit: int = LIST_LIMIT,
-                   before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+    async def list(self, *, limit: int = LIST_LIMIT, before: tuple[float, str] | None = None,
+                   owner: str | None = None) -> list[dict[str, Any]]:
         """Light records, newest first, from just before the (created_at, job_id) cursor: no request, no
         answer (those are for get)."""
         stamp, job_id = before if before is not None else (float("inf"), "")
+        mine = "" if owner is None else "owner = ? AND "
         rows = await self._db.run(lambda db: db.execute(
-            f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE created_at < ? OR (created_at = ? AND job_id < ?) "
-            "ORDER BY created_at DESC, job_id DESC LIMIT ?", (stamp, stamp, job_id, limit)).fetchall())
+            f"SELECT {LIGHT_COLUMNS} FROM jobs WHERE {mine}(created_at < ? OR (created_at = ? AND job_id < ?)) "
+            "ORDER BY created_at DESC, job_id DESC LIMIT ?",
+            (*([owner] if owner is not None else []), stamp, stamp, job_id, limit)).fetchall())
         return [{"job_id": r[0], "operation": r[1], "state": r[2], "created_at": r[3], "started_at": r[4],
                  "finished_at": r[5], "error": json.loads(r[6]) if r[6] else None, "about": r[7] or "",
-                 "from_history": True} for r in rows]
+                 "key": r[8], "from_history": True} for r in rows]
 
 
 def _log_failure(future: Future) -> None:
@@ -113,7 +120,7 @@ def _row(job: Job) -> tuple:
     return (job.id, job.operation.name, json.dumps(capped(job.operation.to_dict())), job.state.value,
             job.created_at, job.started_at, job.finished_at, text[:TEXT_CAP] if isinstance(text, str) else text,
             json.dumps({k: v for k, v in result.items() if k not in UNSTORED}) if result else None,
-            json.dumps(job.error) if job.error else None, about(job.operation))
+            json.dumps(job.error) if job.error else None, about(job.operation), job.owner)
 
 
 def capped(request: dict[str, Any]) -> dict[str, Any]:
@@ -155,5 +162,6 @@ def _summary(row: tuple) -> dict[str, Any]:
     return {
         "job_id": row[0], "operation": row[1], "request": json.loads(row[2]), "state": row[3],
         "created_at": row[4], "started_at": row[5], "finished_at": row[6], "result": result,
-        "error": json.loads(row[9]) if row[9] else None, "about": row[10] or "", "from_history": True,
+        "error": json.loads(row[9]) if row[9] else None, "about": row[10] or "", "key": row[11],
+        "from_history": True,
     }

@@ -9,7 +9,8 @@ from typing import Iterable
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
-from queen.appkeys import WORKERS
+from queen.access.limits import today
+from queen.appkeys import LIMITS, WORKERS
 from shared import appkeys
 from shared.metrics import labelled
 
@@ -27,6 +28,15 @@ def queen_gauges(app: web.Application) -> Iterable[GaugeMetricFamily]:
         by_state = Counter((w.hive_id, w.state.value) for w in workers)
         yield labelled("rbee_workers", "Workers the queen knows, by hive and state.", ("hive", "state"),
                        by_state.items())
+    if LIMITS in app:
+        limits, day = app[LIMITS], today()
+        names = [k.name for k in limits.store.live()]
+        yield labelled("rbee_key_tokens_today", "Prompt and answer tokens each API key used today.", ("key",),
+                       (((n,), limits.store.tokens_on(n, day)) for n in names))
+        yield labelled("rbee_key_requests_running", "Inference requests of each API key running now.", ("key",),
+                       (((n,), limits.running(n)) for n in names))
+        yield labelled("rbee_key_requests", "Requests each API key made since the queen started.", ("key",),
+                       (((n,), limits.requests_made(n)) for n in names))
     if appkeys.JOB_REGISTRY in app:
         active = Counter((j.operation.name, j.state.value) for j in app[appkeys.JOB_REGISTRY].jobs()
                          if not j.state.finished)

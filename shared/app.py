@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from shared import appkeys
-from shared.http import MAX_BODY_BYTES, base_middlewares
+from shared.http import MAX_BODY_BYTES, base_middlewares, error_middleware
 
 
 def create_base_app(
@@ -17,10 +17,12 @@ def create_base_app(
     *,
     health: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
-    own_auth: frozenset[tuple[str, str]] = frozenset(),
+    auth: Any = None,
     **kwargs: Any,
 ) -> web.Application:
-    app = web.Application(middlewares=base_middlewares(token, own_auth), client_max_size=max_body_bytes, **kwargs)
+    """`auth`: a middleware that replaces the token check (the queen's, which knows API keys and scopes)."""
+    middlewares = base_middlewares(token) if auth is None else [error_middleware, auth]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes, **kwargs)
     app[appkeys.TOKEN] = token
     app[appkeys.LISTENING] = appkeys.Listening()
     app[appkeys.SHUTDOWN_REQUESTED] = asyncio.Event()

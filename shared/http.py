@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -61,7 +62,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RbeeError as exc:
-        return _error(request, exc.status, exc.code, exc.message)
+        response = _error(request, exc.status, exc.code, exc.message)
+        if (retry_after := getattr(exc, "retry_after", None)) is not None:
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
@@ -100,7 +104,6 @@ def auth_middleware(token: str, *, public: frozenset[tuple[str, str]] = frozense
 PUBLIC = frozenset({("GET", "/health")})
 
 
-def base_middlewares(token: str, own_auth: frozenset[tuple[str, str]] = frozenset()) -> list:
-    """Error handling outermost, so an auth failure is a JSON error too. `own_auth`: (method, path) pairs
-    whose handlers check credentials themselves (the queen's heartbeats take hive tokens too)."""
-    return [error_middleware, auth_middleware(token, public=PUBLIC | own_auth)]
+def base_middlewares(token: str) -> list:
+    """Error handling outermost, so an auth failure is a JSON error too."""
+    return [error_middleware, auth_middleware(token, public=PUBLIC)]

@@ -97,6 +97,25 @@ class JobClient(DaemonClient):
     async def delete_conversation(self, conv_id: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/v1/conversations/{quote(conv_id, safe='')}")
 
+    # -- the queen's API keys (admin) ----------------------------------------------------------------------
+
+    async def create_key(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """{"key": its settings, "secret": the key itself, shown this once}."""
+        return await self.request("POST", "/v1/keys", dict(settings))
+
+    async def keys(self) -> builtins.list[dict[str, Any]]:
+        return (await self.request("GET", "/v1/keys"))["keys"]
+
+    async def key_usage(self, name: str | None = None, since: str | None = None) -> builtins.list[dict[str, Any]]:
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in (("name", name), ("since", since)) if v)
+        return (await self.request("GET", "/v1/keys/usage" + (f"?{query}" if query else "")))["usage"]
+
+    async def revoke_key(self, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/v1/keys/{quote(name, safe='')}")
+
+    async def rotate_key(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", f"/v1/keys/{quote(name, safe='')}/rotate")
+
     # -- streams ----------------------------------------------------------------------------------------
 
     async def stream(self, job_id: str, *, after: int = -1) -> AsyncIterator[Event]:

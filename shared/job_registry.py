@@ -54,9 +54,12 @@ def about(operation: Operation) -> str:
 class Job:
     """One operation running (or run) on this server, and the story of it so far."""
 
-    def __init__(self, operation: Operation, limits: JobLimits, actor: str) -> None:
+    def __init__(self, operation: Operation, limits: JobLimits, actor: str, owner: str | None = None,
+                 own_only: bool = False) -> None:
         self.id = f"job-{uuid.uuid4()}"
         self.operation = operation
+        self.owner = owner  # the API key that made it (queen); None: the daemon's own token
+        self.own_only = own_only  # its owner sees only its own things (a key below admin)
         self.state = JobState.QUEUED
         self.created_at = time.time()
         self.started_at: float | None = None
@@ -181,6 +184,7 @@ class Job:
             "finished_at": self.finished_at,
             "events": self.next_seq,
             "error": self.error,
+            "key": self.owner,
         }
         if full:
             out["request"] = self.operation.to_dict()
@@ -210,9 +214,9 @@ Cursor = tuple[float, str]  # (created_at, job_id): where a page of the job list
 class JobHistory(Protocol):
     """Where finished jobs outlive the registry (the queen keeps them in SQLite, at appkeys.JOB_HISTORY)."""
 
-    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+    async def get(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None: ...
 
-    async def list(self, *, limit: int, before: Cursor | None) -> list[dict[str, Any]]: ...
+    async def list(self, *, limit: int, before: Cursor | None, owner: str | None = None) -> list[dict[str, Any]]: ...
 
 
 class JobRegistry:
@@ -251,8 +255,8 @@ class JobRegistry:
         """Call `listener(job)` when a job is created."""
         self._submit_listeners.append(listener)
 
-    def submit(self, operation: Operation) -> Job:
-        job = Job(operation, self._limits, self._actor)
+    def submit(self, operation: Operation, *, owner: str | None = None, own_only: bool = False) -> Job:
+        job = Job(operation, self._limits, self._actor, owner, own_only)
         self._jobs[job.id] = job
         bisect.insort(self._sorted_ids, job.id)
         job._task = asyncio.create_task(self._run(job), name=job.id)
@@ -261,17 +265,18 @@ class JobRegistry:
             listener(job)
         return job
 
-    def get(self, job_id: str) -> Job:
-        """The job `job_id` names: its whole id, or a unique beginning of it."""
+    def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job `job_id` names: its whole id, or a unique beginning of it; with `owner`, only a job of
+        that owner (another's is not found, as if it did not exist)."""
         job = self._jobs.get(job_id)
         if job is None:
-            job = self._by_prefix(job_id)
-        if job is None:
+            job = self._by_prefix(job_id, owner=owner)
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound(f"No job with id '{job_id}' (finished jobs are kept for "
                               f"{self._limits.retention_s:g} s).")
         return job
 
-    def _by_prefix(self, given: str, prefix: str = "job-") -> Job | None:
+    def _by_prefix(self, given: str, prefix: str = "job-", owner: str | None = None) -> Job | None:
         """The one job whose id begins with `given` (with or without "job-"), like git's short hashes."""
         if not given:
             return None
@@ -279,7 +284,8 @@ class JobRegistry:
         for start in {given, prefix + given}:
             k = bisect.bisect_left(self._sorted_ids, start)
             while k < len(self._sorted_ids) and self._sorted_ids[k].startswith(start) and len(matches) <= 5:
-                matches.append(self._sorted_ids[k])
+                if owner is None or self._jobs[self._sorted_ids[k]].owner == owner:
+                    matches.append(self._sorted_ids[k])
                 k += 1
         matches = sorted(set(matches))
         if len(matches) > 1:
@@ -291,8 +297,8 @@ class JobRegistry:
     def jobs(self) -> Iterable[Job]:
         return self._jobs.values()
 
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
+    def cancel(self, job_id: str, *, owner: str | None = None) -> Job:
+        job = self.get(job_id, owner=owner)
         if job.state.finished:
             raise JobConflict(f"Job '{job_id}' already ended ({job.state.value}); nothing to cancel.")
         if job._task is not None:

@@ -40,6 +40,7 @@ SSE_SEND_TIMEOUT_S = 30.0  # a reader that takes nothing for this long is cut (i
 
 Parse = Callable[[Any], "Operation | Awaitable[Operation]"]
 Admit = Callable[[JobRegistry], None]
+Submit = Callable[[web.Request, Operation], Job]
 
 
 def setup_job_api(
@@ -54,13 +55,16 @@ def setup_job_api(
     parse: Parse | None = None,
     admit: Admit | None = None,
     abandon_after_s: float | None = None,
+    submit: Submit | None = None,
 ) -> None:
     """Add the job routes, and a registry whose jobs are all ended on shutdown.
 
     `operations` restricts what this daemon accepts (a hive takes only worker_* and model_*); `parse`
     replaces operation parsing entirely (the worker's inference requests). `admit` may refuse a new job
     (raise a 503 RbeeError) before it is created. With `abandon_after_s`, a job whose every reader has
-    left is cancelled after that long; without it, jobs run on when readers leave. When the app holds a
+    left is cancelled after that long; without it, jobs run on when readers leave. `submit` replaces
+    the registry's own (the queen's checks the caller's rights and limits, and records the job's owner);
+    a request that carries appkeys.REQUEST_OWN_ONLY sees only the jobs of its REQUEST_OWNER. When the app holds a
     history (appkeys.JOB_HISTORY), GET /v1/jobs and GET /v1/jobs/{id} also answer for jobs the registry
     no longer holds.
     """
@@ -101,7 +105,7 @@ def setup_job_api(
         registry = request.app[appkeys.JOB_REGISTRY]
         if admit is not None:
             admit(registry)
-        job = registry.submit(operation)
+        job = registry.submit(operation) if submit is None else submit(request, operation)
         if "text/event-stream" in request.headers.get("Accept", ""):
             # The caller reads the stream in this same request (what the queen does with workers and hives):
             # a burst of requests reaches the worker sooner, and a dropped stream resumes with GET as usual.
@@ -111,7 +115,7 @@ def setup_job_api(
 
     async def stream_job(request: web.Request) -> web.StreamResponse:
         registry = request.app[appkeys.JOB_REGISTRY]
-        job = registry.get(request.match_info["job_id"])
+        job = registry.get(request.match_info["job_id"], owner=appkeys.visible_owner(request))
         return await _follow(request, registry, job, _last_event_id(request))
 
     async def _follow(request: web.Request, registry: JobRegistry, job: Job, after: int) -> web.StreamResponse:
@@ -141,11 +145,12 @@ def setup_job_api(
 
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
+        owner = appkeys.visible_owner(request)
         try:
-            return web.json_response(request.app[appkeys.JOB_REGISTRY].get(job_id).summary())
+            return web.json_response(request.app[appkeys.JOB_REGISTRY].get(job_id, owner=owner).summary())
         except JobNotFound:
             history = request.app.get(appkeys.JOB_HISTORY)
-            if history is not None and (record := await history.get(job_id)) is not None:
+            if history is not None and (record := await history.get(job_id, owner=owner)) is not None:
                 return web.json_response(record)
             raise
 
@@ -157,12 +162,14 @@ def setup_job_api(
         limit = _int_query(request, "limit", LIST_DEFAULT, 1, LIST_MAX)
         before = _cursor_query(request, "before")
         everything = request.query.get("all", "").lower() in ("1", "true", "yes")
+        owner = appkeys.visible_owner(request)
         live = [j.summary(full=False) for j in request.app[appkeys.JOB_REGISTRY].jobs()
-                if (before is None or (j.created_at, j.id) < before) and (everything or not j.operation.read_only)]
+                if (before is None or (j.created_at, j.id) < before) and (everything or not j.operation.read_only)
+                and (owner is None or j.owner == owner)]
         history = request.app.get(appkeys.JOB_HISTORY)
         if history is not None:
             seen = {j["job_id"] for j in live}
-            live += [r for r in await history.list(limit=limit, before=before) if r["job_id"] not in seen]
+            live += [r for r in await history.list(limit=limit, before=before, owner=owner) if r["job_id"] not in seen]
         live.sort(key=lambda j: (j["created_at"], j["job_id"]), reverse=True)
         page = live[:limit]
         more = len(live) > limit or (history is not None and len(page) == limit)
@@ -170,7 +177,8 @@ def setup_job_api(
         return web.json_response({"jobs": page, "next_before": next_before})
 
     async def cancel_job(request: web.Request) -> web.Response:
-        job = request.app[appkeys.JOB_REGISTRY].cancel(request.match_info["job_id"])
+        job = request.app[appkeys.JOB_REGISTRY].cancel(request.match_info["job_id"],
+                                                       owner=appkeys.visible_owner(request))
         # Answer with the outcome when the job ends promptly (it normally does within a token).
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(job.wait()), CANCEL_WAIT_S)

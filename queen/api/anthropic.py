@@ -16,18 +16,16 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
+from queen.access.middleware import submit_job
 from queen.api.common import CLIENT_LEFT, ApiError, Failure, api_route, check_model, read_body, stream, wait_for_answer
-from shared import appkeys
-from shared.errors import InvalidRequest, Unauthorized
+from shared.errors import InvalidRequest
 from shared.events import End, Error, Token
 from shared.job_registry import Job
 from shared.models import BUILTIN_MODEL
 from shared.operations import Infer
-from shared.token import tokens_equal
 from shared.wire import parse_message
 
 PATH = "/v1/messages"
-OWN_AUTH = frozenset({("POST", PATH)})  # the handler checks x-api-key itself (the middleware knows Bearer only)
 DEFAULT_TEMPERATURE = 1.0  # Anthropic's default (rbee's own is llama.cpp's 0.8)
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
@@ -53,16 +51,13 @@ def setup_anthropic_api(app: web.Application) -> None:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    if not authorized(request):
-        raise Unauthorized("Missing or wrong API key: send the rbee token (the file 'token' in the rbee config "
-                           "dir) as 'x-api-key'.")
     operation, streamed = to_infer(await read_body(request))
     try:
         await check_model(request.app, operation.model)
     except ApiError:
         raise ApiError(f"model: '{operation.model}' does not exist on any running hive (GET /v1/models lists "
                        f"them; '{BUILTIN_MODEL}' is built in).", status=404, code="MODEL_NOT_FOUND") from None
-    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    job = submit_job(request, operation)
     renderer = AnthropicRenderer(job, operation)
     if streamed:
         return await stream(request, job, renderer)
@@ -70,16 +65,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if failure is not None:
         return renderer.failure(failure)
     return renderer.whole(job.result or {})
-
-
-def authorized(request: web.Request) -> bool:
-    """`x-api-key: <token>` as Anthropic's clients send it, or the `Authorization: Bearer` every rbee route takes."""
-    token = request.app[appkeys.TOKEN]
-    given = request.headers.get("x-api-key", "").strip()
-    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-    if not given and scheme.lower() == "bearer":
-        given = bearer.strip()
-    return bool(given) and tokens_equal(given, token)
 
 
 def _text(content: Any, where: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from queen.access.middleware import submit_job
 from queen.api.common import (
     ApiError,
     Failure,
@@ -228,7 +229,7 @@ def failure_error(failure: Failure, model: str | None = None) -> OllamaError:
 
 async def run_job(request: web.Request, operation: Any, model: str | None = None) -> dict[str, Any]:
     """Run `operation` as a queen job; its result, or its failure in Ollama's shape."""
-    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    job = submit_job(request, operation)
     failure, _ = await wait_for_answer(request, job)
     if failure is not None:
         raise failure_error(failure, model)
@@ -343,7 +344,7 @@ async def generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
         return web.json_response({**piece(name, chat, ""), "done": True, "done_reason": "load"})
     operation = to_infer(body, chat=chat)
     tools = check_tools(body["tools"]) if chat and body.get("tools") else []  # valid: to_infer checked them
-    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    job = submit_job(request, operation)
     renderer = OllamaRenderer(job, name, chat, operation)
     if streamed:
         return await stream(request, job, renderer, tools)

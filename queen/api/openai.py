@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from queen.access.middleware import submit_job
 from queen.api.common import (
     CLIENT_LEFT,
     ApiError,
@@ -39,7 +40,6 @@ from queen.api.tool_calls import (
     tool_call_schema,
     tools_prompt,
 )
-from shared import appkeys
 from shared.errors import InvalidRequest
 from shared.events import DONE_FRAME, End, Error, Token
 from shared.inference import SAMPLING_FIELDS
@@ -71,8 +71,8 @@ _OPENAI_CODES = {"INVALID_REQUEST": "invalid_request_error"}  # rbee's code -> w
 def error_response(status: int, code: str, message: str, param: str | None = None) -> web.Response:
     """An error in OpenAI's shape: its `type` from the status (a job cancelled while its client waits is the
     server's doing), `code` rbee's code in lower case, OpenAI's own words where it has them."""
-    kind = ("authentication_error" if status == 401 else "invalid_request_error" if status < CLIENT_LEFT
-            else "server_error")
+    kind = ("authentication_error" if status == 401 else "requests" if status == 429  # as OpenAI's rate limits
+            else "invalid_request_error" if status < CLIENT_LEFT else "server_error")
     code = "invalid_api_key" if status == 401 else _OPENAI_CODES.get(code, code.lower())
     return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
                              status=status)
@@ -97,7 +97,7 @@ def setup_openai_api(app: web.Application) -> None:
 async def handle(request: web.Request, *, chat: bool) -> web.StreamResponse:
     operation, streamed, include_usage, extras = to_infer(await read_body(request), chat)
     await check_model(request.app, operation.model)
-    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    job = submit_job(request, operation)
     renderer = OpenAIRenderer(job, operation.model, chat, include_usage, extras)
     if streamed:
         return await stream(request, job, renderer, extras.tools if extras.calls else None)

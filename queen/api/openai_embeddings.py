@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
+from queen.access.middleware import submit_job
 from queen.api.common import ApiError, api_route, check_model, read_body, wait_for_answer
 from queen.api.openai import error_response
-from shared import appkeys
 from shared.embeddings import EMBEDDINGS_PATH
 from shared.errors import InvalidRequest
 from shared.operations import MAX_EMBED_INPUTS, Embed
@@ -67,7 +67,7 @@ def to_embed(body: Any) -> tuple[Embed, str, int | None]:
 async def embeddings(request: web.Request) -> web.Response:
     operation, encoding, dimensions = to_embed(await read_body(request))
     await check_model(request.app, operation.model)
-    job = request.app[appkeys.JOB_REGISTRY].submit(operation)
+    job = submit_job(request, operation)
     failure, _ = await wait_for_answer(request, job)
     if failure is not None:  # a worker's refusal names the input it could not take
         return error_response(failure.status, failure.code, failure.message,

@@ -10,14 +10,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from queen.api import anthropic, ollama, openai
-from queen.api.anthropic import OWN_AUTH, setup_anthropic_api
+from queen.api.anthropic import setup_anthropic_api
 from queen.api.ollama import setup_ollama_api
 from queen.api.openai import setup_openai_api
 from queen.api.openai_embeddings import setup_openai_embeddings
 from shared import appkeys
 from shared.embeddings import EMBEDDINGS_PATH
 
-__all__ = ["OWN_AUTH", "setup_apis"]
+__all__ = ["setup_apis"]
 
 
 def _is_openai(path: str) -> bool:

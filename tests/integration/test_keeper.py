@@ -202,6 +202,8 @@ def test_a_failed_job_exits_non_zero_with_the_reason(keeper):
     (["worker", "get"], "worker get needs a worker id"),
     (["model", "download"], "model download needs a model reference"),
     (["jobs", "show"], "jobs show needs a job id"),
+    (["keys", "revoke"], "keys revoke needs the key's name"),
+    (["keys", "create", "app", "--scope", "root"], "invalid choice: 'root'"),
     (["fly"], "invalid choice: 'fly'"),
 ])
 def test_bad_arguments_are_usage_errors(keeper, args, fragment):
@@ -212,7 +214,7 @@ def test_bad_arguments_are_usage_errors(keeper, args, fragment):
 
 
 def test_every_command_has_help_with_an_example(keeper):
-    for command in ("infer", "chat", "conversations", "status", "queen", "hive", "worker", "model", "jobs"):
+    for command in ("infer", "chat", "conversations", "status", "queen", "hive", "worker", "model", "jobs", "keys"):
         out = keeper(command, "--help")
         assert out.returncode == 0 and "example:" in out.stdout and "rbee " in out.stdout
 
@@ -239,3 +241,36 @@ def test_a_prompt_typed_on_a_terminal_ends_with_ctrl_d_and_ctrl_c_stops_at_once(
         assert "No queen answers" in term.seen and "Traceback" not in term.seen
     finally:
         term.close()
+
+
+def test_keys_from_the_cli_open_what_their_scope_allows(keeper):
+    made = keeper("keys", "create", "webui", "--models", "smollm2-135m", "--tokens-per-day", "5000")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()  # stdout holds the key alone: KEY=$(rbee keys create ...)
+    assert secret.startswith("rbee-sk-") and "shown this once" in made.stderr
+    listed = keeper("keys", "list").stdout.splitlines()
+    assert listed[0].split()[:4] == ["NAME", "SCOPE", "MODELS", "LIMITS"]
+    assert listed[1].split()[:3] == ["webui", "infer", "smollm2-135m"] and secret not in "".join(listed)
+
+    async def as_key(client):
+        headers = {"Authorization": f"Bearer {secret}"}
+        session = client.session
+        async with session.post(f"{keeper.url}/v1/chat/completions", headers=headers, json={
+                "model": "smollm2-135m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}) as r:
+            answer = (r.status, await r.json())
+        async with session.get(f"{keeper.url}/v1/hives", headers=headers) as r:
+            hives = r.status
+        return answer, hives
+
+    (status, answer), hives = keeper.queen(as_key)
+    assert status == 200 and hives == 403
+    usage = json_lines(keeper("--json", "keys", "usage", "webui").stdout)[-1]["usage"]
+    assert usage[0]["key"] == "webui" and usage[0]["requests"] == 1
+    assert usage[0]["total_tokens"] == answer["usage"]["total_tokens"]
+    jobs = keeper("jobs", "list").stdout.splitlines()
+    assert "KEY" in jobs[0].split() and "webui" in jobs[1].split()
+    assert keeper("keys", "revoke", "webui").returncode == 0
+    (status, answer), _ = keeper.queen(as_key)
+    assert status == 401 and "'webui' was revoked" in answer["error"]["message"]
+    again = keeper("keys", "revoke", "webui")
+    assert again.returncode == 1 and "No key named 'webui'" in again.stderr

@@ -7,14 +7,21 @@ from typing import Any, Iterable
 
 from aiohttp import web
 
-from queen.api.routes import OWN_AUTH, setup_apis
-from queen.appkeys import KNOWN_MODELS
+from queen.access.middleware import access_middleware, submit_job
+from queen.access.routes import setup_access
+from queen.api.routes import setup_apis
+from queen.appkeys import CONVERSATIONS, KNOWN_MODELS
+from queen.conversation_routes import setup_conversation_api
+from queen.conversations import ConversationStore
+from queen.metrics import queen_gauges
 from queen.model_names import KnownModels
 from shared import appkeys
 from shared.app import create_base_app
 from shared.job_registry import Job
 from shared.job_routes import setup_job_api
+from shared.metrics import setup_metrics
 from shared.models import BUILTIN_MODEL
+from shared.paths import RbeePaths
 from tests.support.scripted_executor import ScriptedGenerator
 
 TOKEN = "test-token-0123456789"
@@ -35,8 +42,20 @@ class FixedModels(KnownModels):
 
 def api_app(executor: ScriptedGenerator, models: Iterable[str] = (MODEL, "missing", "too-long", "busy", "crash",
                                                                    "bug")) -> web.Application:
-    app = create_base_app(TOKEN, own_auth=OWN_AUTH)
-    setup_job_api(app, executor, actor="queen")
+    app = create_base_app(TOKEN, auth=access_middleware(TOKEN))
+    setup_job_api(app, executor, actor="queen", submit=submit_job)
+    data_dir = RbeePaths.from_env().data_dir
+    setup_access(app, data_dir / "keys.db")
+    setup_conversation_api(app)
+    setup_metrics(app, queen_gauges)
+
+    async def conversations_ctx(app: web.Application):
+        store = app[CONVERSATIONS] = ConversationStore(data_dir / "conversations.db")
+        await store.open()
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(conversations_ctx)
     app[KNOWN_MODELS] = FixedModels(models)
     setup_apis(app)
     return app

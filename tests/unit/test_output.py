@@ -257,9 +257,13 @@ def test_job_rows_fit_the_job_table():
     out = io.StringIO()
     from keeper_tui.output import JOB_COLUMNS
     table(job_rows([{"job_id": "job-1", "operation": "infer", "state": "completed", "created_at": time.time(),
-                     "request": {"prompt": "hi"}}]), JOB_COLUMNS, out)
-    assert out.getvalue().splitlines()[0].split() == ["JOB", "OPERATION", "STATE", "CREATED", "SUMMARY"]
-    assert out.getvalue().splitlines()[1].split() == ["job-1", "infer", "completed", "just", "now", "hi"]
+                     "request": {"prompt": "hi"}, "key": "webui"},
+                    {"job_id": "job-2", "operation": "status", "state": "completed", "created_at": time.time(),
+                     "key": None}]), JOB_COLUMNS, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["JOB", "OPERATION", "STATE", "CREATED", "KEY", "SUMMARY"]
+    assert lines[1].split() == ["job-1", "infer", "completed", "just", "now", "webui", "hi"]
+    assert lines[2].split() == ["job-2", "status", "completed", "just", "now"]  # the queen's own token: no key
 
 
 # --- conversations -------------------------------------------------------------------------------------
