@@ -30,7 +30,15 @@ from keeper_tui.output import (
     table,
     transcript,
 )
-from keeper_tui.queen_control import default_queen_url, ensure_queen, queen_health, start_queen, stop_queen
+from keeper_tui.queen_control import (
+    default_queen_url,
+    ensure_queen,
+    queen_api,
+    queen_health,
+    start_queen,
+    stop_queen,
+    tls_files,
+)
 from shared.errors import InvalidRequest, RbeeError, ServerUnreachable, StreamTimeout
 from shared.events import End, Error, JobState
 from shared.inference import SAMPLING_DEFAULTS, SAMPLING_FIELDS, Generation
@@ -46,7 +54,8 @@ from shared.operations import (
     parse_operation,
 )
 from shared.paths import RbeePaths
-from shared.ports import DEFAULT_QUEEN_URL
+from shared.ports import DEFAULT_QUEEN_PORT, DEFAULT_QUEEN_URL
+from shared.tls import CERT_DAYS, fingerprint, is_ip, machine_names, make_self_signed, write_private
 from shared.token import load_or_create_token
 from shared.wire import field_types
 
@@ -78,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="headless mode: stdout carries only JSON, one object per line, then a result line")
     parser.add_argument("--no-autostart", action="store_true", help="fail instead of starting a queen")
+    parser.add_argument("--queen-fingerprint", metavar="SHA256",
+                        help="an https queen's certificate must have this SHA-256 fingerprint (default "
+                             "$RBEE_QUEEN_FINGERPRINT; a queen on this machine: the certificate tls-init made here)")
+    parser.add_argument("--queen-ca", metavar="FILE", help="or: check an https queen's certificate against this CA "
+                                                            "file (default $RBEE_QUEEN_CA)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -115,8 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "Show hives, workers and jobs at a glance.", "rbee status")
 
-    p = command("queen", "Start, stop or check the queen.", "rbee queen status")
-    p.add_argument("action", choices=("start", "stop", "status"))
+    p = command("queen", "Start, stop or check the queen; tls-init makes a certificate for serving HTTPS beyond "
+                         "this machine.", "rbee queen status")
+    p.add_argument("action", choices=("start", "stop", "status", "tls-init"))
+    p.add_argument("--name", dest="names", action="append", default=[], metavar="NAME",
+                   help="tls-init: another DNS name or IP address the certificate is for (repeatable; this "
+                        "machine's names and addresses are always in it)")
+    p.add_argument("--force", action="store_true", help="tls-init: replace an existing certificate")
 
     p = command("hive", "Manage hives.", "rbee hive status localhost")
     p.add_argument("action", choices=("install", "uninstall", "start", "stop", "list", "get", "status", "refresh",
@@ -285,7 +304,7 @@ class Keeper:
 
     async def queen_client(self) -> JobClient:
         await ensure_queen(self.url, self.paths, autostart=not self.args.no_autostart, say=self.render.say)
-        return JobClient(self.url, load_or_create_token(self.paths))
+        return queen_api(self.url, load_or_create_token(self.paths))
 
     async def run_job(self, operation: Operation) -> int:
         client = await self.queen_client()
@@ -344,7 +363,36 @@ class Keeper:
         if isinstance(self.render, JsonRenderer):
             self.render.line({"type": "result", "job_id": job_id, "state": str(state), **stats})
 
+    def tls_init(self) -> int:
+        cert_path, key_path = tls_files(self.paths)
+        if cert_path.exists() and not self.args.force:
+            raise KeeperError(f"{cert_path} exists (fingerprint {fingerprint(cert_path.read_bytes())}); "
+                              "--force makes a new one, and every client pinned to the old one must be told.")
+        names, addresses = machine_names()
+        for extra in self.args.names:
+            (addresses if is_ip(extra) else names).append(extra)
+        cert, key = make_self_signed(names, addresses)
+        write_private(key_path, key)
+        write_private(cert_path, cert)
+        sha = fingerprint(cert)
+        self.render.say(f"made a certificate for {', '.join(names + addresses)} (valid {CERT_DAYS} days)")
+        if not isinstance(self.render, JsonRenderer):
+            print(f"""certificate  {cert_path}
+key          {key_path} (0600)
+SHA-256      {sha}
+
+Serve HTTPS on every interface:
+  queen-rbee --host 0.0.0.0 --tls-cert {cert_path} --tls-key {key_path}
+A teammate's rbee (with a key from `rbee keys create`):
+  RBEE_QUEEN_URL=https://{names[1] if len(names) > 1 else 'HOST'}:{DEFAULT_QUEEN_PORT} RBEE_QUEEN_FINGERPRINT={sha}
+Other clients (curl --cacert, OpenAI/Anthropic clients via SSL_CERT_FILE) can trust {cert_path} as a CA.""")
+            return EXIT_OK
+        return self._emit({"certificate": str(cert_path), "key": str(key_path), "fingerprint": sha,
+                           "names": names, "addresses": addresses})
+
     async def queen_command(self, action: str) -> int:
+        if action == "tls-init":
+            return self.tls_init()
         if action == "start":
             health = await queen_health(self.url)
             if health is None:
@@ -361,7 +409,7 @@ class Keeper:
             self.render.say(f"no queen is running at {self.url}", "warn")
             self._emit({"queen_url": self.url, "state": "stopped"}, human=False)
             return EXIT_NO_QUEEN
-        async with JobClient(self.url, load_or_create_token(self.paths)) as client:
+        async with queen_api(self.url, load_or_create_token(self.paths)) as client:
             info = await client.request("GET", "/v1/info")
         return self._emit({"queen_url": self.url, "state": "running", **info})
 
@@ -480,6 +528,11 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the TLS check of an https queen: every client the keeper makes reads these (queen_control.queen_ssl)
+    if args.queen_fingerprint:
+        os.environ["RBEE_QUEEN_FINGERPRINT"] = args.queen_fingerprint
+    if args.queen_ca:
+        os.environ["RBEE_QUEEN_CA"] = args.queen_ca
     if args.command is None or args.command == "tui":
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             if args.command is None:

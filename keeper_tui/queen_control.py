@@ -8,15 +8,17 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from keeper_tui.errors import QueenNotRunning, QueenStartFailed
-from shared.client import DaemonClient
 from shared.errors import ServerError
+from shared.job_client import JobClient
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_QUEEN_URL, LOOPBACK_HOSTS
 from shared.process import CHILD_CWD, keep_files_private, pid_alive, tail_file
+from shared.tls import client_ssl, fingerprint
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -26,8 +28,31 @@ def default_queen_url() -> str:
     return os.environ.get("RBEE_QUEEN_URL", DEFAULT_QUEEN_URL)
 
 
+def tls_files(paths: RbeePaths) -> tuple[Path, Path]:
+    """Where `rbee queen tls-init` puts this machine's queen certificate and key."""
+    return paths.config_dir / "tls" / "queen.crt", paths.config_dir / "tls" / "queen.key"
+
+
+def queen_ssl(url: str) -> Any:
+    """How the keeper checks an https queen: $RBEE_QUEEN_FINGERPRINT (pinned), else $RBEE_QUEEN_CA, else,
+    for a queen on this machine, the certificate `rbee queen tls-init` made here, else the system's CAs."""
+    if urlsplit(url).scheme != "https":
+        return True
+    pinned, ca = os.environ.get("RBEE_QUEEN_FINGERPRINT"), os.environ.get("RBEE_QUEEN_CA")
+    if not pinned and not ca and urlsplit(url).hostname in LOOPBACK_HOSTS:
+        cert, _ = tls_files(RbeePaths.from_env())
+        if cert.exists():
+            pinned = fingerprint(cert.read_bytes())
+    return client_ssl(pinned, ca)
+
+
+def queen_api(url: str, token: str | None = None) -> JobClient:
+    """The one client the keeper talks to the queen with (its TLS check included)."""
+    return JobClient(url, token, ssl=queen_ssl(url))
+
+
 async def queen_health(url: str) -> dict | None:
-    async with DaemonClient(url) as queen:
+    async with queen_api(url) as queen:
         return await queen.health_or_none()
 
 
@@ -46,6 +71,13 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
     if host not in LOOPBACK_HOSTS:
         raise QueenNotRunning(f"No queen answers at {url}, and rbee only starts a queen on this machine. "
                               "Start queen-rbee on that host, or use a local --queen-url.")
+    tls: list[str] = []
+    if parts.scheme == "https":
+        cert, key = tls_files(paths)
+        if not cert.exists() or not key.exists():
+            raise QueenNotRunning(f"No queen answers at {url}, and there is no certificate to start one with https: "
+                                  "`rbee queen tls-init` makes one.")
+        tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
     say("queen is asleep, waking queen")
     keep_files_private()  # the log and pid file it writes here
     paths.make_private()
@@ -53,7 +85,7 @@ async def start_queen(url: str, paths: RbeePaths, say: Callable[[str], None]) ->
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "queen.main", "--host", host, "--port", str(port)],
+            [sys.executable, "-m", "queen.main", "--host", host, "--port", str(port), *tls],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl+C in this terminal must not reach the queen
             cwd=CHILD_CWD,  # not the user's directory: a `shared/` folder there would be imported
@@ -79,7 +111,7 @@ async def stop_queen(url: str, token: str, say: Callable[[str], None]) -> bool:
     if await queen_health(url) is None:
         return False
     say("asking the queen to stop (its hives and workers stop with it)")
-    async with DaemonClient(url, token) as queen:
+    async with queen_api(url, token) as queen:
         try:
             info = await queen.request("GET", "/v1/info", timeout=10)
             await queen.shutdown(timeout=10)

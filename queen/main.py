@@ -15,6 +15,7 @@ from shared.daemon import configure_logging, daemon_arg_parser, port_number, ser
 from shared.events import set_default_actor
 from shared.ports import DEFAULT_HIVE_PORT, DEFAULT_QUEEN_PORT
 from shared.process import keep_files_private
+from shared.tls import TlsError, is_loopback, server_context
 from shared.token import load_or_create_token
 
 PROG = "queen-rbee"
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"... and more than R times as many (default {RouteGuard.rel})")
     parser.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="a worker silent this long is lost and never scheduled (default 15)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; `rbee queen "
+                                                           "tls-init` makes one for this machine) ...")
+    parser.add_argument("--tls-key", metavar="FILE", help="... and its private key (PEM)")
+    parser.add_argument("--insecure-http", action="store_true",
+                        help="listen beyond loopback without TLS: API keys and prompts cross the network in clear "
+                             "text (only on a network you trust)")
     return parser.parse_args(argv)
 
 
@@ -75,11 +82,25 @@ def main(argv: list[str] | None = None) -> None:
                          worker_idle_timeout_s=args.worker_idle_timeout, heartbeat_timeout_s=args.heartbeat_timeout,
                          cache_routing=args.cache_routing,
                          route_guard=RouteGuard(args.route_guard_slots, args.route_guard_ratio))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print(f"{PROG}: --tls-cert and --tls-key go together (`rbee queen tls-init` makes both)", file=sys.stderr)
+        sys.exit(2)
+    if not args.tls_cert and not args.insecure_http and not is_loopback(args.host):
+        print(f"{PROG}: refusing to listen on {args.host} without TLS: API keys, prompts and answers would cross "
+              "the network in clear text. Make a certificate with `rbee queen tls-init` and start with --tls-cert "
+              "and --tls-key (it prints the command), or add --insecure-http on a network you trust.", file=sys.stderr)
+        sys.exit(2)
+    try:
+        context = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except TlsError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
     keep_files_private()
     config.paths.make_private()
     app = create_app(config, load_or_create_token(config.paths))
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port)))
+        sys.exit(asyncio.run(serve(app, prog=PROG, name="queen", host=config.host, port=config.port,
+                                   ssl_context=context)))
 
 
 if __name__ == "__main__":

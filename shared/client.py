@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from shared.errors import ServerError, ServerUnreachable, StreamTimeout
+from shared.errors import RbeeError, ServerError, ServerUnreachable, StreamTimeout
+from shared.tls import TlsError
 
 HEALTH_TIMEOUT_S = 2.0
 
@@ -30,8 +31,10 @@ class DaemonClient:
         session: aiohttp.ClientSession | None = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 30.0,
+        ssl: Any = True,  # an https server's check (shared/tls.py client_ssl), for a session of its own
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._ssl = ssl
         self._token = token
         self._own_session = session is None
         self._session = session
@@ -52,7 +55,7 @@ class DaemonClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
         return self._session
 
     def _headers(self) -> dict[str, str]:
@@ -113,6 +116,17 @@ def server_error(status: int, body: bytes) -> ServerError:
     return ServerError(message, code=code, status=status)
 
 
-def unreachable(base_url: str, exc: BaseException) -> ServerUnreachable:
+def unreachable(base_url: str, exc: BaseException) -> RbeeError:
+    """Why nothing answered: a TLS check that failed says so (and how to fix it), not "is it running?"."""
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        got = ":".join(f"{b:02X}" for b in exc.got)
+        return TlsError(f"The certificate of {base_url} is not the one pinned: its SHA-256 fingerprint is {got}. "
+                        "If its queen made a new certificate, ask for the new fingerprint (`rbee queen tls-init` "
+                        "printed it); otherwise something else is answering there.")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TlsError(f"Cannot verify the certificate of {base_url} ({exc.certificate_error}): pin it with "
+                        "--queen-fingerprint (or $RBEE_QUEEN_FINGERPRINT), or give its CA with --queen-ca.")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return TlsError(f"No TLS connection to {base_url} ({exc}); is it an http:// server?")
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return ServerUnreachable(f"Nothing answers at {base_url} ({reason}). Is the server running?")

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Awaitable, Callable
 
@@ -52,11 +53,11 @@ def configure_logging(prog: str) -> None:
                         format=f"{prog} %(levelname)s %(name)s: %(message)s")
 
 
-def advertised_url(host: str, port: int) -> str:
+def advertised_url(host: str, port: int, scheme: str = "http") -> str:
     """How a daemon's own children and local clients reach it: its bind address, or loopback when it
     binds every interface. Remote machines never use it: they reach rbee only through SSH forwards."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
 async def serve(
@@ -69,8 +70,13 @@ async def serve(
     fatal: Callable[[], Awaitable[str]] | None = None,
     exit_with_parent: bool = False,
     on_listening: Callable[[int], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
-    """Returns the exit code: 0 after a signal or a shutdown request, 1 when it cannot run."""
+    """Returns the exit code: 0 after a signal or a shutdown request, 1 when it cannot run.
+
+    With `ssl_context` the daemon serves HTTPS at host:port, and plain HTTP on a loopback port of its own
+    for its children (the local hive, workers, the SSH forwards of remote hives): what they reach it by
+    (appkeys.LISTENING), so none of them needs the certificate."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,15 +91,17 @@ async def serve(
         return 1
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            if ssl_context is not None:
+                await web.TCPSite(runner, "127.0.0.1", 0).start()  # for its children (see above)
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             hint = " (is another one running? pick another --port)" if exc.errno == errno.EADDRINUSE else ""
             print(f"{prog}: cannot listen on {host}:{port}: {reason}{hint}", file=sys.stderr)
             return 1
         bound_port = runner.addresses[0][1]
-        url = advertised_url(host, bound_port)
-        app[appkeys.LISTENING].set(url)
+        url = advertised_url(host, bound_port, "https" if ssl_context is not None else "http")
+        app[appkeys.LISTENING].set(url if ssl_context is None else advertised_url("127.0.0.1", runner.addresses[-1][1]))
         if on_listening is not None:
             on_listening(bound_port)
         print(listening_line(prog, name, url), flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from keeper_tui.queen_control import ensure_queen
+from keeper_tui.queen_control import ensure_queen, queen_api
 from shared.errors import RbeeError
 from shared.events import Data, Error
 from shared.job_client import JobClient
@@ -34,7 +34,7 @@ class QueenLink:
         async with self._waking:
             await ensure_queen(self.url, self.paths, autostart=self.autostart, say=say or self.say)
         if self._client is None:
-            self._client = JobClient(self.url, load_or_create_token(self.paths))
+            self._client = queen_api(self.url, load_or_create_token(self.paths))
         return self._client
 
     async def close(self) -> None:
