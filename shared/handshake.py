@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-_LINE = re.compile(r"listening on (http://\S+)")
+_LINE = re.compile(r"listening on (https?://\S+)")
 
 
 def listening_line(prog: str, name: str, url: str) -> str:

@@ -84,13 +84,14 @@ def fingerprint(cert_pem: bytes) -> str:
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    for path in (cert_file, key_file):
+        if not os.path.isfile(path):
+            raise TlsError(f"No such file: {path}. `rbee queen tls-init` makes a certificate and key.")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as exc:
-        raise TlsError(f"No such file: {exc.filename}. `rbee queen tls-init` makes a certificate and key.") from None
-    except (ssl.SSLError, ValueError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:
         raise TlsError(f"{cert_file} and {key_file} are not a certificate and its key ({exc}).") from None
     return context
 
