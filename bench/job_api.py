@@ -4,8 +4,12 @@ Each server runs in its own process; this process is the client: 32 concurrent c
 POST /v1/jobs then GET the stream to `[DONE]`, for a fixed time. Rounds alternate between the two servers
 so both see the same machine conditions. The rbee server starts with its registry already holding
 `--prefill` finished jobs (each size in turn), as a queen that has been serving for a while does: a
-lookup or an eviction that costs in proportion to the jobs kept shows up here. The last line printed is
-one JSON object.
+lookup or an eviction that costs in proportion to the jobs kept shows up here.
+
+Then the cost of API keys (#26): the queen's access check (queen/access) on the same job API, one client
+at a time, an `infer` key (with limits, so they are counted) against the queen's own token, alternating:
+the median time of one job (POST, then its stream to `[DONE]`) each way. The last line printed is one
+JSON object.
 
     .venv/bin/python bench/job_api.py [--seconds 4] [--rounds 5] [--concurrency 32] [--prefill 1000,10000]
 """
@@ -57,6 +61,39 @@ def rbee_app(prefill: int) -> web.Application:
     return app
 
 
+def queen_app() -> web.Application:
+    """The job API behind the queen's access check and key store, as the queen mounts them; an `infer`
+    key with limits is made at start (its secret printed after the port)."""
+    from queen.access.keys import key_settings
+    from queen.access.middleware import access_middleware, submit_job
+    from queen.access.routes import setup_access
+    from queen.appkeys import KEYS
+    from shared.app import create_base_app
+    from shared.events import narrate
+    from shared.job_routes import setup_job_api
+
+    async def execute(operation, job):
+        narrate("infer", "All quiet")
+        return {"text": "", "tokens_out": 1, "prompt_tokens": 1}
+
+    app = create_base_app(TOKEN, auth=access_middleware(TOKEN))
+    setup_job_api(app, execute, actor="queen", submit=submit_job)
+    setup_access(app, Path(os.environ["RBEE_HOME"]) / f"bench-keys-{os.getpid()}.db")
+
+    async def make_key(app: web.Application) -> None:
+        _, secret = await app[KEYS].create(key_settings({
+            "name": "bench", "scope": "infer", "tokens_per_day": 10**12, "requests_per_minute": 10**9,
+            "max_concurrent": 10**6}))
+        app[SECRET] = secret
+
+    app.on_startup.append(make_key)
+    return app
+
+
+SECRET = web.AppKey("bench_secret", str)
+INFER = {"operation": "infer", "model": "smollm2-135m", "prompt": "hi", "max_tokens": 1}
+
+
 def bare_app() -> web.Application:
     """The same two calls with nothing in between: no registry, no validation, no auth."""
     from aiohttp_sse import sse_response
@@ -83,7 +120,7 @@ def bare_app() -> web.Application:
 
 
 def serve(kind: str, prefill: int) -> None:
-    app = rbee_app(prefill) if kind == "rbee" else bare_app()
+    app = rbee_app(prefill) if kind == "rbee" else queen_app() if kind == "queen" else bare_app()
 
     async def main() -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -91,6 +128,8 @@ def serve(kind: str, prefill: int) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         print(runner.addresses[0][1], flush=True)
+        if kind == "queen":
+            print(app[SECRET], flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -98,9 +137,10 @@ def serve(kind: str, prefill: int) -> None:
 
 # --- the client ---------------------------------------------------------------------------------------
 
-async def one_job(session: aiohttp.ClientSession, base: str) -> None:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with session.post(f"{base}/v1/jobs", json={"operation": "status"}, headers=headers) as resp:
+async def one_job(session: aiohttp.ClientSession, base: str, credential: str = TOKEN,
+                  operation: dict | None = None) -> None:
+    headers = {"Authorization": f"Bearer {credential}"}
+    async with session.post(f"{base}/v1/jobs", json=operation or {"operation": "status"}, headers=headers) as resp:
         assert resp.status == 201, await resp.text()
         sse_url = (await resp.json())["sse_url"]
     async with session.get(base + sse_url, headers=headers) as resp:
@@ -141,6 +181,44 @@ def measure(kind: str, seconds: float, concurrency: int, prefill: int) -> float:
         proc.wait(10)
 
 
+async def latencies(base: str, credential: str, seconds: float) -> list[float]:
+    """One client, one job at a time: how long each takes."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            await one_job(session, base, credential, INFER)
+        times = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await one_job(session, base, credential, INFER)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def measure_keys(seconds: float, rounds: int) -> dict:
+    """Median job time with an `infer` key vs the queen's token, on one queen app, alternating."""
+    env = {**os.environ, "RBEE_HOME": os.environ.get("RBEE_HOME", "/tmp/rbee-bench-home")}
+    Path(env["RBEE_HOME"]).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "queen", "--prefill", "0"], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        port, secret = int(proc.stdout.readline()), proc.stdout.readline().strip()
+        base = f"http://127.0.0.1:{port}"
+        times: dict[str, list[float]] = {"token": [], "key": []}
+        for r in range(rounds):
+            for who in (("token", "key") if r % 2 == 0 else ("key", "token")):
+                got = asyncio.run(latencies(base, TOKEN if who == "token" else secret, seconds))
+                times[who] += got
+                print(f"keys, round {r + 1}: {who:5s} p50 {statistics.median(got) * 1000:.3f} ms "
+                      f"({len(got)} jobs)", file=sys.stderr)
+        token_ms, key_ms = (statistics.median(times[w]) * 1000 for w in ("token", "key"))
+        return {"token_p50_ms": round(token_ms, 3), "key_p50_ms": round(key_ms, 3),
+                "key_cost_ms": round(key_ms - token_ms, 3)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured round")
@@ -148,7 +226,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--prefill", default="1000,10000",
                         help="finished jobs the rbee registry holds before measuring, comma-separated sizes")
-    parser.add_argument("--serve", choices=("rbee", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("rbee", "bare", "queen"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, int(args.prefill))
@@ -168,8 +246,12 @@ def main() -> None:
                                     "bare_jobs_per_s": round(statistics.median(results["bare"]), 1),
                                     "ratio": round(ratio, 3)}
         print(f"prefill {prefill}: ratio {ratio:.3f}", file=sys.stderr)
+    keys = measure_keys(args.seconds / 2, args.rounds)
+    print(f"keys: an infer key costs {keys['key_cost_ms']:+.3f} ms a job over the queen's token "
+          f"(p50 {keys['key_p50_ms']:.3f} vs {keys['token_p50_ms']:.3f} ms)", file=sys.stderr)
     print(json.dumps({"bench": "job_api", "prefill": by_prefill, "min_ratio": min(v["ratio"] for v in by_prefill.values()),
-                      "concurrency": args.concurrency, "seconds_per_round": args.seconds, "rounds": args.rounds}))
+                      "keys": keys, "concurrency": args.concurrency, "seconds_per_round": args.seconds,
+                      "rounds": args.rounds}))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ async def run_embed(runner: InferenceRunner, op: Embed, job: Job) -> dict[str, A
     attempt = 0
     while True:
         attempt += 1
-        worker = await scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting, embedding=True)
+        worker = await scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting, embedding=True,
+                                         owner=job.owner)
         try:
             return await _embed_on(runner, worker, op, model)
         except WorkerRefused as exc:

@@ -65,7 +65,7 @@ class InferenceRunner:
             attempt += 1
             try:
                 worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting,
-                                                      device=op.device, prefix=prefix)
+                                                      device=op.device, prefix=prefix, owner=job.owner)
             except RbeeError:
                 if lost is not None:  # nowhere to move it (say, the one hive it must run on is out of reach)
                     raise lost from None

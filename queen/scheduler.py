@@ -4,8 +4,9 @@ the model first if needed), else wait for a slot to come free. Each step is narr
 One model gets one worker per hive by default (`max_workers_per_hive`): its slots serve concurrent
 requests in one batch, which beats two processes fighting over the same cores.
 
-Requests wait in one first-come-first-served queue per model (and hive, when they name one), so a burst
-for one model never delays another model's requests. Eviction (placement.py) only makes room for a model
+Requests wait in one queue per model (and hive, when they name one), so a burst for one model never delays
+another model's requests; within a queue, turns go round-robin across API keys, first come first served
+within a key (queen/fair_queue.py). Eviction (placement.py) only makes room for a model
 that has no worker yet: more workers for a busy model go only where there is free room, otherwise its
 requests wait for its own slots. So a burst for one model does not stop other models' workers."""
 
@@ -16,11 +17,11 @@ import dataclasses
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Callable
 
 from queen.config import QueenConfig
+from queen.fair_queue import FairQueue
 from queen.hives import HiveRegistry
 from queen.model_names import resolve_model
 from queen.placement import NoRoom, place
@@ -46,7 +47,8 @@ class Scheduler:
         self.workers = workers
         self._spawning: dict[tuple[str, str], asyncio.Lock] = {}
         # job ids waiting, per model, hive and kind of worker (embedding or not)
-        self._queues: dict[tuple[str, str | None, bool], deque[str]] = {}
+        self._queues: dict[tuple[str, str | None, bool], FairQueue] = {}
+        self._owner_of: dict[str, str | None] = {}  # job id -> the API key that made it, while it waits or runs
         self._full_until: dict[tuple[str, str | None, bool], float] = {}  # no room to scale out until then
         self.saved = SavedPrefixes()  # the prompt caches each hive keeps on disk, as it last reported them
 
@@ -59,27 +61,43 @@ class Scheduler:
 
     async def acquire(self, model: str, hive_id: str | None, job_id: str,
                       waiting: Callable[[bool], None] = lambda _: None, *, embedding: bool = False,
-                      device: str = DEVICE_AUTO, prefix: Sequence[int] = ()) -> WorkerInfo:
+                      device: str = DEVICE_AUTO, prefix: Sequence[int] = (), owner: str | None = None) -> WorkerInfo:
         """Lease a worker for `model` (on `hive_id` if given) to `job_id`; `waiting(True)` while every slot
         is busy, `waiting(False)` once one is had. `embedding`: an embedding worker of the model (started
         apart from its generating ones, queued apart too). `device` (auto | cpu | cuda:N): a new worker is
         started there; other than auto, only a running worker on that kind of device is used. `prefix`: the
-        prompt's chunk hashes (queen/prefix_index.py), for the worker that holds most of its cache."""
+        prompt's chunk hashes (queen/prefix_index.py), for the worker that holds most of its cache. `owner`:
+        the API key of the request, whose turn comes round-robin with other keys' (fair_queue.py)."""
         if hive_id is not None:  # an unknown hive fails at once; a remote one's running workers are adopted first
             await self.hives.workers_known(hive_id)
         key = (model, hive_id, embedding)
-        queue = self._queues.setdefault(key, deque())
-        queue.append(job_id)
+        queue = self._queues.setdefault(key, FairQueue())
+        queue.add(job_id, owner)
+        self._owner_of[job_id] = owner
         try:
-            return await self._acquire_in_turn(model, hive_id, job_id, queue, waiting, embedding, device, prefix)
+            worker = await self._acquire_in_turn(model, hive_id, job_id, owner, queue, waiting, embedding, device,
+                                                 prefix)
+            queue.served(owner)
+            return worker
         finally:
-            queue.remove(job_id)
+            queue.remove(job_id, owner)
             if not queue and self._queues.get(key) is queue:
                 del self._queues[key]
+            self._forget_owners()
             self.workers.notify()  # the next in line looks again
 
-    async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, queue: deque[str],
-                               waiting: Callable[[bool], None], embedding: bool = False,
+    def _running(self, owner: str | None) -> int:
+        """Slots held now by requests of `owner`."""
+        return sum(1 for w in self.workers.all() for job in w.leases if self._owner_of.get(job, "") == owner)
+
+    def _forget_owners(self) -> None:
+        if len(self._owner_of) > 256:  # of jobs neither waiting nor holding a slot any more
+            busy = {job for w in self.workers.all() for job in w.leases}
+            busy |= {job for q in self._queues.values() for job in q.jobs()}
+            self._owner_of = {j: o for j, o in self._owner_of.items() if j in busy}
+
+    async def _acquire_in_turn(self, model: str, hive_id: str | None, job_id: str, owner: str | None,
+                               queue: FairQueue, waiting: Callable[[bool], None], embedding: bool = False,
                                device: str = DEVICE_AUTO, prefix: Sequence[int] = ()) -> WorkerInfo:
         key = (model, hive_id, embedding)
         kind = "embedding worker" if embedding else "worker"
@@ -93,9 +111,10 @@ class Scheduler:
             await self._ask_saved([hive_id] if hive_id else self.hives.schedulable(), model, prefix)
         while True:
             guard = self.config.route_guard if self.config.cache_routing else None
+            my_turn = queue.next(self._running) == job_id
             worker = (self.workers.with_free_slot(model, hive_id, embedding=embedding, device=device, prefix=prefix,
                                                   guard=guard, on_disk=on_disk)
-                      if queue[0] == job_id else None)
+                      if my_turn else None)
             if worker is not None:
                 self.workers.lease(worker, job_id)
                 waiting(False)
@@ -112,7 +131,7 @@ class Scheduler:
             room = [h for h in candidates if alive(h) < self.config.max_workers_per_hive]
             has_worker = any(alive(h) for h in candidates)
             lock = self._spawning.setdefault((hive_id or "*", model, embedding), asyncio.Lock())
-            if (queue[0] == job_id and room and not lock.locked()
+            if (my_turn and room and not lock.locked()
                     and not (has_worker and time.monotonic() < self._full_until.get(key, 0.0))):
                 async with lock:
                     waiting(False)
@@ -134,7 +153,7 @@ class Scheduler:
                         self.workers.lease(worker, job_id)  # no await between spawn and lease: nobody steals it
                         return worker
             if not waiting_said:
-                ahead = queue.index(job_id)
+                ahead = queue.ahead(job_id, owner)
                 narrate("worker_wait", f"Every {kind} slot for {model} on {hive_id or 'every hive'} is busy; waiting for one"
                         + (f" ({ahead} ahead in its queue)" if ahead else ""), target=model)
                 waiting_said = True

@@ -274,3 +274,5 @@ def test_keys_from_the_cli_open_what_their_scope_allows(keeper):
     assert status == 401 and "'webui' was revoked" in answer["error"]["message"]
     again = keeper("keys", "revoke", "webui")
     assert again.returncode == 1 and "No key named 'webui'" in again.stderr
+    for path in keeper.home.rglob("*"):  # logs, job history, conversations, keys.db: never the key itself
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
