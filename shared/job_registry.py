@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Protocol
 
 from shared.errors import AmbiguousId, JobConflict, JobNotFound, RbeeError
-from shared.events import End, Error, Event, JobState, Narration, bind_job, encode_event, unbind_job
+from shared.events import End, Error, Event, JobState, Narration, Token, bind_job, encode_event, unbind_job
 from shared.operations import Operation
 
 log = logging.getLogger("rbee.jobs")
@@ -75,6 +75,7 @@ class Job:
         self._cleanups: list[Cleanup] = []
         self._task: asyncio.Task[None] | None = None
         self.readers = 0  # open streams following this job
+        self.tokens_streamed = 0  # what an answer cut short (cancelled, revoked, failed) still sent
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -86,6 +87,8 @@ class Job:
         """Append an event to the job's log and wake its readers; returns the event's sequence number."""
         if self.state.finished:
             raise RuntimeError(f"{self.id} is {self.state.value}; it takes no more events")
+        if isinstance(event, Token):
+            self.tokens_streamed += len(event.ids) if event.ids else 1
         return self._append(encode_event(event))
 
     def emit_while_running(self, event: Event) -> None:

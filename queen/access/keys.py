@@ -231,8 +231,9 @@ class KeyStore(SqliteStore):
         key = self._live.get(digest)
         if key is not None and hmac.compare_digest(key.hash, digest):
             if key.expired(now):
+                # Rotating keeps the expiry, so a new key it has to be.
                 raise Unauthorized(f"The API key '{key.name}' expired; ask whoever runs the queen for a new one "
-                                   f"(`rbee keys rotate {key.name}`).")
+                                   f"(`rbee keys revoke {key.name}`, then `rbee keys create {key.name} --expires ...`).")
             if key.last_used_at is None or now - key.last_used_at > 60:  # written at most once a minute
                 self._touch(key, now)
             return key

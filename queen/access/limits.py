@@ -112,7 +112,9 @@ class KeyLimits:
         reserve = self._reservations.pop(job.id)
         state = self._state.get(job.owner)
         result = job.result or {}
-        prompt, completion = int(result.get("prompt_tokens") or 0), int(result.get("tokens_out") or 0)
+        prompt = int(result.get("prompt_tokens") or 0)
+        # An answer cut short (cancelled, revoked, failed) reports no usage, but what it streamed was used.
+        completion = int(result["tokens_out"]) if result.get("tokens_out") is not None else job.tokens_streamed
         if state is not None:
             state.running -= 1
             state.reserved -= reserve

@@ -112,7 +112,7 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         assert payload(events, "hive_start")["state"] == "running"
         assert hive_processes(hive_port)
         async with JobClient(f"http://127.0.0.1:{hive_port}", hive_token) as hive:  # a hive token drives
-            with pytest.raises(Exception, match="Wrong bearer token"):              # nothing at the queen
+            with pytest.raises(Exception, match="Unknown API key"):                 # nothing at the queen
                 await JobClient(queen.url, hive_token, session=hive.session).submit({"operation": "hive_list"})
 
         events = await run(client, Infer(prompt="The capital of France is", max_tokens=8, temperature=0,

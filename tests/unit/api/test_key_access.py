@@ -195,3 +195,18 @@ async def test_tokens_per_day_are_reserved_then_settled_and_usage_matches_the_an
     assert f'rbee_key_tokens_today{{key="budget"}} {float(used)}' in metrics
     bad = await client.get("/v1/keys/usage?since=yesterday", headers=AUTH)
     assert bad.status == 400 and "YYYY-MM-DD" in (await bad.json())["error"]["message"]
+
+
+async def test_an_answer_cut_short_still_counts_the_tokens_it_streamed(client):
+    secret = await make_key(client, "cut", tokens_per_day=10_000)
+    resp = await client.post(CHAT, headers=bearer(secret), json=chat(text="tokens=1000 delay=0.01", stream=True))
+    streamed = 0
+    while streamed < 5:  # a few tokens out, then the key is revoked mid-answer
+        line = await resp.content.readline()
+        if line.startswith(b"data: {\"id\""):
+            streamed += bool(json.loads(line[6:])["choices"][0]["delta"].get("content"))
+    await client.delete("/v1/keys/cut", headers=AUTH)
+    await resp.text()
+    await asyncio.sleep(0.05)  # the usage rows are written in the database's thread
+    [row] = (await (await client.get("/v1/keys/usage?name=cut", headers=AUTH)).json())["usage"]
+    assert row["requests"] == 1 and row["completion_tokens"] >= streamed
