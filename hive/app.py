@@ -29,6 +29,7 @@ from shared.job_routes import setup_job_api
 from shared.metrics import setup_metrics
 from shared.operations import HIVE_OPERATIONS, WorkerSpawn
 from shared.prefix_chain import saved_chains
+from shared.version import version_fields
 
 
 def create_app(config: HiveConfig, token: str) -> web.Application:
@@ -79,7 +80,7 @@ async def health(request: web.Request) -> web.Response:
     workers = executor.supervisor.all() if executor else []
     reading = MACHINE.latest()
     return web.json_response({
-        "status": "ok", "hive_id": config.hive_id,
+        "status": "ok", "hive_id": config.hive_id, **version_fields(),
         "workers": sum(1 for w in workers if w.alive),
         "gpus": reading.gpus if reading else None,  # None: not read yet (start-up)
         "gpu_problem": MACHINE.gpu_problem(),

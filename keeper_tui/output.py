@@ -109,10 +109,26 @@ MODEL_COLUMNS = [("alias", "alias"), ("id", "id"), ("size_h", "size"), ("needs_h
 WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("kind", "kind"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
 QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"), ("kind", "kind"),
-                        ("device", "device"), ("slots_h", "slots busy"), ("pid", "pid"), ("url", "url")]
-HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("url", "url"), ("pid", "pid")]
+                        ("device", "device"), ("slots_h", "slots busy"), ("version_h", "version"), ("pid", "pid"),
+                        ("url", "url")]
+HIVE_COLUMNS = [("alias", "alias"), ("state", "state"), ("version_h", "version"), ("url", "url"), ("pid", "pid")]
 JOB_COLUMNS = [("id_h", "job"), ("operation", "operation"), ("state", "state"), ("created_h", "created"),
                ("key", "key"), ("summary", "summary")]  # key: the API key that made it; empty: the queen's token
+
+
+def version_cell(row: dict[str, Any]) -> str:
+    """The rbee a hive or worker runs, marked when it is not the queen's: "0.1.0 (skew)", "0.3.0 INCOMPATIBLE"
+    ("?": from before versions were told; empty: not heard from yet)."""
+    if row.get("protocol") is None:
+        return ""
+    version = row.get("version") or "?"
+    if row.get("compatible") is False:
+        return f"{version} INCOMPATIBLE"
+    return f"{version} (skew)" if row.get("skew") else version
+
+
+def with_version(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "version_h": version_cell(row)}
 
 
 def render_data(action: str, payload: Any, out: TextIO) -> None:
@@ -123,18 +139,24 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
     elif action == "worker_list":
         table([with_kind(w) for w in payload.get("workers", [])], WORKER_COLUMNS, out)
     elif action == "hive_list":
-        table(payload.get("hives", []), HIVE_COLUMNS, out)
+        table([with_version(h) for h in payload.get("hives", [])], HIVE_COLUMNS, out)
     elif action == "status":
+        if queen := payload.get("queen"):
+            out.write(f"queen: rbee {queen.get('version')} (protocol {queen.get('protocol')})\n\n")
         out.write("hives\n")
-        table(payload.get("hives", []), HIVE_COLUMNS, out)
+        hives = [with_version(h) for h in payload.get("hives", [])]
+        table(hives, HIVE_COLUMNS, out)
         out.write("\nworkers\n")
-        workers = [{**with_kind(w), "slots_h": f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}"}
+        workers = [{**with_kind(with_version(w)), "slots_h": f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}"}
                    for w in payload.get("workers", [])]
         table(workers, QUEEN_WORKER_COLUMNS, out)
         jobs = payload.get("jobs", {})
         out.write(f"\njobs: {jobs.get('running', 0)} running, {jobs.get('recent', 0)} recent\n")
         for model, count in sorted((payload.get("waiting_for_a_worker") or {}).items()):
             out.write(f"waiting for a worker of {model}: {count}\n")
+        for row in hives + workers:
+            if row.get("problem") and row.get("compatible") is False:
+                out.write(f"warning: {row['problem']}\n")
     elif action in ("hive_status", "hive_get") and isinstance(payload, dict):
         hive_status(payload, out)
     elif action == "hive_refresh_capabilities" and isinstance(payload, dict):

@@ -37,6 +37,7 @@ from shared.operations import (
     WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
+from shared.version import version_fields
 
 
 class QueenExecutor:
@@ -128,6 +129,7 @@ class QueenExecutor:
     async def status(self) -> dict[str, Any]:
         jobs = list(self._jobs.jobs())
         return {
+            "queen": version_fields(),
             "hives": await self.hives.statuses(),
             "workers": [w.to_dict() for w in self.workers.all()],
             "jobs": {"running": sum(1 for j in jobs if not j.state.finished and not j.operation.read_only),

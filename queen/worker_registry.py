@@ -16,6 +16,7 @@ from typing import Any
 
 from queen.prefix_index import MIN_ROUTED_TOKENS, PrefixIndex, RouteGuard
 from shared.heartbeat import EngineState, Heartbeat
+from shared.version import THIS, PeerVersion, incompatibility
 from shared.wire import WireEnum
 
 
@@ -28,6 +29,7 @@ class WorkerStatus(WireEnum):
     CRASHED = "crashed"  # a request to it failed as only a dead worker fails
     STOPPED = "stopped"  # the queen stopped it, or its hive
     UNREACHABLE = "unreachable"  # the link to its hive's machine is down; it comes back with the link
+    INCOMPATIBLE = "incompatible"  # it speaks a protocol this queen does not (shared/version.py)
 
     @property
     def alive(self) -> bool:
@@ -54,6 +56,7 @@ class WorkerInfo:
     last_used: float = field(default_factory=time.monotonic)
     leases: set[str] = field(default_factory=set)  # the queen jobs generating on it right now
     prefixes: PrefixIndex = field(default_factory=PrefixIndex)  # the prompts its slots hold, approximately
+    peer: PeerVersion = THIS  # the rbee it runs, as its heartbeats say (one the queen spawned: the hive's)
 
     @property
     def state(self) -> WorkerStatus:
@@ -81,7 +84,8 @@ class WorkerInfo:
             "worker_id": self.worker_id, "hive_id": self.hive_id, "url": self.url, "model": self.model,
             "state": self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
             "slots": self.slots, "slots_busy": len(self.leases), "leases": sorted(self.leases),
-            "embedding": self.embedding,
+            "embedding": self.embedding, **self.peer.to_dict(),
+            "problem": incompatibility(f"Worker {self.worker_id}", self.peer, fix=f"rbee hive upgrade {self.hive_id}"),
             "seen_s_ago": round(now - self.last_seen, 2),
             "idle_s": round(now - self.last_used, 2) if self.idle else 0.0,
         }
@@ -98,6 +102,9 @@ class WorkerRegistry:
         """Register or refresh a worker; a worker going away (or its hive saying it went) is unschedulable
         from this moment, not after the heartbeat timeout. None: news of a worker the queen never knew."""
         reported = GOING.get(beat.state) or WorkerStatus(beat.state.value)
+        peer = PeerVersion.of({"version": beat.version, "protocol": beat.protocol})
+        if not peer.compatible and reported.alive:
+            reported = WorkerStatus.INCOMPATIBLE
         worker = self._workers.get(beat.worker_id)
         if worker is None and reported in GOING.values():
             return None
@@ -109,7 +116,7 @@ class WorkerRegistry:
         if worker.reported not in (WorkerStatus.CRASHED, WorkerStatus.STOPPED) or reported is WorkerStatus.READY:
             worker.reported = reported
         worker.pid, worker.queue_depth, worker.device, worker.slots = beat.pid, beat.queue_depth, beat.device, beat.slots
-        worker.embedding = beat.embedding
+        worker.embedding, worker.peer = beat.embedding, peer
         worker.last_seen = time.monotonic()
         self.notify()
         return worker

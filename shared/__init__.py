@@ -3,4 +3,4 @@
 Importing this package must stay cheap: no textual, llama_cpp or asyncssh (a test enforces it).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # pyproject.toml says the same (a test checks)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shared import appkeys
 from shared.http import MAX_BODY_BYTES, base_middlewares, error_middleware
+from shared.version import version_fields
 
 
 def create_base_app(
@@ -32,7 +33,7 @@ def create_base_app(
 
 
 async def default_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", **version_fields()})
 
 
 async def shutdown(request: web.Request) -> web.Response:

@@ -37,6 +37,9 @@ class Heartbeat(WireMessage):
     slots_busy: int = field(default=0, metadata=bounds(0))
     device: str = field(default="cpu", metadata={"nonempty": True})
     embedding: bool = False  # an embedding worker: it computes embeddings and is never sent a generation
+    # Which rbee it runs (shared/version.py); absent from workers from before versions were told.
+    version: str | None = None
+    protocol: int = field(default=0, metadata=bounds(0))
 
 
 def parse_heartbeat(data: Any) -> Heartbeat:

@@ -19,6 +19,7 @@ from shared.app import create_base_app
 from shared.client import DaemonClient
 from shared.heartbeat import EngineState, Heartbeat
 from shared.metrics import setup_metrics
+from shared.version import PROTOCOL, VERSION, version_fields
 from worker.appkeys import CONFIG, ENGINE, GOODBYE, HEARTBEAT
 from worker.config import WorkerConfig
 from worker.embedder import EmbeddingEngine
@@ -73,7 +74,8 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
         return Heartbeat(worker_id=config.worker_id, hive_id=config.hive_id or "", url=listening.url or "",
                          model=config.model_ref, state=app[ENGINE].state, pid=os.getpid(),
                          queue_depth=queue_depth(app), device=config.device_name, slots=app[ENGINE].slots_total,
-                         slots_busy=app[ENGINE].slots_busy, embedding=config.embedding)
+                         slots_busy=app[ENGINE].slots_busy, embedding=config.embedding, version=VERSION,
+                         protocol=PROTOCOL)
 
     app[GOODBYE] = lambda: dataclasses.replace(heartbeat(), state=EngineState.STOPPING)
 
@@ -101,6 +103,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok" if engine.state is not EngineState.FAILED else "error",
         "state": engine.state.value,
         "worker_id": config.worker_id,
+        **version_fields(),
         "model": config.model_ref,
         "device": config.device_name,
         "threads": config.threads,

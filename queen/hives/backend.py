@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from shared.job_client import Clients
+from shared.version import PeerVersion
 from shared.wire import WireEnum
 
 
@@ -28,6 +29,10 @@ class HiveBackend(Protocol):
 
     @property
     def state(self) -> HiveState: ...
+
+    @property
+    def peer(self) -> PeerVersion | None:
+        """The rbee the hive runs, as it last said (None: not heard from yet)."""
 
     @property
     def schedulable(self) -> bool:

@@ -24,5 +24,8 @@ class HiveHandle:
         return self.backend.state
 
     def to_dict(self) -> dict[str, Any]:
+        peer = self.backend.peer
+        said = peer.to_dict() if peer is not None else {"version": None, "protocol": None, "skew": False,
+                                                         "compatible": True}
         return {"alias": self.alias, "local": self.backend.local, "url": self.url, "state": self.state.value,
-                **self.backend.describe(), "capabilities": self.capabilities, **self.backend.supervision()}
+                **said, **self.backend.describe(), "capabilities": self.capabilities, **self.backend.supervision()}

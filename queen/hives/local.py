@@ -17,14 +17,15 @@ from typing import Any, Callable
 
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError
-from queen.forwarding import hive_answers
+from queen.forwarding import hive_health
 from queen.hives.backend import HiveState
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
-from shared.handshake import listening_url
+from shared.handshake import listening_url, listening_version
 from shared.job_client import Clients
 from shared.kv_cache import worker_slots_args
 from shared.process import CHILD_CWD, tail_file
+from shared.version import PeerVersion, incompatibility
 
 STOP_TIMEOUT_S = 20.0
 
@@ -42,6 +43,7 @@ class LocalHive:
         self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self.exit_code: int | None = None
+        self.peer: PeerVersion | None = None  # the rbee it runs, as its start-up line or /health said
         self._lock = asyncio.Lock()
 
     @property
@@ -66,7 +68,10 @@ class LocalHive:
         url = self.url
         if not url:
             return False
-        return await hive_answers(self._clients.daemon(url), self.alias)
+        health = await hive_health(self._clients.daemon(url), self.alias)
+        if health is not None:
+            self.peer = PeerVersion.of(health)
+        return health is not None
 
     async def _shares_our_token(self, url: str) -> bool:
         """A hive is ours only if it takes our token: an authenticated request proves it (health does not)."""
@@ -86,6 +91,22 @@ class LocalHive:
                 return self.url
             return await self._start_process()
 
+    async def _replaced_if_incompatible(self, url: str) -> bool:
+        """A hive an earlier queen left on the fixed port, running an rbee this queen cannot speak to, is
+        stopped (it is this machine's, and this queen's to replace) so that ours starts there."""
+        why = incompatibility(f"The hive at {url}", self.peer or PeerVersion(None, 0), fix="rbee queen restart")
+        if why is None:
+            return False
+        narrate("hive_start", f"{why.split(': they')[0]}: stopping it and starting this queen's", target=self.alias,
+                level="warn")
+        with contextlib.suppress(RbeeError):
+            await self._clients.daemon(url).shutdown()
+        for _ in range(int(STOP_TIMEOUT_S * 10)):
+            if await self._clients.daemon(url).health_or_none(timeout=0.5) is None:
+                break
+            await asyncio.sleep(0.1)
+        return True
+
     async def start(self) -> None:
         if await self.healthy():
             self.state = HiveState.RUNNING
@@ -98,13 +119,15 @@ class LocalHive:
         if port:  # a hive left by an earlier queen may already answer on the fixed port: adopt it if it is ours
             url = self.url = f"http://127.0.0.1:{port}"
             if await self.healthy():
-                if await self._shares_our_token(url):
+                if not await self._shares_our_token(url):
+                    narrate("hive_start", f"The hive at {url} answers with another token (another user's, or "
+                                          "another rbee home): starting our own on a free port", target=self.alias,
+                            level="warn")
+                    port = 0
+                elif not await self._replaced_if_incompatible(url):
                     self.state = HiveState.RUNNING
                     narrate("hive_start", f"Found hive {self.alias} already running at {url}", target=self.alias)
                     return url
-                narrate("hive_start", f"The hive at {url} answers with another token (another user's, or another "
-                                      "rbee home): starting our own on a free port", target=self.alias, level="warn")
-                port = 0
             self.url = None
         narrate("hive_start", f"Starting hive {self.alias}", target=self.alias)
         self.state = HiveState.STARTING
@@ -134,6 +157,7 @@ class LocalHive:
             raise HiveUnavailable(f"Hive {self.alias} did not start (exit code {proc.returncode}). "
                                   f"Its log {log_path} ends with:\n{tail}")
         self.url = url = listening
+        self.peer = listening_version(line)
         self.state = HiveState.RUNNING
         self.started_at = time.time()
         self.exit_code = None

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -129,6 +130,49 @@ async def test_the_queen_adopts_a_hive_only_when_it_takes_the_queen_s_token(tmp_
     finally:
         queen.stop(30)
         stranger.stop(30)
+
+
+async def test_a_hive_left_on_the_port_by_another_protocol_is_replaced(tmp_path):
+    """A hive an earlier queen left on the fixed port, running code of another protocol (a copy of rbee's
+    source with its PROTOCOL changed, as a newer release would have it), is stopped and replaced."""
+    import shutil
+    import sys
+
+    from shared.events import Narration
+    from shared.job_client import JobClient
+    from shared.operations import Infer
+    from shared.version import PROTOCOL, VERSION
+    from tests.support.processes import pid_alive, start_daemon, start_queen
+    from tests.support.sshd import free_port
+
+    root = Path(__file__).resolve().parents[2]
+
+    other = tmp_path / "other-rbee"
+    for package in ("shared", "hive", "worker"):
+        shutil.copytree(root / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
+    version_py = other / "shared" / "version.py"
+    version_py.write_text(version_py.read_text().replace(f"PROTOCOL = {PROTOCOL}", "PROTOCOL = 99", 1))
+    home, port = tmp_path / "home", str(free_port())
+    run_copy = f"import sys, runpy; sys.path.insert(0, {str(other)!r}); runpy.run_module('hive.main', run_name='__main__')"
+    old = start_daemon([sys.executable, "-c", run_copy, "--port", port], home)
+    assert old.health()["protocol"] == 99
+    queen = start_queen(home, "--local-hive-port", port)
+    try:
+        async with JobClient(queen.url, queen.token) as client:
+            job = await client.submit(Infer(prompt="Hello", max_tokens=4))
+            events = [e async for e in client.stream(job.job_id)]
+            status = await client.request("GET", "/v1/hives")
+        assert events[-1].state == "completed"
+        said = " ".join(e.human for e in events if isinstance(e, Narration))
+        assert (f"The hive at http://127.0.0.1:{port} runs rbee {VERSION} (protocol 99) and this queen runs rbee "
+                f"{VERSION} (protocol {PROTOCOL}): stopping it and starting this queen's") in said
+        old.proc.wait(30)
+        assert not pid_alive(old.proc.pid)
+        [local] = [h for h in status["hives"] if h["alias"] == "localhost"]
+        assert (local["version"], local["protocol"], local["url"]) == (VERSION, PROTOCOL, f"http://127.0.0.1:{port}")
+    finally:
+        queen.stop(30)
+        old.stop(30)
 
 
 async def test_big_prompts_are_bounded_in_memory_history_and_listings(tmp_path):

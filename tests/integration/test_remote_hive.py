@@ -18,6 +18,7 @@ import pytest
 from shared.events import Data, End, Error, Narration, Token
 from shared.job_client import JobClient
 from shared.operations import Infer
+from shared.version import PROTOCOL, VERSION
 from tests.support.processes import pid_alive, start_queen
 from tests.support.sshd import free_port, keygen, sshd_binary, start_sshd
 
@@ -122,6 +123,29 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         workers = payload(await run(client, {"operation": "worker_list", "hive_id": "remote1"}), "worker_list")
         assert len(workers["workers"]) == 1
         worker_pid = workers["workers"][0]["pid"]
+        status = payload(await run(client, {"operation": "status"}), "status")
+        hive = next(h for h in status["hives"] if h["alias"] == "remote1")
+        worker = next(w for w in status["workers"] if w["hive_id"] == "remote1")
+        for said in (status["queen"], hive, worker):
+            assert (said["version"], said["protocol"]) == (VERSION, PROTOCOL) and not said.get("skew")
+
+        # The remote's rbee turns into one of another protocol (as a newer release would be) and its hive
+        # restarts on it: the queen sends it nothing and says why, naming both versions.
+        [version_py] = install_dir.glob("venv/lib/python*/site-packages/shared/version.py")
+        version_py.write_text(version_py.read_text().replace(f"PROTOCOL = {PROTOCOL}", "PROTOCOL = 99", 1))
+        for pid in hive_processes(hive_port):
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 30
+        while True:
+            hive = payload(await run(client, {"operation": "hive_status", "alias": "remote1"}), "hive_status")
+            if hive.get("protocol") == 99 and hive["state"] == "crashed" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert hive["compatible"] is False and hive["state"] == "crashed", hive
+        assert (f"Hive remote1 runs rbee {VERSION} (protocol 99) and this queen runs rbee {VERSION} (protocol "
+                f"{PROTOCOL})") in hive["problem"] and "upgrade this machine's rbee" in hive["problem"]
+        error = error_of(await run(client, Infer(prompt="Hi", max_tokens=4, hive_id="remote1")))
+        assert "protocol 99" in error.message
 
         events = await run(client, {"operation": "hive_stop", "alias": "remote1"})
         assert payload(events, "hive_stop")["state"] == "stopped"

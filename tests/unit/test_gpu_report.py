@@ -168,6 +168,6 @@ def test_the_hives_tab_shows_free_of_total_vram_and_utilisation():
     assert COLUMNS[-1] == "gpus"
     two = {"gpus": [RTX, {**RTX, "device": "cuda:1", "memory_free_mb": 1024, "utilization_pct": None}]}
     row = hive_row({"alias": "gpu1", "state": "running", "url": "http://x", "host": "gpu1", "capabilities": two})
-    assert row == ("gpu1", "gpu1", "running", "http://x", "gpu1", "cuda:0 20.1/24.0 GiB 35 %, cuda:1 1.0/24.0 GiB")
+    assert row == ("gpu1", "gpu1", "running", "", "http://x", "gpu1", "cuda:0 20.1/24.0 GiB 35 %, cuda:1 1.0/24.0 GiB")
     assert gpus_brief({"gpus": [], "gpu_note": "no GPU"}) == "none" and gpus_brief(None) == ""
     assert gpus_brief({"gpus": [RTX], "gpu_problem": "…"}).endswith("(CPU-only llama.cpp)")

@@ -170,35 +170,48 @@ def test_worker_and_hive_lists_are_tables():
     assert rendered("worker_list", {"workers": workers}) == (
         "ID        MODEL         STATE  KIND      DEVICE  SLOTS  THREADS  PID  URL\n"
         "worker-1  smollm2-135m  ready  generate  cpu     4      2        42   http://127.0.0.1:9001\n")
-    hives = [{"alias": "localhost", "state": "running", "url": "http://127.0.0.1:7835", "pid": 7},
-             {"alias": "gpu1", "state": "stopped", "url": None, "pid": None}]
+    hives = [{"alias": "localhost", "state": "running", "url": "http://127.0.0.1:7835", "pid": 7, "version": "0.2.0",
+              "protocol": 1, "skew": False, "compatible": True},
+             {"alias": "gpu1", "state": "stopped", "url": None, "pid": None, "version": None, "protocol": None}]
     assert rendered("hive_list", {"hives": hives}) == (
-        "ALIAS      STATE    URL                    PID\n"
-        "localhost  running  http://127.0.0.1:7835  7\n"
+        "ALIAS      STATE    VERSION  URL                    PID\n"
+        "localhost  running  0.2.0    http://127.0.0.1:7835  7\n"
         "gpu1       stopped\n")
     assert rendered("worker_list", {"workers": []}) == "(none)\n"
     assert rendered("hive_list", {}) == "(none)\n"
 
 
 def test_status_shows_hives_workers_and_job_counts():
+    same = {"version": "0.2.0", "protocol": 1, "skew": False, "compatible": True}
     payload = {
-        "hives": [{"alias": "localhost", "state": "running", "url": "http://h", "pid": 1}],
+        "queen": {"version": "0.2.0", "protocol": 1},
+        "hives": [{"alias": "localhost", "state": "running", "url": "http://h", "pid": 1, **same},
+                  {"alias": "gpu1", "state": "crashed", "url": None, "pid": None, "version": "0.3.0", "protocol": 2,
+                   "skew": True, "compatible": False, "problem": "Hive gpu1 runs rbee 0.3.0 (protocol 2) and ..."}],
         "workers": [{"worker_id": "w1", "hive_id": "localhost", "model": "m", "state": "ready", "device": "cpu",
-                     "slots": 4, "slots_busy": 1, "pid": 2, "url": "http://w"}],
+                     "slots": 4, "slots_busy": 1, "pid": 2, "url": "http://w", **same},
+                    {"worker_id": "w2", "hive_id": "old", "model": "m", "state": "ready", "device": "cpu",
+                     "slots": 4, "slots_busy": 0, "pid": 3, "url": "http://v", "version": None, "protocol": 0,
+                     "skew": True, "compatible": True}],
         "jobs": {"running": 1, "recent": 3},
         "waiting_for_a_worker": {"m": 2},
     }
     assert rendered("status", payload) == (
+        "queen: rbee 0.2.0 (protocol 1)\n"
+        "\n"
         "hives\n"
-        "ALIAS      STATE    URL       PID\n"
-        "localhost  running  http://h  1\n"
+        "ALIAS      STATE    VERSION             URL       PID\n"
+        "localhost  running  0.2.0               http://h  1\n"
+        "gpu1       crashed  0.3.0 INCOMPATIBLE\n"
         "\n"
         "workers\n"
-        "ID  HIVE       MODEL  STATE  KIND      DEVICE  SLOTS BUSY  PID  URL\n"
-        "w1  localhost  m      ready  generate  cpu     1/4         2    http://w\n"
+        "ID  HIVE       MODEL  STATE  KIND      DEVICE  SLOTS BUSY  VERSION   PID  URL\n"
+        "w1  localhost  m      ready  generate  cpu     1/4         0.2.0     2    http://w\n"
+        "w2  old        m      ready  generate  cpu     0/4         ? (skew)  3    http://v\n"
         "\n"
         "jobs: 1 running, 3 recent\n"
-        "waiting for a worker of m: 2\n")
+        "waiting for a worker of m: 2\n"
+        "warning: Hive gpu1 runs rbee 0.3.0 (protocol 2) and ...\n")
 
 
 def test_an_empty_status_says_none_and_zero():

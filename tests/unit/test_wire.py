@@ -11,9 +11,10 @@ from aiohttp import web
 
 from shared.client import DaemonClient
 from shared.errors import InvalidRequest, ServerError, ServerUnreachable
-from shared.handshake import listening_line, listening_url
+from shared.handshake import listening_line, listening_url, listening_version
 from shared.inference import SAMPLING_DEFAULTS, InferenceRequest, parse_inference_request
 from shared.operations import Infer, parse_operation
+from shared.version import THIS, PeerVersion
 from shared.wire import WireEnum, WireMessage, bounds, parse_message
 
 
@@ -72,6 +73,8 @@ def test_handshake_has_one_writer_and_one_reader():
     assert listening_url(line) == "http://127.0.0.1:40123"
     assert listening_url(line.encode() + b"\n") == "http://127.0.0.1:40123"
     assert listening_url("rbee-hive: cannot listen on 127.0.0.1:7835") is None
+    assert listening_version(line) == THIS
+    assert listening_version("rbee-hive gpu1 listening on http://127.0.0.1:40123") == PeerVersion(None, 0)  # older
 
 
 async def test_client_turns_error_bodies_into_typed_errors(aiohttp_server):

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable
 
-from keeper_tui.output import gpus_brief
+from keeper_tui.output import gpus_brief, version_cell
 from keeper_tui.tui.queen import QueenLink, data_of
 from keeper_tui.tui.views.base import TableView
 from keeper_tui.tui.widgets import NarrationPane
@@ -18,7 +18,7 @@ from shared.errors import RbeeError
 from shared.job_client import JobClient
 from shared.operations import HiveInstall, HiveList, HiveStart, HiveStop
 
-COLUMNS = ("alias", "state", "url", "host", "gpus")
+COLUMNS = ("alias", "state", "version", "url", "host", "gpus")
 ACTIONS = {"hive-start": HiveStart, "hive-stop": HiveStop, "hive-install": HiveInstall}
 
 
@@ -28,7 +28,7 @@ async def list_hives(client: JobClient) -> list[dict[str, Any]]:
 
 def hive_row(hive: dict[str, Any]) -> tuple:
     """(key, cells…) of one hive: its GPUs as it last reported them."""
-    return (hive["alias"], hive["alias"], hive["state"], hive.get("url"), hive.get("host"),
+    return (hive["alias"], hive["alias"], hive["state"], version_cell(hive), hive.get("url"), hive.get("host"),
             gpus_brief(hive.get("capabilities")))
 
 

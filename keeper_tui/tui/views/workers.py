@@ -7,13 +7,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable
 
+from keeper_tui.output import version_cell
 from keeper_tui.tui.queen import QueenLink
 from keeper_tui.tui.views.base import TableView
 from keeper_tui.tui.widgets import NarrationPane
 from shared.errors import RbeeError
 from shared.operations import LOCAL_HIVE, WorkerDelete
 
-COLUMNS = ("id", "hive", "model", "state", "device", "slots busy", "pid")
+COLUMNS = ("id", "hive", "model", "state", "device", "slots busy", "version", "pid")
 
 
 class WorkersView(TableView):
@@ -48,7 +49,7 @@ class WorkersView(TableView):
         self.worker_hives = {w["worker_id"]: w["hive_id"] for w in workers}
         self.fill([(w["worker_id"], w["worker_id"], w["hive_id"],
                     w["model"] + (" (embedding)" if w.get("embedding") else ""), w["state"], w["device"],
-                    f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}", w["pid"]) for w in workers])
+                    f"{w.get('slots_busy', 0)}/{w.get('slots', 1)}", version_cell(w), w["pid"]) for w in workers])
 
     @on(Button.Pressed, "#worker-stop")
     def stop_worker(self) -> None:

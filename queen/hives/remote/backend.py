@@ -22,6 +22,7 @@ from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import narrate
 from shared.job_client import Clients
+from shared.version import PeerVersion
 
 PHASE_STATES = {Phase.CONNECTING: HiveState.STARTING, Phase.RUNNING: HiveState.RUNNING,
                 Phase.UNREACHABLE: HiveState.UNREACHABLE, Phase.GAVE_UP: HiveState.CRASHED,
@@ -50,6 +51,10 @@ class RemoteHive:
     @property
     def url(self) -> str | None:
         return self.supervisor.url if self.supervisor is not None else None
+
+    @property
+    def peer(self) -> PeerVersion | None:
+        return self.supervisor.peer if self.supervisor is not None else None
 
     @property
     def started_at(self) -> float | None:

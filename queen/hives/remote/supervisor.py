@@ -35,6 +35,7 @@ from shared.heartbeat import EngineState, Heartbeat
 from shared.job_client import Clients
 from shared.kv_cache import worker_slots_args
 from shared.operations import WorkerList
+from shared.version import THIS, PeerVersion, incompatibility
 from shared.wire import WireEnum
 
 log = logging.getLogger("rbee.queen.remote")
@@ -84,6 +85,7 @@ class RemoteHiveSupervisor:
         self.link: HiveLink | None = None
         self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=NOTES_KEPT)
         self.problem: str | None = None  # why it is not running, in words
+        self.peer: PeerVersion | None = None  # the rbee the hive runs, as its /health says
         self.unreachable_since: float | None = None  # monotonic, for "how long"
         self.unreachable_at: float | None = None  # wall clock, for `rbee hive status`
         self._changed = asyncio.Event()
@@ -261,10 +263,21 @@ class RemoteHiveSupervisor:
         else:
             await self._start_hive(link, queen_url)
         self._connected_once = True
+        await self._check_version()
         await self.clients.daemon(self.url).request("PUT", "/v1/queen", {"url": queen_url}, timeout=5)
         await self._adopt_workers(link)
         self.started_at = self.started_at or time.time()
         self._set(Phase.RUNNING)
+
+    async def _check_version(self) -> None:
+        """Nothing is sent to a hive whose protocol this queen cannot speak: supervision stops, saying why."""
+        health = await self.clients.daemon(self.url).health(timeout=10)
+        self.peer = PeerVersion.of(health)
+        if (why := incompatibility(f"Hive {self.alias}", self.peer, fix=f"rbee hive install {self.alias}")) is not None:
+            raise GiveUp(why)
+        if self.peer.skewed:
+            self.note(f"Hive {self.alias} runs {self.peer.label}, this queen {THIS.label}: they work together; "
+                      f"`rbee hive install {self.alias}` brings it to this version", "warn")
 
     async def _ours(self, url: str) -> bool:
         """Whether the hive holding the lock takes our token for it (health is public: a request that needs
@@ -310,7 +323,8 @@ class RemoteHiveSupervisor:
             self._workers.heartbeat(Heartbeat(
                 worker_id=w["id"], hive_id=self.alias, url=await link.local_url(w["url"]), model=w["model"],
                 state=EngineState(w["state"]), pid=w.get("pid"), slots=w.get("slots") or 1,
-                device=w.get("device") or "cpu", embedding=bool(w.get("embedding"))))
+                device=w.get("device") or "cpu", embedding=bool(w.get("embedding")),
+                version=self.peer.version if self.peer else None, protocol=self.peer.protocol if self.peer else 0))
         if listed:
             self.note(f"{len(listed)} worker(s) running on {self.alias}: "
                       + ", ".join(f"{w['id']} ({w['model']})" for w in listed))
@@ -327,6 +341,7 @@ class RemoteHiveSupervisor:
                 raise LinkLost(link.close_reason)
             if (health := await hive_health(self.clients.daemon(self.url), self.alias)) is not None:
                 failures, self._hung_said = 0, False
+                self.peer = PeerVersion.of(health)
                 if health.get("gpus") is not None:  # the hive's GPUs, as its heartbeat each second tells them
                     self.gpus, self.gpus_at = health["gpus"], time.time()
                 continue
