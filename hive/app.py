@@ -46,6 +46,7 @@ def create_app(config: HiveConfig, token: str) -> web.Application:
     setup_queen_routes(app, lambda: app[QUEEN])
     app.router.add_get("/v1/capabilities", capabilities)
     app.router.add_get("/v1/prompt-caches", prompt_caches)
+    app.router.add_get("/v1/config", show_config)
     setup_metrics(app, hive_gauges)
     return app
 
@@ -85,6 +86,12 @@ async def health(request: web.Request) -> web.Response:
         "gpus": reading.gpus if reading else None,  # None: not read yet (start-up)
         "gpu_problem": MACHINE.gpu_problem(),
     })
+
+
+async def show_config(request: web.Request) -> web.Response:
+    """The hive's settings and where each came from (flag, rbee.toml, default)."""
+    config = request.app[CONFIG]
+    return web.json_response({"hive_id": config.hive_id, "hive": config.settings})
 
 
 async def prompt_caches(request: web.Request) -> web.Response:

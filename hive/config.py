@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.kv_cache import FLASH_ATTN_DEFAULT, KV_CACHE_DEFAULT, MAX_SLOTS, start_slots
 from shared.operations import LOCAL_HIVE
@@ -27,6 +28,8 @@ class HiveConfig:
     worker_flash_attn: str = FLASH_ATTN_DEFAULT  # its --flash-attn when a spawn names none
     prompt_cache_mb: int = 1024  # slots' KV caches kept on disk, every model's together (0: none kept)
     vram_budget_bytes: int | None = None  # at most this much planned on each GPU (None: its free memory less a margin)
+    # Each setting's value and where it came from (shared/settings.py), for GET /v1/config.
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.paths is None:

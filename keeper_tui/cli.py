@@ -27,6 +27,7 @@ from keeper_tui.output import (
     job_rows,
     key_rows,
     key_values,
+    settings_table,
     table,
     transcript,
 )
@@ -47,6 +48,7 @@ from shared.models import BUILTIN_MODEL
 from shared.operations import (
     ANY_HIVE,
     DEVICE_AUTO,
+    DRAIN_DEADLINE_S,
     FLASH_ATTN_MODES,
     KV_CACHE_TYPES,
     LOCAL_HIVE,
@@ -55,6 +57,7 @@ from shared.operations import (
 )
 from shared.paths import RbeePaths
 from shared.ports import DEFAULT_QUEEN_PORT, DEFAULT_QUEEN_URL
+from shared.settings import SettingsError, config_file, describe, read_file, resolve
 from shared.tls import CERT_DAYS, fingerprint, is_ip, machine_names, make_self_signed, write_private
 from shared.token import load_or_create_token
 from shared.wire import field_types
@@ -73,6 +76,7 @@ EXAMPLES = """examples:
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
   rbee worker list                               workers on the local hive
   rbee status                                    hives, workers and jobs at a glance
+  rbee config show                               every setting, and where it came from (rbee.toml, a flag, default)
   rbee queen stop                                stop the queen, its local hive and workers (remote hives keep running)
 """
 
@@ -129,24 +133,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "Show hives, workers and jobs at a glance.", "rbee status")
 
+    p = command("config", "Show every setting of the queen and the local hive: its value and where it came from "
+                          "(a flag, an environment variable, rbee.toml in the config directory, or the default).",
+                "rbee config show")
+    p.add_argument("action", choices=("show",))
+
     p = command("queen", "Start, stop or check the queen; tls-init makes a certificate for serving HTTPS beyond "
                          "this machine.", "rbee queen status")
-    p.add_argument("action", choices=("start", "stop", "status", "tls-init"))
+    p.add_argument("action", choices=("start", "stop", "restart", "status", "tls-init"))
     p.add_argument("--name", dest="names", action="append", default=[], metavar="NAME",
                    help="tls-init: another DNS name or IP address the certificate is for (repeatable; this "
                         "machine's names and addresses are always in it)")
     p.add_argument("--force", action="store_true", help="tls-init: replace an existing certificate")
 
     p = command("hive", "Manage hives.", "rbee hive status localhost")
-    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "list", "get", "status", "refresh",
-                                      "import-ssh", "ssh-test"))
+    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "drain", "list", "get", "status",
+                                      "refresh", "import-ssh", "ssh-test"))
     p.add_argument("alias", nargs="?", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
     p.add_argument("--ssh-config", help="import-ssh: the OpenSSH config file (default ~/.ssh/config)")
     p.add_argument("--hive-port", type=int, help="import-ssh: hive port for imported hosts")
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drain: how long running answers may take to "
+                   f"finish there before they continue on another worker (default {DRAIN_DEADLINE_S:g})")
 
-    p = command("worker", "Spawn, list, inspect or stop workers.", "rbee worker spawn --model smollm2-135m")
-    p.add_argument("action", choices=("spawn", "list", "get", "delete"))
-    p.add_argument("id", nargs="?", help="get/delete: the worker id")
+    p = command("worker", "Spawn, list, inspect or stop workers; drain stops one without dropping an answer.",
+                "rbee worker spawn --model smollm2-135m")
+    p.add_argument("action", choices=("spawn", "list", "get", "delete", "drain"))
+    p.add_argument("id", nargs="?", help="get/delete/drain: the worker id")
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drain: how long its running answers may take "
+                   f"to finish before they continue on another worker (default {DRAIN_DEADLINE_S:g})")
     p.add_argument("--hive", dest="hive_id", default=None,
                    help=f"the hive (spawn: default {ANY_HIVE}, wherever there is room; otherwise {LOCAL_HIVE})")
     p.add_argument("--model", default=BUILTIN_MODEL, help=f"spawn: model reference (default {BUILTIN_MODEL})")
@@ -202,7 +216,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 # How the CLI spells a field of an operation, where that is not --field-name.
-OPTION_NAMES = {"hive_id": "--hive", "prompt": "PROMPT", "id": "ID", "alias": "ALIAS",
+OPTION_NAMES = {"hive_id": "--hive", "prompt": "PROMPT", "id": "ID", "alias": "ALIAS", "deadline_s": "--deadline",
                 "ssh_config_path": "--ssh-config", "default_hive_port": "--hive-port"}
 
 
@@ -224,6 +238,8 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             args.action, f"hive_{args.action}")
         if name == "hive_list":
             return _parse({"operation": name}, parser)
+        if name == "hive_drain":
+            return _parse({"operation": name, "alias": args.alias, **deadline(args)}, parser)
         if name == "hive_import_ssh":
             body = {"operation": name}
             if args.ssh_config:
@@ -232,6 +248,10 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 body["default_hive_port"] = args.hive_port
             return _parse(body, parser)
         return _parse({"operation": name, "alias": args.alias}, parser)
+    if c == "worker" and args.action == "drain":
+        if not args.id:
+            parser.error("worker drain needs a worker id (see `rbee status`)")
+        return _parse({"operation": "worker_drain", "id": args.id, **deadline(args)}, parser)
     if c == "worker":
         hive = args.hive_id or (ANY_HIVE if args.action == "spawn" else LOCAL_HIVE)
         body: dict[str, Any] = {"operation": f"worker_{args.action}", "hive_id": hive}
@@ -253,6 +273,10 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             body["model" if args.action == "download" else "id"] = args.model
         return _parse(body, parser)
     return None
+
+
+def deadline(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.deadline is None else {"deadline_s": args.deadline}
 
 
 def infer_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -404,6 +428,11 @@ Other clients (curl --cacert, OpenAI/Anthropic clients via SSL_CERT_FILE) can tr
             stopped = await stop_queen(self.url, load_or_create_token(self.paths), self.render.say)
             self.render.say("queen stopped" if stopped else f"no queen was running at {self.url}")
             return self._emit({"queen_url": self.url, "state": "stopped"})
+        if action == "restart":  # onto the code installed now; remote hives keep running and are adopted again
+            if await stop_queen(self.url, load_or_create_token(self.paths), self.render.say):
+                self.render.say("queen stopped")
+            await start_queen(self.url, self.paths, self.render.say)
+            return self._emit({"queen_url": self.url, "state": "running"})
         health = await queen_health(self.url)
         if health is None:
             self.render.say(f"no queen is running at {self.url}", "warn")
@@ -485,6 +514,38 @@ Other clients (curl --cacert, OpenAI/Anthropic clients via SSL_CERT_FILE) can tr
             print(made["secret"])  # stdout: `KEY=$(rbee keys create app)` takes it
             return EXIT_OK
 
+    async def config_command(self) -> int:
+        """The running queen's settings (and its local hive's), or, with no queen, what one would start with."""
+        path = config_file(self.paths.config_dir)
+        try:
+            file = read_file(path)
+            from_file = {"queen": describe(resolve("queen", file, environ=dict(os.environ))),
+                         "hive": describe(resolve("hive", file))}
+        except SettingsError as exc:
+            raise KeeperError(exc.message) from None
+        shown: dict[str, Any] = {"file": str(path), "exists": path.exists()}
+        if await queen_health(self.url) is not None:
+            async with queen_api(self.url, load_or_create_token(self.paths)) as client:
+                running = await client.request("GET", "/v1/config")
+            shown["queen"] = running.get("queen") or from_file["queen"]
+            shown["queen_from"] = f"the queen running at {self.url}" if running.get("queen") else \
+                f"the queen at {self.url} does not tell its settings (an older rbee): rbee.toml and the defaults"
+            shown["hive"] = running.get("hive") or from_file["hive"]
+            shown["hive_from"] = "its local hive" if running.get("hive") else \
+                "no local hive runs: what one would start with (rbee.toml and the defaults)"
+        else:
+            shown.update(queen=from_file["queen"], hive=from_file["hive"],
+                         queen_from=f"no queen runs at {self.url}: what one would start with (its flags come first)",
+                         hive_from="what the local hive would start with")
+        if isinstance(self.render, JsonRenderer):
+            return self._emit(shown)
+        there = "" if shown["exists"] else " (not there: every setting below is a default, a flag or the environment)"
+        print(f"rbee.toml  {path}{there}")
+        for section in ("queen", "hive"):
+            print(f"\n[{section}]  {shown[f'{section}_from']}")
+            settings_table(shown[section], sys.stdout)
+        return EXIT_OK
+
     def _emit(self, payload: dict[str, Any], human: bool = True) -> int:
         if isinstance(self.render, JsonRenderer):
             self.render.line({"type": "result", **payload})
@@ -497,6 +558,8 @@ async def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     keeper = Keeper(args)
     if args.command == "queen":
         return await keeper.queen_command(args.action)
+    if args.command == "config":
+        return await keeper.config_command()
     if args.command == "jobs":
         if args.action != "list" and not args.job_id:
             parser.error(f"jobs {args.action} needs a job id (see `rbee jobs list`)")

@@ -131,6 +131,20 @@ def with_version(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "version_h": version_cell(row)}
 
 
+def settings_table(settings: dict[str, dict[str, Any]], out: TextIO) -> None:
+    """`rbee config show`: a setting a line, its value and where it came from ("file, line 3")."""
+    rows = []
+    for key, said in settings.items():
+        value = said.get("value")
+        shown = "unset" if value is None else str(value).lower() if isinstance(value, bool) else \
+            f"{value:g}" if isinstance(value, float) else str(value)
+        source = said.get("source", "?") + (f", line {said['line']}" if said.get("line") else "")
+        rows.append((key, shown, source))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)] if rows else [0, 0]
+    for key, shown, source in rows:
+        out.write(f"  {key.ljust(widths[0])}  {shown.ljust(widths[1])}  {source}\n")
+
+
 def render_data(action: str, payload: Any, out: TextIO) -> None:
     if action == "model_list":
         rows = [{**m, "size_h": _fmt_bytes(m.get("size")), "sha256_h": (m.get("sha256") or "")[:12],

@@ -29,6 +29,7 @@ from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
 from queen.history import JobHistoryStore
 from queen.hives import HiveRegistry
+from queen.hives.backend import HiveState
 from queen.inference import InferenceRunner
 from queen.metrics import queen_gauges
 from queen.model_names import KnownModels
@@ -43,7 +44,8 @@ from shared.http import read_json
 from shared.job_client import Clients
 from shared.job_routes import setup_job_api
 from shared.metrics import setup_metrics
-from shared.operations import WorkerDelete
+from shared.operations import LOCAL_HIVE, WorkerDelete
+from shared.settings import config_file
 from shared.token import tokens_equal
 
 log = logging.getLogger("rbee.queen")
@@ -63,6 +65,7 @@ def create_app(config: QueenConfig, token: str) -> web.Application:
     setup_access(app, config.paths.data_dir / "keys.db")  # before queen_ctx: a key is checked on every request
     app.cleanup_ctx.append(queen_ctx)  # after the job registry's, so it can hook into it
     app.router.add_get("/v1/info", info)
+    app.router.add_get("/v1/config", show_config)
     app.router.add_post(HEARTBEAT_PATH, heartbeat)
     app.router.add_get("/v1/workers", list_workers)
     app.router.add_get("/v1/hives", list_hives)
@@ -137,6 +140,22 @@ async def reap_idle_workers(config: QueenConfig, hives: HiveRegistry, workers: W
 async def info(request: web.Request) -> web.Response:
     return web.json_response({"name": "queen-rbee", "version": __version__, "url": queen_url(request.app),
                               "pid": os.getpid(), "features": ["jobs", "infer", "local_hive", "heartbeats", "history"]})
+
+
+async def show_config(request: web.Request) -> web.Response:
+    """The queen's settings and where each came from (flag, env, rbee.toml, default), and its local hive's
+    when it runs (`rbee config show`)."""
+    config = request.app[CONFIG]
+    hive = request.app[HIVES].get(LOCAL_HIVE)
+    local = None
+    if hive.state is HiveState.RUNNING and hive.url:
+        try:
+            local = (await request.app[HIVES].clients_for(LOCAL_HIVE).daemon(hive.url).request(
+                "GET", "/v1/config", timeout=2))["hive"]
+        except (RbeeError, KeyError, TypeError):  # an older hive, or one going away: told as unknown
+            local = None
+    return web.json_response({"file": str(config_file(config.paths.config_dir)), "queen": config.settings,
+                              "hive": local})
 
 
 async def heartbeat(request: web.Request) -> web.Response:

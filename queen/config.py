@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from queen.prefix_index import RouteGuard
 from shared.paths import RbeePaths
@@ -23,6 +24,8 @@ class QueenConfig:
     worker_slots: int | None = None  # fixed slots per worker (hive --worker-slots); None: a shared KV pool
     cache_routing: bool = True  # a generation goes to the worker expected to hold its prompt's cache
     route_guard: RouteGuard = RouteGuard()  # unless that worker is this much busier than the least loaded
+    # Each setting's value and where it came from (shared/settings.py), for GET /v1/config.
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.paths is None:

@@ -31,6 +31,12 @@ class WorkerRefused(WorkerCrashed):
     """The request could not start on the worker: another may take it."""
 
 
+class WorkerDrained(WorkerCrashed):
+    """The worker is being taken out of service and its deadline passed: the answer continues elsewhere."""
+
+    code = "WORKER_DRAINED"
+
+
 class WorkerStopped(QueenError):
     title = "Worker stopped"
     code = "WORKER_STOPPED"

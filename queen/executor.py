@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from queen.conversations import ConversationStore
+from queen.drain import Drainer
 from queen.embeddings import run_embed
 from queen.errors import QueenError
 from queen.hives import HiveRegistry
@@ -19,6 +20,7 @@ from shared.job_registry import Job, JobRegistry
 from shared.operations import (
     ANY_HIVE,
     Embed,
+    HiveDrain,
     HiveGet,
     HiveImportSsh,
     HiveInstall,
@@ -34,6 +36,7 @@ from shared.operations import (
     SshTest,
     Status,
     WorkerDelete,
+    WorkerDrain,
     WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
@@ -50,6 +53,7 @@ class QueenExecutor:
         self._jobs = jobs
         self._data_dir = data_dir
         self.conversations = conversations
+        self.drainer = Drainer(hives, workers)
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if isinstance(op, Infer):
@@ -79,6 +83,10 @@ class QueenExecutor:
             hive = await self.hives.stop(op.alias)
             self.workers.mark_hive(op.alias, WorkerStatus.STOPPED)
             emit(Data(action="hive_stop", payload=hive.to_dict()))
+        elif isinstance(op, HiveDrain):
+            emit(Data(action="hive_drain", payload=await self.drainer.drain_hive(op.alias, op.deadline_s)))
+        elif isinstance(op, WorkerDrain):
+            emit(Data(action="worker_drain", payload=await self.drainer.drain_worker(op.id, op.deadline_s)))
         elif isinstance(op, HiveRefreshCapabilities):
             emit(Data(action="hive_refresh_capabilities", payload=await self.hives.refresh_capabilities(op.alias)))
         elif isinstance(op, SshTest):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from queen.errors import HiveUnavailable, WorkerCrashed, WorkerRefused, WorkerStopped
+from queen.errors import HiveUnavailable, WorkerCrashed, WorkerDrained, WorkerRefused, WorkerStopped
 from queen.forwarding import RemoteJobFailed, RemoteJobLost, run_remote_job
 from queen.model_names import resolve_model
 from queen.scheduler import Scheduler
@@ -93,6 +94,24 @@ class InferenceRunner:
             finally:
                 self.workers.release(worker, job.id)
 
+    @staticmethod
+    async def _unless_moved(worker: WorkerInfo, generation: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """The generation's end stats, or WorkerDrained once its worker is drained past its deadline first
+        (the generation there is cancelled; the caller continues it on another worker)."""
+        run = asyncio.ensure_future(generation)
+        moved = asyncio.ensure_future(worker.move_out.wait())
+        try:
+            await asyncio.wait({run, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not run.done():  # cancelled with us, or the worker's deadline passed
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+        if run.cancelled():
+            raise WorkerDrained(f"Worker {worker.worker_id} on hive {worker.hive_id} is being drained and its "
+                                "deadline passed")
+        return run.result()
+
     async def _generate(self, worker: WorkerInfo, op: Infer, started: float, progress: Progress) -> dict[str, Any]:
         # A worker that sends nothing (no token, no keep-alive ping) for the progress timeout is hung: the
         # stream gets half of it, plus one resume.
@@ -132,7 +151,8 @@ class InferenceRunner:
                 emit(event)
 
         try:
-            stats = await run_remote_job(client, request, on_event=on_event, failed_code="GENERATION_FAILED")
+            stats = await self._unless_moved(worker, run_remote_job(client, request, on_event=on_event,
+                                                                    failed_code="GENERATION_FAILED"))
         except ServerError as exc:  # it answered at submit: busy or a bad request is ours to report as is
             if exc.code in ANSWERS_OF_A_LIVE_WORKER or 400 <= exc.status < 500 or exc.status == 503:
                 raise

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from queen.config import QueenConfig
+from queen.errors import HiveUnavailable
 from queen.fair_queue import FairQueue
 from queen.hives import HiveRegistry
 from queen.model_names import resolve_model
@@ -70,6 +71,9 @@ class Scheduler:
         the API key of the request, whose turn comes round-robin with other keys' (fair_queue.py)."""
         if hive_id is not None:  # an unknown hive fails at once; a remote one's running workers are adopted first
             await self.hives.workers_known(hive_id)
+            if self.hives.get(hive_id).draining:
+                raise HiveUnavailable(f"Hive {hive_id} is draining (`rbee hive drain`): it takes no new requests and "
+                                      "stops once its answers are done. Ask without a hive, or another hive.")
         key = (model, hive_id, embedding)
         queue = self._queues.setdefault(key, FairQueue())
         queue.add(job_id, owner)

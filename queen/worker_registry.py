@@ -57,6 +57,8 @@ class WorkerInfo:
     leases: set[str] = field(default_factory=set)  # the queen jobs generating on it right now
     prefixes: PrefixIndex = field(default_factory=PrefixIndex)  # the prompts its slots hold, approximately
     peer: PeerVersion = THIS  # the rbee it runs, as its heartbeats say (one the queen spawned: the hive's)
+    draining: bool = False  # being taken out of service (queen/drain.py): no new requests
+    move_out: asyncio.Event = field(default_factory=asyncio.Event)  # set: its answers continue elsewhere now
 
     @property
     def state(self) -> WorkerStatus:
@@ -70,7 +72,7 @@ class WorkerInfo:
 
     @property
     def free_slots(self) -> int:
-        if self.state not in (WorkerStatus.READY, WorkerStatus.BUSY):
+        if self.draining or self.state not in (WorkerStatus.READY, WorkerStatus.BUSY):
             return 0
         return max(0, self.slots - len(self.leases))
 
@@ -82,7 +84,7 @@ class WorkerInfo:
         now = time.monotonic()
         return {
             "worker_id": self.worker_id, "hive_id": self.hive_id, "url": self.url, "model": self.model,
-            "state": self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
+            "state": "draining" if self.draining and self.alive else self.state.value, "pid": self.pid, "queue_depth": self.queue_depth, "device": self.device,
             "slots": self.slots, "slots_busy": len(self.leases), "leases": sorted(self.leases),
             "embedding": self.embedding, **self.peer.to_dict(),
             "problem": incompatibility(f"Worker {self.worker_id}", self.peer, fix=f"rbee hive upgrade {self.hive_id}"),
@@ -183,9 +185,10 @@ class WorkerRegistry:
         return cached
 
     def count_alive(self, model: str, hive_id: str, *, embedding: bool = False) -> int:
-        """Workers of the model on the hive, of one kind (generating, or embedding)."""
-        return sum(1 for w in self._workers.values()
-                   if w.model == model and w.hive_id == hive_id and w.alive and w.embedding == embedding)
+        """Workers of the model on the hive, of one kind (generating, or embedding); a draining one no longer
+        counts (another may take its place)."""
+        return sum(1 for w in self._workers.values() if w.model == model and w.hive_id == hive_id and w.alive
+                   and not w.draining and w.embedding == embedding)
 
     def lease(self, worker: WorkerInfo, job_id: str) -> None:
         worker.leases.add(job_id)

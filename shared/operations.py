@@ -117,6 +117,27 @@ class HiveRefreshCapabilities(_AliasOperation):
     name: ClassVar[str] = "hive_refresh_capabilities"
 
 
+DRAIN_DEADLINE_S = 60.0  # how long running answers may take to finish on a draining worker or hive
+
+
+@dataclass(frozen=True, kw_only=True)
+class HiveDrain(_AliasOperation):
+    """No new requests for the hive; its running answers finish (past `deadline_s` they continue on another
+    worker), then it stops. The queen's own (not forwarded)."""
+
+    name: ClassVar[str] = "hive_drain"
+    deadline_s: float = field(default=DRAIN_DEADLINE_S, metadata=bounds(0, 24 * 3600))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerDrain(Operation):
+    """As hive_drain, for one worker: it stops once its answers are done or moved."""
+
+    name: ClassVar[str] = "worker_drain"
+    id: str = field(metadata={"nonempty": True})
+    deadline_s: float = field(default=DRAIN_DEADLINE_S, metadata=bounds(0, 24 * 3600))
+
+
 @dataclass(frozen=True, kw_only=True)
 class HiveImportSsh(Operation):
     name: ClassVar[str] = "hive_import_ssh"

@@ -76,6 +76,7 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], Scope | str]] = {
     ("DELETE", "/v1/conversations/{id}"): I,
     # the cluster at a glance
     ("GET", "/v1/info"): R,
+    ("GET", "/v1/config"): A,  # the queen's settings (file paths among them)
     ("GET", "/v1/workers"): R,
     ("GET", "/v1/hives"): R,
     ("GET", "/metrics"): R,

@@ -14,6 +14,7 @@ class HiveHandle:
     alias: str
     backend: HiveBackend
     capabilities: dict[str, Any] | None = None
+    draining: bool = False  # being taken out of service (queen/drain.py): nothing new is placed on it
 
     @property
     def url(self) -> str | None:
@@ -27,5 +28,6 @@ class HiveHandle:
         peer = self.backend.peer
         said = peer.to_dict() if peer is not None else {"version": None, "protocol": None, "skew": False,
                                                          "compatible": True}
-        return {"alias": self.alias, "local": self.backend.local, "url": self.url, "state": self.state.value,
+        state = "draining" if self.draining else self.state.value
+        return {"alias": self.alias, "local": self.backend.local, "url": self.url, "state": state,
                 **said, **self.backend.describe(), "capabilities": self.capabilities, **self.backend.supervision()}

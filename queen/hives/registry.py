@@ -80,7 +80,7 @@ class HiveRegistry:
 
     def schedulable(self) -> list[str]:
         """Hives a worker may be placed on now: the local one (started on demand) and remote ones up."""
-        return [h.alias for h in self.all() if h.backend.schedulable]
+        return [h.alias for h in self.all() if h.backend.schedulable and not h.draining]
 
     def all(self) -> list[HiveHandle]:
         self._sync_conf()

@@ -135,6 +135,59 @@ async def test_worker_killed_mid_stream_the_answer_goes_on_on_a_fresh_one(client
     assert len(fresh) == 1 and fresh[0]["worker_id"] != victim["worker_id"]
 
 
+async def drain_mid_answer(client, request, drain) -> tuple[list, list]:
+    """Stream `request`; after its third token, run `drain` (an operation) alongside; (answer events, drain events)."""
+    job = await client.submit(request)
+    answer, drained = [], None
+    async for event in client.stream(job.job_id):
+        answer.append(event)
+        if isinstance(event, Token) and event.i == 2:
+            drained = asyncio.create_task(run(client, drain))
+    assert drained is not None
+    return answer, (await drained)[1]
+
+
+async def test_draining_a_worker_lets_its_answer_finish_or_continues_it_elsewhere(client, queen):
+    from shared.operations import HiveDrain, WorkerDrain
+
+    request = Infer(prompt=COUNTING, max_tokens=120, temperature=0)
+    _, reference = await run(client, request)
+    expected = text_of(reference)
+    first = (await workers_of(queen))[0]
+
+    # A generous deadline: the answer finishes where it is, then the worker stops.
+    answer, drained = await drain_mid_answer(client, request, WorkerDrain(id=first["worker_id"], deadline_s=60))
+    assert answer[-1].state == "completed" and text_of(answer) == expected
+    assert answer[-1].stats["worker_id"] == first["worker_id"]
+    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    assert result == {"worker_id": first["worker_id"], "hive_id": "localhost", "finished": 1, "moved": 0,
+                      "state": "stopped"}
+    assert "worker_drain" in narrations(drained)
+    await until(lambda: not pid_alive(first["pid"]), what="the drained worker to exit")
+    assert first["worker_id"] not in [w["worker_id"] for w in await workers_of(queen)]
+
+    # A short one: past it, the answer continues on another worker, the same text as if nothing happened.
+    _, events = await run(client, Infer(**HELLO))  # a new worker
+    second = (await workers_of(queen))[0]
+    answer, drained = await drain_mid_answer(client, request, WorkerDrain(id=second["worker_id"], deadline_s=0.2))
+    assert not [e for e in answer if isinstance(e, Error)] and answer[-1].state == "completed"
+    assert text_of(answer) == expected
+    assert "infer_moved" in narrations(answer) and answer[-1].stats["worker_id"] != second["worker_id"]
+    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    assert (result["finished"], result["moved"]) == (0, 1)
+    await until(lambda: not pid_alive(second["pid"]), what="the drained worker to exit")
+
+    # The hive: drained, stopped; the local one starts again on the next request.
+    answer, drained = await drain_mid_answer(client, request, HiveDrain(alias="localhost", deadline_s=60))
+    assert answer[-1].state == "completed" and text_of(answer) == expected
+    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    assert result == {"alias": "localhost", "workers": 1, "finished": 1, "moved": 0, "state": "stopped"}
+    _, events = await run(client, Infer(**HELLO))
+    assert events[-1].state == "completed" and "hive_start" in narrations(events)
+    _, events = await run(client, WorkerDrain(id="worker-nope"))
+    assert events[-1].state == "failed" and "No running worker 'worker-nope'" in events[-2].message
+
+
 async def test_two_concurrent_requests_with_one_worker_allowed(home):
     queen = await asyncio.to_thread(start_queen, home, "--max-workers-per-hive", "1")
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from keeper_tui.cli import build_parser, operation_for, prompt_from
 from shared.inference import SAMPLING_FIELDS
-from shared.operations import ANY_HIVE, LOCAL_HIVE, Infer, WorkerList, WorkerSpawn
+from shared.operations import ANY_HIVE, LOCAL_HIVE, HiveDrain, Infer, WorkerDrain, WorkerList, WorkerSpawn
 
 
 def parse(*argv: str):
@@ -70,6 +70,13 @@ def test_a_worker_spawn_naming_no_hive_is_placed_by_the_queen():
     assert parse("worker", "list") == WorkerList(hive_id=LOCAL_HIVE)
 
 
+def test_drains_take_a_deadline():
+    assert parse("worker", "drain", "worker-1") == WorkerDrain(id="worker-1")
+    assert parse("worker", "drain", "worker-1", "--deadline", "5") == WorkerDrain(id="worker-1", deadline_s=5.0)
+    assert parse("hive", "drain", "gpu1", "--deadline", "0") == HiveDrain(alias="gpu1", deadline_s=0.0)
+    assert parse("hive", "drain").alias == LOCAL_HIVE
+
+
 def test_device_and_kv_options_reach_the_operations():
     assert parse("worker", "spawn", "--device", "cuda:1", "--kv-cache-type", "q8_0", "--flash-attn", "on") == \
         WorkerSpawn(hive_id=ANY_HIVE, device="cuda:1", kv_cache_type="q8_0", flash_attn="on")
@@ -84,6 +91,8 @@ def test_device_and_kv_options_reach_the_operations():
     (("worker", "spawn", "--hive", "gpu_1", "--device", "gpu1"), "--device must be auto, cpu or cuda:N (a GPU's index), not 'gpu1'"),
     (("infer", "--device", "cuda", "hi"), "--device must be auto, cpu or cuda:N"),
     (("hive", "start", " "), "ALIAS must not be empty"),
+    (("worker", "drain", "worker-1", "--deadline", "-1"), "--deadline must be at least 0, not -1"),
+    (("worker", "drain"), "worker drain needs a worker id"),
 ])
 def test_bad_values_name_the_option(argv, said, capsys):
     with pytest.raises(SystemExit) as exit_:

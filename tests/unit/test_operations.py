@@ -16,7 +16,7 @@ SPEC_OPERATIONS = {
     "status", "ssh_test", "hive_install", "hive_uninstall", "hive_start", "hive_stop", "hive_list",
     "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
     "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
-    "model_delete", "infer", "embed",
+    "model_delete", "infer", "embed", "worker_drain", "hive_drain",
 }
 
 # One complete example of every operation, every field set.
@@ -38,6 +38,8 @@ FULL = {
     "worker_list": {"hive_id": "gpu1"},
     "worker_get": {"hive_id": "gpu1", "id": "worker-1"},
     "worker_delete": {"hive_id": "gpu1", "id": "worker-1"},
+    "worker_drain": {"id": "worker-1", "deadline_s": 30.0},
+    "hive_drain": {"alias": "gpu1", "deadline_s": 0.0},
     "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf"},
     "model_list": {"hive_id": "gpu1"},
     "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
@@ -74,7 +76,8 @@ def test_defaults_fill_in_and_survive_round_trip():
 
 
 def test_hive_operations_are_the_forwarded_ones():
-    assert HIVE_OPERATIONS == {n for n in SPEC_OPERATIONS if n.startswith(("worker_", "model_"))}
+    # worker_drain is the queen's own: it stops sending the worker requests, then has its hive stop it
+    assert HIVE_OPERATIONS == {n for n in SPEC_OPERATIONS if n.startswith(("worker_", "model_"))} - {"worker_drain"}
 
 
 def test_single_stop_string_is_accepted():
@@ -86,7 +89,7 @@ def test_single_stop_string_is_accepted():
     [
         ([], "must be a JSON object"),
         ("infer", "must be a JSON object"),
-        ({}, "Missing field 'operation'. Valid operations: embed, hive_get"),
+        ({}, "Missing field 'operation'. Valid operations: embed, hive_drain, hive_get"),
         ({"operation": 3}, "Field 'operation' must be a string"),
         ({"operation": "fly"}, "Unknown operation 'fly'. Valid operations: "),
         ({"operation": "infer"}, "Operation 'infer' needs exactly one of 'prompt' (plain text) and 'messages'"),
