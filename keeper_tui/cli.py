@@ -146,14 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine's names and addresses are always in it)")
     p.add_argument("--force", action="store_true", help="tls-init: replace an existing certificate")
 
-    p = command("hive", "Manage hives.", "rbee hive status localhost")
-    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "drain", "list", "get", "status",
-                                      "refresh", "import-ssh", "ssh-test"))
+    p = command("hive", "Manage hives: install, start, stop; drain stops one without dropping an answer; upgrade "
+                        "installs this rbee on a remote hive and restarts it on it, drained.", "rbee hive upgrade --all")
+    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "drain", "upgrade", "list", "get",
+                                      "status", "refresh", "import-ssh", "ssh-test"))
     p.add_argument("alias", nargs="?", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
     p.add_argument("--ssh-config", help="import-ssh: the OpenSSH config file (default ~/.ssh/config)")
     p.add_argument("--hive-port", type=int, help="import-ssh: hive port for imported hosts")
-    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drain: how long running answers may take to "
-                   f"finish there before they continue on another worker (default {DRAIN_DEADLINE_S:g})")
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drain, upgrade: how long running answers may "
+                   f"take to finish there before they continue on another worker (default {DRAIN_DEADLINE_S:g})")
+    p.add_argument("--all", action="store_true", help="upgrade: every remote hive, one at a time")
 
     p = command("worker", "Spawn, list, inspect or stop workers; drain stops one without dropping an answer.",
                 "rbee worker spawn --model smollm2-135m")
@@ -238,6 +240,9 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             args.action, f"hive_{args.action}")
         if name == "hive_list":
             return _parse({"operation": name}, parser)
+        if name == "hive_upgrade":
+            target = {"all": True} if args.all else {"alias": args.alias}
+            return _parse({"operation": name, **target, **deadline(args)}, parser)
         if name == "hive_drain":
             return _parse({"operation": name, "alias": args.alias, **deadline(args)}, parser)
         if name == "hive_import_ssh":

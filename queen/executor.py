@@ -31,6 +31,7 @@ from shared.operations import (
     HiveStatus,
     HiveStop,
     HiveUninstall,
+    HiveUpgrade,
     Infer,
     Operation,
     SshTest,
@@ -40,7 +41,7 @@ from shared.operations import (
     WorkerSpawn,
 )
 from shared.ports import DEFAULT_HIVE_PORT
-from shared.version import version_fields
+from shared.version import VERSION, version_fields
 
 
 class QueenExecutor:
@@ -74,7 +75,7 @@ class QueenExecutor:
         elif isinstance(op, HiveList):
             emit(Data(action="hive_list", payload={"hives": await self.hives.statuses()}))
         elif isinstance(op, (HiveGet, HiveStatus)):
-            info = await self.hives.status(op.alias)
+            info = await self.hives.status(op.alias, inspect=isinstance(op, HiveStatus))
             info["workers"] = [w.to_dict() for w in self.workers.all() if w.hive_id == op.alias]
             emit(Data(action=op.name, payload=info))
         elif isinstance(op, HiveStart):
@@ -85,6 +86,8 @@ class QueenExecutor:
             emit(Data(action="hive_stop", payload=hive.to_dict()))
         elif isinstance(op, HiveDrain):
             emit(Data(action="hive_drain", payload=await self.drainer.drain_hive(op.alias, op.deadline_s)))
+        elif isinstance(op, HiveUpgrade):
+            await self.upgrade(op)
         elif isinstance(op, WorkerDrain):
             emit(Data(action="worker_drain", payload=await self.drainer.drain_worker(op.id, op.deadline_s)))
         elif isinstance(op, HiveRefreshCapabilities):
@@ -100,6 +103,29 @@ class QueenExecutor:
         else:
             raise QueenError(f"The queen does not handle '{op.name}'.", code="UNKNOWN_OPERATION")
         return None
+
+    async def upgrade(self, op: HiveUpgrade) -> None:
+        """One hive at a time, each drained while the others serve."""
+        aliases = self.hives.remote_installed() if op.all else [str(op.alias)]
+        if not aliases:
+            raise QueenError("No remote hive is installed by this queen: nothing to upgrade (`rbee hive install "
+                             "ALIAS` installs one).", code="NOTHING_TO_UPGRADE")
+        upgraded = []
+        for k, alias in enumerate(aliases, 1):
+            narrate("hive_upgrade", f"Upgrading {alias} to rbee {VERSION}" + (f" ({k} of {len(aliases)})" if op.all else "")
+                    + ": installing beside the running one, which serves meanwhile", target=alias)
+
+            async def drain(alias: str = alias) -> None:
+                await self.drainer.drain_hive(alias, op.deadline_s)
+
+            await self.hives.upgrade(alias, self._data_dir, drain,
+                                     installed=lambda payload: emit(Data(action="hive_install", payload=payload)))
+            status = await self.hives.status(alias)
+            upgraded.append({"alias": alias, "state": status["state"], "version": status["version"],
+                             "protocol": status["protocol"]})
+            narrate("hive_upgrade", f"{alias} runs rbee {status['version']} (protocol {status['protocol']})",
+                    target=alias)
+        emit(Data(action="hive_upgrade", payload={"upgraded": upgraded}))
 
     async def install(self, alias: str) -> None:
         """(Re)install: a running hive is stopped first (its venv is replaced), and started again after."""

@@ -117,15 +117,60 @@ def is_hive_process(pid: int, venv: str | None = None) -> bool:
 
 
 def status(home: Path, venv: str | None = None) -> dict:
-    """{"running": False} or the running hive's record (pid, port, hive_id, started_at)."""
+    """{"running": False} or the running hive's record (pid, port, hive_id, started_at); with `venv`, also
+    the hives of that install that hold no lock ("strays": started before there was one, with nohup)."""
     path = state_dir(home) / LOCK_FILE
-    if not _lock_held(path):
-        return {"running": False}
-    record = _read_record(path)
-    pid = record.get("pid")
-    if not isinstance(pid, int) or "port" not in record:
-        return {"running": True, "starting": True}  # locked, not published yet
-    return {"running": True, "verified": is_hive_process(pid, venv), **record}
+    found: dict = {"running": False}
+    if _lock_held(path):
+        record = _read_record(path)
+        pid = record.get("pid")
+        if not isinstance(pid, int) or "port" not in record:
+            found = {"running": True, "starting": True}  # locked, not published yet
+        else:
+            found = {"running": True, "verified": is_hive_process(pid, venv), **record}
+    if venv is not None:
+        found["strays"] = strays(venv, but=found.get("pid"))
+    return found
+
+
+def strays(venv: str, but: int | None = None) -> list[dict]:
+    """Hive processes of the install at `venv` other than `but` (the lock's holder): pid, port, host and
+    command line, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (but, os.getpid()):
+            continue
+        pid = int(entry.name)
+        if is_hive_process(pid, venv):
+            argv = [a for a in _command_line(pid) if a]
+            found.append({"pid": pid, "port": _option(argv, "--port"), "host": _option(argv, "--host") or "127.0.0.1",
+                          "command": " ".join(argv)})
+    return found
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for k, arg in enumerate(argv):
+        if arg == name and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _stop_strays(venv: str | None, but: int | None, timeout: float) -> list[int]:
+    """SIGTERM (then SIGKILL) the install's hives that hold no lock; each pid checked again before a signal."""
+    if venv is None:
+        return []
+    pids = [s["pid"] for s in strays(venv, but)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(is_hive_process(pid, venv) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if is_hive_process(pid, venv):
+            _signal(pid, signal.SIGKILL)
+    return pids
 
 
 def _wait_released(path: Path, timeout: float) -> bool:
@@ -159,25 +204,32 @@ def _signal(pid: int, signum: int) -> str | None:
 
 
 def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -> dict:
-    """SIGTERM the hive that holds the lock (it stops its workers first), SIGKILL if it does not go.
-    Nothing is signalled unless the lock is held and the holder's command line is a hive's."""
+    """SIGTERM the hive that holds the lock (it stops its workers first), SIGKILL if it does not go; and the
+    install's hives from before the lock (strays). Nothing is signalled unless the lock is held and the
+    holder's command line is a hive's, or the process runs this install's hive."""
     path = state_dir(home) / LOCK_FILE
     found = _published(home, venv)
+    found.pop("strays", None)
+    stray_pids = _stop_strays(venv, found.get("pid") if found.get("running") else None, timeout)
+    if stray_pids:
+        found_strays = {"strays_stopped": stray_pids}
+    else:
+        found_strays = {}
     if found.get("starting"):
-        return {"stopped": False, "reason": "a hive holds the lock but never said its pid; left alone"}
+        return {"stopped": False, "reason": "a hive holds the lock but never said its pid; left alone", **found_strays}
     if not found["running"]:
-        return {"stopped": False, "reason": "no rbee-hive holds the lock"}
+        return {"stopped": bool(stray_pids), "reason": "no rbee-hive holds the lock", **found_strays}
     pid = found.get("pid")
     if not found.get("verified") or not isinstance(pid, int):
         return {"stopped": False, "reason": f"the lock's holder (pid {pid}) is not an rbee-hive of this install; "
                                             "left alone"}
     if (problem := _signal(pid, signal.SIGTERM)) is not None:
-        return {"stopped": False, "pid": pid, "reason": problem}
+        return {"stopped": False, "pid": pid, "reason": problem, **found_strays}
     if _wait_released(path, timeout):
-        return {"stopped": True, "pid": pid, "signal": "SIGTERM"}
+        return {"stopped": True, "pid": pid, "signal": "SIGTERM", **found_strays}
     if is_hive_process(pid, venv):  # checked again: the pid is only trusted while it is still the hive
         _signal(pid, signal.SIGKILL)
-    return {"stopped": _wait_released(path, 5.0), "pid": pid, "signal": "SIGKILL"}
+    return {"stopped": _wait_released(path, 5.0), "pid": pid, "signal": "SIGKILL", **found_strays}
 
 
 def start(home: Path, python: str, hive_args: list[str], timeout: float = START_TIMEOUT_S) -> dict:

@@ -130,6 +130,22 @@ class HiveDrain(_AliasOperation):
 
 
 @dataclass(frozen=True, kw_only=True)
+class HiveUpgrade(Operation):
+    """Install this rbee on a remote hive beside the running one, drain it, restart it on the new one, then
+    remove the old; `all`: every remote hive this queen installed, one at a time."""
+
+    name: ClassVar[str] = "hive_upgrade"
+    alias: str | None = field(default=None, metadata={"nonempty": True})
+    all: bool = False
+    deadline_s: float = field(default=DRAIN_DEADLINE_S, metadata=bounds(0, 24 * 3600))
+
+    def validate(self) -> None:
+        if (self.alias is None) == (not self.all):
+            raise field_error(type(self), "alias", "must name one hive, or be left out with all: true (every remote "
+                                                   "hive)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkerDrain(Operation):
     """As hive_drain, for one worker: it stops once its answers are done or moved."""
 

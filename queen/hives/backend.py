@@ -5,7 +5,7 @@ between the two lives in them, so the registry and its callers never ask which o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from shared.job_client import Clients
 from shared.version import PeerVersion
@@ -83,3 +83,10 @@ class HiveBackend(Protocol):
     async def install(self, data_dir: Path, installed: Callable[[dict[str, Any]], None]) -> None: ...
 
     async def uninstall(self) -> dict[str, Any]: ...
+
+    async def inspect(self) -> None:
+        """Look on its machine now for what the status should tell (a remote's hives from before the lock)."""
+
+    async def upgrade(self, data_dir: Path, drain: Callable[[], Awaitable[Any]],
+                      installed: Callable[[dict[str, Any]], None]) -> None:
+        """Install this rbee beside the running one, drain (`drain` stops it), restart on the new one."""

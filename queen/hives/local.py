@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError
@@ -222,6 +222,14 @@ class LocalHive:
         """Stop the hive this queen started (its workers with it)."""
         if self.process is not None:
             await self.stop()
+
+    async def inspect(self) -> None:
+        return None  # the queen's own child: nothing to look for over SSH
+
+    async def upgrade(self, data_dir: Path, drain: Callable[[], Awaitable[Any]],
+                      installed: Callable[[dict[str, Any]], None]) -> None:
+        raise QueenError(f"'{self.alias}' runs the queen's own code: after a `git pull && ./bootstrap.sh`, "
+                         "`rbee queen restart` restarts both on it.", code="LOCAL_HIVE")
 
     def _needs_no_ssh(self) -> QueenError:
         return QueenError(f"'{self.alias}' is the queen's own machine; it needs no SSH (it starts on first use).",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, UnknownHive
@@ -178,11 +178,14 @@ class HiveRegistry:
         for hive in self._hives.values():
             hive.backend.resume()
 
-    async def status(self, alias: str) -> dict[str, Any]:
+    async def status(self, alias: str, *, inspect: bool = False) -> dict[str, Any]:
         """Check the hive's health now, and describe it (a running one's capabilities as it reads them now:
-        its GPUs' free VRAM and utilisation move)."""
+        its GPUs' free VRAM and utilisation move). `inspect`: a remote one not kept running is looked at
+        over SSH too (hives of its install from before the lock file)."""
         hive = self.get(alias)
         await hive.backend.refresh()
+        if inspect:
+            await hive.backend.inspect()
         if hive.state is HiveState.RUNNING and hive.url:
             try:
                 hive.capabilities = await self.clients_for(alias).daemon(hive.url).request(
@@ -207,6 +210,15 @@ class HiveRegistry:
     async def install(self, alias: str, data_dir: Path, installed: Callable[[dict[str, Any]], None]) -> None:
         """(Re)install a remote hive; `installed` hears of it before the hive is started again."""
         await self.get(alias).backend.install(data_dir, installed)
+
+    async def upgrade(self, alias: str, data_dir: Path, drain: Callable[[], Awaitable[Any]],
+                      installed: Callable[[dict[str, Any]], None]) -> None:
+        await self.get(alias).backend.upgrade(data_dir, drain, installed)
+
+    def remote_installed(self) -> list[str]:
+        """Remote hives this queen installed (it holds their token): what `hive upgrade --all` upgrades."""
+        self._sync_conf()
+        return [alias for alias, remote in self._remotes.items() if remote.heartbeat_token() is not None]
 
     async def uninstall(self, alias: str) -> dict[str, Any]:
         return await self.get(alias).backend.uninstall()

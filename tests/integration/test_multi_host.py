@@ -198,3 +198,84 @@ async def test_a_queen_restart_readopts_both_hives_and_their_warm_workers(setup)
             assert events[-1].stats["worker_id"] == workers[alias][0]["id"]  # the warm worker, not a new one
             assert not [e for e in events if isinstance(e, Narration) and e.action == "worker_spawn"]
     assert {h.name: hive_pids(h) for h in setup.cluster.hosts} == hives_before  # adopted, not restarted
+
+
+def newer_rbee(where: Path) -> tuple[Path, str]:
+    """A copy of rbee's source with the next version number (the protocol unchanged): what a `git pull`
+    brings. Returns the copy and its version."""
+    import shutil
+
+    from shared.version import VERSION
+
+    root = Path(__file__).resolve().parents[2]
+    newer = VERSION + ".1"
+    for package in ("shared", "queen", "hive", "worker", "keeper_tui"):
+        shutil.copytree(root / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, where / name)
+    for path, old, new in [(where / "pyproject.toml", f'version = "{VERSION}"', f'version = "{newer}"'),
+                           (where / "shared" / "__init__.py", f'__version__ = "{VERSION}"', f'__version__ = "{newer}"')]:
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+    return where, newer
+
+
+@pytest.mark.timeout(900)
+async def test_upgrade_all_while_four_clients_stream(setup, tmp_path):
+    """The queen restarts on a newer rbee, sees both hives behind, and `hive upgrade --all` brings them to it
+    one at a time while four clients keep asking: no answer fails, each is the undisturbed one."""
+    import sys
+
+    from shared.operations import HiveUpgrade
+    from tests.support.processes import start_daemon
+
+    request = Infer(prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", max_tokens=24, temperature=0)
+    async with setup.client() as client:
+        reference = completed(await run(client, request))
+    expected = "".join(e.t for e in reference if isinstance(e, Token))
+    source, newer = newer_rbee(tmp_path / "rbee-newer")
+    setup.queen.stop(60)
+    run_queen = (f"import sys, runpy; sys.path.insert(0, {str(source)!r}); "
+                 "runpy.run_module('queen.main', run_name='__main__')")
+    setup.queen = start_daemon([sys.executable, "-c", run_queen, "--port", "0", "--local-hive-port", "0"], setup.home)
+    async with setup.client() as client:
+        status = payload(await run(client, {"operation": "status"}), "status")
+        assert status["queen"]["version"] == newer
+        behind = {h["alias"]: h for h in status["hives"] if h["alias"] in HOSTS}
+        assert all(h["skew"] and h["compatible"] and h["version"] != newer for h in behind.values()), behind
+
+        answers: list[str] = []
+        failures: list[str] = []
+        upgrading = asyncio.Event()
+
+        async def keep_asking() -> None:
+            async with setup.client() as own:
+                while not upgrading.is_set():
+                    events = await run(own, request)
+                    if events[-1].state != "completed":
+                        failures.append("; ".join(e.message for e in events if isinstance(e, Error)))
+                    answers.append("".join(e.t for e in events if isinstance(e, Token)))
+
+        clients = [asyncio.create_task(keep_asking()) for _ in range(4)]
+        try:
+            events = await run(client, HiveUpgrade(all=True, deadline_s=20))
+        finally:
+            upgrading.set()
+            await asyncio.gather(*clients)
+        completed(events)
+        done = payload(events, "hive_upgrade")["upgraded"]
+        assert [(h["alias"], h["version"], h["state"]) for h in done] == [(a, newer, "running") for a in HOSTS]
+        said = [e.human for e in events if isinstance(e, Narration)]
+        assert any("Draining hive hosta" in h for h in said) and any("Draining hive hostb" in h for h in said)
+        assert not failures, failures
+        assert len(answers) >= 8 and all(a == expected for a in answers), set(answers)
+        for alias in HOSTS:
+            events = completed(await run(client, Infer(prompt="Hello", max_tokens=4, hive_id=alias)))
+            hive = payload(await run(client, {"operation": "hive_status", "alias": alias}), "hive_status")
+            assert (hive["version"], hive["skew"]) == (newer, False)
+    for host in setup.cluster.hosts:
+        install = setup.home.parent / "remote" / host.name
+        assert json.loads((install / "rbee-install.json").read_text())["rbee"] == newer
+        assert not (install / "venv-old").exists() and not (install / "venv-next").exists()
+        assert list(install.glob(f"venv/lib/python*/site-packages/rbee-{newer}.dist-info"))

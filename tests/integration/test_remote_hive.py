@@ -83,7 +83,18 @@ def hive_processes(port: int) -> list[int]:
     return pids
 
 
-async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
+@pytest.fixture
+def strays():
+    """Hive processes a test starts by hand, killed at the end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path, strays):
     remote_root = tmp_path / "remote"
     block = host_block("remote1", sshd, remote_root)
     hive_port = int(block.split("HivePort ")[1].split()[0])
@@ -129,6 +140,19 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         for said in (status["queen"], hive, worker):
             assert (said["version"], said["protocol"]) == (VERSION, PROTOCOL) and not said.get("skew")
 
+        # A hive of this install from before the lock file (started by hand, listening on every address) is
+        # found by its command line and port, and stopped with the hive.
+        stray_port = free_port()
+        stray = subprocess.Popen([str(install_dir / "venv" / "bin" / "python"), "-m", "hive.main", "--host", "0.0.0.0",
+                                  "--port", str(stray_port)], env={**os.environ, "RBEE_HOME": str(tmp_path / "old")},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+        strays.append(stray)
+        events = await run(client, {"operation": "hive_status", "alias": "remote1"})
+        [found] = payload(events, "hive_status")["strays"]
+        assert (found["pid"], found["host"], found["port"]) == (stray.pid, "0.0.0.0", str(stray_port))
+        assert any("An rbee-hive from before the lock file runs on remote1" in e.human for e in events
+                   if isinstance(e, Narration))
+
         # The remote's rbee turns into one of another protocol (as a newer release would be) and its hive
         # restarts on it: the queen sends it nothing and says why, naming both versions.
         [version_py] = install_dir.glob("venv/lib/python*/site-packages/shared/version.py")
@@ -150,6 +174,7 @@ async def test_install_start_infer_stop_uninstall(sshd, queen, tmp_path):
         events = await run(client, {"operation": "hive_stop", "alias": "remote1"})
         assert payload(events, "hive_stop")["state"] == "stopped"
         assert not hive_processes(hive_port) and not pid_alive(worker_pid)
+        assert stray.wait(10) is not None  # the one from before the lock file too
 
         events = await run(client, {"operation": "hive_uninstall", "alias": "remote1"})
         assert payload(events, "hive_uninstall")["removed"] == str(install_dir)

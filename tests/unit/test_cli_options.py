@@ -9,7 +9,7 @@ import pytest
 
 from keeper_tui.cli import build_parser, operation_for, prompt_from
 from shared.inference import SAMPLING_FIELDS
-from shared.operations import ANY_HIVE, LOCAL_HIVE, HiveDrain, Infer, WorkerDrain, WorkerList, WorkerSpawn
+from shared.operations import ANY_HIVE, LOCAL_HIVE, HiveDrain, HiveUpgrade, Infer, WorkerDrain, WorkerList, WorkerSpawn
 
 
 def parse(*argv: str):
@@ -75,6 +75,8 @@ def test_drains_take_a_deadline():
     assert parse("worker", "drain", "worker-1", "--deadline", "5") == WorkerDrain(id="worker-1", deadline_s=5.0)
     assert parse("hive", "drain", "gpu1", "--deadline", "0") == HiveDrain(alias="gpu1", deadline_s=0.0)
     assert parse("hive", "drain").alias == LOCAL_HIVE
+    assert parse("hive", "upgrade", "gpu1") == HiveUpgrade(alias="gpu1")
+    assert parse("hive", "upgrade", "--all", "--deadline", "10") == HiveUpgrade(all=True, deadline_s=10.0)
 
 
 def test_device_and_kv_options_reach_the_operations():

@@ -16,7 +16,7 @@ SPEC_OPERATIONS = {
     "status", "ssh_test", "hive_install", "hive_uninstall", "hive_start", "hive_stop", "hive_list",
     "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
     "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
-    "model_delete", "infer", "embed", "worker_drain", "hive_drain",
+    "model_delete", "infer", "embed", "worker_drain", "hive_drain", "hive_upgrade",
 }
 
 # One complete example of every operation, every field set.
@@ -40,6 +40,7 @@ FULL = {
     "worker_delete": {"hive_id": "gpu1", "id": "worker-1"},
     "worker_drain": {"id": "worker-1", "deadline_s": 30.0},
     "hive_drain": {"alias": "gpu1", "deadline_s": 0.0},
+    "hive_upgrade": {"alias": "gpu1", "all": False, "deadline_s": 30.0},
     "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf"},
     "model_list": {"hive_id": "gpu1"},
     "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
@@ -89,6 +90,11 @@ def test_single_stop_string_is_accepted():
     [
         ([], "must be a JSON object"),
         ("infer", "must be a JSON object"),
+        ({"operation": "hive_upgrade"}, "Field 'alias' of operation 'hive_upgrade' must name one hive, or be left out "
+                                        "with all: true (every remote hive)"),
+        ({"operation": "hive_upgrade", "alias": "gpu1", "all": True}, "must name one hive, or be left out"),
+        ({"operation": "worker_drain", "id": "w", "deadline_s": -1}, "'deadline_s' of operation 'worker_drain' must "
+                                                                    "be at least 0"),
         ({}, "Missing field 'operation'. Valid operations: embed, hive_drain, hive_get"),
         ({"operation": 3}, "Field 'operation' must be a string"),
         ({"operation": "fly"}, "Unknown operation 'fly'. Valid operations: "),

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from queen.errors import HiveUnavailable
 from queen.forwarding import hive_answers
 from queen.hives.backend import HiveState
 from queen.hives.remote import install as remote_install
 from queen.hives.remote.hives_conf import RemoteHost
+from queen.hives.remote.link import HiveLink
 from queen.hives.remote.store import RemoteHiveStore
-from queen.hives.remote.supervisor import HEALTH_EVERY_S, Phase, RemoteHiveSupervisor
+from queen.hives.remote.supervisor import HEALTH_EVERY_S, Phase, RemoteHiveSupervisor, stray_note
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import narrate
@@ -47,6 +48,7 @@ class RemoteHive:
         self.supervisor: RemoteHiveSupervisor | None = None  # while the queen keeps it running
         self._started_at: float | None = None  # as the last supervisor found it
         self._lock = asyncio.Lock()  # one start or stop at a time
+        self._strays: list[dict[str, Any]] = []  # as the last look over SSH found them (not supervised)
 
     @property
     def url(self) -> str | None:
@@ -85,9 +87,10 @@ class RemoteHive:
 
     def supervision(self) -> dict[str, Any]:
         sup = self.supervisor
+        strays = self._strays or (sup.strays if sup is not None else [])
         if sup is None:
-            return {}
-        return {"problem": sup.problem,
+            return {"strays": strays} if strays else {}
+        return {"problem": sup.problem, **({"strays": strays} if strays else {}),
                 "unreachable_since": sup.unreachable_at if sup.phase is Phase.UNREACHABLE else None,
                 "notes": list(sup.notes)[-5:], "gpus_reported": sup.gpus, "gpus_reported_at": sup.gpus_at}
 
@@ -136,6 +139,7 @@ class RemoteHive:
         """Stop supervising it and stop the hive there (its workers with it)."""
         narrate("hive_stop", f"Stopping hive {self.alias} (and its workers)", target=self.alias)
         async with self._lock:
+            self._strays = []  # stopped with it
             self._store.set_keep_running(self.alias, False)
             if self.supervisor is not None:
                 await self.supervisor.stop()
@@ -150,6 +154,41 @@ class RemoteHive:
                                       f"queen no longer keeps it running. Run `rbee hive stop {self.alias}` again once "
                                       "the machine is reachable.", code="HIVE_UNREACHABLE") from exc
             self.state = HiveState.STOPPED
+
+    async def inspect(self) -> None:
+        """Look on the machine over SSH now: hives of its install from before the lock file (found by their
+        command line and port), which its supervisor would not know of."""
+        try:
+            link = await HiveLink.open(self.host)
+        except RbeeError as exc:
+            self._strays = []
+            narrate("hive_status", f"Could not look on {self.alias}: {exc.message}", target=self.alias, level="warn")
+            return
+        try:
+            found = await link.control("status")
+        finally:
+            await link.close()
+        self._strays = found.get("strays") or []
+        for stray in self._strays:
+            narrate("hive_status", stray_note(self.alias, stray), target=self.alias, level="warn")
+
+    async def upgrade(self, data_dir: Path, drain: Callable[[], Awaitable[Any]],
+                      installed: Callable[[dict[str, Any]], None]) -> None:
+        """Install this rbee beside the running one, drain the hive (its answers finish or move), switch to
+        the new installation and start the hive on it (always: it also reinstalls and restarts at one
+        version), adopt it, then remove the old installation."""
+        token = self._store.token(self.alias)
+        if token is None:
+            raise HiveUnavailable(f"Hive {self.alias} is not installed by this queen; `rbee hive install "
+                                  f"{self.alias}` first.")
+        installed(await remote_install.install(self.host, token, data_dir, venv=remote_install.NEXT_VENV))
+        if self.supervisor is not None:
+            await drain()  # stops it, once its answers are done or moved
+        else:
+            await remote_install.stop(self.host)  # not kept running: whatever runs there (strays too) stops
+        await remote_install.switch_to_next(self.host)
+        await self.start()
+        await remote_install.remove_old(self.host)
 
     async def refresh(self) -> None:
         """Its supervisor checks it every second: take its word."""

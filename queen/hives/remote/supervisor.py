@@ -86,6 +86,7 @@ class RemoteHiveSupervisor:
         self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=NOTES_KEPT)
         self.problem: str | None = None  # why it is not running, in words
         self.peer: PeerVersion | None = None  # the rbee the hive runs, as its /health says
+        self.strays: list[dict[str, Any]] = []  # hives of its install holding no lock (from before the lock file)
         self.unreachable_since: float | None = None  # monotonic, for "how long"
         self.unreachable_at: float | None = None  # wall clock, for `rbee hive status`
         self._changed = asyncio.Event()
@@ -245,6 +246,9 @@ class RemoteHiveSupervisor:
     async def _bring_up(self, link: HiveLink) -> None:
         queen_url = await link.forward_queen(self._queen_url())
         found = await link.control("status")
+        self.strays = found.get("strays") or []
+        for stray in self.strays:
+            self.note(stray_note(self.alias, stray), "warn")
         for _ in range(50):  # a hive between taking its lock and publishing its port
             if not found.get("starting"):
                 break
@@ -273,11 +277,11 @@ class RemoteHiveSupervisor:
         """Nothing is sent to a hive whose protocol this queen cannot speak: supervision stops, saying why."""
         health = await self.clients.daemon(self.url).health(timeout=10)
         self.peer = PeerVersion.of(health)
-        if (why := incompatibility(f"Hive {self.alias}", self.peer, fix=f"rbee hive install {self.alias}")) is not None:
+        if (why := incompatibility(f"Hive {self.alias}", self.peer, fix=f"rbee hive upgrade {self.alias}")) is not None:
             raise GiveUp(why)
         if self.peer.skewed:
             self.note(f"Hive {self.alias} runs {self.peer.label}, this queen {THIS.label}: they work together; "
-                      f"`rbee hive install {self.alias}` brings it to this version", "warn")
+                      f"`rbee hive upgrade {self.alias}` brings it to this version", "warn")
 
     async def _ours(self, url: str) -> bool:
         """Whether the hive holding the lock takes our token for it (health is public: a request that needs
@@ -375,6 +379,12 @@ class RemoteHiveSupervisor:
         self._set(Phase.CONNECTING, "restarting after it died")
         await asyncio.sleep(delay)
         await self._bring_up(link)
+
+
+def stray_note(alias: str, stray: dict[str, Any]) -> str:
+    return (f"An rbee-hive from before the lock file runs on {alias} (pid {stray.get('pid')}, listening on "
+            f"{stray.get('host')}:{stray.get('port')}; `{stray.get('command')}`): `rbee hive upgrade {alias}` or "
+            f"`rbee hive stop {alias}` stops it")
 
 
 def _describe(exc: BaseException) -> str:

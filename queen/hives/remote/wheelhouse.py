@@ -298,7 +298,9 @@ async def _build_local(data_dir: Path) -> Path:
     root = source_root()
     wheelhouse = data_dir / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    deps_key = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    # The dependencies are collected again when pyproject.toml changes, but not for a new version of rbee alone.
+    project = re.sub(r"(?m)^version = .*$", "", (root / "pyproject.toml").read_text())
+    deps_key = hashlib.sha256(project.encode()).hexdigest()[:16]
     marker = wheelhouse / f".deps-{deps_key}"
     what = f"this machine's Python {sys.version_info[0]}.{sys.version_info[1]}"
     if not marker.exists():
