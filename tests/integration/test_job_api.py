@@ -210,7 +210,7 @@ async def error_of(resp, status):
         (b"\xff\xfe", "INVALID_REQUEST", "not valid JSON"),
         (b"[1, 2]", "INVALID_REQUEST", "must be a JSON object"),
         (b"[" * 100_000, "INVALID_REQUEST", "The body is not valid JSON"),  # too deep to decode: no 500
-        (b'{"operation": "fly"}', "UNKNOWN_OPERATION", "Unknown operation 'fly'. Valid operations: embed, hive_get"),
+        (b'{"operation": "fly"}', "UNKNOWN_OPERATION", "Unknown operation 'fly'. Valid operations: embed, hive_drain, hive_get"),
         (b'{"operation": "infer", "prompt": 7}', "INVALID_REQUEST", "Field 'prompt' of operation 'infer' must be a string"),
         (b'{"operation": "infer"}', "INVALID_REQUEST", "needs exactly one of 'prompt' (plain text) and 'messages'"),
         (b'{"operation": "infer", "prompt": "x", "bogus": 1}', "INVALID_REQUEST", "Unknown field 'bogus'"),

@@ -240,6 +240,8 @@ async def test_upgrade_all_while_four_clients_stream(setup, tmp_path):
                  "runpy.run_module('queen.main', run_name='__main__')")
     setup.queen = start_daemon([sys.executable, "-c", run_queen, "--port", "0", "--local-hive-port", "0"], setup.home)
     async with setup.client() as client:
+        for alias in HOSTS:  # adopted again (it waits for each to be up)
+            completed(await run(client, {"operation": "hive_start", "alias": alias}))
         status = payload(await run(client, {"operation": "status"}), "status")
         assert status["queen"]["version"] == newer
         behind = {h["alias"]: h for h in status["hives"] if h["alias"] in HOSTS}

@@ -159,7 +159,7 @@ async def test_draining_a_worker_lets_its_answer_finish_or_continues_it_elsewher
     answer, drained = await drain_mid_answer(client, request, WorkerDrain(id=first["worker_id"], deadline_s=60))
     assert answer[-1].state == "completed" and text_of(answer) == expected
     assert answer[-1].stats["worker_id"] == first["worker_id"]
-    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    [result] = [e.payload for e in drained if isinstance(e, Data) and e.action.endswith("_drain")]
     assert result == {"worker_id": first["worker_id"], "hive_id": "localhost", "finished": 1, "moved": 0,
                       "state": "stopped"}
     assert "worker_drain" in narrations(drained)
@@ -173,14 +173,14 @@ async def test_draining_a_worker_lets_its_answer_finish_or_continues_it_elsewher
     assert not [e for e in answer if isinstance(e, Error)] and answer[-1].state == "completed"
     assert text_of(answer) == expected
     assert "infer_moved" in narrations(answer) and answer[-1].stats["worker_id"] != second["worker_id"]
-    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    [result] = [e.payload for e in drained if isinstance(e, Data) and e.action.endswith("_drain")]
     assert (result["finished"], result["moved"]) == (0, 1)
     await until(lambda: not pid_alive(second["pid"]), what="the drained worker to exit")
 
     # The hive: drained, stopped; the local one starts again on the next request.
     answer, drained = await drain_mid_answer(client, request, HiveDrain(alias="localhost", deadline_s=60))
     assert answer[-1].state == "completed" and text_of(answer) == expected
-    [result] = [e.payload for e in drained if isinstance(e, Data)]
+    [result] = [e.payload for e in drained if isinstance(e, Data) and e.action.endswith("_drain")]
     assert result == {"alias": "localhost", "workers": 1, "finished": 1, "moved": 0, "state": "stopped"}
     _, events = await run(client, Infer(**HELLO))
     assert events[-1].state == "completed" and "hive_start" in narrations(events)
