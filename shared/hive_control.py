@@ -211,10 +211,7 @@ def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -
     found = _published(home, venv)
     found.pop("strays", None)
     stray_pids = _stop_strays(venv, found.get("pid") if found.get("running") else None, timeout)
-    if stray_pids:
-        found_strays = {"strays_stopped": stray_pids}
-    else:
-        found_strays = {}
+    found_strays = {"strays_stopped": stray_pids} if stray_pids else {}
     if found.get("starting"):
         return {"stopped": False, "reason": "a hive holds the lock but never said its pid; left alone", **found_strays}
     if not found["running"]:
