@@ -148,6 +148,8 @@ class ModelStore:
                         pct = f"{100 * done / total:.0f}% " if total else ""
                         narrate("model_download", f"{ref.file}: {pct}({_mb(done)} of {_mb(total)}, {_mb(rate)}/s)",
                                 target=ref.id)
+                elif message.get("event") == "retry":
+                    narrate("model_download", f"{ref.file}: {message.get('message')}", target=ref.id, level="warn")
                 else:
                     outcome = message
             await proc.wait()
@@ -164,7 +166,9 @@ class ModelStore:
         if proc.returncode != 0 or outcome.get("event") != "done":
             reason = outcome.get("message") or f"the downloader exited with code {proc.returncode}"
             raise DownloadFailed(f"Could not download {ref.id}: {reason}. Nothing was added to the catalog "
-                                 "and no partial file was kept; run the download again to retry.")
+                                 "and no partial file was kept; run the download again to retry.",
+                                 code=outcome.get("code") or DownloadFailed.code,
+                                 status=404 if outcome.get("code") in ("HUB_NO_REPO", "HUB_NO_FILE") else None)
         path = Path(outcome["path"])
         if not is_gguf(path):
             bad = path.with_suffix(path.suffix + ".not-gguf")

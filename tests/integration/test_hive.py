@@ -231,11 +231,55 @@ async def test_hub_404_is_a_clear_failure(hub_hive):
     async with JobClient(hive.url, hive.token) as client:
         _, events = await run(client, {"operation": "model_download", "model": "hf:test-org/tiny-GGUF:missing.gguf"})
         error = next(e for e in events if isinstance(e, Error))
-        assert error.code == "DOWNLOAD_FAILED" and "has no file 'missing.gguf'" in error.message
+        assert (error.code, error.status) == ("HUB_NO_FILE", 404) and "has no file 'missing.gguf'" in error.message
         _, events = await run(client, {"operation": "model_download", "model": "hf:nobody/nothing:x.gguf"})
-        assert "has no repository 'nobody/nothing'" in next(e for e in events if isinstance(e, Error)).message
+        error = next(e for e in events if isinstance(e, Error))
+        assert error.code == "HUB_NO_REPO" and "the hub has no repository 'nobody/nothing'" in error.message
         _, events = await run(client, {"operation": "model_list"})
         assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
+
+
+async def test_an_unreachable_hub_is_said_within_15_s_with_its_retries(tmp_path, unused_tcp_port_factory):
+    closed = unused_tcp_port_factory()  # nothing listens there
+    home = tmp_path / "home"
+    hive = await asyncio.to_thread(start_hive, home, env={"HF_ENDPOINT": f"http://127.0.0.1:{closed}",
+                                                          "HF_HOME": str(home / "hf")})
+    try:
+        async with JobClient(hive.url, hive.token) as client:
+            started = asyncio.get_running_loop().time()
+            _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+            took = asyncio.get_running_loop().time() - started
+    finally:
+        await asyncio.to_thread(hive.stop)
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "HUB_UNREACHABLE" and "has no file" not in error.message
+    assert f"could not reach the hub at http://127.0.0.1:{closed} (connection refused" in error.message
+    assert "HF_ENDPOINT" in error.message
+    retries = [e.human for e in events if isinstance(e, Narration) and "trying again" in e.human]
+    assert len(retries) >= 2, retries
+    assert took < 15, took
+
+
+async def test_a_gated_repository_asks_for_a_token_and_downloads_with_one(tmp_path, hub, aiohttp_server,
+                                                                        unused_tcp_port_factory):
+    hub.gated["test-org/tiny-GGUF"] = "hf_test_token"
+    port = unused_tcp_port_factory()
+    await aiohttp_server(hub.app(), port=port)
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    for name, token in (("without", None), ("with", "hf_test_token")):
+        home = tmp_path / name
+        hive = await asyncio.to_thread(start_hive, home, env={**env, "HF_HOME": str(home / "hf"),
+                                                              **({"HF_TOKEN": token} if token else {})})
+        try:
+            async with JobClient(hive.url, hive.token) as client:
+                _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+        finally:
+            await asyncio.to_thread(hive.stop)
+        if token is None:
+            error = next(e for e in events if isinstance(e, Error))
+            assert error.code == "HUB_AUTH" and "is gated" in error.message and "HF_TOKEN" in error.message
+        else:
+            assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
 
 
 async def test_a_dropped_transfer_resumes_with_a_range_request(hub_hive, hub):

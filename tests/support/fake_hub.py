@@ -28,6 +28,7 @@ class FakeHub:
     die_after_bytes: int | None = None  # abort the next GET once this many bytes went out
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     died: asyncio.Event = field(default_factory=asyncio.Event)
+    gated: dict[str, str] = field(default_factory=dict)  # repo -> the token it takes (401 GatedRepo without it)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -38,6 +39,9 @@ class FakeHub:
         m = request.match_info
         repo = f"{m['org']}/{m['repo']}"
         self.requests.append((request.method, request.path, request.headers.get("Range")))
+        if repo in self.gated and request.headers.get("Authorization") != f"Bearer {self.gated[repo]}":
+            return web.Response(status=401, headers={"X-Error-Code": "GatedRepo",
+                                                     "X-Error-Message": "Access to this model is restricted"})
         if not any(key.startswith(repo + "/") for key in self.files):
             return web.Response(status=404, headers={"X-Error-Code": "RepoNotFound",
                                                      "X-Error-Message": "Repository not found"})
