@@ -4,6 +4,8 @@ is refused whole (400) rather than half-registered."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,4 +45,9 @@ class Heartbeat(WireMessage):
 
 
 def parse_heartbeat(data: Any) -> Heartbeat:
+    """Fields this code does not know are left out, not refused: a newer worker may tell more (as these
+    versions' `version` and `protocol` once were), and its heartbeats must still register it."""
+    if isinstance(data, Mapping):
+        known = {f.name for f in dataclasses.fields(Heartbeat)}
+        data = {key: value for key, value in data.items() if key in known}
     return parse_message(Heartbeat, data)

@@ -42,6 +42,12 @@ def test_malformed_heartbeats_are_refused_whole(payload, field):
     assert err.value.field == field and err.value.status == 400
 
 
+def test_a_newer_workers_heartbeat_with_fields_unknown_here_still_registers_it():
+    hb = parse_heartbeat({"worker_id": "w", "hive_id": "h", "url": "http://x", "model": "m", "state": "ready",
+                          "protocol": 1, "told_by_a_newer_rbee": {"x": 1}})
+    assert hb.worker_id == "w" and hb.protocol == 1
+
+
 def test_heartbeat_round_trips():
     hb = Heartbeat(worker_id="w", hive_id="h", url="http://x", model="m", state=EngineState.BUSY, pid=7,
                    queue_depth=2, device="cuda:0")
