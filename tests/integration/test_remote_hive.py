@@ -282,15 +282,12 @@ async def test_import_from_an_openssh_config(queen, tmp_path):
 
 
 async def test_failing_remote_pip_install_shows_its_last_lines(sshd, queen, tmp_path):
-    import hashlib
-
-    from queen.hives.remote.wheelhouse import source_root
+    from queen.hives.remote.wheelhouse import dependencies_key, source_root
 
     # A wheelhouse that claims to be complete but holds none of the dependencies: pip on the remote fails.
     wheelhouse = queen.home / "data" / "wheelhouse"
     wheelhouse.mkdir(parents=True)
-    key = hashlib.sha256((source_root() / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    (wheelhouse / f".deps-{key}").touch()
+    (wheelhouse / f".deps-{dependencies_key(source_root())}").touch()
     (queen.home / "config" / "hives.conf").write_text(host_block("broken", sshd, tmp_path / "remote"))
     async with JobClient(queen.url, queen.token, request_timeout=60) as client:
         error = error_of(await run(client, {"operation": "hive_install", "alias": "broken"}))

@@ -502,3 +502,14 @@ def test_a_gpu_remote_without_nvcc_makes_cudas_wheels_a_toolkit_in_its_install_f
     assert "--target /srv/rbee/cuda-toolkit/13.0 --no-index --find-links /srv/rbee/wheelhouse" in setup
     assert "CUDACXX=/srv/rbee/cuda-toolkit/13.0/nvidia/cu13/bin/nvcc" in steps[1][1]
     assert "-Wl,-rpath,/srv/rbee/cuda-toolkit/13.0/nvidia/cu13/lib" in steps[1][1]
+
+
+def test_the_dependency_wheels_are_kept_across_a_new_version_of_rbee_alone(tmp_path):
+    from queen.hives.remote.wheelhouse import dependencies_key
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nversion = "0.2.0"\ndependencies = ["aiohttp>=3.9"]\n')
+    before = dependencies_key(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nversion = "0.2.1"\ndependencies = ["aiohttp>=3.9"]\n')
+    assert dependencies_key(tmp_path) == before  # an upgrade's wheelhouse reuses what was collected
+    (tmp_path / "pyproject.toml").write_text('[project]\nversion = "0.2.1"\ndependencies = ["aiohttp>=3.10"]\n')
+    assert dependencies_key(tmp_path) != before

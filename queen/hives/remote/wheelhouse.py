@@ -294,14 +294,18 @@ def rebuilt_llama_wheels() -> list[str]:
     return [option for d in found for option in ("--find-links", str(d))]
 
 
+def dependencies_key(root: Path) -> str:
+    """What the collected dependency wheels are kept by: pyproject.toml without its version line, so they
+    are collected again when the project changes, but not for a new version of rbee alone (an upgrade)."""
+    project = re.sub(r"(?m)^version = .*$", "", (root / "pyproject.toml").read_text())
+    return hashlib.sha256(project.encode()).hexdigest()[:16]
+
+
 async def _build_local(data_dir: Path) -> Path:
     root = source_root()
     wheelhouse = data_dir / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    # The dependencies are collected again when pyproject.toml changes, but not for a new version of rbee alone.
-    project = re.sub(r"(?m)^version = .*$", "", (root / "pyproject.toml").read_text())
-    deps_key = hashlib.sha256(project.encode()).hexdigest()[:16]
-    marker = wheelhouse / f".deps-{deps_key}"
+    marker = wheelhouse / f".deps-{dependencies_key(root)}"
     what = f"this machine's Python {sys.version_info[0]}.{sys.version_info[1]}"
     if not marker.exists():
         # One resolution at a time: wheels of older dependency versions would otherwise linger.
