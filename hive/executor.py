@@ -68,7 +68,7 @@ class HiveExecutor:
             emit(Data(action="worker_delete", payload=worker.to_dict()))
             return None
         if isinstance(op, ModelDownload):
-            entry = await self.store.provision(op.model)
+            entry = await self.store.provision(op.model, token=op.token)
             emit(Data(action="model_download", payload=entry.to_dict()))
             return {"model": entry.id, "sha256": entry.sha256}
         if isinstance(op, ModelList):

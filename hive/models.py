@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import threading
@@ -66,7 +67,8 @@ class ModelStore:
             raise ModelNotFound(f"No model '{model_id}' in this hive's catalog (models: {known}).")
         return entry
 
-    async def provision(self, reference: str) -> CatalogEntry:
+    async def provision(self, reference: str, *, token: str | None = None) -> CatalogEntry:
+        """The model in the catalog, downloaded first when it is not here; `token`: a hub token for it."""
         ref = parse_reference(reference)
         lock = self._locks.setdefault(ref.id, asyncio.Lock())
         async with lock:
@@ -79,7 +81,7 @@ class ModelStore:
             elif ref.scheme == "file":
                 path, downloaded = self._check_local_file(ref), False
             else:
-                path, downloaded = await self._download(ref), True
+                path, downloaded = await self._download(ref, token), True
             digest = builtin_model_sha256() if ref.scheme == "builtin" else None
             if digest is None:
                 narrate("model_verify", f"Computing the sha256 of {path.name}", target=ref.id)
@@ -116,14 +118,15 @@ class ModelStore:
             raise error(f"The file {path} {problem}.")
         return path
 
-    async def _download(self, ref: ModelRef) -> Path:
+    async def _download(self, ref: ModelRef, token: str | None = None) -> Path:
         assert ref.repo is not None and ref.file is not None, "an hf: reference names a repo and a file"
         dest = self.model_dir / "hf" / ref.repo
         dest.mkdir(parents=True, exist_ok=True)
         narrate("model_download", f"Downloading {ref.file} from {ref.repo}", target=ref.id)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hive.hf_fetch", "--repo", ref.repo, "--file", ref.file, "--dest", str(dest),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=CHILD_CWD,
+            env={**os.environ, "HF_TOKEN": token} if token else None)  # the environment, never argv
         stderr_task = asyncio.create_task(proc.stderr.read())  # type: ignore[union-attr]
         started = time.monotonic()
         first_done: int | None = None

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("download", "list", "get", "delete"))
     p.add_argument("model", nargs="?", help="download: a reference; get/delete: a model id")
     p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="download: a file holding a hub token for a gated or private model (it goes to the hive "
+                        "with the job, never into a command line, a log or the job history)")
 
     p = command("jobs", "List, show or cancel the queen's jobs.", "rbee jobs show 1a2b3c4d")
     p.add_argument("action", choices=("list", "show", "cancel"))
@@ -276,8 +279,23 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 parser.error(f"model {args.action} needs a model "
                              f"{'reference' if args.action == 'download' else 'id'} (see `rbee model list`)")
             body["model" if args.action == "download" else "id"] = args.model
+        if args.token_file:
+            if args.action != "download":
+                parser.error("--token-file goes with `model download`")
+            body["token"] = token_from(args.token_file, parser)
         return _parse(body, parser)
     return None
+
+
+def token_from(path: str, parser: argparse.ArgumentParser) -> str:
+    try:
+        token = open(os.path.expanduser(path), encoding="utf-8").read().strip()  # noqa: SIM115
+    except OSError as exc:
+        parser.error(f"--token-file {path}: {exc.strerror or exc}")
+    if not token or len(token.split()) != 1:
+        parser.error(f"--token-file {path}: the file must hold one token (as the hub shows it: hf_…), not "
+                     f"{'nothing' if not token else 'several words'}")
+    return token
 
 
 def deadline(args: argparse.Namespace) -> dict[str, Any]:

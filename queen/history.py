@@ -117,7 +117,7 @@ def _log_failure(future: Future) -> None:
 def _row(job: Job) -> tuple:
     result = job.result or {}
     text = result.get("text")
-    return (job.id, job.operation.name, json.dumps(capped(job.operation.to_dict())), job.state.value,
+    return (job.id, job.operation.name, json.dumps(capped(job.operation.redacted())), job.state.value,
             job.created_at, job.started_at, job.finished_at, text[:TEXT_CAP] if isinstance(text, str) else text,
             json.dumps({k: v for k, v in result.items() if k not in UNSTORED}) if result else None,
             json.dumps(job.error) if job.error else None, about(job.operation), job.owner)

@@ -190,7 +190,7 @@ class Job:
             "key": self.owner,
         }
         if full:
-            out["request"] = self.operation.to_dict()
+            out["request"] = self.operation.redacted()
             out["result"] = self.result
         return out
 

@@ -207,6 +207,9 @@ class WorkerDelete(HiveOperation):
 class ModelDownload(HiveOperation):
     name: ClassVar[str] = "model_download"
     model: str = field(metadata={"nonempty": True})
+    # A hub token for a gated or private model (`rbee model download --token-file`): it travels to the hive
+    # in the job's body and into the downloader's environment, never into argv, a log, a listing or history.
+    token: str | None = field(default=None, repr=False, metadata={"nonempty": True, "secret": True})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,9 @@ class WireEnum(str, enum.Enum):
         return self.value.__format__(spec)
 
 
+HIDDEN = "(given, not shown)"  # a secret field's value in records and listings
+
+
 @dataclass(frozen=True, kw_only=True)
 class WireMessage:
     """Base of every typed message; `name` says what it is in error messages."""
@@ -53,6 +56,15 @@ class WireMessage:
 
     def validate(self) -> None:
         """Checks that span several fields; single fields are checked while parsing."""
+
+    def redacted(self) -> dict[str, Any]:
+        """to_dict() for records and listings: secret fields (metadata {"secret": True}, such as a hub token
+        on its way to a hive) say only that they were given."""
+        out = self.to_dict()
+        for f in dataclasses.fields(self):
+            if f.metadata.get("secret") and f.name in out:
+                out[f.name] = HIDDEN
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -358,3 +358,30 @@ async def test_a_worker_that_ignores_sigterm_is_killed(tmp_path):
             assert not pid_alive(worker["pid"])
     finally:
         await asyncio.to_thread(daemon.stop)
+
+
+async def test_a_token_for_a_gated_model_goes_through_the_queen_and_is_kept_nowhere(tmp_path, hub):
+    from shared.operations import ModelDownload
+    from tests.support.fake_hub import hub_in_thread
+    from tests.support.processes import BIN, start_daemon
+
+    secret = "hf_rbee_test_0123456789"
+    hub.gated["test-org/tiny-GGUF"] = secret
+    home = tmp_path / "home"
+    with hub_in_thread(hub) as url:
+        queen = await asyncio.to_thread(start_daemon, [str(BIN / "queen-rbee"), "--port", "0", "--local-hive-port", "0"],
+                                        home, env={"HF_ENDPOINT": url, "HF_HOME": str(home / "hf")})
+        try:
+            async with JobClient(queen.url, queen.token) as client:
+                job_id, events = await run(client, ModelDownload(model=HF_REF))
+                assert next(e for e in events if isinstance(e, Error)).code == "HUB_AUTH"
+                job_id, events = await run(client, ModelDownload(model=HF_REF, token=secret))
+                assert events[-1].state == "completed", [e for e in events if isinstance(e, Error)]
+                shown = await client.request("GET", f"/v1/jobs/{job_id}")
+                assert shown["request"]["token"] == "(given, not shown)"
+        finally:
+            await asyncio.to_thread(queen.stop, 30)
+    for path in home.rglob("*"):
+        if path.is_file() and path.suffix != ".gguf":
+            assert secret.encode() not in path.read_bytes(), f"the token is in {path}"
+    assert secret not in "\n".join(queen.stderr_lines)

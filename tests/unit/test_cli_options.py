@@ -101,3 +101,16 @@ def test_bad_values_name_the_option(argv, said, capsys):
         parse(*argv)
     assert exit_.value.code == 2
     assert f"rbee: error: {said}" in capsys.readouterr().err
+
+
+def test_a_token_file_becomes_the_downloads_token(tmp_path, capsys):
+    token = tmp_path / "hf-token"
+    token.write_text("hf_abc123\n")
+    op = parse("model", "download", "hf:org/gated:f.gguf", "--token-file", str(token))
+    assert op.token == "hf_abc123" and op.model == "hf:org/gated:f.gguf"
+    for path, words in ((tmp_path / "none", "No such file"), (tmp_path / "empty", "must hold one token")):
+        if path.name == "empty":
+            path.write_text("\n")
+        with pytest.raises(SystemExit):
+            parse("model", "download", "hf:org/gated:f.gguf", "--token-file", str(path))
+        assert words in capsys.readouterr().err

@@ -41,7 +41,7 @@ FULL = {
     "worker_drain": {"id": "worker-1", "deadline_s": 30.0},
     "hive_drain": {"alias": "gpu1", "deadline_s": 0.0},
     "hive_upgrade": {"alias": "gpu1", "all": False, "deadline_s": 30.0},
-    "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf"},
+    "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf", "token": "hf_notreal"},
     "model_list": {"hive_id": "gpu1"},
     "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
     "model_delete": {"hive_id": "gpu1", "id": "smollm2-135m"},
@@ -150,3 +150,16 @@ def test_operations_are_immutable_values():
     with pytest.raises(dataclasses.FrozenInstanceError):
         op.model = "other"  # type: ignore[misc]
     assert op == ModelDownload(model="hf:a/b:c.gguf", hive_id="localhost")
+
+
+def test_a_hub_token_travels_but_is_never_shown():
+    from shared.job_registry import Job, JobLimits
+    from shared.operations import ModelDownload
+    from shared.wire import HIDDEN
+
+    op = parse_operation({"operation": "model_download", "model": "hf:org/gated:f.gguf", "token": "hf_secret42"})
+    assert op.to_dict()["token"] == "hf_secret42"  # to the hive, in the job's body
+    assert op.redacted()["token"] == HIDDEN and "hf_secret42" not in repr(op)
+    job = Job(op, JobLimits(), actor="queen")
+    assert "hf_secret42" not in str(job.summary(full=True))
+    assert "token" not in ModelDownload(model="m").redacted()  # none given: nothing said
