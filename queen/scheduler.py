@@ -90,6 +90,9 @@ class Scheduler:
             self._forget_owners()
             self.workers.notify()  # the next in line looks again
 
+    def _draining_on(self, hive_ids: list[str]) -> bool:
+        return any(w.draining and w.alive and w.hive_id in hive_ids for w in self.workers.all())
+
     def _running(self, owner: str | None) -> int:
         """Slots held now by requests of `owner`."""
         return sum(1 for w in self.workers.all() for job in w.leases if self._owner_of.get(job, "") == owner)
@@ -147,8 +150,8 @@ class Scheduler:
                                              needs_core=not embedding, device=device,
                                              saved_chunks={alias: on_disk(alias) for alias in room})
                     except NoRoom:
-                        if not has_worker:
-                            raise
+                        if not has_worker and not self._draining_on(room):
+                            raise  # (a draining worker's room comes free once it stops: wait for it)
                         target = None  # its own workers' slots come free: wait for one
                         self._full_until[key] = time.monotonic() + FULL_RECHECK_S
                     if target is not None:

@@ -58,6 +58,16 @@ GATHER_FIRST_S, GATHER_GAP_S, GATHER_MAX_S = 0.002, 0.008, 0.040
 GUESSING_SLOTS_MAX = 2  # guessed tokens (worker/ngram.py) are decoded when at most this many sequences generate
 
 
+LOOSE_JSON_CHAR = 'char ::= [^"\\\\]'
+STRICT_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
+
+
+def strict_json_strings(gbnf: str) -> str:
+    """llama-cpp-python's converter lets a JSON string hold raw control characters (a newline, say), which
+    no JSON parser takes: llama.cpp's own converter excludes them, and so does this."""
+    return gbnf.replace(LOOSE_JSON_CHAR, STRICT_JSON_CHAR)
+
+
 class GenerationEngine(LlamaOwner[Generation]):
     def __init__(self, config: WorkerConfig, on_state_change: Callable[[EngineState], Any] | None = None) -> None:
         super().__init__(config, on_state_change)
@@ -120,7 +130,7 @@ class GenerationEngine(LlamaOwner[Generation]):
             from llama_cpp.llama_grammar import json_schema_to_gbnf
 
             try:
-                gbnf = json_schema_to_gbnf(json.dumps(schema_for_grammar(request.json_schema)))
+                gbnf = strict_json_strings(json_schema_to_gbnf(json.dumps(schema_for_grammar(request.json_schema))))
             except Exception as exc:  # the converter asserts on what it does not know
                 problem = f"is not a JSON schema this worker can follow ({exc or type(exc).__name__})"
                 raise InvalidRequest(f"Field 'json_schema' {problem}.", field="json_schema", problem=problem) from exc

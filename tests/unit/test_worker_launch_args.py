@@ -97,3 +97,14 @@ def test_a_pinned_worker_reports_the_gpu_as_the_machine_numbers_it(monkeypatch, 
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", pinned)
     assert machine_device(device) == shown
+
+
+def test_json_strings_in_a_schema_grammar_refuse_raw_control_characters():
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from worker.engine import LOOSE_JSON_CHAR, STRICT_JSON_CHAR, strict_json_strings
+
+    raw = json_schema_to_gbnf('{"type": "object", "properties": {"name": {"type": "string"}}}')
+    assert LOOSE_JSON_CHAR in raw or STRICT_JSON_CHAR in raw  # the converter still writes the rule this fixes
+    fixed = strict_json_strings(raw)
+    assert STRICT_JSON_CHAR in fixed and LOOSE_JSON_CHAR + "\n" not in fixed and LOOSE_JSON_CHAR + " " not in fixed
