@@ -67,8 +67,9 @@ class InferenceRunner:
             try:
                 worker = await self.scheduler.acquire(model, op.hive_id, job.id, waiting=job.set_waiting,
                                                       device=op.device, prefix=prefix, owner=job.owner)
-            except RbeeError:
+            except RbeeError as exc:
                 if lost is not None:  # nowhere to move it (say, the one hive it must run on is out of reach)
+                    narrate("infer_move_failed", f"Could not continue it elsewhere: {exc.message}", level="error")
                     raise lost from None
                 raise
             try:

@@ -34,6 +34,7 @@ from shared.operations import DEVICE_AUTO, WorkerSpawn
 from shared.prefix_chain import CHUNK_CHARS
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.CRASHED, WorkerStatus.FAILED, WorkerStatus.STOPPED)
+ROOM_COMING_S = 5.0  # a worker stopped this recently may still hold its cores in its hive's count
 FULL_RECHECK_S = 5.0  # how long "no hive has room for another worker of this model" is believed
 
 
@@ -90,8 +91,12 @@ class Scheduler:
             self._forget_owners()
             self.workers.notify()  # the next in line looks again
 
-    def _draining_on(self, hive_ids: list[str]) -> bool:
-        return any(w.draining and w.alive and w.hive_id in hive_ids for w in self.workers.all())
+    def _room_coming(self, hive_ids: list[str]) -> bool:
+        """Whether room on these hives is about to come free: a worker there is draining (it stops once its
+        answers are done or moved), or one stopped moments ago (its hive may still count its cores)."""
+        now = time.monotonic()
+        return any(w.draining and w.alive and w.hive_id in hive_ids for w in self.workers.all()) or any(
+            now - self.workers.gone_at.get(h, -ROOM_COMING_S) < ROOM_COMING_S for h in hive_ids)
 
     def _running(self, owner: str | None) -> int:
         """Slots held now by requests of `owner`."""
@@ -150,8 +155,8 @@ class Scheduler:
                                              needs_core=not embedding, device=device,
                                              saved_chunks={alias: on_disk(alias) for alias in room})
                     except NoRoom:
-                        if not has_worker and not self._draining_on(room):
-                            raise  # (a draining worker's room comes free once it stops: wait for it)
+                        if not has_worker and not self._room_coming(room):
+                            raise
                         target = None  # its own workers' slots come free: wait for one
                         self._full_until[key] = time.monotonic() + FULL_RECHECK_S
                     if target is not None:

@@ -170,7 +170,8 @@ async def test_draining_a_worker_lets_its_answer_finish_or_continues_it_elsewher
     _, events = await run(client, Infer(**HELLO))  # a new worker
     second = (await workers_of(queen))[0]
     answer, drained = await drain_mid_answer(client, request, WorkerDrain(id=second["worker_id"], deadline_s=0.2))
-    assert not [e for e in answer if isinstance(e, Error)] and answer[-1].state == "completed"
+    story = [(e.action, e.human) for e in answer if isinstance(e, Narration)]
+    assert not [e for e in answer if isinstance(e, Error)] and answer[-1].state == "completed", story
     assert text_of(answer) == expected
     assert "infer_moved" in narrations(answer) and answer[-1].stats["worker_id"] != second["worker_id"]
     [result] = [e.payload for e in drained if isinstance(e, Data) and e.action.endswith("_drain")]

@@ -114,3 +114,15 @@ async def test_draining_an_unknown_worker_or_asking_a_draining_hive_is_refused(r
     assert hives.get("localhost").to_dict()["state"] == "draining"
     with pytest.raises(HiveUnavailable, match="Hive localhost is draining"):
         await scheduler.acquire("m", "localhost", "job-1")
+
+
+async def test_room_is_coming_while_a_worker_drains_or_just_stopped(registries):
+    workers, hives, scheduler = registries
+    worker = workers.heartbeat(parse_heartbeat(beat("w1")))
+    assert not scheduler._room_coming(["localhost"])
+    Drainer(hives, workers)._start(worker, 5)
+    assert scheduler._room_coming(["localhost"]) and not scheduler._room_coming(["gpu1"])
+    workers.forget("w1")  # stopped: its hive may count its cores a moment longer
+    assert scheduler._room_coming(["localhost"])
+    workers.gone_at["localhost"] -= 60
+    assert not scheduler._room_coming(["localhost"])
