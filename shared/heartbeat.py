@@ -48,6 +48,8 @@ def parse_heartbeat(data: Any) -> Heartbeat:
     """Fields this code does not know are left out, not refused: a newer worker may tell more (as these
     versions' `version` and `protocol` once were), and its heartbeats must still register it."""
     if isinstance(data, Mapping):
-        known = {f.name for f in dataclasses.fields(Heartbeat)}
-        data = {key: value for key, value in data.items() if key in known}
+        data = {key: value for key, value in data.items() if key in _FIELDS}
     return parse_message(Heartbeat, data)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Heartbeat))

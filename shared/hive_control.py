@@ -116,9 +116,10 @@ def is_hive_process(pid: int, venv: str | None = None) -> bool:
     return is_hive and (venv is None or any(a.startswith(venv.rstrip("/") + "/") for a in argv[:2]))
 
 
-def status(home: Path, venv: str | None = None) -> dict:
-    """{"running": False} or the running hive's record (pid, port, hive_id, started_at); with `venv`, also
-    the hives of that install that hold no lock ("strays": started before there was one, with nohup)."""
+def status(home: Path, venv: str | None = None, *, with_strays: bool = False) -> dict:
+    """{"running": False} or the running hive's record (pid, port, hive_id, started_at); `with_strays` (and
+    `venv`): also the hives of that install that hold no lock (started before there was one, with nohup),
+    found by reading /proc, so only when asked (not in the loops that wait for a start)."""
     path = state_dir(home) / LOCK_FILE
     found: dict = {"running": False}
     if _lock_held(path):
@@ -128,7 +129,7 @@ def status(home: Path, venv: str | None = None) -> dict:
             found = {"running": True, "starting": True}  # locked, not published yet
         else:
             found = {"running": True, "verified": is_hive_process(pid, venv), **record}
-    if venv is not None:
+    if with_strays and venv is not None:
         found["strays"] = strays(venv, but=found.get("pid"))
     return found
 
@@ -209,7 +210,6 @@ def stop(home: Path, venv: str | None = None, timeout: float = STOP_TIMEOUT_S) -
     holder's command line is a hive's, or the process runs this install's hive."""
     path = state_dir(home) / LOCK_FILE
     found = _published(home, venv)
-    found.pop("strays", None)
     stray_pids = _stop_strays(venv, found.get("pid") if found.get("running") else None, timeout)
     found_strays = {"strays_stopped": stray_pids} if stray_pids else {}
     if found.get("starting"):
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     args, hive_args = parser.parse_known_args(argv)
     venv = str(Path(args.python).parent.parent) if args.python else None
     if args.command == "status":
-        result = status(Path(args.home), venv)
+        result = status(Path(args.home), venv, with_strays=True)
     elif args.command == "stop":
         result = stop(Path(args.home), venv)
     else:
