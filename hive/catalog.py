@@ -27,10 +27,16 @@ CREATE TABLE IF NOT EXISTS models (
     sha256      TEXT NOT NULL,
     added_at    REAL NOT NULL,
     downloaded  INTEGER NOT NULL,   -- 1 when the hive fetched the file (model_delete removes it then)
-    architecture TEXT               -- general.architecture of the GGUF; NULL until read
+    architecture TEXT,              -- general.architecture of the GGUF; NULL until read
+    alias       TEXT,               -- a short name given when it was pushed (NULL: the file's name)
+    origin      TEXT,               -- where it came from, for people ("pushed from ...", "copied from hive ...")
+    state       TEXT,               -- ok | missing | corrupt | bad_gguf (NULL: ok), from the last check
+    problem     TEXT                -- what that check found wrong
 )
 """
-_COLUMNS = "id, reference, path, size, sha256, added_at, downloaded, architecture"
+_COLUMNS = "id, reference, path, size, sha256, added_at, downloaded, architecture, alias, origin, state, problem"
+_ADDED_COLUMNS = ("architecture", "alias", "origin", "state", "problem")  # added after the first release
+STATES = ("ok", "missing", "corrupt", "bad_gguf")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,14 @@ class CatalogEntry:
     added_at: float
     downloaded: bool
     architecture: str = ""
+    alias: str = ""
+    origin: str = ""
+    state: str = "ok"
+    problem: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "ok"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,16 +76,25 @@ class ModelCatalog(SqliteStore):
         return [_entry(r) for r in rows]
 
     async def add(self, model_id: str, reference: str, path: Path, size: int, sha256: str,
-                  downloaded: bool) -> CatalogEntry:
+                  downloaded: bool, *, alias: str | None = None, origin: str = "") -> CatalogEntry:
         def insert(db: sqlite3.Connection) -> CatalogEntry:
             entry = CatalogEntry(model_id, reference, str(path), size, sha256, time.time(), downloaded,
-                                 architecture_of(str(path)))
-            db.execute(f"INSERT OR REPLACE INTO models ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 architecture_of(str(path)), alias or "", origin)
+            db.execute(f"INSERT OR REPLACE INTO models ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (entry.id, entry.reference, entry.path, entry.size, entry.sha256, entry.added_at,
-                        int(downloaded), entry.architecture))
+                        int(downloaded), entry.architecture, entry.alias or None, entry.origin or None, None, None))
             return entry
 
         return await self._db.run(insert)
+
+    async def set_alias(self, model_id: str, alias: str) -> None:
+        await self._db.run(lambda db: db.execute("UPDATE models SET alias = ? WHERE id = ?", (alias, model_id)))
+
+    async def mark(self, model_id: str, state: str, problem: str = "") -> None:
+        """What the last check found: `ok`, or what is wrong (the entry stays, so it is seen, not lost)."""
+        assert state in STATES, state
+        await self._db.run(lambda db: db.execute("UPDATE models SET state = ?, problem = ? WHERE id = ?",
+                                                 (None if state == "ok" else state, problem or None, model_id)))
 
     async def remove(self, model_id: str) -> None:
         await self._db.run(lambda db: db.execute("DELETE FROM models WHERE id = ?", (model_id,)))
@@ -87,13 +110,17 @@ def architecture_of(path: str) -> str:
 
 
 def _setup(db: sqlite3.Connection) -> None:
-    """Create the table; a catalog from before the architecture column gets it, filled from the files."""
+    """Create the table; a catalog from an older rbee gets the columns added since (architecture filled
+    from the files)."""
     db.execute(_SCHEMA)
-    if "architecture" not in {row[1] for row in db.execute("PRAGMA table_info(models)")}:
-        db.execute("ALTER TABLE models ADD COLUMN architecture TEXT")
+    have = {row[1] for row in db.execute("PRAGMA table_info(models)")}
+    for column in _ADDED_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE models ADD COLUMN {column} TEXT")
     for model_id, path in db.execute("SELECT id, path FROM models WHERE architecture IS NULL").fetchall():
         db.execute("UPDATE models SET architecture = ? WHERE id = ?", (architecture_of(path), model_id))
 
 
 def _entry(row: tuple) -> CatalogEntry:
-    return CatalogEntry(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7] or "")
+    return CatalogEntry(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7] or "", row[8] or "",
+                        row[9] or "", row[10] or "ok", row[11] or "")

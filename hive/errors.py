@@ -36,3 +36,20 @@ class WorkerStartFailed(HiveError):
 class DeviceNotFound(HiveError):
     title = "No such device"
     code = "DEVICE_NOT_FOUND"
+
+
+class ModelUnusable(HiveError):
+    """A catalog entry whose file the last check found missing, changed or unreadable: it is kept (and
+    listed with what is wrong) but never served."""
+
+    title = "Model unusable"
+    code = "MODEL_CORRUPT"
+    status = 409
+
+
+class TransferRefused(HiveError):
+    """A model's bytes arrived from the queen but are not what was sent (size or sha256)."""
+
+    title = "Transfer refused"
+    code = "CHECKSUM_MISMATCH"
+    status = 422

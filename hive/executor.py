@@ -10,7 +10,7 @@ from hive.capabilities import detect_capabilities
 from hive.catalog import CatalogEntry
 from hive.config import HiveConfig
 from hive.device_plan import GpuState, WorkerPlan, no_gpu_offload, plan_worker
-from hive.errors import DeviceNotFound, HiveError
+from hive.errors import DeviceNotFound, HiveError, WorkerStartFailed
 from hive.gguf import GGUFError, GGUFFile, read_gguf
 from hive.memory_estimate import estimate_worker_memory
 from hive.models import ModelStore
@@ -21,10 +21,12 @@ from shared.models import alias_of
 from shared.operations import (
     DEVICE_AUTO,
     HiveOperation,
+    ModelAdopt,
     ModelDelete,
     ModelDownload,
     ModelGet,
     ModelList,
+    ModelVerify,
     Operation,
     WorkerDelete,
     WorkerGet,
@@ -35,6 +37,7 @@ from shared.operations import (
 MIB = 1 << 20
 EMBEDDING_THREADS = 2  # at most, for an embedding worker on CPU
 GPU_WORKER_THREADS = 4  # at most, for a worker on a GPU (see thread_budget)
+LLAMA_LOAD_REFUSALS = ("error loading model", "failed to load model")  # llama.cpp's words for a bad file
 
 
 class HiveExecutor:
@@ -68,7 +71,7 @@ class HiveExecutor:
             emit(Data(action="worker_delete", payload=worker.to_dict()))
             return None
         if isinstance(op, ModelDownload):
-            entry = await self.store.provision(op.model, token=op.token)
+            entry = await self.store.provision(op.model, token=op.token, alias=op.alias)
             emit(Data(action="model_download", payload=entry.to_dict()))
             return {"model": entry.id, "sha256": entry.sha256}
         if isinstance(op, ModelList):
@@ -78,6 +81,16 @@ class HiveExecutor:
         if isinstance(op, ModelGet):
             emit(Data(action="model_get", payload=await self.describe_model(await self.store.lookup(op.id))))
             return None
+        if isinstance(op, ModelAdopt):
+            entry = await self.store.adopt(op)
+            self._forget_file(entry.path)
+            emit(Data(action="model_adopt", payload=await self.describe_model(entry)))
+            return {"model": entry.id, "sha256": entry.sha256}
+        if isinstance(op, ModelVerify):
+            report = await self.store.verify(op.id)
+            emit(Data(action="model_verify", payload={"hive_id": self.config.hive_id, "models": report}))
+            bad = [m["id"] for m in report if m["state"] != "ok"]
+            return {"checked": len(report), "unusable": bad}
         if isinstance(op, ModelDelete):
             entry = await self.store.lookup(op.id)
             users = [w.id for w in self.supervisor.all() if w.model == entry.id and w.alive]
@@ -102,15 +115,26 @@ class HiveExecutor:
         kv_cache_type, flash_attn = self.supervisor.kv_cache_settings(op.kv_cache_type, op.flash_attn)
         entry = await self.store.provision(op.model)
         async with self._spawning:  # two spawns at once must not both count the same free cores or GPU
-            plan = await self.plan(entry, op.device, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
-                                   embedding=op.embedding)
+            try:
+                plan = await self.plan(entry, op.device, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
+                                       embedding=op.embedding)
+            except GGUFError as exc:
+                await self.store.mark_bad(entry, exc.message)
+                raise
             narrate("device_plan", f"{entry.id}: {plan.describe()}", target=self.config.hive_id)
             device = "cpu" if plan.kind == "cpu" else f"cuda:{plan.gpus[0]}"
-            worker = await self.supervisor.spawn(
-                entry, device, budget(device), embedding=op.embedding, kv_cache_type=kv_cache_type,
-                flash_attn=flash_attn, gpu_layers=None if plan.kind == "cpu" else plan.gpu_layers,
-                tensor_split=plan.tensor_split if len(plan.gpus) > 1 else (), visible_gpus=plan.gpus,
-                hide_gpus=bool(self.capabilities.get("gpus")), plan=plan)
+            try:
+                worker = await self.supervisor.spawn(
+                    entry, device, budget(device), embedding=op.embedding, kv_cache_type=kv_cache_type,
+                    flash_attn=flash_attn, gpu_layers=None if plan.kind == "cpu" else plan.gpu_layers,
+                    tensor_split=plan.tensor_split if len(plan.gpus) > 1 else (), visible_gpus=plan.gpus,
+                    hide_gpus=bool(self.capabilities.get("gpus")), plan=plan)
+            except WorkerStartFailed as exc:
+                if not any(words in exc.message for words in LLAMA_LOAD_REFUSALS):
+                    raise
+                await self.store.mark_bad(entry, f"llama.cpp could not load it: {exc.message.splitlines()[-1]}")
+                raise GGUFError(f"{entry.id} is not a model llama.cpp can load; it is marked unusable in the "
+                                f"catalog. {exc.message}") from None
         emit(Data(action="worker_spawn", payload=worker.to_dict()))
         return {"worker_id": worker.id, "url": worker.url, "slots": worker.slots, "embedding": worker.embedding,
                 "device": worker.device, "plan": plan.to_dict()}
@@ -155,6 +179,11 @@ class HiveExecutor:
             self._ggufs[key] = await asyncio.to_thread(read_gguf, entry.path)
         return self._ggufs[key]
 
+    def _forget_file(self, path: str) -> None:
+        """A file that was (re)placed: what was read from an earlier file at its path no longer holds."""
+        self._ggufs = {k: v for k, v in self._ggufs.items() if k[0] != path}
+        self._estimates = {k: v for k, v in self._estimates.items() if k[0] != path}
+
     async def describe_model(self, entry: CatalogEntry) -> dict[str, Any]:
         """The catalog entry, with what a worker of it would need here (from the GGUF's own metadata)."""
         key = (entry.path, entry.size, self.config.worker_ctx_size, self.config.worker_start_slots,
@@ -168,7 +197,7 @@ class HiveExecutor:
                 self._estimates[key] = estimate.to_dict()
             except (GGUFError, OSError, ValueError) as exc:  # listed all the same, without a size
                 self._estimates[key] = {"error": str(exc)}
-        return {**entry.to_dict(), "alias": alias_of(entry.id), "estimate": self._estimates[key],
+        return {**entry.to_dict(), "alias": entry.alias or alias_of(entry.id), "estimate": self._estimates[key],
                 "plan": await self.describe_plan(entry)}
 
     async def describe_plan(self, entry: CatalogEntry) -> dict[str, Any]:

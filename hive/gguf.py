@@ -294,6 +294,13 @@ class _Reader:
             if t.offset > data_size:
                 raise self.fail(f"tensor {t.name} starts {t.offset} bytes into the tensor data, which holds only "
                                 f"{data_size} bytes (truncated or corrupt)")
+            try:
+                end = t.offset + t.nbytes
+            except GGUFError:
+                continue  # a type this rbee does not know: its size is the estimate's problem, said there
+            if end > data_size:  # a file cut short (a transfer that stopped): llama.cpp would read past its end
+                raise self.fail(f"tensor {t.name} ends {end} bytes into the tensor data, which holds only "
+                                f"{data_size} bytes (truncated)")
         return GGUFFile(self.path, version, "little" if self.order == "<" else "big", metadata, tensors,
                         data_offset, self.size)
 

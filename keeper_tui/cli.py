@@ -74,6 +74,7 @@ EXAMPLES = """examples:
   rbee infer --max-tokens 64 --seed 1 "Hello"    sampling options
   rbee --json infer "Hello" | jq .               one JSON object per line, for scripts
   rbee model download hf:org/repo:file.gguf      fetch a model onto the local hive
+  rbee model push my.gguf --hive gpu-box         send a model file from this machine to a hive over SSH
   rbee worker list                               workers on the local hive
   rbee status                                    hives, workers and jobs at a glance
   rbee config show                               every setting, and where it came from (rbee.toml, a flag, default)
@@ -175,14 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", action="store_true",
                    help="spawn: an embedding worker (serves /v1/embeddings; never generates)")
 
-    p = command("model", "Download, list, inspect or delete models on a hive.",
-                "rbee model download hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf")
-    p.add_argument("action", choices=("download", "list", "get", "delete"))
-    p.add_argument("model", nargs="?", help="download: a reference; get/delete: a model id")
+    p = command("model", "Download, push, copy, list, inspect, verify or delete models on a hive.",
+                "rbee model download hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-135m-instruct-q8_0.gguf\n"
+                "  rbee model push ~/models/mistral-7b.Q4_K_M.gguf --hive gpu-box   (resumes if cut; sha256-checked)\n"
+                "  rbee model copy mistral-7b.q4_k_m --from gpu-box --to laptop\n"
+                "  rbee model verify --hive gpu-box")
+    p.add_argument("action", choices=("download", "push", "copy", "list", "get", "verify", "delete"))
+    p.add_argument("model", nargs="?", help="download: a reference; push: a .gguf file on this machine; "
+                                            "copy/get/delete: a model id or alias; verify: one model (default all)")
     p.add_argument("--hive", dest="hive_id", default=LOCAL_HIVE, help=f"the hive (default {LOCAL_HIVE})")
     p.add_argument("--token-file", metavar="FILE",
                    help="download: a file holding a hub token for a gated or private model (it goes to the hive "
                         "with the job, never into a command line, a log or the job history)")
+    p.add_argument("--all", action="store_true", help="push: to every hive, one after the other")
+    p.add_argument("--alias", help="download/push: the short name to list the model under (default: the file's name)")
+    p.add_argument("--copy", action="store_true",
+                   help="push to the local hive: copy the file into its model directory (default: use it in place)")
+    p.add_argument("--from", dest="from_hive", metavar="HIVE", help="copy: the hive that has the model")
+    p.add_argument("--to", dest="to_hive", metavar="HIVE", help="copy: the hive to copy it to")
+    p.add_argument("--bwlimit", type=float, metavar="MB/S", help="push/copy: send at most this many MB per second")
 
     p = command("jobs", "List, show or cancel the queen's jobs.", "rbee jobs show 1a2b3c4d")
     p.add_argument("action", choices=("list", "show", "cancel"))
@@ -273,18 +285,51 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             body["id"] = args.id
         return _parse(body, parser)
     if c == "model":
-        body = {"operation": f"model_{args.action}", "hive_id": args.hive_id}
-        if args.action != "list":
-            if not args.model:
-                parser.error(f"model {args.action} needs a model "
-                             f"{'reference' if args.action == 'download' else 'id'} (see `rbee model list`)")
-            body["model" if args.action == "download" else "id"] = args.model
-        if args.token_file:
-            if args.action != "download":
-                parser.error("--token-file goes with `model download`")
-            body["token"] = token_from(args.token_file, parser)
-        return _parse(body, parser)
+        return model_operation(args, parser)
     return None
+
+
+def model_operation(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Operation:
+    """`rbee model ...`: each action takes only the options that mean something to it."""
+    used = {"--all": args.all, "--alias": args.alias, "--copy": args.copy, "--from": args.from_hive,
+            "--to": args.to_hive, "--bwlimit": args.bwlimit, "--token-file": args.token_file}
+    takes = {"push": {"--all", "--alias", "--copy", "--bwlimit"}, "copy": {"--from", "--to", "--bwlimit"},
+             "download": {"--alias", "--token-file"}}.get(args.action, set())
+    for option, value in used.items():
+        if value not in (None, False) and option not in takes:
+            parser.error(f"{option} does not go with `model {args.action}`")
+    if args.action == "push":
+        if not args.model:
+            parser.error("model push needs the path of a .gguf file on this machine")
+        body: dict[str, Any] = {"operation": "model_push", "path": os.path.abspath(os.path.expanduser(args.model)),
+                                "hive_id": args.hive_id, "all": args.all, "copy": args.copy}
+        if args.all and args.hive_id != LOCAL_HIVE:
+            parser.error("--all and --hive exclude each other")
+        body.update({k: v for k, v in (("alias", args.alias), ("bwlimit_mb_s", args.bwlimit)) if v is not None})
+        return _parse(body, parser)
+    if args.action == "copy":
+        if not args.model or not args.from_hive or not args.to_hive:
+            parser.error("model copy needs a model, --from HIVE and --to HIVE")
+        body = {"operation": "model_copy", "model": args.model, "from_hive": args.from_hive, "to_hive": args.to_hive}
+        if args.bwlimit is not None:
+            body["bwlimit_mb_s"] = args.bwlimit
+        return _parse(body, parser)
+    if args.action == "verify":
+        body = {"operation": "model_verify", "hive_id": args.hive_id}
+        if args.model:
+            body["id"] = args.model
+        return _parse(body, parser)
+    body = {"operation": f"model_{args.action}", "hive_id": args.hive_id}
+    if args.alias:
+        body["alias"] = args.alias
+    if args.action != "list":
+        if not args.model:
+            parser.error(f"model {args.action} needs a model "
+                         f"{'reference' if args.action == 'download' else 'id'} (see `rbee model list`)")
+        body["model" if args.action == "download" else "id"] = args.model
+        if args.token_file:
+            body["token"] = token_from(args.token_file, parser)
+    return _parse(body, parser)
 
 
 def token_from(path: str, parser: argparse.ArgumentParser) -> str:

@@ -105,7 +105,8 @@ def key_values(payload: dict[str, Any], out: TextIO, indent: str = "") -> None:
 
 
 MODEL_COLUMNS = [("alias", "alias"), ("id", "id"), ("size_h", "size"), ("needs_h", "needs"), ("sha256_h", "sha256"),
-                 ("downloaded", "downloaded"), ("path", "path")]
+                 ("state", "state"), ("downloaded", "downloaded"), ("path", "path")]
+VERIFY_COLUMNS = [("id", "id"), ("state", "state"), ("size_h", "size"), ("problem", "problem"), ("path", "path")]
 WORKER_COLUMNS = [("id", "id"), ("model", "model"), ("state", "state"), ("kind", "kind"), ("device", "device"), ("slots", "slots"),
                   ("threads", "threads"), ("pid", "pid"), ("url", "url")]
 QUEEN_WORKER_COLUMNS = [("worker_id", "id"), ("hive_id", "hive"), ("model", "model"), ("state", "state"), ("kind", "kind"),
@@ -150,6 +151,14 @@ def render_data(action: str, payload: Any, out: TextIO) -> None:
         rows = [{**m, "size_h": _fmt_bytes(m.get("size")), "sha256_h": (m.get("sha256") or "")[:12],
                  "needs_h": needs(m)} for m in payload.get("models", [])]
         table(rows, MODEL_COLUMNS, out)
+    elif action == "model_verify":
+        rows = [{**m, "size_h": _fmt_bytes(m.get("size"))} for m in payload.get("models", [])]
+        table(rows, VERIFY_COLUMNS, out)
+    elif action == "model_push":
+        for hive in payload.get("hives", []):
+            how = ("in place (nothing copied)" if hive.get("in_place") else "already there" if hive.get("already_there")
+                   else f"sent {_fmt_bytes(hive.get('sent_bytes'))} at {_fmt_bytes(hive.get('bytes_per_s'))}/s")
+            out.write(f"{payload.get('model')} on {hive.get('hive')}: {how}\n")
     elif action == "worker_list":
         table([with_kind(w) for w in payload.get("workers", [])], WORKER_COLUMNS, out)
     elif action == "hive_list":
@@ -312,6 +321,7 @@ USAGE_COLUMNS = [("day", "day"), ("key", "key"), ("model", "model"), ("requests"
 CONVERSATION_COLUMNS = [("id", "id"), ("title_h", "title"), ("model_h", "model"), ("message_count", "messages"),
                         ("updated_h", "updated")]
 PLAIN_PROGRESS_STEP = 25  # without a terminal, one line per quarter of a download
+PROGRESS_ACTIONS = ("download_progress", "transfer_progress")  # drawn as a bar, not printed
 
 
 def _duration(seconds: float) -> str:
@@ -368,7 +378,7 @@ class HumanRenderer:
                 self.err.write(f"{event.actor:>7} │ {event.human}\n")
             self.err.flush()
         elif isinstance(event, Data):
-            if event.action == "download_progress":
+            if event.action in PROGRESS_ACTIONS:
                 self._progress(event.payload)
             elif self.show_data:
                 self._end_progress()
@@ -399,8 +409,8 @@ class HumanRenderer:
             self.say(f"job {job_id} {end.state}", "error" if end.state is JobState.FAILED else "warn")
 
     def _is_drawn_progress(self, event: Narration) -> bool:
-        return (event.action == "model_download" and event.level == "info" and self._downloading is not None
-                and event.target == self._downloading)
+        return (event.action in ("model_download", "model_transfer") and event.level == "info"
+                and self._downloading is not None and event.target == self._downloading)
 
     def _progress(self, p: dict[str, Any]) -> None:
         """On a terminal one bar redrawn in place; otherwise a plain line per quarter, never repeated."""

@@ -13,6 +13,7 @@ from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.hives.remote.hives_conf import import_ssh_config
 from queen.inference import InferenceRunner, Progress
+from queen.model_transfer import ModelTransfers
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.events import Data, emit, narrate
 from shared.job_client import Clients
@@ -33,6 +34,8 @@ from shared.operations import (
     HiveUninstall,
     HiveUpgrade,
     Infer,
+    ModelCopy,
+    ModelPush,
     Operation,
     SshTest,
     Status,
@@ -55,6 +58,7 @@ class QueenExecutor:
         self._data_dir = data_dir
         self.conversations = conversations
         self.drainer = Drainer(hives, workers)
+        self.transfers = ModelTransfers(hives)
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if isinstance(op, Infer):
@@ -65,6 +69,10 @@ class QueenExecutor:
             return await run_embed(self.runner, op, job)
         if isinstance(op, WorkerSpawn) and op.hive_id == ANY_HIVE:
             return await self.runner.scheduler.spawn_placed(op)
+        if isinstance(op, ModelPush):
+            return await self.transfers.push(op)
+        if isinstance(op, ModelCopy):
+            return await self.transfers.copy(op)
         if isinstance(op, HiveOperation):
             result = await self.hives.forward(op)
             if isinstance(op, WorkerDelete):

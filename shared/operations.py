@@ -164,6 +164,17 @@ class HiveImportSsh(Operation):
 # --- forwarded to a hive: workers and models -------------------------------------------------------
 
 
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.part")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ALIAS = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_alias(message: type, alias: str | None) -> None:
+    if alias is not None and not _ALIAS.fullmatch(alias):
+        raise field_error(message, "alias", "must be 1-64 lowercase letters, digits, '.', '_' or '-', "
+                                            f"starting with a letter or digit, not '{alias}'")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HiveOperation(Operation):
     """Forwarded by the queen to the hive `hive_id`, which checks it is that hive."""
@@ -210,6 +221,10 @@ class ModelDownload(HiveOperation):
     # A hub token for a gated or private model (`rbee model download --token-file`): it travels to the hive
     # in the job's body and into the downloader's environment, never into argv, a log, a listing or history.
     token: str | None = field(default=None, repr=False, metadata={"nonempty": True, "secret": True})
+    alias: str | None = None  # the short name to list it under (default: the file's name)
+
+    def validate(self) -> None:
+        check_alias(type(self), self.alias)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +244,70 @@ class ModelGet(HiveOperation):
 class ModelDelete(HiveOperation):
     name: ClassVar[str] = "model_delete"
     id: str = field(metadata={"nonempty": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVerify(HiveOperation):
+    """Hash the hive's models again and compare them with the catalog (all of them, or `id`)."""
+
+    name: ClassVar[str] = "model_verify"
+    id: str | None = field(default=None, metadata={"nonempty": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelAdopt(HiveOperation):
+    """The queen put a model's bytes in the hive's incoming directory (queen/model_transfer.py): the hive
+    checks size, GGUF header and sha256, moves the file into place and adds it to its catalog as `model`."""
+
+    name: ClassVar[str] = "model_adopt"
+    file: str  # the file's name inside the hive's incoming directory
+    model: str = field(metadata={"nonempty": True})  # the catalog id it takes (the same on every hive)
+    size: int = field(metadata=bounds(1))
+    sha256: str  # what the sender read: the file is refused (and removed) unless it hashes the same
+    alias: str | None = None
+    origin: str = ""  # where it came from, for the catalog ("pushed from ...", "copied from hive ...")
+
+    def validate(self) -> None:
+        if not _PART_NAME.fullmatch(self.file):
+            raise field_error(type(self), "file", f"must be a NAME.part inside the incoming directory, not '{self.file}'")
+        if not _SHA256.fullmatch(self.sha256):
+            raise field_error(type(self), "sha256", "must be 64 lowercase hex digits")
+        check_alias(type(self), self.alias)
+
+
+# --- queen: models travelling between machines (queen/model_transfer.py) ---------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPush(Operation):
+    """A GGUF file on the queen's machine into a hive's catalog: registered where it lies on the local hive
+    (copied with `copy`), sent over the SSH link to a remote one, resumable, checked with sha256."""
+
+    name: ClassVar[str] = "model_push"
+    path: str = field(metadata={"nonempty": True})  # absolute, on the queen's machine
+    hive_id: str = field(default=LOCAL_HIVE, metadata={"nonempty": True})
+    all: bool = False  # every hive the queen knows, one after the other
+    alias: str | None = None  # the short name to list it under (default: the file's name)
+    copy: bool = False  # the local hive: copy into its model directory instead of using the file in place
+    bwlimit_mb_s: float | None = field(default=None, metadata=bounds(0.1, 100_000))  # MB/s, like rsync's
+
+    def validate(self) -> None:
+        check_alias(type(self), self.alias)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCopy(Operation):
+    """A model from one hive's catalog into another's, through the queen (over both SSH links)."""
+
+    name: ClassVar[str] = "model_copy"
+    model: str = field(metadata={"nonempty": True})
+    from_hive: str = field(metadata={"nonempty": True})
+    to_hive: str = field(metadata={"nonempty": True})
+    bwlimit_mb_s: float | None = field(default=None, metadata=bounds(0.1, 100_000))
+
+    def validate(self) -> None:
+        if self.from_hive == self.to_hive:
+            raise field_error(type(self), "to_hive", f"must differ from from_hive ('{self.from_hive}')")
 
 
 # --- inference -------------------------------------------------------------------------------------

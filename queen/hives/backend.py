@@ -5,11 +5,14 @@ between the two lives in them, so the registry and its callers never ask which o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from shared.job_client import Clients
 from shared.version import PeerVersion
 from shared.wire import WireEnum
+
+if TYPE_CHECKING:
+    from queen.machines import Machine
 
 
 class HiveState(WireEnum):
@@ -65,6 +68,9 @@ class HiveBackend(Protocol):
 
     async def workers_known(self) -> None:
         """Return once the hive's running workers are known (a remote's are adopted as it connects)."""
+
+    async def machine(self) -> "Machine":
+        """Its machine's files (the model directory), for models sent to or from it."""
 
     async def worker_url(self, url: str) -> str:
         """Where the queen reaches a worker the hive reported at `url`."""

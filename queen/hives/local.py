@@ -19,6 +19,7 @@ from queen.config import QueenConfig
 from queen.errors import HiveUnavailable, QueenError
 from queen.forwarding import hive_health
 from queen.hives.backend import HiveState
+from queen.machines import LocalMachine, Machine
 from shared.errors import RbeeError
 from shared.events import detached_task, narrate
 from shared.handshake import listening_url, listening_version
@@ -208,6 +209,9 @@ class LocalHive:
 
     async def workers_known(self) -> None:
         return None  # its workers report themselves by heartbeat
+
+    async def machine(self) -> Machine:
+        return LocalMachine(self._config.paths.model_dir, name=self.alias)
 
     async def worker_url(self, url: str) -> str:
         return url  # the workers listen on this machine

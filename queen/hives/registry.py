@@ -19,6 +19,7 @@ from queen.hives.local import LocalHive
 from queen.hives.remote.backend import RemoteHive
 from queen.hives.remote.hives_conf import load_hives_conf
 from queen.hives.remote.store import RemoteHiveStore
+from queen.machines import Machine
 from queen.worker_registry import WorkerRegistry
 from shared.errors import RbeeError
 from shared.events import narrate
@@ -116,6 +117,10 @@ class HiveRegistry:
         a remote hive (the worker listens on that machine's loopback)."""
         hive = self._hives.get(hive_id)
         return url if hive is None else await hive.backend.worker_url(url)
+
+    async def machine(self, alias: str) -> Machine:
+        """The files of the hive's machine (its model directory), for models sent to or from it."""
+        return await self.get(alias).backend.machine()
 
     async def link_lost(self, hive_id: str, within: float = 2.0) -> str | None:
         """Why the link to a remote hive went down, if it did; None for a local hive or a link that is up."""

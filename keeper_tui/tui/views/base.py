@@ -11,7 +11,7 @@ from textual import work
 from textual.message import Message
 from textual.widgets import DataTable, ProgressBar, TabPane
 
-from keeper_tui.output import short_id
+from keeper_tui.output import PROGRESS_ACTIONS, short_id
 from keeper_tui.tui.queen import QueenLink, Say
 from keeper_tui.tui.widgets import NarrationPane
 from shared.errors import RbeeError
@@ -127,7 +127,7 @@ class TableView(View):
                 elif isinstance(event, Error):
                     log.say(f"{event.code}: {event.message}", "error")
                     self.notify(event.message, title=event.code, severity="error", timeout=8)
-                elif isinstance(event, Data) and event.action == "download_progress" and bar is not None:
+                elif isinstance(event, Data) and event.action in PROGRESS_ACTIONS and bar is not None:
                     bar.add_class("-active")
                     bar.update(total=event.payload.get("total") or None, progress=event.payload.get("done", 0))
                 elif isinstance(event, End):

@@ -19,6 +19,7 @@ from queen.hives.remote.hives_conf import RemoteHost
 from queen.hives.remote.link import HiveLink
 from queen.hives.remote.store import RemoteHiveStore
 from queen.hives.remote.supervisor import HEALTH_EVERY_S, Phase, RemoteHiveSupervisor, stray_note
+from queen.machines import Machine, SftpMachine
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import narrate
@@ -203,6 +204,14 @@ class RemoteHive:
 
     async def workers_known(self) -> None:
         await self.ensure_running()  # being (re)connected: its running workers are adopted first, not duplicated
+
+    async def machine(self) -> Machine:
+        """Its files, through SFTP on the link (its RBEE_HOME is the install's home/)."""
+        link = self.supervisor.link if self.supervisor else None
+        if link is None or link.closed:
+            raise HiveUnavailable(f"{self.alias} is not connected (see `rbee hive status {self.alias}`): no file can "
+                                  "go to or come from it now.", code="HIVE_UNREACHABLE")
+        return SftpMachine(await link.sftp(), f"{link.home}/data/models", self.alias)
 
     async def worker_url(self, url: str) -> str:
         """The link's forward to a worker (it listens on that machine's loopback)."""

@@ -40,6 +40,8 @@ class HiveLink:
         self._closed = asyncio.Event()
         self.close_reason = ""
         self._watch = asyncio.ensure_future(self._wait_closed())
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._sftp_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, host: RemoteHost) -> "HiveLink":
@@ -128,7 +130,21 @@ class HiveLink:
                 + "\n".join(err or out[-5:] or ["(no output)"])) from None
         return answer
 
+    async def sftp(self) -> asyncssh.SFTPClient:
+        """One SFTP session on the link, started when first needed (model transfers), closed with it."""
+        async with self._sftp_lock:
+            if self._sftp is None:
+                try:
+                    self._sftp = await asyncio.wait_for(self.conn.start_sftp_client(), ssh.CONNECT_TIMEOUT_S)
+                except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                    raise ssh.SshError(f"The SSH server of {self.host.alias} would not start SFTP ({exc or 'timed out'}); "
+                                       "rbee sends models with it: check `Subsystem sftp` in its sshd_config.",
+                                       code="SSH_NO_SFTP") from None
+            return self._sftp
+
     async def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
         self.conn.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self._watch), 5)

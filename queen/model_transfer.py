@@ -1,0 +1,353 @@
+"""Models travelling inside the cluster: a GGUF from the queen's machine to a hive (`rbee model push`), or
+from one hive to another (`rbee model copy`), over the queen's SSH links. No internet, no scp by hand.
+
+The bytes go to NAME.part in the receiving hive's incoming directory, named after what is sent, so a
+transfer cut short (a link lost, Ctrl+C) resumes where it stopped when it is run again. The sender's sha256
+travels with the file and the receiving hive hashes what arrived (model_adopt) before it enters the catalog:
+a file that differs is removed, never served. Free space is checked before the first byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import hashlib
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from queen.errors import QueenError
+from queen.forwarding import RemoteJobFailed, run_remote_job, weave
+from queen.hives import HiveRegistry
+from queen.machines import LocalMachine, Machine
+from shared.builtin_model import gguf_problem
+from shared.events import Data, Event, emit, narrate
+from shared.models import alias_of, parse_reference
+from shared.operations import HiveOperation, ModelAdopt, ModelCopy, ModelDownload, ModelGet, ModelPush
+
+IN_FLIGHT = 32  # requests on the wire at once: enough to fill a link whose round trip is a few ms
+FREE_MARGIN = 16 << 20  # left free on the receiving disk beyond the file, for the catalog and logs
+PROGRESS_EVERY_S = 0.5
+NARRATE_EVERY_S = 2.0
+INCOMING = "incoming"  # hive/models.py reads the same directory name
+
+
+class TransferError(QueenError):
+    title = "Model transfer failed"
+    code = "TRANSFER_FAILED"
+    status = 502
+
+
+@dataclass
+class Side:
+    """One end of a transfer: a machine and a path on it."""
+
+    machine: Machine
+    path: str
+
+
+class Progress:
+    """download_progress-like events (bar, rate, ETA) and a narrated line every few seconds."""
+
+    def __init__(self, model: str, hive: str, total: int, start: int, verb: str) -> None:
+        self.model, self.hive, self.total, self.start, self.verb = model, hive, total, start, verb
+        self.done = start
+        self.started = time.monotonic()
+        self._emitted = self._narrated = 0.0
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return (self.done - self.start) / elapsed if elapsed > 0 else 0.0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        finished = self.done >= self.total
+        if now - self._emitted >= PROGRESS_EVERY_S or finished:
+            self._emitted = now
+            emit(Data(action="transfer_progress", payload={
+                "model": self.model, "hive": self.hive, "done": self.done, "total": self.total,
+                "bytes_per_s": round(self.rate), "resumed_at": self.start}))
+        if now - self._narrated >= NARRATE_EVERY_S or finished:
+            self._narrated = now
+            narrate("model_transfer", f"{self.verb} {100 * self.done / self.total:.0f}% ({_mb(self.done)} of "
+                                      f"{_mb(self.total)}) at {_mb(self.rate)}/s", target=self.model)
+
+
+async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: Progress,
+                     hasher: Any | None = None, limit_bytes_s: float | None = None) -> None:
+    """Copy [start, size) of src to dst at the same offsets, IN_FLIGHT blocks at once each way, in order
+    through `hasher` (the sha256 of what is sent, when the sender computes it)."""
+    block = min(src.machine.block, dst.machine.block)
+    reader = await src.machine.open_read(src.path)
+    writer = await dst.machine.open_write(dst.path)
+    reads: collections.deque[tuple[int, asyncio.Future[bytes]]] = collections.deque()
+    writes: set[asyncio.Future[None]] = set()
+    room = asyncio.Semaphore(IN_FLIGHT)
+    next_offset = start
+    began = time.monotonic()
+
+    def read_ahead() -> None:
+        nonlocal next_offset
+        while len(reads) < IN_FLIGHT and next_offset < size:
+            n = min(block, size - next_offset)
+            reads.append((next_offset, asyncio.ensure_future(reader.read(n, next_offset))))
+            next_offset += n
+
+    async def write(data: bytes, offset: int) -> None:
+        try:
+            await writer.write(data, offset)
+        finally:
+            room.release()
+        progress.advance(len(data))
+
+    try:
+        read_ahead()
+        while reads:
+            offset, pending = reads.popleft()
+            data = await pending
+            if not data:
+                raise TransferError(f"{src.path} on {src.machine.name} ended at byte {offset}, before its "
+                                    f"{size} bytes: did it change while it was sent?", code="SOURCE_CHANGED")
+            read_ahead()
+            if hasher is not None:
+                hasher.update(data)
+            await room.acquire()
+            for done in [w for w in writes if w.done()]:
+                writes.discard(done)
+                done.result()  # a failed write stops the transfer now
+            writes.add(asyncio.ensure_future(write(data, offset)))
+            if limit_bytes_s:  # like rsync's --bwlimit: never ahead of the rate asked for
+                ahead = (offset + len(data) - start) / limit_bytes_s - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        if writes:
+            await asyncio.gather(*writes)
+    finally:
+        for _, pending in reads:
+            pending.cancel()
+        for pending_write in writes:
+            pending_write.cancel()
+        await asyncio.gather(*(p for _, p in reads), *writes, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.close(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.close(), 5)
+
+
+def part_name(model_id: str, size: int, identity: str) -> str:
+    """The incoming file's name: the same for the same bytes (so a second run resumes), another for another
+    version of the file (so a changed source never continues an old transfer)."""
+    key = hashlib.sha256(f"{model_id}\0{size}\0{identity}".encode()).hexdigest()[:16]
+    stem = re.sub(r"[^a-z0-9._-]", "_", alias_of(model_id))[:80]
+    return f"m{stem}-{key}.part"
+
+
+def local_sha256(path: Path, upto: int) -> Any:
+    """A sha256 object fed with the first `upto` bytes of `path` (what a resumed transfer already sent)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = upto
+        while left > 0:
+            chunk = f.read(min(1 << 20, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest
+
+
+class ModelTransfers:
+    """The queen's model_push and model_copy operations."""
+
+    def __init__(self, hives: HiveRegistry) -> None:
+        self.hives = hives
+
+    # --- asking hives -------------------------------------------------------------------------------
+
+    async def catalog_entry(self, alias: str, model: str) -> dict[str, Any] | None:
+        """The hive's catalog entry for `model` (an id, a reference or an alias), None when it has none."""
+        url = await self.hives.ensure_running(alias)
+        found: dict[str, Any] = {}
+
+        def collect(event: Event) -> None:
+            if isinstance(event, Data) and event.action == "model_get":
+                found.update(event.payload)
+
+        try:
+            await run_remote_job(self.hives.clients_for(alias).jobs(url, request_timeout=30),
+                                 ModelGet(hive_id=alias, id=model), on_event=collect)
+        except RemoteJobFailed as exc:
+            if exc.code == "MODEL_NOT_FOUND":
+                return None
+            raise
+        return found or None
+
+    async def _tell(self, op: HiveOperation) -> None:
+        """Run `op` on its hive, its narration and errors woven into this job (its data is this job's to say)."""
+        url = await self.hives.ensure_running(op.hive_id)
+        await run_remote_job(self.hives.clients_for(op.hive_id).jobs(url), op,
+                             on_event=lambda event: None if isinstance(event, Data) else weave(event))
+
+    # --- push ---------------------------------------------------------------------------------------
+
+    async def push(self, op: ModelPush) -> dict[str, Any]:
+        path = Path(op.path)
+        if not path.is_absolute():
+            raise TransferError(f"The path {op.path} must be absolute (the keeper makes it so).", code="BAD_PATH",
+                                status=400)
+        problem = await asyncio.to_thread(gguf_problem, path)
+        if problem is not None and not path.exists():
+            raise TransferError(f"{path} does not exist on the queen's machine ({socket.gethostname()}), which is where "
+                                "rbee model push reads it from.", code="FILE_NOT_FOUND", status=404)
+        if problem is not None:
+            raise TransferError(f"{path} {problem}: only GGUF model files can be pushed. Nothing was sent.",
+                                code="NOT_GGUF", status=422)
+        targets = [h.alias for h in self.hives.all()] if op.all else [op.hive_id]
+        pushed = []
+        for k, alias in enumerate(targets, 1):
+            if len(targets) > 1:
+                narrate("model_push", f"Pushing {path.name} to {alias} ({k} of {len(targets)})", target=alias)
+            pushed.append(await self._push_to(alias, path, op))
+        emit(Data(action="model_push", payload={"model": parse_reference(f"file:{path}").id, "hives": pushed}))
+        return {"hives": [p["hive"] for p in pushed]}
+
+    async def _push_to(self, alias: str, path: Path, op: ModelPush) -> dict[str, Any]:
+        model_id = parse_reference(f"file:{path}").id
+        stat = await asyncio.to_thread(path.stat)
+        local = self.hives.get(alias).backend.local
+        if local and not op.copy:
+            # the local hive reads the file where it lies: nothing to send
+            await self._tell(ModelDownload(hive_id=alias, model=model_id, alias=op.alias))
+            return {"hive": alias, "sent_bytes": 0, "in_place": True}
+        have = await self.catalog_entry(alias, model_id)
+        if (have is not None and have.get("size") == stat.st_size and have.get("state", "ok") == "ok"
+                and have.get("path") != str(path)):  # (--copy of a file the local hive uses in place: copy it)
+            narrate("model_push", f"{alias} has {model_id} already; checking that it is the same file", target=alias)
+            digest = await asyncio.to_thread(lambda: local_sha256(path, stat.st_size).hexdigest())
+            if digest == have.get("sha256"):
+                narrate("model_push", f"{alias} holds the same {path.name} (sha256 {digest[:12]}…): nothing to send",
+                        target=alias)
+                if op.alias and op.alias != have.get("alias"):
+                    await self._tell(ModelDownload(hive_id=alias, model=model_id, alias=op.alias))
+                return {"hive": alias, "sent_bytes": 0, "already_there": True}
+        machine = await self.hives.machine(alias)
+        name = part_name(model_id, stat.st_size, f"{stat.st_mtime_ns}")
+        incoming = f"{machine.models_dir}/{INCOMING}"
+        dst = Side(machine, f"{incoming}/{name}")
+        start = await self._resume_point(dst, incoming, stat.st_size, alias, model_id)
+        if start:
+            narrate("model_push", f"Resuming at {100 * start / stat.st_size:.0f}%: {_mb(start)} of {path.name} are on "
+                                  f"{alias} already", target=model_id)
+        hasher = await asyncio.to_thread(local_sha256, path, start)
+        progress = Progress(model_id, alias, stat.st_size, start, f"Pushing {path.name} to {alias}:")
+        await self._send(Side(LocalMachine(Path("/")), str(path)), dst, stat.st_size, start, progress, hasher, op.bwlimit_mb_s,
+                         to=alias)
+        narrate("model_push", f"Sent {_mb(stat.st_size - start)} to {alias} in {time.monotonic() - progress.started:.1f} s "
+                              f"({_mb(progress.rate)}/s)", target=model_id)
+        await self._tell(ModelAdopt(
+            hive_id=alias, file=name, model=model_id, size=stat.st_size, sha256=hasher.hexdigest(), alias=op.alias,
+            origin=f"pushed from {socket.gethostname()}:{path}"))
+        return {"hive": alias, "sent_bytes": stat.st_size - start, "resumed_at": start,
+                "bytes_per_s": round(progress.rate)}
+
+    # --- copy between hives -------------------------------------------------------------------------
+
+    async def copy(self, op: ModelCopy) -> dict[str, Any]:
+        entry = await self.catalog_entry(op.from_hive, op.model)
+        if entry is None:
+            raise TransferError(f"{op.from_hive} has no model '{op.model}' (see `rbee model list --hive "
+                                f"{op.from_hive}`).", code="MODEL_NOT_FOUND", status=404)
+        if entry.get("state", "ok") != "ok":
+            raise TransferError(f"{entry['id']} on {op.from_hive} is marked {entry['state']} ({entry.get('problem')}): "
+                                "it is not copied.", code="MODEL_CORRUPT", status=409)
+        model_id, size, sha256 = entry["id"], int(entry["size"]), entry["sha256"]
+        have = await self.catalog_entry(op.to_hive, model_id)
+        if have is not None and have.get("sha256") == sha256 and have.get("state", "ok") == "ok":
+            narrate("model_copy", f"{op.to_hive} holds {model_id} already (same sha256): nothing to copy",
+                    target=model_id)
+            result = {"model": model_id, "from": op.from_hive, "to": op.to_hive, "sent_bytes": 0, "already_there": True}
+            emit(Data(action="model_copy", payload=result))
+            return result
+        source, target = await self.hives.machine(op.from_hive), await self.hives.machine(op.to_hive)
+        name = part_name(model_id, size, sha256)
+        incoming = f"{target.models_dir}/{INCOMING}"
+        dst = Side(target, f"{incoming}/{name}")
+        start = await self._resume_point(dst, incoming, size, op.to_hive, model_id)
+        narrate("model_copy", f"Copying {model_id} ({_mb(size)}) from {op.from_hive} to {op.to_hive}"
+                              + (f", resuming at {100 * start / size:.0f}%" if start else ""), target=model_id)
+        progress = Progress(model_id, op.to_hive, size, start, f"Copying from {op.from_hive} to {op.to_hive}:")
+        await self._send(Side(source, entry["path"]), dst, size, start, progress, None, op.bwlimit_mb_s, to=op.to_hive)
+        narrate("model_copy", f"Copied {_mb(size - start)} from {op.from_hive} to {op.to_hive} at "
+                              f"{_mb(progress.rate)}/s", target=model_id)
+        alias = entry.get("alias")  # a name it was given, not the one every model has
+        await self._tell(ModelAdopt(
+            hive_id=op.to_hive, file=name, model=model_id, size=size, sha256=sha256,
+            alias=alias if alias and alias != alias_of(model_id) else None, origin=f"copied from hive {op.from_hive}"))
+        result = {"model": model_id, "from": op.from_hive, "to": op.to_hive, "sent_bytes": size - start,
+                  "resumed_at": start, "bytes_per_s": round(progress.rate)}
+        emit(Data(action="model_copy", payload=result))
+        return result
+
+    # --- shared -------------------------------------------------------------------------------------
+
+    async def _resume_point(self, dst: Side, incoming: str, size: int, alias: str, model_id: str) -> int:
+        """Where to start: what a previous run left in the part file; refused when the disk cannot hold the rest."""
+        try:
+            await dst.machine.makedirs(incoming)
+            have = await dst.machine.size(dst.path) or 0
+            if have > size:  # not ours to continue
+                await dst.machine.remove(dst.path)
+                have = 0
+            free = await dst.machine.free(incoming)
+        except (asyncssh.Error, OSError) as exc:
+            raise TransferError(f"Cannot prepare {incoming} on {alias}: {_why(exc)}.") from None
+        need = size - have
+        if need + FREE_MARGIN > free:
+            raise TransferError(
+                f"{alias} has {_mb(free)} free in {incoming}, and {model_id} needs {_mb(need)} more there (and "
+                f"{_mb(FREE_MARGIN)} to spare): free some space on {alias} (`rbee model delete` removes a model), "
+                "or install the hive on a larger disk. Nothing was sent.", code="DISK_FULL", status=507)
+        return have
+
+    async def _send(self, src: Side, dst: Side, size: int, start: int, progress: Progress, hasher: Any | None,
+                    bwlimit_mb_s: float | None, *, to: str) -> None:
+        try:
+            await send_bytes(src, dst, size, start=start, progress=progress, hasher=hasher,
+                             limit_bytes_s=bwlimit_mb_s * 1e6 if bwlimit_mb_s else None)
+        except asyncio.CancelledError:
+            narrate("model_transfer", f"Stopped at {100 * progress.done / size:.0f}%: the {_mb(progress.done)} sent stay "
+                                      f"on {to}, and the same command resumes from there", target=progress.model,
+                    level="warn")
+            raise
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc):
+                with contextlib.suppress(Exception):
+                    await dst.machine.remove(dst.path)
+                raise TransferError(f"{to} ran out of disk space at {_mb(progress.done)} of {_mb(size)}: the partial "
+                                    "file was removed. Free some space there and run it again.", code="DISK_FULL",
+                                    status=507) from None
+            raise TransferError(
+                f"The transfer to {to} broke at {100 * progress.done / size:.0f}% ({_mb(progress.done)} of {_mb(size)}): "
+                f"{_why(exc)}. What arrived is kept: run the same command again (once {to} is reachable) and it "
+                "resumes from there.", code="TRANSFER_INTERRUPTED") from None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
