@@ -118,6 +118,7 @@ class HiveExecutor:
             try:
                 plan = await self.plan(entry, op.device, kv_cache_type=kv_cache_type, flash_attn=flash_attn,
                                        embedding=op.embedding)
+                (await self.gguf_of(entry)).check_complete()  # a file cut short never reaches llama.cpp
             except GGUFError as exc:
                 await self.store.mark_bad(entry, exc.message)
                 raise

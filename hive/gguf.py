@@ -142,6 +142,18 @@ class GGUFFile:
     data_offset: int  # where the tensor data starts (aligned)
     file_size: int
 
+    def check_complete(self) -> None:
+        """Raise GGUFError when the file is too short for its tensors (cut short: a transfer that stopped,
+        a disk that filled). Kept out of `read_gguf`: a header alone is enough to plan memory with."""
+        for t in self.tensors:
+            try:
+                end = t.offset + t.nbytes
+            except GGUFError:
+                continue  # a type this rbee does not know: its size is the estimate's problem, said there
+            if end > self.tensor_data_bytes:
+                raise GGUFError(f"{self.path} is not a valid GGUF file: tensor {t.name} ends {end} bytes into the "
+                                f"tensor data, which holds only {self.tensor_data_bytes} bytes (truncated).")
+
     @property
     def tensor_data_bytes(self) -> int:
         """The weights: everything after the header, alignment padding included."""
@@ -294,13 +306,6 @@ class _Reader:
             if t.offset > data_size:
                 raise self.fail(f"tensor {t.name} starts {t.offset} bytes into the tensor data, which holds only "
                                 f"{data_size} bytes (truncated or corrupt)")
-            try:
-                end = t.offset + t.nbytes
-            except GGUFError:
-                continue  # a type this rbee does not know: its size is the estimate's problem, said there
-            if end > data_size:  # a file cut short (a transfer that stopped): llama.cpp would read past its end
-                raise self.fail(f"tensor {t.name} ends {end} bytes into the tensor data, which holds only "
-                                f"{data_size} bytes (truncated)")
         return GGUFFile(self.path, version, "little" if self.order == "<" else "big", metadata, tensors,
                         data_offset, self.size)
 

@@ -88,7 +88,7 @@ class ModelStore:
             entry = await self.catalog.get(ref.id)
             # a model that came from the queen cannot be fetched again from here: a lost file is said, not sought
             if entry is not None and (Path(entry.path).is_file() or (entry.downloaded and ref.scheme == "file")):
-                await self.check_usable(entry)
+                entry = await self.check_usable(entry)
                 if alias and alias != entry.alias:
                     await self.catalog.set_alias(entry.id, alias)
                     entry = await self.lookup(entry.id)
@@ -117,9 +117,12 @@ class ModelStore:
                     target=ref.id)
             return entry
 
-    async def check_usable(self, entry: CatalogEntry) -> None:
+    async def check_usable(self, entry: CatalogEntry) -> CatalogEntry:
         """Refuse an entry the last check found wrong, or whose file is gone or changed size since (a stat:
         cheap enough for every use; `verify` hashes)."""
+        if entry.state == "missing" and Path(entry.path).is_file():  # put back: checked below like any other
+            await self.catalog.mark(entry.id, "ok")
+            entry = await self.lookup(entry.id)
         if entry.usable:
             try:
                 size = Path(entry.path).stat().st_size
@@ -134,6 +137,7 @@ class ModelStore:
         if not entry.usable:
             raise ModelUnusable(f"Model {entry.id} cannot be used: {entry.problem}. Delete it (`rbee model delete "
                                 f"{entry.id}`) and download or push it again.", code=UNUSABLE_CODES[entry.state])
+        return entry
 
     async def mark_bad(self, entry: CatalogEntry, problem: str) -> None:
         """A worker (or the planner) could not read the model's file: keep the entry, marked, so it is seen."""
@@ -178,7 +182,7 @@ class ModelStore:
                 raise TransferRefused(f"The file that arrived for {op.model} hashes to {digest[:12]}…, not the "
                                       f"{op.sha256[:12]}… that was sent: it was removed. Send it again.")
             try:
-                await asyncio.to_thread(read_gguf, part)
+                (await asyncio.to_thread(read_gguf, part)).check_complete()
             except GGUFError as exc:
                 part.unlink(missing_ok=True)
                 raise GGUFError(f"{op.model} arrived whole but is not a usable GGUF ({exc.message}); it was "
@@ -296,7 +300,7 @@ def _check_file(entry: CatalogEntry) -> tuple[str, str]:
     if entry.sha256 and (digest := str(sha256_of(path))) != entry.sha256:
         return "corrupt", f"its file {path} hashes to {digest[:12]}…, not {entry.sha256[:12]}… as when added"
     try:
-        read_gguf(path)
+        read_gguf(path).check_complete()
     except GGUFError as exc:
         return "bad_gguf", exc.message
     return "ok", ""

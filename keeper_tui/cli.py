@@ -289,6 +289,10 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return None
 
 
+MODEL_OPTION_NAMES = {"alias": "--alias", "bwlimit_mb_s": "--bwlimit", "from_hive": "--from", "to_hive": "--to",
+                      "path": "PATH", "model": "MODEL"}
+
+
 def model_operation(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Operation:
     """`rbee model ...`: each action takes only the options that mean something to it."""
     used = {"--all": args.all, "--alias": args.alias, "--copy": args.copy, "--from": args.from_hive,
@@ -306,19 +310,19 @@ def model_operation(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         if args.all and args.hive_id != LOCAL_HIVE:
             parser.error("--all and --hive exclude each other")
         body.update({k: v for k, v in (("alias", args.alias), ("bwlimit_mb_s", args.bwlimit)) if v is not None})
-        return _parse(body, parser)
+        return _parse(body, parser, MODEL_OPTION_NAMES)
     if args.action == "copy":
         if not args.model or not args.from_hive or not args.to_hive:
             parser.error("model copy needs a model, --from HIVE and --to HIVE")
         body = {"operation": "model_copy", "model": args.model, "from_hive": args.from_hive, "to_hive": args.to_hive}
         if args.bwlimit is not None:
             body["bwlimit_mb_s"] = args.bwlimit
-        return _parse(body, parser)
+        return _parse(body, parser, MODEL_OPTION_NAMES)
     if args.action == "verify":
         body = {"operation": "model_verify", "hive_id": args.hive_id}
         if args.model:
             body["id"] = args.model
-        return _parse(body, parser)
+        return _parse(body, parser, MODEL_OPTION_NAMES)
     body = {"operation": f"model_{args.action}", "hive_id": args.hive_id}
     if args.alias:
         body["alias"] = args.alias
@@ -329,7 +333,7 @@ def model_operation(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         body["model" if args.action == "download" else "id"] = args.model
         if args.token_file:
             body["token"] = token_from(args.token_file, parser)
-    return _parse(body, parser)
+    return _parse(body, parser, MODEL_OPTION_NAMES)
 
 
 def token_from(path: str, parser: argparse.ArgumentParser) -> str:
@@ -374,7 +378,7 @@ def prompt_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO
     return prompt.strip("\n")
 
 
-def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
+def _parse(body: dict[str, Any], parser: argparse.ArgumentParser, names: dict[str, str] | None = None) -> Operation:
     model = body.get("model")
     if isinstance(model, str) and model.startswith("file:"):
         # relative to where the user is, not to where the queen and hive happen to run
@@ -382,7 +386,8 @@ def _parse(body: dict[str, Any], parser: argparse.ArgumentParser) -> Operation:
     try:
         return parse_operation(body)
     except InvalidRequest as exc:
-        parser.error(f"{option_name(exc.field)} {exc.problem}" if exc.field and exc.problem else exc.message)
+        name = (names or {}).get(exc.field or "") or option_name(exc.field or "")
+        parser.error(f"{name} {exc.problem}" if exc.field and exc.problem else exc.message)
     raise RuntimeError("unreachable: parser.error exits")
 
 

@@ -143,6 +143,13 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
             await asyncio.wait_for(writer.close(), 5)
 
 
+def resume_offset(part_size: int, block: int) -> int:
+    """Where a transfer that left `part_size` bytes resumes. Writes go out IN_FLIGHT at a time and may land
+    out of order, so the last blocks below the file's end can be holes; everything before the last
+    IN_FLIGHT + 1 blocks landed (a block is only sent once the one IN_FLIGHT before it was written)."""
+    return max(0, part_size - (IN_FLIGHT + 1) * block)
+
+
 def part_name(model_id: str, size: int, identity: str) -> str:
     """The incoming file's name: the same for the same bytes (so a second run resumes), another for another
     version of the file (so a changed source never continues an old transfer)."""
@@ -310,6 +317,7 @@ class ModelTransfers:
             free = await dst.machine.free(incoming)
         except (asyncssh.Error, OSError) as exc:
             raise TransferError(f"Cannot prepare {incoming} on {alias}: {_why(exc)}.") from None
+        have = resume_offset(have, dst.machine.block)
         need = size - have
         if need + FREE_MARGIN > free:
             raise TransferError(

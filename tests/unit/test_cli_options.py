@@ -114,3 +114,29 @@ def test_a_token_file_becomes_the_downloads_token(tmp_path, capsys):
         with pytest.raises(SystemExit):
             parse("model", "download", "hf:org/gated:f.gguf", "--token-file", str(path))
         assert words in capsys.readouterr().err
+
+
+def test_model_push_copy_and_verify_become_their_operations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    push = parse("model", "push", "m.gguf", "--hive", "gpu-box", "--alias", "mine", "--bwlimit", "50")
+    assert (push.name, push.path, push.hive_id, push.alias, push.bwlimit_mb_s) == (
+        "model_push", str(tmp_path / "m.gguf"), "gpu-box", "mine", 50.0)  # a path relative to where you are
+    assert parse("model", "push", "/m/x.gguf", "--all").all and parse("model", "push", "/m/x.gguf", "--copy").copy
+    copy = parse("model", "copy", "mine", "--from", "a", "--to", "b")
+    assert (copy.name, copy.model, copy.from_hive, copy.to_hive) == ("model_copy", "mine", "a", "b")
+    assert parse("model", "verify").id is None and parse("model", "verify", "mine", "--hive", "a").id == "mine"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("model", "push"), "needs the path"),
+    (("model", "push", "/m/x.gguf", "--all", "--hive", "a"), "exclude each other"),
+    (("model", "push", "/m/x.gguf", "--from", "a"), "--from does not go with `model push`"),
+    (("model", "copy", "x", "--from", "a"), "needs a model, --from HIVE and --to HIVE"),
+    (("model", "download", "smollm2-135m", "--copy"), "--copy does not go with `model download`"),
+    (("model", "get", "x", "--token-file", "/t"), "--token-file does not go with `model get`"),
+    (("model", "push", "/m/x.gguf", "--alias", "Bad Name"), "--alias must be"),
+])
+def test_model_options_that_do_not_fit_are_usage_errors(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        parse(*argv)
+    assert said in capsys.readouterr().err

@@ -17,6 +17,7 @@ SPEC_OPERATIONS = {
     "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
     "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
     "model_delete", "infer", "embed", "worker_drain", "hive_drain", "hive_upgrade",
+    "model_push", "model_copy", "model_verify", "model_adopt",
 }
 
 # One complete example of every operation, every field set.
@@ -41,7 +42,13 @@ FULL = {
     "worker_drain": {"id": "worker-1", "deadline_s": 30.0},
     "hive_drain": {"alias": "gpu1", "deadline_s": 0.0},
     "hive_upgrade": {"alias": "gpu1", "all": False, "deadline_s": 30.0},
-    "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf", "token": "hf_notreal"},
+    "model_download": {"hive_id": "gpu1", "model": "hf:org/repo:file.gguf", "token": "hf_notreal", "alias": "mine"},
+    "model_push": {"path": "/m/x.gguf", "hive_id": "gpu1", "all": False, "alias": "x", "copy": True,
+                   "bwlimit_mb_s": 50.0},
+    "model_copy": {"model": "x", "from_hive": "gpu1", "to_hive": "gpu2", "bwlimit_mb_s": 10.0},
+    "model_verify": {"hive_id": "gpu1", "id": "x"},
+    "model_adopt": {"hive_id": "gpu1", "file": "mx-0123456789abcdef.part", "model": "file:/m/x.gguf", "size": 10,
+                    "sha256": "ab" * 32, "alias": "x", "origin": "pushed from laptop:/m/x.gguf"},
     "model_list": {"hive_id": "gpu1"},
     "model_get": {"hive_id": "gpu1", "id": "smollm2-135m"},
     "model_delete": {"hive_id": "gpu1", "id": "smollm2-135m"},
@@ -77,8 +84,24 @@ def test_defaults_fill_in_and_survive_round_trip():
 
 
 def test_hive_operations_are_the_forwarded_ones():
-    # worker_drain is the queen's own: it stops sending the worker requests, then has its hive stop it
-    assert HIVE_OPERATIONS == {n for n in SPEC_OPERATIONS if n.startswith(("worker_", "model_"))} - {"worker_drain"}
+    # worker_drain is the queen's own: it stops sending the worker requests, then has its hive stop it;
+    # model_push and model_copy are the queen's too: it moves the bytes, then has the hive adopt them
+    assert HIVE_OPERATIONS == ({n for n in SPEC_OPERATIONS if n.startswith(("worker_", "model_"))}
+                               - {"worker_drain", "model_push", "model_copy"})
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"operation": "model_push", "path": "/m/x.gguf", "alias": "Has Spaces"}, "alias"),
+    ({"operation": "model_push", "path": "/m/x.gguf", "bwlimit_mb_s": 0}, "bwlimit_mb_s"),
+    ({"operation": "model_copy", "model": "x", "from_hive": "a", "to_hive": "a"}, "to_hive"),
+    ({"operation": "model_adopt", "file": "../../etc/x.part", "model": "m", "size": 1, "sha256": "ab" * 32}, "file"),
+    ({"operation": "model_adopt", "file": "x.gguf", "model": "m", "size": 1, "sha256": "ab" * 32}, "file"),
+    ({"operation": "model_adopt", "file": "mx-1.part", "model": "m", "size": 1, "sha256": "XYZ"}, "sha256"),
+])
+def test_models_that_travel_refuse_bad_fields_by_name(body, fragment):
+    with pytest.raises(InvalidRequest) as refused:
+        parse_operation(body)
+    assert refused.value.field == fragment
 
 
 def test_single_stop_string_is_accepted():

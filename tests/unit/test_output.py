@@ -153,7 +153,7 @@ def test_model_list_shows_sizes_readably_and_a_short_sha():
         {"alias": "unknown-size", "id": "unknown-size"},
     ]
     lines = rendered("model_list", {"models": models}).splitlines()
-    assert lines[0].split() == ["ALIAS", "ID", "SIZE", "NEEDS", "SHA256", "DOWNLOADED", "PATH"]
+    assert lines[0].split() == ["ALIAS", "ID", "SIZE", "NEEDS", "SHA256", "STATE", "DOWNLOADED", "PATH"]
     assert lines[1].split() == ["smollm2-135m", "smollm2-135m", "98.4", "MB", "374", "MiB", "(2048×4)",
                                 "0123456789ab", "no", "/m/smollm2.gguf"]
     assert lines[2].split() == ["x", "file:/x.gguf", "512", "B", "?", "yes", "/x.gguf"]
