@@ -70,7 +70,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 class LocalMachine:
     """The queen's own machine (the local hive shares the queen's RBEE_HOME)."""
 
-    block = 1 << 20
+    block = 4 << 20  # few thread hops per GB
 
     def __init__(self, models_dir: Path, name: str = "this machine") -> None:
         self.models_dir = str(models_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -84,22 +85,27 @@ class Progress:
 
 async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: Progress,
                      hasher: Any | None = None, limit_bytes_s: float | None = None) -> None:
-    """Copy [start, size) of src to dst at the same offsets, IN_FLIGHT blocks at once each way, in order
-    through `hasher` (the sha256 of what is sent, when the sender computes it)."""
-    block = min(src.machine.block, dst.machine.block)
+    """Copy [start, size) of src to dst at the same offsets: reads of the source's block size ahead, writes of
+    the destination's, IN_FLIGHT of them at once. `hasher` (the sha256 of what is sent, when the sender
+    computes it) is fed in order in a thread of its own, beside the event loop's encryption."""
+    read_block, write_block = src.machine.block, dst.machine.block
+    reads_ahead = max(2, min(IN_FLIGHT, IN_FLIGHT * write_block // read_block))
     reader = await src.machine.open_read(src.path)
     writer = await dst.machine.open_write(dst.path)
-    reads: collections.deque[tuple[int, asyncio.Future[bytes]]] = collections.deque()
+    reads: collections.deque[tuple[int, int, asyncio.Future[bytes]]] = collections.deque()
     writes: set[asyncio.Future[None]] = set()
+    hashing: list[asyncio.Future[None]] = []
+    hash_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transfer-hash")  # one: in order
+    loop = asyncio.get_running_loop()
     room = asyncio.Semaphore(IN_FLIGHT)
     next_offset = start
     began = time.monotonic()
 
     def read_ahead() -> None:
         nonlocal next_offset
-        while len(reads) < IN_FLIGHT and next_offset < size:
-            n = min(block, size - next_offset)
-            reads.append((next_offset, asyncio.ensure_future(reader.read(n, next_offset))))
+        while len(reads) < reads_ahead and next_offset < size:
+            n = min(read_block, size - next_offset)
+            reads.append((next_offset, n, asyncio.ensure_future(reader.read(n, next_offset))))
             next_offset += n
 
     async def write(data: bytes, offset: int) -> None:
@@ -112,31 +118,36 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
     try:
         read_ahead()
         while reads:
-            offset, pending = reads.popleft()
+            offset, wanted, pending = reads.popleft()
             data = await pending
-            if not data:
-                raise TransferError(f"{src.path} on {src.machine.name} ended at byte {offset}, before its "
+            if len(data) != wanted:
+                raise TransferError(f"{src.path} on {src.machine.name} ended at byte {offset + len(data)}, before its "
                                     f"{size} bytes: did it change while it was sent?", code="SOURCE_CHANGED")
             read_ahead()
             if hasher is not None:
-                hasher.update(data)
-            await room.acquire()
-            for done in [w for w in writes if w.done()]:
-                writes.discard(done)
-                done.result()  # a failed write stops the transfer now
-            writes.add(asyncio.ensure_future(write(data, offset)))
+                hashing.append(loop.run_in_executor(hash_thread, hasher.update, data))
+            view = memoryview(data)
+            for at in range(0, len(data), write_block):
+                await room.acquire()
+                for done in [w for w in writes if w.done()]:
+                    writes.discard(done)
+                    done.result()  # a failed write stops the transfer now
+                writes.add(asyncio.ensure_future(write(bytes(view[at:at + write_block]) if len(data) > write_block
+                                                       else data, offset + at)))
             if limit_bytes_s:  # like rsync's --bwlimit: never ahead of the rate asked for
                 ahead = (offset + len(data) - start) / limit_bytes_s - (time.monotonic() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         if writes:
             await asyncio.gather(*writes)
+        await asyncio.gather(*hashing)
     finally:
-        for _, pending in reads:
+        for _, _, pending in reads:
             pending.cancel()
         for pending_write in writes:
             pending_write.cancel()
-        await asyncio.gather(*(p for _, p in reads), *writes, return_exceptions=True)
+        await asyncio.gather(*(p for _, _, p in reads), *writes, *hashing, return_exceptions=True)
+        hash_thread.shutdown(wait=False)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader.close(), 5)
         with contextlib.suppress(Exception):

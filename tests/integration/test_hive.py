@@ -385,3 +385,23 @@ async def test_a_token_for_a_gated_model_goes_through_the_queen_and_is_kept_nowh
         if path.is_file() and path.suffix != ".gguf":
             assert secret.encode() not in path.read_bytes(), f"the token is in {path}"
     assert secret not in "\n".join(queen.stderr_lines)
+
+
+async def test_a_model_file_cut_short_is_refused_before_llama_cpp_and_marked(client, tmp_path):
+    """A GGUF whose header is whole but whose tensor data stops early (a copy that did not finish): the
+    spawn says BAD_GGUF before a worker starts, and the catalog keeps the entry, marked, for people to see."""
+    from shared.builtin_model import builtin_model_path
+
+    cut = tmp_path / "Cut.gguf"
+    cut.write_bytes(builtin_model_path().read_bytes()[:-100_000])
+    _, events = await run(client, {"operation": "model_download", "model": f"file:{cut}"})
+    assert events[-1].state == "completed", events  # its first bytes say GGUF: catalogued
+    _, events = await run(client, {"operation": "worker_spawn", "model": f"file:{cut}"})
+    error = next(e for e in events if isinstance(e, Error))
+    assert error.code == "BAD_GGUF" and "truncated" in error.message, error.message
+    assert not [e for e in events if isinstance(e, Narration) and e.action == "worker_loading"]
+    _, events = await run(client, {"operation": "model_get", "id": f"file:{cut}"})
+    entry = data_of(events, "model_get")
+    assert entry["state"] == "bad_gguf" and "truncated" in entry["problem"]
+    _, events = await run(client, {"operation": "worker_spawn", "model": f"file:{cut}"})  # refused again, at once
+    assert next(e for e in events if isinstance(e, Error)).code == "BAD_GGUF"

@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 
 from queen.errors import QueenError
+from queen.hives.remote.corked import GatheringTcp
 from queen.hives.remote.hives_conf import RemoteHost
 from shared.events import narrate
 
@@ -55,7 +56,7 @@ async def connect(host: RemoteHost, *, keepalive: bool = False) -> asyncssh.SSHC
     options: dict[str, Any] = dict(
         port=host.port, username=host.user or getpass.getuser(), config=[],  # never read ~/.ssh/config
         known_hosts=_known_hosts(known_hosts_path), connect_timeout=CONNECT_TIMEOUT_S,
-        password=None, kbdint_auth=False, encryption_algs=_ciphers())
+        password=None, kbdint_auth=False, encryption_algs=_ciphers(), tunnel=GatheringTcp())
     if keepalive:
         options.update(keepalive_interval=KEEPALIVE_INTERVAL_S, keepalive_count_max=KEEPALIVE_COUNT_MAX)
     if host.identity_file:
