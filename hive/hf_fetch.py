@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 PROGRESS_EVERY_S = 0.25
 REACH_BUDGET_S = 12.0  # an unreachable hub is reported within this (plus one try's timeout)
@@ -173,6 +174,9 @@ def main() -> int:
         return 1
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
+            # huggingface_hub keeps an .incomplete file to resume: on a full disk it only keeps the disk full
+            for partial in Path(args.dest, ".cache", "huggingface", "download").rglob("*.incomplete"):
+                partial.unlink(missing_ok=True)
             free = shutil.disk_usage(args.dest).free
             emit(event="error", code="DISK_FULL", message=f"the disk holding {args.dest} is full ({free / 1e6:.0f} MB "
                                                           "free); free some space, or delete models with `rbee model "

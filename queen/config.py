@@ -23,6 +23,7 @@ class QueenConfig:
     worker_progress_timeout_s: float = 20.0  # a generating worker silent this long (no token, no ping) is hung
     worker_slots: int | None = None  # fixed slots per worker (hive --worker-slots); None: a shared KV pool
     cache_routing: bool = True  # a generation goes to the worker expected to hold its prompt's cache
+    models_from_hives: bool = True  # a hub model another hive holds is copied from there, not downloaded again
     route_guard: RouteGuard = RouteGuard()  # unless that worker is this much busier than the least loaded
     # Each setting's value and where it came from (shared/settings.py), for GET /v1/config.
     settings: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -13,7 +13,6 @@ from queen.errors import QueenError
 from queen.hives import HiveRegistry
 from queen.hives.remote.hives_conf import import_ssh_config
 from queen.inference import InferenceRunner, Progress
-from queen.model_transfer import ModelTransfers
 from queen.worker_registry import WorkerRegistry, WorkerStatus
 from shared.events import Data, emit, narrate
 from shared.job_client import Clients
@@ -58,7 +57,7 @@ class QueenExecutor:
         self._data_dir = data_dir
         self.conversations = conversations
         self.drainer = Drainer(hives, workers)
-        self.transfers = ModelTransfers(hives)
+        self.transfers = runner.scheduler.transfers
 
     async def __call__(self, op: Operation, job: Job) -> dict[str, Any] | None:
         if isinstance(op, Infer):

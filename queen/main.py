@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                          max_workers_per_hive=v["max_workers_per_hive"], worker_slots=v["worker_slots"],
                          worker_progress_timeout_s=v["worker_progress_timeout"],
                          worker_idle_timeout_s=v["worker_idle_timeout"], heartbeat_timeout_s=v["heartbeat_timeout"],
-                         cache_routing=v["cache_routing"],
+                         cache_routing=v["cache_routing"], models_from_hives=v["models_from_hives"],
                          route_guard=RouteGuard(v["route_guard_slots"], v["route_guard_ratio"]),
                          settings=describe(effective))
     if not v["tls_cert"] and not args.insecure_http and not is_loopback(config.host):

@@ -29,10 +29,12 @@ from queen.forwarding import RemoteJobFailed, run_remote_job, weave
 from queen.hives import HiveRegistry
 from queen.machines import LocalMachine, Machine
 from shared.builtin_model import gguf_problem
+from shared.errors import RbeeError
 from shared.events import Data, Event, emit, narrate
 from shared.models import alias_of, parse_reference
 from shared.operations import HiveOperation, ModelAdopt, ModelCopy, ModelDownload, ModelGet, ModelPush
 
+PEER_ASK_TIMEOUT_S = 5.0  # a hive that does not say within this whether it has a model is not asked to give it
 IN_FLIGHT = 32  # requests on the wire at once: enough to fill a link whose round trip is a few ms
 FREE_MARGIN = 16 << 20  # left free on the receiving disk beyond the file, for the catalog and logs
 PROGRESS_EVERY_S = 0.5
@@ -229,13 +231,22 @@ class ModelTransfers:
         if problem is not None:
             raise TransferError(f"{path} {problem}: only GGUF model files can be pushed. Nothing was sent.",
                                 code="NOT_GGUF", status=422)
-        targets = [h.alias for h in self.hives.all()] if op.all else [op.hive_id]
-        pushed = []
+        targets = self.hives.schedulable() if op.all else [op.hive_id]
+        pushed, failed = [], []
         for k, alias in enumerate(targets, 1):
             if len(targets) > 1:
                 narrate("model_push", f"Pushing {path.name} to {alias} ({k} of {len(targets)})", target=alias)
-            pushed.append(await self._push_to(alias, path, op))
+            try:
+                pushed.append(await self._push_to(alias, path, op))
+            except RbeeError as exc:
+                if not op.all:
+                    raise
+                narrate("model_push", f"{alias}: {exc.message}", target=alias, level="error")
+                failed.append(f"{alias} ({exc.code})")
         emit(Data(action="model_push", payload={"model": parse_reference(f"file:{path}").id, "hives": pushed}))
+        if failed:
+            raise TransferError(f"{path.name} went to {', '.join(p['hive'] for p in pushed) or 'no hive'}, but not to "
+                                f"{', '.join(failed)}: see above; the same command sends it where it is missing.")
         return {"hives": [p["hive"] for p in pushed]}
 
     async def _push_to(self, alias: str, path: Path, op: ModelPush) -> dict[str, Any]:
@@ -314,6 +325,35 @@ class ModelTransfers:
                   "resumed_at": start, "bytes_per_s": round(progress.rate)}
         emit(Data(action="model_copy", payload=result))
         return result
+
+    async def from_another_hive(self, model: str, to_hive: str) -> bool:
+        """Before `to_hive` fetches a hub model from the internet: copy it from a hive that has it, when one
+        does. A copy that fails is said, and the hive downloads it after all. True when copied."""
+        try:
+            if await self.catalog_entry(to_hive, model) is not None:
+                return False
+        except RbeeError:
+            return False  # the spawn that follows says what is wrong with the hive
+
+        async def has(alias: str) -> str | None:
+            try:
+                entry = await asyncio.wait_for(self.catalog_entry(alias, model), PEER_ASK_TIMEOUT_S)
+            except (RbeeError, asyncio.TimeoutError):
+                return None
+            return alias if entry is not None and entry.get("state", "ok") == "ok" else None
+
+        others = [alias for alias, _ in self.hives.with_address() if alias != to_hive]
+        holders = [alias for alias in await asyncio.gather(*(has(a) for a in others)) if alias]
+        for alias in holders:
+            narrate("model_copy", f"{alias} has {model}: copying it to {to_hive} over the cluster's links instead of "
+                                  "downloading it from the hub", target=model)
+            try:
+                await self.copy(ModelCopy(model=model, from_hive=alias, to_hive=to_hive))
+                return True
+            except RbeeError as exc:
+                narrate("model_copy", f"Copying {model} from {alias} failed ({exc.message}); {to_hive} downloads it "
+                                      "instead", target=model, level="warn")
+        return False
 
     # --- shared -------------------------------------------------------------------------------------
 

@@ -25,11 +25,13 @@ from queen.errors import HiveUnavailable
 from queen.fair_queue import FairQueue
 from queen.hives import HiveRegistry
 from queen.model_names import resolve_model
+from queen.model_transfer import ModelTransfers
 from queen.placement import NoRoom, place
 from queen.prefix_index import DEFAULT_CHARS_PER_TOKEN, MIN_ROUTED_TOKENS, SavedPrefixes
 from queen.worker_registry import WorkerInfo, WorkerRegistry, WorkerStatus
 from shared.errors import RbeeError
 from shared.events import narrate
+from shared.models import BUILTIN_MODEL
 from shared.operations import DEVICE_AUTO, WorkerSpawn
 from shared.prefix_chain import CHUNK_CHARS
 
@@ -53,6 +55,7 @@ class Scheduler:
         self._owner_of: dict[str, str | None] = {}  # job id -> the API key that made it, while it waits or runs
         self._full_until: dict[tuple[str, str | None, bool], float] = {}  # no room to scale out until then
         self.saved = SavedPrefixes()  # the prompt caches each hive keeps on disk, as it last reported them
+        self.transfers = ModelTransfers(hives)
 
     def queued(self) -> dict[str, int]:
         """Requests waiting for a worker, per model."""
@@ -223,6 +226,8 @@ class Scheduler:
                 f"No {kind[kind.index(' ') + 1:]} with a free slot has {model}; spawning one on {hive_id}",
                 target=hive_id)
         await self._stop_dead_workers([hive_id])
+        if self.config.models_from_hives and model != BUILTIN_MODEL:  # (every hive has the built-in)
+            await self.transfers.from_another_hive(model, hive_id)  # rather than from the internet, or not at all
         result = await self.hives.forward(op or WorkerSpawn(hive_id=hive_id, model=model, embedding=embedding))
         # Its ready heartbeat may have arrived already; `add` keeps that record then.
         url = await self.hives.worker_url(hive_id, str(result["url"]))

@@ -122,6 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("queen", "heartbeat_timeout", float, 15.0, "a worker silent this many seconds is lost and never scheduled",
        minimum=1, metavar="SECONDS"),
     _s("queen", "cache_routing", bool, True, "route a generation to the worker that holds its prompt's KV cache"),
+    _s("queen", "models_from_hives", bool, True, "a hive that needs a model another hive has gets a copy from there "
+       "over the SSH links instead of downloading it from the hub"),
     _s("queen", "route_guard_slots", int, 2, "cache-aware routing gives way to load when the worker with the "
        "cache has more than N busy slots more than the least loaded ...", minimum=0, metavar="N"),
     _s("queen", "route_guard_ratio", float, 1.5, "... and more than R times as many", minimum=1, metavar="R"),

@@ -405,3 +405,28 @@ async def test_a_model_file_cut_short_is_refused_before_llama_cpp_and_marked(cli
     assert entry["state"] == "bad_gguf" and "truncated" in entry["problem"]
     _, events = await run(client, {"operation": "worker_spawn", "model": f"file:{cut}"})  # refused again, at once
     assert next(e for e in events if isinstance(e, Error)).code == "BAD_GGUF"
+
+
+async def test_a_full_disk_is_said_as_such_and_leaves_nothing(hub_hive):
+    """The hive's model directory on a 32 MB tmpfs: the 98 MB download fills it and fails as DISK_FULL."""
+    import subprocess
+
+    hive, _, _, home = hub_hive
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root: mounting a small tmpfs must work there")
+        pytest.skip("mounting a small tmpfs needs root")
+    models = home / "data" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(models)], check=True)
+    try:
+        async with JobClient(hive.url, hive.token) as client:
+            _, events = await run(client, {"operation": "model_download", "model": HF_REF})
+            error = next(e for e in events if isinstance(e, Error))
+            assert error.code == "DISK_FULL" and "is full" in error.message, error.message
+            _, events = await run(client, {"operation": "model_list"})
+            assert [m["id"] for m in data_of(events, "model_list")["models"]] == ["smollm2-135m"]
+        left = [p for p in models.rglob("*") if p.is_file()]
+        assert sum(p.stat().st_size for p in left) < 1 << 20, left  # no partial model kept
+    finally:
+        subprocess.run(["umount", "-l", str(models)], check=True)

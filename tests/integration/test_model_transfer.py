@@ -87,6 +87,11 @@ async def answer(client, model: str, alias: str) -> str:
     return "".join(e.t for e in events if isinstance(e, Token))
 
 
+async def stop_workers(client, alias: str) -> None:
+    for worker in payload(await run(client, {"operation": "worker_list", "hive_id": alias}), "worker_list")["workers"]:
+        completed(await run(client, {"operation": "worker_delete", "hive_id": alias, "id": worker["id"]}))
+
+
 async def wait_running(client, alias: str, within: float = 40) -> None:
     started = time.monotonic()
     while True:
@@ -175,12 +180,22 @@ async def test_what_cannot_go_is_refused_and_leaves_nothing_half_made(setup, tmp
         assert model_id(other) not in [m["id"] for m in listed]
 
 
+async def test_a_worker_placed_on_a_hive_without_the_model_gets_it_from_the_hive_that_has_it(setup):
+    async with setup.client() as client:
+        await stop_workers(client, "hostb")  # (the copy of the last test answered there)
+        completed(await run(client, {"operation": "model_delete", "hive_id": "hostb", "id": model_id(setup.model)}))
+        events = completed(await run(client, Infer(prompt=PROMPT, max_tokens=8, temperature=0,
+                                                   model=model_id(setup.model), hive_id="hostb")))
+        said = [e.human for e in events if isinstance(e, Narration)]
+        assert any("hosta has" in h and "copying it to hostb" in h for h in said), said
+        assert "".join(e.t for e in events if isinstance(e, Token))
+        assert (models_dir(setup, "hostb") / "pushed" / "padded-200m.q4_1.gguf").stat().st_size == SIZE
+
+
 async def test_verify_finds_a_damaged_copy_which_is_then_never_served(setup):
     landed = Path(models_dir(setup, "hostb") / "pushed" / "padded-200m.q4_1.gguf")
     async with setup.client() as client:
-        for worker in payload(await run(client, {"operation": "worker_list", "hive_id": "hostb"}),
-                              "worker_list")["workers"]:
-            completed(await run(client, {"operation": "worker_delete", "hive_id": "hostb", "id": worker["id"]}))
+        await stop_workers(client, "hostb")
         with open(landed, "r+b") as f:  # a byte flipped in the tensor data: same size, another hash
             f.seek(SIZE - 1000)
             byte = f.read(1)

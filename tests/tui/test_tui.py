@@ -271,6 +271,27 @@ async def test_a_download_shows_progress_in_its_tab_and_escape_cancels_it(queen_
         assert not any("completed" in m for m in notifications(app))
 
 
+async def test_a_gguf_on_this_machine_is_pushed_from_the_models_tab(queen, tmp_path):
+    import shutil
+
+    mine = tmp_path / "Mine.Q4.gguf"
+    shutil.copyfile(builtin_model_path(), mine)
+    app = RbeeApp(queen.url, autostart=False, paths=queen.paths)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f4")
+        table = app.query_one("#models-table", DataTable)
+        await until(pilot, lambda: table.row_count > 0, app=app)
+        app.query_one("#model-ref").value = "/nowhere/none.gguf"
+        await pilot.click("#model-push")
+        await until(pilot, lambda: any("does not exist" in m for m in notifications(app)), app=app)
+        app.query_one("#model-ref").value = str(mine)
+        await pilot.click("#model-push")  # no row of another hive selected: the local hive
+        await until(pilot, lambda: "model_push completed" in notifications(app), app=app)
+        await pilot.click("#models-refresh")
+        await until(pilot, lambda: table.row_count == 2, app=app)
+        assert {table.get_row_at(i)[0] for i in range(2)} == {"smollm2-135m", "mine.q4"}
+
+
 @pytest.fixture
 async def two_hives(tmp_path, slow):
     setup = await asyncio.to_thread(start_two_hives, tmp_path)

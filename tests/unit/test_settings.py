@@ -53,6 +53,7 @@ def test_the_declared_defaults_are_the_daemons_own():
         ("queen", "worker_idle_timeout"): queen.worker_idle_timeout_s, ("queen", "worker_slots"): queen.worker_slots,
         ("queen", "worker_progress_timeout"): queen.worker_progress_timeout_s,
         ("queen", "heartbeat_timeout"): queen.heartbeat_timeout_s, ("queen", "cache_routing"): queen.cache_routing,
+        ("queen", "models_from_hives"): queen.models_from_hives,
         ("queen", "route_guard_slots"): RouteGuard.abs_slots, ("queen", "route_guard_ratio"): RouteGuard.rel,
         ("queen", "tls_cert"): None, ("queen", "tls_key"): None,
         ("hive", "worker_slots"): hive.worker_slots, ("hive", "worker_ctx_size"): hive.worker_ctx_size,

@@ -1,8 +1,9 @@
-"""The models tab: every running hive's catalog, downloading (with its progress), deleting, and picking the
-chat's model (Enter on a row)."""
+"""The models tab: every running hive's catalog, downloading or pushing a GGUF from this machine (with its
+progress), deleting, and picking the chat's model (Enter on a row)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from keeper_tui.tui.views.base import TableView
 from keeper_tui.tui.views.hives import list_hives
 from keeper_tui.tui.widgets import NarrationPane
 from shared.errors import RbeeError
-from shared.operations import LOCAL_HIVE, ModelDelete, ModelDownload, ModelList
+from shared.operations import LOCAL_HIVE, ModelDelete, ModelDownload, ModelList, ModelPush
 
 COLUMNS = ("alias", "hive", "size", "needs", "id", "path")
 
@@ -51,8 +52,10 @@ class ModelsView(TableView):
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
-            yield Input(placeholder="hf:<org>/<repo>:<file>.gguf or file:<path>", id="model-ref", compact=True)
+            yield Input(placeholder="hf:<org>/<repo>:<file>.gguf, file:<path>, or a .gguf to push", id="model-ref",
+                        compact=True)
             yield Button("Download", id="model-download", compact=True)
+            yield Button("Push", id="model-push", compact=True)
             yield Button("Cancel", id="model-cancel", compact=True)
             yield Button("Delete", id="model-delete", compact=True)
             yield Button("Refresh", id="models-refresh", compact=True)
@@ -104,6 +107,20 @@ class ModelsView(TableView):
             self.notify("Type a model reference to download.", severity="warning")
             return
         self.run_operation(ModelDownload(model=ref))
+
+    @on(Button.Pressed, "#model-push")
+    def push(self) -> None:
+        """The file in the box, to the hive of the selected row (the local hive when none is)."""
+        if self.busy():
+            return
+        path = self.query_one("#model-ref", Input).value.strip().removeprefix("file:")
+        if not path or path.startswith("hf:"):
+            self.notify("Type the path of a .gguf file on this machine to push.", severity="warning")
+            return
+        key = self.selected()
+        hive = self.rows[key]["hive"] if key is not None else LOCAL_HIVE
+        self.notify(f"Pushing {os.path.basename(path)} to {hive} (select a row of another hive to push there).")
+        self.run_operation(ModelPush(path=os.path.abspath(os.path.expanduser(path)), hive_id=hive))
 
     @on(Button.Pressed, "#model-delete")
     def delete(self) -> None:
