@@ -284,7 +284,10 @@ async def test_a_gguf_on_this_machine_is_pushed_from_the_models_tab(queen, tmp_p
         app.query_one("#model-ref").value = "/nowhere/none.gguf"
         await pilot.click("#model-push")
         await until(pilot, lambda: any("does not exist" in m for m in notifications(app)), app=app)
+        view = app.query_one("#models")
+        await until(pilot, lambda: view.running_job is None, app=app)  # the tab runs one job at a time
         app.query_one("#model-ref").value = str(mine)
+        app.clear_notifications()  # at 80x24 the toasts of the refusal cover the toolbar
         await pilot.click("#model-push")  # no row of another hive selected: the local hive
         await until(pilot, lambda: "model_push completed" in notifications(app), app=app)
         await pilot.click("#models-refresh")

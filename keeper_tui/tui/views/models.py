@@ -52,7 +52,7 @@ class ModelsView(TableView):
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
-            yield Input(placeholder="hf:<org>/<repo>:<file>.gguf, file:<path>, or a .gguf to push", id="model-ref",
+            yield Input(placeholder="hf:…, file:…, a .gguf to push", id="model-ref",
                         compact=True)
             yield Button("Download", id="model-download", compact=True)
             yield Button("Push", id="model-push", compact=True)
