@@ -14,8 +14,8 @@ from typing import Any
 import asyncssh
 
 from queen.errors import QueenError
-from queen.hives.remote.corked import GatheringTcp
 from queen.hives.remote.hives_conf import RemoteHost
+from queen.hives.remote.send_path import GatheringTcp, without_ignore_packets
 from shared.events import narrate
 
 CONNECT_TIMEOUT_S = 10.0
@@ -65,9 +65,9 @@ async def connect(host: RemoteHost, *, keepalive: bool = False) -> asyncssh.SSHC
             raise SshError(f"IdentityFile {key} for {host.alias} does not exist.", code="SSH_KEY_MISSING")
         options["client_keys"] = [str(key)]
     try:
-        return await asyncio.wait_for(asyncssh.connect(host.hostname, **options), CONNECT_TIMEOUT_S + 5)
+        conn = await asyncio.wait_for(asyncssh.connect(host.hostname, **options), CONNECT_TIMEOUT_S + 5)
     except asyncssh.HostKeyNotVerifiable:
-        return await _unknown_host(host, known_hosts_path, options)
+        conn = await _unknown_host(host, known_hosts_path, options)
     except asyncssh.PermissionDenied as exc:
         raise SshError(f"{host.where} refused authentication for {host.alias} ({exc.reason}). rbee logs in with "
                        f"keys only: check IdentityFile in hives.conf and the remote's authorized_keys.",
@@ -76,6 +76,8 @@ async def connect(host: RemoteHost, *, keepalive: bool = False) -> asyncssh.SSHC
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or "timed out"
         raise SshError(f"Cannot reach {host.alias} at {host.hostname}:{host.port}: {reason}.",
                        code="SSH_UNREACHABLE", status=504) from None
+    without_ignore_packets(conn)
+    return conn
 
 
 async def _unknown_host(host: RemoteHost, known_hosts_path: Path, options: dict[str, Any]):
