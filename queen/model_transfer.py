@@ -35,7 +35,7 @@ from shared.models import alias_of, parse_reference
 from shared.operations import HiveOperation, ModelAdopt, ModelCopy, ModelDownload, ModelGet, ModelPush
 
 PEER_ASK_TIMEOUT_S = 5.0  # a hive that does not say within this whether it has a model is not asked to give it
-IN_FLIGHT = 32  # requests on the wire at once: enough to fill a link whose round trip is a few ms
+IN_FLIGHT_BYTES = 8 << 20  # written but not yet confirmed: fills a link whose round trip is a few ms
 FREE_MARGIN = 16 << 20  # left free on the receiving disk beyond the file, for the catalog and logs
 PROGRESS_EVERY_S = 0.5
 NARRATE_EVERY_S = 2.0
@@ -88,10 +88,10 @@ class Progress:
 async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: Progress,
                      hasher: Any | None = None, limit_bytes_s: float | None = None) -> None:
     """Copy [start, size) of src to dst at the same offsets: reads of the source's block size ahead, writes of
-    the destination's, IN_FLIGHT of them at once. `hasher` (the sha256 of what is sent, when the sender
+    the destination's, IN_FLIGHT_BYTES of them at once. `hasher` (the sha256 of what is sent, when the sender
     computes it) is fed in order in a thread of its own, beside the event loop's encryption."""
     read_block, write_block = src.machine.block, dst.machine.block
-    reads_ahead = max(2, min(IN_FLIGHT, IN_FLIGHT * write_block // read_block))
+    reads_ahead = max(2, IN_FLIGHT_BYTES // read_block)
     reader = await src.machine.open_read(src.path)
     writer = await dst.machine.open_write(dst.path)
     reads: collections.deque[tuple[int, int, asyncio.Future[bytes]]] = collections.deque()
@@ -99,7 +99,7 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
     hashing: list[asyncio.Future[None]] = []
     hash_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transfer-hash")  # one: in order
     loop = asyncio.get_running_loop()
-    room = asyncio.Semaphore(IN_FLIGHT)
+    room = asyncio.Semaphore(in_flight(write_block))
     next_offset = start
     began = time.monotonic()
 
@@ -157,10 +157,15 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
 
 
 def resume_offset(part_size: int, block: int) -> int:
-    """Where a transfer that left `part_size` bytes resumes. Writes go out IN_FLIGHT at a time and may land
-    out of order, so the last blocks below the file's end can be holes; everything before the last
-    IN_FLIGHT + 1 blocks landed (a block is only sent once the one IN_FLIGHT before it was written)."""
-    return max(0, part_size - (IN_FLIGHT + 1) * block)
+    """Where a transfer that left `part_size` bytes resumes. Writes go out `in_flight(block)` at a time and
+    may land out of order, so the last blocks below the file's end can be holes; everything before the last
+    in_flight + 1 blocks landed (a block is only sent once the one in_flight before it was written)."""
+    return max(0, part_size - (in_flight(block) + 1) * block)
+
+
+def in_flight(block: int) -> int:
+    """Writes of `block` bytes on their way at once: 32 SFTP blocks, 2 of the local disk's."""
+    return max(2, IN_FLIGHT_BYTES // block)
 
 
 def part_name(model_id: str, size: int, identity: str) -> str:
