@@ -180,7 +180,7 @@ def test_listing_commands_in_both_modes(keeper, command):
 def test_lists_read_as_tables(keeper):
     assert keeper("infer", "--max-tokens", "2", "hi").returncode == 0
     models = keeper("model", "list").stdout.splitlines()
-    assert models[0].split() == ["ALIAS", "ID", "SIZE", "NEEDS", "SHA256", "DOWNLOADED", "PATH"]
+    assert models[0].split() == ["ALIAS", "ID", "SIZE", "NEEDS", "SHA256", "STATE", "DOWNLOADED", "PATH"]
     assert models[1].split()[:2] == ["smollm2-135m", "smollm2-135m"] and "MiB (2048×4)" in models[1]  # its estimate
     workers = keeper("worker", "list").stdout.splitlines()
     assert workers[0].split()[:3] == ["ID", "MODEL", "STATE"] and "ready" in workers[1]
