@@ -52,6 +52,7 @@ from shared.operations import (
     FLASH_ATTN_MODES,
     KV_CACHE_TYPES,
     LOCAL_HIVE,
+    Embed,
     Operation,
     parse_operation,
 )
@@ -111,17 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads it from stdin")
     p.add_argument("--raw", action="store_true", help="send the prompt as plain text to complete, not as a chat")
     p.add_argument("--chat", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
-    p.add_argument("--model", default=BUILTIN_MODEL, help=f"model reference or alias (default {BUILTIN_MODEL})")
+    p.add_argument("-m", "--model", default=BUILTIN_MODEL, help=f"model reference or alias (default {BUILTIN_MODEL})")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
     p.add_argument("--device", default=None,
                    help="where a worker started for this answer runs: auto (default: a GPU when the model fits "
                         "one, else the CPU), cpu, or cuda:N; a running worker on that kind of device is used first")
     add_sampling_options(p)
 
+    p = command("embed", "Embedding vectors of texts: one JSON line per text on stdout, {\"index\", \"text\", "
+                         "\"embedding\"}, computed by an embedding worker of the model (started when none runs).",
+                'rbee embed "the first text" "the second" | jq -c .embedding[:4]')
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts, one vector each; none with a pipe on stdin "
+                                                             "(or `-`): one text per line of stdin")
+    p.add_argument("-m", "--model", default=BUILTIN_MODEL, help=f"model reference or alias (default {BUILTIN_MODEL})")
+    p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
+
     p = command("chat", "Talk with a model: each answer streams in, the conversation so far goes with every "
                         "question, and it is stored (resume it with --resume). Inside: /help.",
                 "rbee chat --model smollm2-135m")
-    p.add_argument("--model", help=f"model reference or alias (default {BUILTIN_MODEL}, or the resumed "
+    p.add_argument("-m", "--model", help=f"model reference or alias (default {BUILTIN_MODEL}, or the resumed "
                                    "conversation's)")
     p.add_argument("--hive", dest="hive_id", help="run on this hive (default: any)")
     p.add_argument("--resume", metavar="ID", help="go on with a stored conversation (a unique prefix of its id)")
@@ -248,6 +257,11 @@ def operation_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         prompt = prompt_from(args.prompt, parser)
         text = {"prompt": prompt} if args.raw else {"messages": [{"role": "user", "content": prompt}]}
         return _parse({"operation": "infer", **text, **infer_fields(args)}, parser)
+    if c == "embed":
+        body = {"operation": "embed", "input": texts_from(args.texts, parser), "model": args.model}
+        if args.hive_id:
+            body["hive_id"] = args.hive_id
+        return _parse(body, parser)
     if c == "status":
         return _parse({"operation": "status"}, parser)
     if c == "hive":
@@ -336,6 +350,16 @@ def model_operation(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return _parse(body, parser, MODEL_OPTION_NAMES)
 
 
+def texts_from(words: list[str], parser: argparse.ArgumentParser, stdin: TextIO | None = None) -> list[str]:
+    """`rbee embed`'s texts: the arguments, or a line each from stdin for `-` or none with a pipe."""
+    stdin = sys.stdin if stdin is None else stdin
+    if words == ["-"] or (not words and stdin is not None and not stdin.isatty()):
+        words = [line for line in (stdin.read() if stdin is not None else "").splitlines() if line.strip()]
+    if not words:
+        parser.error('embed needs texts: as arguments (rbee embed "one text" "another"), or a line each on stdin')
+    return words
+
+
 def token_from(path: str, parser: argparse.ArgumentParser) -> str:
     try:
         token = open(os.path.expanduser(path), encoding="utf-8").read().strip()  # noqa: SIM115
@@ -395,7 +419,7 @@ class Keeper:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.paths = RbeePaths.from_env()
-        self.render = JsonRenderer() if args.json else HumanRenderer(show_data=args.command != "infer")
+        self.render = JsonRenderer() if args.json else HumanRenderer(show_data=args.command not in ("infer", "embed"))
         self.url = args.queen_url.rstrip("/")
         self._last_error: dict[str, str] | None = None  # of the job run_job follows: its failure result says it
 
@@ -441,6 +465,8 @@ class Keeper:
             state = end.state if end else JobState.FAILED
             self.render.end(end, job.job_id)
             result = dict(end.stats) if end else {}
+            if isinstance(operation, Embed) and state is JobState.COMPLETED and not self.args.json:
+                self.render.vectors(operation.input, result.get("embeddings") or [])
             if state is JobState.FAILED:
                 result["error"] = self._last_error or (await client.get(job.job_id)).get("error")
             self._result(job.job_id, state, result)

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from shared.events import Data, End, Error, Event, JobState, Narration, Token, event_to_dict
 from shared.models import alias_of
@@ -386,6 +386,12 @@ class HumanRenderer:
         elif isinstance(event, Error):
             self._end_progress()
             self.say(f"error: {event.message} [{event.code}]", "error")
+
+    def vectors(self, texts: Sequence[str], vectors: Sequence[Any]) -> None:
+        """`rbee embed`'s answer: a JSON line per text, for jq and scripts."""
+        for index, (text, vector) in enumerate(zip(texts, vectors)):
+            self.out.write(json.dumps({"index": index, "text": text, "embedding": vector}) + "\n")
+        self.out.flush()
 
     def end_answer(self) -> None:
         """End the answer with a newline, on screen and in a pipe, unless it ends with one."""

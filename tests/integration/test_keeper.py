@@ -276,3 +276,12 @@ def test_keys_from_the_cli_open_what_their_scope_allows(keeper):
     assert again.returncode == 1 and "No key named 'webui'" in again.stderr
     for path in keeper.home.rglob("*"):  # logs, job history, conversations, keys.db: never the key itself
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+def test_embed_prints_a_json_vector_per_text(keeper):
+    done = keeper("embed", "-m", "smollm2-135m", "the sky is blue", "the grass is green")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(v["index"], v["text"]) for v in lines] == [(0, "the sky is blue"), (1, "the grass is green")]
+    assert len(lines[0]["embedding"]) == len(lines[1]["embedding"]) > 100 and lines[0]["embedding"] != lines[1]["embedding"]
+    assert "embedded" in done.stderr  # the story on stderr, the vectors alone on stdout

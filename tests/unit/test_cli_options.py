@@ -140,3 +140,18 @@ def test_model_options_that_do_not_fit_are_usage_errors(argv, said, capsys):
     with pytest.raises(SystemExit):
         parse(*argv)
     assert said in capsys.readouterr().err
+
+
+def test_m_is_short_for_model_on_infer_and_chat():
+    assert parse("infer", "-m", "mine", "hi").model == "mine"
+    assert build_parser().parse_args(["chat", "-m", "mine"]).model == "mine"
+
+
+def test_embed_takes_texts_from_arguments_or_lines_of_stdin(capsys):
+    op = parse("embed", "-m", "mine", "one text", "another")
+    assert (op.name, op.input, op.model) == ("embed", ("one text", "another"), "mine")
+    from keeper_tui.cli import texts_from
+    assert texts_from(["-"], build_parser(), io.StringIO("first\n\nsecond\n")) == ["first", "second"]
+    with pytest.raises(SystemExit):
+        texts_from([], build_parser(), io.StringIO(""))
+    assert "embed needs texts" in capsys.readouterr().err
