@@ -15,6 +15,7 @@ from shared.builtin_model import builtin_model_path
 from shared.events import Data, End, Narration
 from shared.job_client import JobClient
 from shared.operations import ModelPush
+from tests.integration.test_remote_hive import payload, run
 from tests.support.processes import BIN, start_queen
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
@@ -34,15 +35,6 @@ def model(tmp_path):
     path = tmp_path / "Local-Model.Q4_1.gguf"
     shutil.copyfile(builtin_model_path(), path)
     return path
-
-
-async def run(client, operation):
-    job = await client.submit(operation)
-    return [e async for e in client.stream(job.job_id)]
-
-
-def payload(events, action):
-    return next(e.payload for e in events if isinstance(e, Data) and e.action == action)
 
 
 async def test_a_copy_stopped_half_way_resumes_and_in_place_needs_no_copy(queen, model):

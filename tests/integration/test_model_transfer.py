@@ -10,7 +10,6 @@ The tests share one cluster with both hives installed and started, and run in fi
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hashlib
 import subprocess
 import time
@@ -20,9 +19,8 @@ import pytest
 
 from shared.events import Data, End, Error, Narration, Token
 from shared.operations import Infer, ModelCopy, ModelPush
-from tests.integration.test_multi_host import HOSTS, Setup, completed
-from tests.integration.test_remote_hive import BASE_PYTHON, payload, run
-from tests.support.netns import require_netns, start_cluster
+from tests.integration.test_multi_host import completed, two_remotes
+from tests.integration.test_remote_hive import payload, run
 from tests.support.padded_gguf import padded_model
 
 pytestmark = pytest.mark.usefixtures("slow")  # starts processes: the slow tier (tests/conftest.py)
@@ -33,40 +31,10 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    require_netns()
     root = tmp_path_factory.mktemp("transfer")
-    cluster = start_cluster(root / "net", list(HOSTS))
-    s = Setup(cluster, root / "queen-home")
-    s.remote = root / "remote"
-    s.model = padded_model(root / "Padded-200M.Q4_1.gguf", SIZE)
-    try:
-        s.start_queen()
-        (s.home / "config" / "hives.conf").write_text("".join(
-            f"Host {h.name}\n    HostName {h.ip}\n    User {getpass.getuser()}\n    IdentityFile {cluster.client_key}\n"
-            f"    UserKnownHostsFile {cluster.known_hosts}\n    InstallDir {s.remote / h.name}\n"
-            f"    Python {BASE_PYTHON}\n    HivePort 7835\n\n" for h in cluster.hosts))
-
-        async def install_and_start():
-            async with s.client() as client:
-                for alias in HOSTS:  # one at a time: two pip installs at once crawl on two cores
-                    completed(await run(client, {"operation": "hive_install", "alias": alias}))
-                for alias in HOSTS:
-                    completed(await run(client, {"operation": "hive_start", "alias": alias}))
-
-        asyncio.run(install_and_start())
+    with two_remotes(root) as s:
+        s.model = padded_model(root / "Padded-200M.Q4_1.gguf", SIZE)
         yield s
-    finally:
-        async def stop_hives():
-            async with s.client() as client:
-                for alias in HOSTS:
-                    await run(client, {"operation": "hive_stop", "alias": alias})
-
-        if s.queen is not None:
-            try:
-                asyncio.run(stop_hives())
-            finally:
-                s.queen.stop(60)
-        cluster.stop()
 
 
 def models_dir(setup, alias: str) -> Path:

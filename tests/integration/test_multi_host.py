@@ -9,12 +9,14 @@ and run in file order; each leaves both hives serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -65,17 +67,19 @@ class Setup:
         return [store[h]["token"] for h in HOSTS]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@contextlib.contextmanager
+def two_remotes(root: Path) -> Iterator[Setup]:
+    """A queen and both remotes installed and started (the slow part: shared by the modules that need it);
+    everything stopped after."""
     require_netns()
-    root = tmp_path_factory.mktemp("multi")
     cluster = start_cluster(root / "net", list(HOSTS))
     s = Setup(cluster, root / "queen-home")
+    s.remote = root / "remote"
     try:
         s.start_queen()
         (s.home / "config" / "hives.conf").write_text("".join(
             f"Host {h.name}\n    HostName {h.ip}\n    User {getpass.getuser()}\n    IdentityFile {cluster.client_key}\n"
-            f"    UserKnownHostsFile {cluster.known_hosts}\n    InstallDir {root / 'remote' / h.name}\n"
+            f"    UserKnownHostsFile {cluster.known_hosts}\n    InstallDir {s.remote / h.name}\n"
             f"    Python {BASE_PYTHON}\n    HivePort 7835\n\n" for h in cluster.hosts))
 
         async def install_and_start():
@@ -102,6 +106,12 @@ def setup(tmp_path_factory):
             finally:
                 s.queen.stop(60)
         cluster.stop()  # kills whatever is left in the namespaces
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    with two_remotes(tmp_path_factory.mktemp("multi")) as s:
+        yield s
 
 
 async def test_two_remotes_serve_and_only_ssh_crosses_the_network(setup):
