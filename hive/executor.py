@@ -23,6 +23,7 @@ from shared.operations import (
     HiveOperation,
     ModelAdopt,
     ModelDelete,
+    ModelDigest,
     ModelDownload,
     ModelGet,
     ModelList,
@@ -80,6 +81,10 @@ class HiveExecutor:
             return None
         if isinstance(op, ModelGet):
             emit(Data(action="model_get", payload=await self.describe_model(await self.store.lookup(op.id))))
+            return None
+        if isinstance(op, ModelDigest):
+            digest = await self.store.incoming_digest(op.file)
+            emit(Data(action="model_digest", payload={"file": op.file, "sha256": digest}))
             return None
         if isinstance(op, ModelAdopt):
             entry = await self.store.adopt(op)

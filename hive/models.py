@@ -50,6 +50,7 @@ class ModelStore:
         self.catalog = catalog
         self.model_dir = model_dir
         self._locks: dict[str, asyncio.Lock] = {}
+        self._incoming_digests: dict[str, tuple[int, int, str]] = {}  # file -> (size, mtime_ns, sha256)
 
     async def register_builtin(self) -> None:
         """The built-in model is always here: list it from the start (cheap: its sha256 is in its wheel)."""
@@ -175,8 +176,7 @@ class ModelStore:
             if size != op.size:
                 raise TransferRefused(f"{part.name} holds {size} of {op.size} bytes: the transfer is not finished; "
                                       "run it again to resume.", code="TRANSFER_INCOMPLETE")
-            narrate("model_verify", f"Checking the sha256 of the {_mb(size)} that arrived", target=op.model)
-            digest = str(await asyncio.to_thread(sha256_of, part))  # no stop event: never None
+            digest = await self.incoming_digest(op.file, op.model)
             if digest != op.sha256:
                 part.unlink(missing_ok=True)
                 raise TransferRefused(f"The file that arrived for {op.model} hashes to {digest[:12]}…, not the "
@@ -197,6 +197,22 @@ class ModelStore:
             narrate("model_ready", f"Model {op.model} is in the catalog as {entry.alias or alias_of(entry.id)} "
                                    f"({_mb(size)}, sha256 {digest[:12]}…)", target=op.model)
             return entry
+
+    async def incoming_digest(self, file: str, model: str | None = None) -> str:
+        """The sha256 of incoming/`file`, hashed once: kept while the file's size and mtime stay the same
+        (ModelDigest asks first, then ModelAdopt checks against the sender's digest without reading it again)."""
+        part = self.incoming_dir / file
+        try:
+            stat = part.stat()
+        except OSError:
+            raise ModelNotFound(f"Nothing arrived as {file} ({part} does not exist).") from None
+        known = self._incoming_digests.get(file)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        narrate("model_verify", f"Checking the sha256 of the {_mb(stat.st_size)} that arrived", target=model or file)
+        digest = str(await asyncio.to_thread(sha256_of, part))  # no stop event: never None
+        self._incoming_digests = {file: (stat.st_size, stat.st_mtime_ns, digest)}  # only the latest is asked again
+        return digest
 
     def _pushed_path(self, op: ModelAdopt) -> Path:
         """pushed/NAME.gguf, NAME the alias or the source's file name; another model's file is never replaced."""

@@ -2,16 +2,16 @@
 from one hive to another (`rbee model copy`), over the queen's SSH links. No internet, no scp by hand.
 
 The bytes go to NAME.part in the receiving hive's incoming directory, named after what is sent, so a
-transfer cut short (a link lost, Ctrl+C) resumes where it stopped when it is run again. The sender's sha256
-travels with the file and the receiving hive hashes what arrived (model_adopt) before it enters the catalog:
-a file that differs is removed, never served. Free space is checked before the first byte is sent.
+transfer cut short (a link lost, Ctrl+C) resumes where it stopped when it is run again. Once the bytes are
+there, the sender's sha256 (the queen's hash of its file, or the source hive's catalog entry) goes with
+model_adopt, and the receiving hive catalogues the file only when what arrived hashes the same: a file that
+differs is removed, never served. Free space is checked before the first byte is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -32,7 +32,15 @@ from shared.builtin_model import gguf_problem
 from shared.errors import RbeeError
 from shared.events import Data, Event, emit, narrate
 from shared.models import alias_of, parse_reference
-from shared.operations import HiveOperation, ModelAdopt, ModelCopy, ModelDownload, ModelGet, ModelPush
+from shared.operations import (
+    HiveOperation,
+    ModelAdopt,
+    ModelCopy,
+    ModelDigest,
+    ModelDownload,
+    ModelGet,
+    ModelPush,
+)
 
 PEER_ASK_TIMEOUT_S = 5.0  # a hive that does not say within this whether it has a model is not asked to give it
 IN_FLIGHT_BYTES = 8 << 20  # written but not yet confirmed: fills a link whose round trip is a few ms
@@ -86,19 +94,16 @@ class Progress:
 
 
 async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: Progress,
-                     hasher: Any | None = None, limit_bytes_s: float | None = None) -> None:
+                     limit_bytes_s: float | None = None) -> None:
     """Copy [start, size) of src to dst at the same offsets: reads of the source's block size ahead, writes of
-    the destination's, IN_FLIGHT_BYTES of them at once. `hasher` (the sha256 of what is sent, when the sender
-    computes it) is fed in order in a thread of its own, beside the event loop's encryption."""
+    the destination's, IN_FLIGHT_BYTES of them at once. Nothing else runs beside it (no hashing): on two
+    cores the encryption of the link and the remote's sshd want them both."""
     read_block, write_block = src.machine.block, dst.machine.block
     reads_ahead = max(2, IN_FLIGHT_BYTES // read_block)
     reader = await src.machine.open_read(src.path)
     writer = await dst.machine.open_write(dst.path)
     reads: collections.deque[tuple[int, int, asyncio.Future[bytes]]] = collections.deque()
     writes: set[asyncio.Future[None]] = set()
-    hashing: list[asyncio.Future[None]] = []
-    hash_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transfer-hash")  # one: in order
-    loop = asyncio.get_running_loop()
     room = asyncio.Semaphore(in_flight(write_block))
     next_offset = start
     began = time.monotonic()
@@ -126,8 +131,6 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
                 raise TransferError(f"{src.path} on {src.machine.name} ended at byte {offset + len(data)}, before its "
                                     f"{size} bytes: did it change while it was sent?", code="SOURCE_CHANGED")
             read_ahead()
-            if hasher is not None:
-                hashing.append(loop.run_in_executor(hash_thread, hasher.update, data))
             view = memoryview(data)
             for at in range(0, len(data), write_block):
                 await room.acquire()
@@ -142,14 +145,12 @@ async def send_bytes(src: Side, dst: Side, size: int, *, start: int, progress: P
                     await asyncio.sleep(ahead)
         if writes:
             await asyncio.gather(*writes)
-        await asyncio.gather(*hashing)
     finally:
         for _, _, pending in reads:
             pending.cancel()
         for pending_write in writes:
             pending_write.cancel()
-        await asyncio.gather(*(p for _, _, p in reads), *writes, *hashing, return_exceptions=True)
-        hash_thread.shutdown(wait=False)
+        await asyncio.gather(*(p for _, _, p in reads), *writes, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader.close(), 5)
         with contextlib.suppress(Exception):
@@ -281,14 +282,17 @@ class ModelTransfers:
         if start:
             narrate("model_push", f"Resuming at {100 * start / stat.st_size:.0f}%: {_mb(start)} of {path.name} are on "
                                   f"{alias} already", target=model_id)
-        hasher = await asyncio.to_thread(local_sha256, path, start)
         progress = Progress(model_id, alias, stat.st_size, start, f"Pushing {path.name} to {alias}:")
-        await self._send(Side(LocalMachine(Path("/")), str(path)), dst, stat.st_size, start, progress, hasher, op.bwlimit_mb_s,
+        await self._send(Side(LocalMachine(Path("/")), str(path)), dst, stat.st_size, start, progress, op.bwlimit_mb_s,
                          to=alias)
         narrate("model_push", f"Sent {_mb(stat.st_size - start)} to {alias} in {time.monotonic() - progress.started:.1f} s "
-                              f"({_mb(progress.rate)}/s)", target=model_id)
+                              f"({_mb(progress.rate)}/s); both sides hash it", target=model_id)
+        # hashed after the transfer, not during it (where it shares the cores with the encryption), and on
+        # both machines at once: the hive keeps its digest for the adopt that compares them
+        sent, _ = await asyncio.gather(asyncio.to_thread(lambda: local_sha256(path, stat.st_size).hexdigest()),
+                                       self._tell(ModelDigest(hive_id=alias, file=name)))
         await self._tell(ModelAdopt(
-            hive_id=alias, file=name, model=model_id, size=stat.st_size, sha256=hasher.hexdigest(), alias=op.alias,
+            hive_id=alias, file=name, model=model_id, size=stat.st_size, sha256=sent, alias=op.alias,
             origin=f"pushed from {socket.gethostname()}:{path}"))
         return {"hive": alias, "sent_bytes": stat.st_size - start, "resumed_at": start,
                 "bytes_per_s": round(progress.rate)}
@@ -319,7 +323,7 @@ class ModelTransfers:
         narrate("model_copy", f"Copying {model_id} ({_mb(size)}) from {op.from_hive} to {op.to_hive}"
                               + (f", resuming at {100 * start / size:.0f}%" if start else ""), target=model_id)
         progress = Progress(model_id, op.to_hive, size, start, f"Copying from {op.from_hive} to {op.to_hive}:")
-        await self._send(Side(source, entry["path"]), dst, size, start, progress, None, op.bwlimit_mb_s, to=op.to_hive)
+        await self._send(Side(source, entry["path"]), dst, size, start, progress, op.bwlimit_mb_s, to=op.to_hive)
         narrate("model_copy", f"Copied {_mb(size - start)} from {op.from_hive} to {op.to_hive} at "
                               f"{_mb(progress.rate)}/s", target=model_id)
         alias = entry.get("alias")  # a name it was given, not the one every model has
@@ -382,10 +386,10 @@ class ModelTransfers:
                 "or install the hive on a larger disk. Nothing was sent.", code="DISK_FULL", status=507)
         return have
 
-    async def _send(self, src: Side, dst: Side, size: int, start: int, progress: Progress, hasher: Any | None,
+    async def _send(self, src: Side, dst: Side, size: int, start: int, progress: Progress,
                     bwlimit_mb_s: float | None, *, to: str) -> None:
         try:
-            await send_bytes(src, dst, size, start=start, progress=progress, hasher=hasher,
+            await send_bytes(src, dst, size, start=start, progress=progress,
                              limit_bytes_s=bwlimit_mb_s * 1e6 if bwlimit_mb_s else None)
         except asyncio.CancelledError:
             narrate("model_transfer", f"Stopped at {100 * progress.done / size:.0f}%: the {_mb(progress.done)} sent stay "

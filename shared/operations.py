@@ -255,6 +255,20 @@ class ModelVerify(HiveOperation):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelDigest(HiveOperation):
+    """The sha256 of what arrived in the hive's incoming directory, said as data. The queen asks for it while
+    it hashes its own copy (both at once, after the transfer rather than during it); the hive keeps it, so
+    the ModelAdopt that follows does not read the file a second time."""
+
+    name: ClassVar[str] = "model_digest"
+    file: str  # the file's name inside the hive's incoming directory
+
+    def validate(self) -> None:
+        if not _PART_NAME.fullmatch(self.file):
+            raise field_error(type(self), "file", f"must be a NAME.part inside the incoming directory, not '{self.file}'")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelAdopt(HiveOperation):
     """The queen put a model's bytes in the hive's incoming directory (queen/model_transfer.py): the hive
     checks size, GGUF header and sha256, moves the file into place and adds it to its catalog as `model`."""

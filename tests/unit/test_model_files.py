@@ -6,10 +6,12 @@ real files, the built-in model."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 
 import pytest
 
+from hive import models
 from hive.catalog import ModelCatalog
 from hive.errors import ModelNotFound, ModelUnusable, TransferRefused
 from hive.gguf import GGUFError, read_gguf
@@ -63,6 +65,36 @@ async def test_a_file_that_hashes_otherwise_is_removed_and_nothing_is_catalogued
         await store.adopt(adopt_op(part, sha256="0" * 64))
     assert refused.value.code == "CHECKSUM_MISMATCH" and "removed" in refused.value.message
     assert not part.exists() and await store.catalog.list() == []
+
+
+async def test_the_digest_asked_first_is_reused_by_the_adopt_that_follows(store, monkeypatch):
+    part = arrived(store)
+    digest = sha256(part)
+    hashed = []
+    real = models.sha256_of
+    monkeypatch.setattr(models, "sha256_of", lambda path, stop=None: hashed.append(path) or real(path, stop))
+    assert await store.incoming_digest(part.name) == digest  # what ModelDigest says
+    entry = await store.adopt(adopt_op(part, sha256=digest))
+    assert entry.sha256 == digest and hashed == [part]  # read once for both
+
+
+async def test_a_part_that_changed_after_its_digest_is_hashed_again(store):
+    part = arrived(store)
+    before = await store.incoming_digest(part.name)
+    with open(part, "r+b") as f:  # a byte flipped by whatever wrote it after (a resumed transfer, a disk)
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(TransferRefused) as refused:
+        await store.adopt(adopt_op(part, sha256=before))
+    assert refused.value.code == "CHECKSUM_MISMATCH" and not part.exists()
+
+
+async def test_a_digest_of_nothing_that_arrived_says_so(store):
+    with pytest.raises(ModelNotFound):
+        await store.incoming_digest("mnothing-0000000000000000.part")
 
 
 async def test_an_unfinished_transfer_is_kept_to_be_resumed(store):

@@ -17,7 +17,7 @@ SPEC_OPERATIONS = {
     "hive_get", "hive_status", "hive_refresh_capabilities", "hive_import_ssh", "worker_spawn",
     "worker_list", "worker_get", "worker_delete", "model_download", "model_list", "model_get",
     "model_delete", "infer", "embed", "worker_drain", "hive_drain", "hive_upgrade",
-    "model_push", "model_copy", "model_verify", "model_adopt",
+    "model_push", "model_copy", "model_verify", "model_adopt", "model_digest",
 }
 
 # One complete example of every operation, every field set.
@@ -47,6 +47,7 @@ FULL = {
                    "bwlimit_mb_s": 50.0},
     "model_copy": {"model": "x", "from_hive": "gpu1", "to_hive": "gpu2", "bwlimit_mb_s": 10.0},
     "model_verify": {"hive_id": "gpu1", "id": "x"},
+    "model_digest": {"hive_id": "gpu1", "file": "mx-0123456789abcdef.part"},
     "model_adopt": {"hive_id": "gpu1", "file": "mx-0123456789abcdef.part", "model": "file:/m/x.gguf", "size": 10,
                     "sha256": "ab" * 32, "alias": "x", "origin": "pushed from laptop:/m/x.gguf"},
     "model_list": {"hive_id": "gpu1"},
@@ -95,6 +96,7 @@ def test_hive_operations_are_the_forwarded_ones():
     ({"operation": "model_push", "path": "/m/x.gguf", "bwlimit_mb_s": 0}, "bwlimit_mb_s"),
     ({"operation": "model_copy", "model": "x", "from_hive": "a", "to_hive": "a"}, "to_hive"),
     ({"operation": "model_adopt", "file": "../../etc/x.part", "model": "m", "size": 1, "sha256": "ab" * 32}, "file"),
+    ({"operation": "model_digest", "file": "../x.part"}, "file"),
     ({"operation": "model_adopt", "file": "x.gguf", "model": "m", "size": 1, "sha256": "ab" * 32}, "file"),
     ({"operation": "model_adopt", "file": "mx-1.part", "model": "m", "size": 1, "sha256": "XYZ"}, "sha256"),
 ])
