@@ -71,17 +71,20 @@ class Progress:
         self.model, self.hive, self.total, self.start, self.verb = model, hive, total, start, verb
         self.done = start
         self.started = time.monotonic()
+        self.ended: float | None = None  # when the last byte landed: the rate is the transfer's, not the checks'
         self._emitted = self._narrated = 0.0
 
     @property
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = (self.ended or time.monotonic()) - self.started
         return (self.done - self.start) / elapsed if elapsed > 0 else 0.0
 
     def advance(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
         finished = self.done >= self.total
+        if finished:
+            self.ended = now
         if now - self._emitted >= PROGRESS_EVERY_S or finished:
             self._emitted = now
             emit(Data(action="transfer_progress", payload={

@@ -5,6 +5,7 @@ code runs over SFTP in tests/integration/test_model_transfer.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -96,3 +97,10 @@ async def test_a_cut_transfer_with_holes_below_its_end_resumes_whole(source, tmp
     await send(source, dest, start=start)
     assert dest.read_bytes() == source.read_bytes()
     assert resume_offset(block, block) == 0
+
+
+async def test_the_rate_said_is_the_transfers_not_what_follows_it(source, tmp_path):
+    progress = await send(source, tmp_path / "dest.part")
+    rate = progress.rate
+    await asyncio.sleep(0.05)  # the checks after the last byte (hashes, adopt) take time of their own
+    assert progress.rate == rate > 0
