@@ -43,6 +43,12 @@ class Generation(WireMessage):
     frequency_penalty: float = field(default=0.0, metadata=bounds(-2, 2))
     # None: off; N: every Token event carries each token's log-probability and the N most likely ones.
     logprobs: int | None = field(default=None, metadata=bounds(0, 20))
+    # Until the slot's context is full (Ollama's num_predict -1 and -2): a max_tokens past the worker's
+    # context is then the most, not an error.
+    fill_context: bool = False
+    # Only count the prompt's tokens, in the model's own tokenizer and chat template: nothing is generated
+    # (Anthropic's count_tokens). The result has prompt_tokens, and tokens_out 0.
+    count_only: bool = False
 
     def validate(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -111,12 +111,12 @@ class GenerationEngine(LlamaOwner[Generation]):
                 raise InvalidRequest(f"Field 'continue_ids' holds a token id past this model's {n_vocab} tokens.",
                                      field="continue_ids", problem=f"holds ids past {n_vocab}")
             tokens = tokens + list(request.continue_ids)
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) >= self.n_ctx and not request.count_only:
             problem = (f"is {len(tokens)} tokens long; a slot of this worker holds {self.n_ctx} "
                        f"(--ctx-size), the answer included")
             raise InvalidRequest(f"The prompt {problem}. Shorten it, or start the worker with a larger --ctx-size.",
                                  field="prompt", problem=problem, code="PROMPT_TOO_LONG")
-        gbnf = self._grammar_of(request)
+        gbnf = None if request.count_only else self._grammar_of(request)
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(InferenceRequest)}
         return PreparedRequest(**fields, prompt_tokens=tuple(tokens), stop_strings=tuple(s for s in stops if s),
                                gbnf=gbnf)

@@ -19,7 +19,7 @@ from shared.inference import parse_inference_request
 from shared.job_registry import Job, JobRegistry
 from shared.job_routes import setup_job_api
 from worker.appkeys import CONFIG, ENGINE
-from worker.decoding import PreparedRequest
+from worker.decoding import PreparedRequest, end_stats
 from worker.engine import GenerationEngine
 from worker.errors import NotReady, QueueFull
 
@@ -47,7 +47,7 @@ def setup_inference_api(app: web.Application) -> None:
     async def parse(data: Any) -> PreparedRequest:
         request = parse_inference_request(data)
         engine = generation_engine(app)
-        if request.max_tokens >= engine.n_ctx:
+        if request.max_tokens >= engine.n_ctx and not (request.fill_context or request.count_only):
             problem = f"must be smaller than the context of a slot of this worker, {engine.n_ctx} tokens"
             raise InvalidRequest(f"Field 'max_tokens' ({request.max_tokens}) {problem}.", field="max_tokens",
                                  problem=problem)
@@ -63,6 +63,9 @@ def setup_inference_api(app: web.Application) -> None:
                             "slots.")
 
     async def execute(request: PreparedRequest, job: Job) -> dict[str, Any]:
+        if request.count_only:  # tokenized and chat-formatted already: that is the answer
+            return {**end_stats(0, None, 0.0, "count"), "prompt_tokens": len(request.prompt_tokens),
+                    "prompt_tokens_reused": 0, "text": ""}
         def emit(event) -> None:
             if not job.state.finished:  # a late token from the engine after a cancel is dropped
                 job.emit(event)

@@ -93,6 +93,10 @@ class KeyLimits:
         reserve = 0
         if key.tokens_per_day is not None:
             reserve = int(getattr(operation, "max_tokens", None) or DEFAULT_RESERVE)
+            if getattr(operation, "count_only", False):
+                reserve = 0  # counted, not generated
+            elif getattr(operation, "fill_context", False):
+                reserve = min(reserve, DEFAULT_RESERVE)  # as long as the context allows: known as it goes
             left = key.tokens_per_day - state.used_today - state.reserved
             if reserve > left:
                 raise RateLimited(f"The key '{key.name}' has {max(0, left):,} of its {key.tokens_per_day:,} tokens "

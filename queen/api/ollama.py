@@ -43,6 +43,7 @@ from shared import __version__, appkeys
 from shared.builtin_model import BUILTIN_ARCHITECTURE, builtin_model_path, builtin_model_sha256
 from shared.errors import InvalidRequest, RbeeError
 from shared.events import Data, End, Error, JobState, Narration, Token
+from shared.inference import MAX_TOKENS_LIMIT
 from shared.job_registry import Job
 from shared.models import BUILTIN_MODEL, alias_of, is_reference, parse_reference
 from shared.operations import LOCAL_HIVE, MAX_EMBED_INPUTS, Embed, Infer, ModelDownload, ModelList
@@ -153,8 +154,12 @@ def _to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
         raise OllamaError("'options' must be an object")
     for option, name in OPTIONS.items():
         value = options.get(option)
-        if value is None or (option in ("num_predict", "seed") and isinstance(value, int) and value < 0):
-            continue  # num_predict -1 (until done), -2 (fill the context): rbee's default; seed -1: random
+        if option == "num_predict" and value in (-1, -2) and not isinstance(value, bool):
+            # -1 (until it is done) and -2 (fill the context): both end at the slot's context at the latest
+            fields.update(max_tokens=MAX_TOKENS_LIMIT, fill_context=True)
+            continue
+        if value is None or (option == "seed" and isinstance(value, int) and value < 0):
+            continue  # seed -1: random
         fields[name] = [value] if option == "stop" and isinstance(value, str) else value
     fmt = body.get("format")
     if fmt == "json":

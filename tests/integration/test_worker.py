@@ -143,6 +143,26 @@ async def test_prompt_longer_than_context_is_a_clear_error(client, worker):
     assert worker.health()["state"] == "ready"
 
 
+async def test_fill_context_goes_on_until_the_slot_is_full(client):
+    """Ollama's num_predict -1: a max_tokens past the context is the most, and the context ends it."""
+    _, events = await generate(client, prompt="bee " * 2000, max_tokens=5000, fill_context=True, temperature=0)
+    end = events[-1]
+    assert end.state == "completed" and end.stats["stop_reason"] == "length", end
+    # the context holds 2048; the last token is sampled from it, not put into it
+    assert 2040 <= end.stats["prompt_tokens"] + end.stats["tokens_out"] <= 2049
+
+
+async def test_count_only_counts_the_chat_as_the_model_reads_it_and_generates_nothing(client):
+    messages = (("system", "Be brief."), ("user", "What is the capital of France?"))
+    _, counted = await generate(client, messages=messages, count_only=True, max_tokens=1)
+    _, generated = await generate(client, messages=messages, max_tokens=2, temperature=0)
+    assert not [e for e in counted if isinstance(e, Token)]
+    assert counted[-1].stats["tokens_out"] == 0 and counted[-1].stats["stop_reason"] == "count"
+    assert counted[-1].stats["prompt_tokens"] == generated[-1].stats["prompt_tokens"] > 10  # the template's too
+    _, long = await generate(client, prompt="bee " * 3000, count_only=True, max_tokens=1)  # too long to answer
+    assert long[-1].stats["prompt_tokens"] == 3001
+
+
 async def test_reader_that_disconnects_stops_the_generation(client, worker):
     job = await client.submit(InferenceRequest(prompt=COUNTING, max_tokens=1000, temperature=0))
     async for event in client.stream(job.job_id):
