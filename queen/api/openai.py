@@ -346,13 +346,16 @@ class OpenAIRenderer:
 
     def end(self, end: End, calls: list[dict[str, Any]] | None) -> str:
         if calls:
-            call = calls[0]
-            head = {"index": 0, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
-            out = [self._frame({"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None, "logprobs": None}),
-                   self._frame({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
-                       "arguments": call["function"]["arguments"]}}]}, "finish_reason": None, "logprobs": None}),
-                   self._frame({"index": 0, "delta": {}, "finish_reason": "tool_calls", "logprobs": None})]
+            out = []
+            for k, call in enumerate(calls):  # each as OpenAI streams it: its head, then its arguments
+                head = {"index": k, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+                arguments = {"index": k, "function": {"arguments": call["function"]["arguments"]}}
+                out += [self._frame({"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None,
+                                     "logprobs": None}),
+                        self._frame({"index": 0, "delta": {"tool_calls": [arguments]}, "finish_reason": None,
+                                     "logprobs": None})]
+            out.append(self._frame({"index": 0, "delta": {}, "finish_reason": "tool_calls", "logprobs": None}))
         else:
             out = [self._chunk(None, _FINISH.get(end.stats.get("stop_reason") or "stop", "stop"))]
         if self.include_usage:

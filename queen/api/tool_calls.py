@@ -111,7 +111,7 @@ def tools_prompt(tools: list[dict[str, Any]], tool_choice: str) -> str:
         lines.append(f"- {tool['name']}: {tool['description'] or '(no description)'} "
                      f"Arguments (JSON schema): {json.dumps(tool['parameters'])}")
     how = ('To call a function, answer with only a JSON object: {"name": <function name>, "arguments": '
-           '{<argument>: <value>}}.')
+           '{<argument>: <value>}}; to call several at once, a JSON list of such objects.')
     if tool_choice == "required":
         how = "Call one of them now. " + how
     elif tool_choice not in ("auto", "none"):
@@ -122,20 +122,29 @@ def tools_prompt(tools: list[dict[str, Any]], tool_choice: str) -> str:
 
 
 def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The call in an answer that is one JSON object {"name", "arguments"} naming a declared function
-    (in a ``` fence or <tool_call> tags too), in OpenAI's shape; None if the answer is text."""
+    """The calls in an answer that is one JSON object {"name", "arguments"} naming a declared function, or
+    a list of them (in a ``` fence or <tool_call> tags too), in OpenAI's shape; None if the answer is text."""
     body = text.strip()
     for start, end in (("```json", "```"), ("```", "```"), ("<tool_call>", "</tool_call>")):
         if body.startswith(start) and body.endswith(end) and len(body) >= len(start) + len(end):
             body = body[len(start):len(body) - len(end)].strip()
             break
-    if not body.startswith("{"):
+    if not body.startswith(("{", "[")):
         return None
     try:
-        call = json.loads(body)
+        found = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(call, dict) or call.get("name") not in {t["name"] for t in tools}:
+    given = found if isinstance(found, list) else [found]
+    calls = [_call(call, {t["name"] for t in tools}) for call in given]
+    if not calls or None in calls:
+        return None
+    return calls  # type: ignore[return-value]
+
+
+def _call(call: Any, names: set[str]) -> dict[str, Any] | None:
+    """One {"name", "arguments"} object as an OpenAI tool call; None when it is not a call of a declared one."""
+    if not isinstance(call, dict) or call.get("name") not in names:
         return None
     arguments = call.get("arguments", call.get("parameters", {}))
     if isinstance(arguments, str):
@@ -145,14 +154,14 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
             return None
     if not isinstance(arguments, dict):
         return None
-    return [{"id": "call_" + secrets.token_hex(12), "type": "function",
-             "function": {"name": call["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}]
+    return {"id": "call_" + secrets.token_hex(12), "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
 def may_be_tool_call(text: str) -> bool:
     """Whether an answer that begins so could still turn out to be a call (a stream holds it back)."""
     body = text.lstrip()
-    return any(body.startswith(p) or p.startswith(body) for p in ("{", "```", "<tool_call>"))
+    return any(body.startswith(p) or p.startswith(body) for p in ("{", "[", "```", "<tool_call>"))
 
 
 class ToolCallHoldBack:

@@ -67,8 +67,15 @@ def test_a_call_is_found_in_the_answer(text):
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
 
 
+def test_several_calls_are_a_list_of_them():
+    calls = parse_tool_calls('[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                             '{"name": "now", "arguments": {}}]', TOOLS)
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "now"]
+    assert len({c["id"] for c in calls}) == 2 and may_be_tool_call(" [")
+
+
 @pytest.mark.parametrize("text", ["Paris is sunny.", '{"name": "unknown", "arguments": {}}', '{"name": "now"',
-                                  '{"name": "now", "arguments": 3}'])
+                                  '{"name": "now", "arguments": 3}', "[]", '[{"name": "now"}, "x"]', "[1, 2]"])
 def test_text_is_not_a_call(text):
     assert parse_tool_calls(text, TOOLS) is None
 

@@ -109,6 +109,18 @@ async def test_a_required_tool_call_whole_and_streamed(client, generator):
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1] == "[DONE]"
 
 
+async def test_several_calls_in_one_answer_whole_and_streamed(client):
+    said = 'say:[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]'
+    body = {"model": MODEL, "tools": WEATHER, "messages": [{"role": "user", "content": said}]}
+    whole = await (await client.post(CHAT, headers=AUTH, json=body)).json()
+    calls = whole["choices"][0]["message"]["tool_calls"]
+    assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == ["Paris", "Rome"]
+    chunks = await events_of(await client.post(CHAT, headers=AUTH, json={**body, "stream": True}))
+    deltas = [d for c in chunks[:-1] for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [d["index"] for d in deltas] == [0, 0, 1, 1] and deltas[2]["id"].startswith("call_")
+    assert json.loads(deltas[3]["function"]["arguments"]) == {"city": "Rome"}
+
+
 async def test_text_that_is_no_call_is_released(client):
     body = {"model": MODEL, "tools": WEATHER, "stream": True, "messages": [{"role": "user", "content": "say:{ not json"}]}
     chunks = await events_of(await client.post(CHAT, headers=AUTH, json=body))
