@@ -87,6 +87,10 @@ class ScriptedGenerator(ScriptedExecutor):
         if not isinstance(operation, Infer):
             return await super().__call__(operation, job)
         text = operation.prompt if operation.prompt is not None else operation.messages[-1][1]
+        if operation.count_only:  # a word a token, every message counted (the tools' system message too)
+            words = sum(len(content.split()) for _, content in operation.messages or (("user", text),))
+            return {"text": "", "tokens_out": 0, "prompt_tokens": words, "prompt_tokens_reused": 0,
+                    "ttft_ms": None, "tokens_per_s": 0.0, "stop_reason": "count", "model": operation.model}
         if "say:" not in text and "tokens=" in text:
             pieces = [f"t{i} " for i in range(int(re.search(r"tokens=(\d+)", text).group(1)))]
         else:
