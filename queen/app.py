@@ -22,7 +22,7 @@ from aiohttp import web
 from queen.access.middleware import access_middleware, submit_job
 from queen.access.routes import setup_access
 from queen.api.routes import setup_apis
-from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, WORKERS
+from queen.appkeys import CLIENTS, CONFIG, CONVERSATIONS, EXECUTOR, HIVES, KNOWN_MODELS, RESPONSES, WORKERS
 from queen.config import QueenConfig
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
@@ -33,6 +33,7 @@ from queen.hives.backend import HiveState
 from queen.inference import InferenceRunner
 from queen.metrics import queen_gauges
 from queen.model_names import KnownModels
+from queen.responses import ResponseStore
 from queen.scheduler import Scheduler
 from queen.worker_registry import WorkerRegistry
 from shared import __version__
@@ -100,6 +101,9 @@ async def queen_ctx(app: web.Application) -> AsyncIterator[None]:
         conversations = app[CONVERSATIONS] = ConversationStore(config.paths.data_dir / "conversations.db")
         resources.push_async_callback(conversations.close)
         await conversations.open()
+        responses = app[RESPONSES] = ResponseStore(config.paths.data_dir / "responses.db")
+        resources.push_async_callback(responses.close)
+        await responses.open()
         app[EXECUTOR] = QueenExecutor(hives, workers, runner, clients, jobs, config.paths.data_dir, conversations)
         reaper = asyncio.create_task(reap_idle_workers(config, hives, workers), name="idle-worker-reaper")
         resources.push_async_callback(stop_task, reaper)

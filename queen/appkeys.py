@@ -12,6 +12,7 @@ from queen.conversations import ConversationStore
 from queen.executor import QueenExecutor
 from queen.hives import HiveRegistry
 from queen.model_names import KnownModels
+from queen.responses import ResponseStore
 from queen.worker_registry import WorkerRegistry
 from shared.job_client import Clients
 
@@ -21,6 +22,7 @@ HIVES = web.AppKey("queen_hives", HiveRegistry)
 WORKERS = web.AppKey("queen_workers", WorkerRegistry)
 EXECUTOR = web.AppKey("queen_executor", QueenExecutor)
 CONVERSATIONS = web.AppKey("queen_conversations", ConversationStore)
+RESPONSES = web.AppKey("queen_responses", ResponseStore)  # the Responses API's stored responses
 KNOWN_MODELS = web.AppKey("queen_known_models", KnownModels)  # the API layers' model check
 KEYS = web.AppKey("queen_keys", KeyStore)  # API keys (queen/access)
 LIMITS = web.AppKey("queen_key_limits", KeyLimits)  # what each key is using now

@@ -2,7 +2,7 @@
 
 A key's scope is one of three, each including the ones below it: `infer` (the inference, embedding and
 model-listing routes of the OpenAI, Ollama and Anthropic APIs, for the key's models only, and its own
-jobs and conversations), `read` (adds status, listings and /metrics) and `admin` (everything, what the
+jobs, conversations and responses), `read` (adds status, listings and /metrics) and `admin` (everything, what the
 queen's own token has). A route missing from the table needs `admin`: new routes are closed until
 someone decides otherwise (tests/unit/test_scopes.py checks that every route of the queen is listed).
 """
@@ -47,8 +47,14 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], Scope | str]] = {
     ("POST", "/v1/completions"): I,
     ("POST", "/v1/chat/completions"): I,
     ("POST", EMBEDDINGS_PATH): I,
+    # OpenAI's Responses API: a key below admin reads and deletes its own responses only
+    ("POST", "/v1/responses"): I,
+    ("GET", "/v1/responses/{id}"): I,
+    ("DELETE", "/v1/responses/{id}"): I,
+    ("GET", "/v1/responses/{id}/input_items"): I,
     # Anthropic
     ("POST", "/v1/messages"): I,
+    ("POST", "/v1/messages/count_tokens"): I,
     # Ollama: inference, embeddings and the model listings; what shows the cluster (ps) reads; pulls administer
     ("POST", "/api/chat"): I,
     ("POST", "/api/generate"): I,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from queen.api import anthropic, ollama, openai
+from queen.api import anthropic, ollama, openai, responses
 from queen.api.anthropic import setup_anthropic_api
 from queen.api.ollama import setup_ollama_api
 from queen.api.openai import setup_openai_api
 from queen.api.openai_embeddings import setup_openai_embeddings
+from queen.api.responses import setup_responses_api
 from shared import appkeys
 from shared.embeddings import EMBEDDINGS_PATH
 
@@ -21,7 +22,7 @@ __all__ = ["setup_apis"]
 
 
 def _is_openai(path: str) -> bool:
-    return path in openai.PATHS or path == EMBEDDINGS_PATH
+    return path in openai.PATHS or path == EMBEDDINGS_PATH or responses.matches(path)
 
 
 # Which API's shape an error on a path takes; the paths of the three never overlap.
@@ -40,6 +41,7 @@ def shape_error(request: web.Request, status: int, code: str, message: str) -> w
 def setup_apis(app: web.Application) -> None:
     setup_openai_api(app)
     setup_openai_embeddings(app)
+    setup_responses_api(app)
     setup_ollama_api(app)
     setup_anthropic_api(app)
     app[appkeys.ERROR_SHAPER] = shape_error

@@ -10,11 +10,12 @@ from aiohttp import web
 from queen.access.middleware import access_middleware, submit_job
 from queen.access.routes import setup_access
 from queen.api.routes import setup_apis
-from queen.appkeys import CONVERSATIONS, KNOWN_MODELS
+from queen.appkeys import CONVERSATIONS, KNOWN_MODELS, RESPONSES
 from queen.conversation_routes import setup_conversation_api
 from queen.conversations import ConversationStore
 from queen.metrics import queen_gauges
 from queen.model_names import KnownModels
+from queen.responses import ResponseStore
 from shared import appkeys
 from shared.app import create_base_app
 from shared.job_registry import Job
@@ -51,8 +52,11 @@ def api_app(executor: ScriptedGenerator, models: Iterable[str] = (MODEL, "missin
 
     async def conversations_ctx(app: web.Application):
         store = app[CONVERSATIONS] = ConversationStore(data_dir / "conversations.db")
+        responses = app[RESPONSES] = ResponseStore(data_dir / "responses.db")
         await store.open()
+        await responses.open()
         yield
+        await responses.close()
         await store.close()
 
     app.cleanup_ctx.append(conversations_ctx)
