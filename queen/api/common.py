@@ -4,7 +4,7 @@
 - following a job as typed events (`follow`), and streaming it through a `Renderer` (`stream`), with
   streamed text that may be a tool call held back (queen/api/tool_calls.py);
 - waiting for a whole answer (`until_finished`, `wait_for_answer`);
-- a client that leaves cancels its job (`cancel_if_client_leaves`);
+- a client that leaves cancels its job (`cancel_if_client_leaves`, and `watch_client` while a stream waits);
 - the HTTP status of a failed job, taken from its recorded error (`Failure`).
 
 Each API answers its errors in its own shape: `api_route` turns an RbeeError a handler raises into that
@@ -224,10 +224,32 @@ class Renderer(Protocol):
     def failure(self, failure: Failure) -> web.Response: ...
 
 
+CLIENT_CHECK_S = 0.25  # how often a stream that has nothing to write yet looks for its client
+
+
+async def watch_client(request: web.Request, job: Job) -> None:
+    """Cancel `job` as soon as its client leaves, written to or not: a request still waiting for a worker
+    (nothing to write yet) gives its place in the queue up at once, not when its first token would fail."""
+    while not job.state.finished:
+        await asyncio.sleep(CLIENT_CHECK_S)
+        if client_gone(request):
+            cancel(request, job)
+            return
+
+
 async def stream(request: web.Request, job: Job, renderer: Renderer,
                  tools: list[dict[str, Any]] | None = None) -> web.StreamResponse:
     """Stream `job` as `renderer` says; with `tools`, text that may be a call is held back until it is
     clearly not one, or the answer ends (and is a call)."""
+    watcher = asyncio.create_task(watch_client(request, job))
+    try:
+        return await _stream(request, job, renderer, tools)
+    finally:
+        watcher.cancel()
+
+
+async def _stream(request: web.Request, job: Job, renderer: Renderer,
+                  tools: list[dict[str, Any]] | None) -> web.StreamResponse:
     resp: web.StreamResponse | None = None
     hold = ToolCallHoldBack(tools)
 

@@ -60,7 +60,7 @@ class ScriptedGenerator(ScriptedExecutor):
     operation it was given, so a test can see what a request became.
 
     The answer is what follows "say:" in the prompt (or the last message), in tokens of 3 characters;
-    otherwise "tokens=N delay=S" as ScriptedExecutor, else "Hello there.".
+    otherwise "tokens=N delay=S" as ScriptedExecutor, else "Hello there."; "queued=S" waits S seconds first.
     """
 
     FAILURES = {  # model -> (what the real daemon raises, after how many tokens)
@@ -104,6 +104,9 @@ class ScriptedGenerator(ScriptedExecutor):
             self.cleaned_up.append(job.id)
 
         job.add_cleanup(record_cleanup)
+        queued = re.search(r"queued=([\d.]+)", text)  # "queued=S": S seconds before the first token (no worker yet)
+        if queued:
+            await asyncio.sleep(float(queued.group(1)))
         stop_reason, matched = "stop", None
         if len(pieces) > operation.max_tokens:
             pieces, stop_reason = pieces[:operation.max_tokens], "length"
