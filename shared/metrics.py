@@ -70,7 +70,7 @@ class JobMetrics:
     def job_finished(self, job: Job) -> None:
         self.jobs.labels(job.operation.name, job.state.value).inc()
         result = job.result if isinstance(job.result, dict) else {}
-        if job.operation.name in GENERATING:
+        if job.operation.name in GENERATING and result.get("stop_reason") != "count":  # (a count generates nothing)
             tokens, ttft_ms, speed = result.get("tokens_out"), result.get("ttft_ms"), result.get("tokens_per_s")
             if isinstance(tokens, int) and tokens > 0:
                 self.tokens.inc(tokens)

@@ -198,6 +198,9 @@ async def test_count_tokens_counts_the_request_as_a_generation_would_read_it(cli
         "model": MODEL, "tools": WEATHER, "messages": [{"role": "user", "content": "one two three"}]})).json()
     assert with_tools["input_tokens"] > 3 + 10  # the tools' description is read too
     assert all(op.count_only for op in generator.operations)
+    metrics = await (await client.get("/metrics", headers=KEY)).text()
+    assert 'rbee_jobs_total{operation="infer",state="completed"} 2.0' in metrics
+    assert "rbee_prompt_tokens_total 0.0" in metrics or "rbee_prompt_tokens_total" not in metrics  # nothing generated
 
 
 @pytest.mark.parametrize("extra, says", [
