@@ -74,7 +74,8 @@ class InferenceRunner:
                 raise
             try:
                 result = await self._generate(worker, op, started, progress)
-                if not progress.moves:  # a continued answer's cache is its last worker's alone: not worth it
+                # a continued answer's cache is its last worker's alone: not worth it; a count loads no cache
+                if not progress.moves and not op.count_only:
                     remember_cache(worker, op, prompt_text, prefix, result)
                 return result
             except WorkerRefused as exc:  # nothing of this attempt reached the client: another may take it

@@ -1,6 +1,6 @@
 """Responses the OpenAI Responses API stored (`store`, its default), in SQLite in the queen's data dir, so a
 later request can go on from one (`previous_response_id`) and a client can read or delete it, after a
-restart too. Bounded like the job history: the newest KEEP stay.
+restart too. Bounded like the job history: the newest KEEP of each key (and of the queen's own token) stay.
 
 Each row keeps the response as GET /v1/responses/{id} returns it, the input items it was given, and the
 chat it makes with its answer (what a request that continues from it reads first), with the names of the
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS responses (
     chat       TEXT NOT NULL,    -- [[role, content], ...]: the conversation so far, its answer included
     names      TEXT NOT NULL     -- {call_id: function name} of every call in that conversation
 );
-CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
+CREATE INDEX IF NOT EXISTS responses_owner_created ON responses (owner, created_at);
 """
 
 
@@ -74,10 +74,14 @@ class ResponseStore(SqliteStore):
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO responses (id, created_at, owner, response, input, chat, names) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-            db.execute("DELETE FROM responses WHERE created_at < "
-                       "(SELECT created_at FROM responses ORDER BY created_at DESC LIMIT 1 OFFSET ?)", (KEEP - 1,))
+            # each owner its newest KEEP: one busy key never pushes another's out
+            db.execute("DELETE FROM responses WHERE owner IS ? AND created_at < (SELECT created_at FROM responses "
+                       "WHERE owner IS ? ORDER BY created_at DESC LIMIT 1 OFFSET ?)", (owner, owner, KEEP - 1))
 
-        self._db.submit(write).add_done_callback(_log_failure)
+        try:
+            self._db.submit(write).add_done_callback(_log_failure)
+        except RuntimeError:  # the queen is stopping: its store closed under a last answer
+            log.warning("the queen is stopping: response %s was not stored", stored.id)
 
     async def get(self, response_id: str, *, owner: str | None = None) -> StoredResponse:
         mine, args = (" AND owner = ?", (owner,)) if owner is not None else ("", ())
@@ -96,5 +100,5 @@ class ResponseStore(SqliteStore):
 
 
 def _log_failure(future: Future) -> None:
-    if (exc := future.exception()) is not None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
         log.error("could not store a response: %s", exc)

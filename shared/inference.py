@@ -45,10 +45,10 @@ class Generation(WireMessage):
     logprobs: int | None = field(default=None, metadata=bounds(0, 20))
     # Until the slot's context is full (Ollama's num_predict -1 and -2): a max_tokens past the worker's
     # context is then the most, not an error.
-    fill_context: bool = False
+    fill_context: bool | None = None  # (None, not False: left out of the wire, so older workers take it)
     # Only count the prompt's tokens, in the model's own tokenizer and chat template: nothing is generated
     # (Anthropic's count_tokens). The result has prompt_tokens, and tokens_out 0.
-    count_only: bool = False
+    count_only: bool | None = None
 
     def validate(self) -> None:
         if (self.prompt is None) == (self.messages is None):

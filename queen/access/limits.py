@@ -93,11 +93,11 @@ class KeyLimits:
         reserve = 0
         if key.tokens_per_day is not None:
             reserve = int(getattr(operation, "max_tokens", None) or DEFAULT_RESERVE)
-            if getattr(operation, "count_only", False):
-                reserve = 0  # counted, not generated
-            elif getattr(operation, "fill_context", False):
-                reserve = min(reserve, DEFAULT_RESERVE)  # as long as the context allows: known as it goes
             left = key.tokens_per_day - state.used_today - state.reserved
+            if getattr(operation, "count_only", False):
+                reserve = 0  # counted, not generated: free, as Anthropic's count_tokens is
+            elif getattr(operation, "fill_context", False):
+                reserve = min(reserve, max(left, 1))  # as long as the context allows: whatever is left today
             if reserve > left:
                 raise RateLimited(f"The key '{key.name}' has {max(0, left):,} of its {key.tokens_per_day:,} tokens "
                                   f"a day left, and this request may use {reserve:,} (its max_tokens); ask for "
@@ -116,6 +116,8 @@ class KeyLimits:
         reserve = self._reservations.pop(job.id)
         state = self._state.get(job.owner)
         result = job.result or {}
+        if result.get("stop_reason") == "count":  # a count_tokens: nothing generated, nothing used
+            result = {"tokens_out": 0}
         prompt = int(result.get("prompt_tokens") or 0)
         # An answer cut short (cancelled, revoked, failed) reports no usage, but what it streamed was used.
         completion = int(result["tokens_out"]) if result.get("tokens_out") is not None else job.tokens_streamed

@@ -25,6 +25,7 @@ from queen.access.middleware import submit_job
 from queen.api.common import CLIENT_LEFT, ApiError, Failure, api_route, check_model, read_body, stream, wait_for_answer
 from queen.api.tool_calls import (
     add_system,
+    calls_as_text,
     check_tool_choice,
     check_tools,
     parse_tool_calls,
@@ -172,13 +173,12 @@ def _turn(message: dict[str, Any], where: str, names: dict[str, str]) -> list[di
             raise ApiError(f"{at}: {kind} blocks belong in {'assistant' if kind == 'tool_use' else 'user'} turns.")
         else:
             raise _refuse_block(kind, at)
-    out = [{"role": "user", "content": r} for r in results]
     if calls:
-        said = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+        said = calls_as_text(calls)
         text.append(said if not text else "\n" + said)
-    if text or not results:
-        out.append({"role": role, "content": "".join(text)})
-    return out
+    if results:  # one user turn: the results, then what the user said beside them
+        return [{"role": "user", "content": "\n".join(results + (["".join(text)] if text else []))}]
+    return [{"role": role, "content": "".join(text)}]
 
 
 def _tools(body: dict[str, Any]) -> Tools:
@@ -192,7 +192,7 @@ def _tools(body: dict[str, Any]) -> Tools:
     for k, tool in enumerate(given):
         if not isinstance(tool, dict):
             raise ApiError(f"tools.{k}: must be an object {{name, description, input_schema}}.")
-        kind = tool.get("type", "custom")
+        kind = tool.get("type") or "custom"
         if kind != "custom":
             raise ApiError(f"tools.{k}: tool type '{kind}' is one of Anthropic's server tools, which rbee does not "
                            "run; describe your own tool with name, description and input_schema.")
@@ -265,7 +265,7 @@ def to_infer(body: Any, *, count: bool = False) -> tuple[Infer, bool, Tools]:
                                  "'system').")
         chat.extend(_turn(m, f"messages.{k}", names))
     if tools.calls:  # the template may not know tools: they are described in a system message
-        add_system(chat, tools_prompt(tools.tools, tools.choice))
+        add_system(chat, tools_prompt(tools.tools, tools.choice, several=not tools.one_at_a_time))
     stops = body.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)):
         raise ApiError("stop_sequences: must be a list of non-empty strings.")

@@ -246,6 +246,8 @@ async def stream(request: web.Request, job: Job, renderer: Renderer,
         return await _stream(request, job, renderer, tools)
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def _stream(request: web.Request, job: Job, renderer: Renderer,

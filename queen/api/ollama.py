@@ -37,7 +37,14 @@ from queen.api.common import (
     until_finished,
     wait_for_answer,
 )
-from queen.api.tool_calls import add_system, check_json_schema, check_tools, parse_tool_calls, tools_prompt
+from queen.api.tool_calls import (
+    add_system,
+    calls_as_text,
+    check_json_schema,
+    check_tools,
+    parse_tool_calls,
+    tools_prompt,
+)
 from queen.appkeys import CONFIG, HIVES, WORKERS
 from shared import __version__, appkeys
 from shared.builtin_model import BUILTIN_ARCHITECTURE, builtin_model_path, builtin_model_sha256
@@ -207,9 +214,8 @@ def chat_messages(messages: list[Any]) -> list[Any]:
             if not all(isinstance(fn, dict) and isinstance(fn.get("name"), str) for fn in fns):
                 raise OllamaError(f"messages[{k}]: each of 'tool_calls' needs a 'function' with a 'name' and "
                                   "'arguments'")
-            text = [json.dumps({"name": fn["name"], "arguments": fn.get("arguments") or {}}, ensure_ascii=False)
-                    for fn in fns]
-            content = "\n".join(([content] if isinstance(content, str) and content else []) + text)
+            said = calls_as_text([{"name": fn["name"], "arguments": fn.get("arguments") or {}} for fn in fns])
+            content = "\n".join(([content] if isinstance(content, str) and content else []) + [said])
         elif role == "tool":
             role, content = "user", f"Result of {m.get('tool_name') or 'the function'}: {content}"
         out.append({"role": role, "content": content})

@@ -33,6 +33,7 @@ from queen.api.common import (
 )
 from queen.api.tool_calls import (
     add_system,
+    calls_as_text,
     check_json_schema,
     check_tool_choice,
     check_tools,
@@ -59,6 +60,7 @@ class Extras:
     logprobs: int | None = None  # None: not asked; N: with the N most likely tokens at each position
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str = "none"  # "none" | "auto" | "required" | a function's name
+    one_call: bool = False  # parallel_tool_calls: false
 
     @property
     def calls(self) -> bool:
@@ -151,8 +153,9 @@ def _to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool, Extras]:
         extras.tool_choice = check_tool_choice(body.get("tool_choice"), extras.tools)
         if body.get("parallel_tool_calls") not in (None, True, False):
             raise ApiError("'parallel_tool_calls' must be true or false.", field="parallel_tool_calls")
+        extras.one_call = body.get("parallel_tool_calls") is False
         if extras.calls:  # the template may not know tools: they are described in a system message
-            add_system(fields["messages"], tools_prompt(extras.tools, extras.tool_choice))
+            add_system(fields["messages"], tools_prompt(extras.tools, extras.tool_choice, several=not extras.one_call))
             fields["json_schema"] = tool_call_schema(extras.tools, extras.tool_choice)
     elif not chat and body.get("tools") is not None:
         raise ApiError("'tools' are for /v1/chat/completions.", field="tools")
@@ -200,7 +203,7 @@ def _messages(messages: list[Any]) -> list[Any]:
             calls = m["tool_calls"]
             if not isinstance(calls, list):
                 raise ApiError("'tool_calls' of an assistant message must be a list.", field="messages")
-            text = []
+            text: list[dict[str, Any]] = []
             for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
@@ -211,8 +214,8 @@ def _messages(messages: list[Any]) -> list[Any]:
                     arguments = json.loads(fn.get("arguments") or "{}")
                 except (TypeError, ValueError, RecursionError):
                     arguments = fn.get("arguments")
-                text.append(json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False))
-            content = "\n".join(([content] if isinstance(content, str) and content else []) + text)
+                text.append({"name": fn["name"], "arguments": arguments})
+            content = "\n".join(([content] if isinstance(content, str) and content else []) + [calls_as_text(text)])
         elif role == "tool":
             name = names.get(str(m.get("tool_call_id")), "the function")
             role, content = "user", f"Result of {name}: {content if isinstance(content, str) else json.dumps(content)}"
@@ -347,7 +350,7 @@ class OpenAIRenderer:
     def end(self, end: End, calls: list[dict[str, Any]] | None) -> str:
         if calls:
             out = []
-            for k, call in enumerate(calls):  # each as OpenAI streams it: its head, then its arguments
+            for k, call in enumerate(calls[:1] if self.extras.one_call else calls):  # its head, then its arguments
                 head = {"index": k, "id": call["id"], "type": "function",
                         "function": {"name": call["function"]["name"], "arguments": ""}}
                 arguments = {"index": k, "function": {"arguments": call["function"]["arguments"]}}
@@ -382,6 +385,8 @@ class OpenAIRenderer:
         if self.extras.logprobs is not None:
             choice["logprobs"] = _chat_logprobs(logprobs) if self.chat else _completion_logprobs(logprobs, 0)
         calls = parse_tool_calls(text, self.extras.tools) if self.extras.calls else None
+        if calls and self.extras.one_call:
+            calls = calls[:1]
         if self.chat and calls:
             choice.update(message={"role": "assistant", "content": None, "tool_calls": calls},
                           finish_reason="tool_calls")

@@ -29,6 +29,7 @@ from queen.api.common import ApiError, Failure, api_route, check_model, read_bod
 from queen.api.openai import error_response
 from queen.api.tool_calls import (
     add_system,
+    calls_as_text,
     check_json_schema,
     check_tool_choice,
     check_tools,
@@ -41,6 +42,7 @@ from queen.responses import ResponseNotFound, StoredResponse
 from shared.appkeys import REQUEST_OWNER, visible_owner
 from shared.errors import InvalidRequest
 from shared.events import End, Error, Token
+from shared.inference import MAX_TOKENS_LIMIT
 from shared.job_registry import Job
 from shared.operations import Infer
 from shared.wire import parse_message
@@ -122,7 +124,7 @@ def _items(given: Any, names: dict[str, str]) -> tuple[list[dict[str, Any]], lis
 
     def flush_calls() -> None:
         if calls:
-            chat.append(("assistant", json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)))
+            chat.append(("assistant", calls_as_text(calls)))
             calls.clear()
 
     for k, item in enumerate(given):
@@ -147,7 +149,7 @@ def _items(given: Any, names: dict[str, str]) -> tuple[list[dict[str, Any]], lis
         flush_calls()
         if kind == "function_call_output":
             call_id, output = item.get("call_id"), item.get("output")
-            if call_id not in names:
+            if not isinstance(call_id, str) or call_id not in names:
                 raise _bad(f"'{where}.call_id' {json.dumps(call_id)} names no function_call before it (in this "
                            "input or the previous response's).", f"{where}.call_id")
             text = output if isinstance(output, str) else _text_of(output, f"{where}.output")
@@ -167,7 +169,19 @@ def _items(given: Any, names: dict[str, str]) -> tuple[list[dict[str, Any]], lis
             raise _bad(f"'{where}.type' {json.dumps(kind)} is not an input item rbee reads (message, function_call, "
                        "function_call_output).", f"{where}.type")
     flush_calls()
-    return items, chat
+    return items, _one_turn_each(chat)
+
+
+def _one_turn_each(chat: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Messages of the same role in a row joined into one (the outputs of parallel calls, a message and the
+    calls after it): some chat templates refuse two user or two assistant turns in a row."""
+    out: list[tuple[str, str]] = []
+    for role, content in chat:
+        if out and out[-1][0] == role and role in ("user", "assistant"):
+            out[-1] = (role, f"{out[-1][1]}\n{content}")
+        else:
+            out.append((role, content))
+    return out
 
 
 def _message_item(role: str, text: str) -> dict[str, Any]:
@@ -260,7 +274,8 @@ async def _to_infer(request: web.Request, body: dict[str, Any]) -> tuple[Infer, 
         messages.insert(0, {"role": "system", "content": instructions})
     fields: dict[str, Any] = {"model": model, "messages": messages}
     if wanted.calls:  # the template may not know tools: they are described in a system message
-        add_system(messages, tools_prompt(wanted.tools, wanted.tool_choice))
+        add_system(messages, tools_prompt(wanted.tools, wanted.tool_choice,
+                                          several=body.get("parallel_tool_calls") is not False))
         fields["json_schema"] = tool_call_schema(wanted.tools, wanted.tool_choice)
     schema = _format(body)
     if schema is not None:
@@ -271,6 +286,15 @@ async def _to_infer(request: web.Request, body: dict[str, Any]) -> tuple[Infer, 
     for name, given in (("max_tokens", "max_output_tokens"), ("temperature", "temperature"), ("top_p", "top_p")):
         if body.get(given) is not None:
             fields[name] = body[given]
+    if "max_tokens" not in fields:  # OpenAI sets no limit (agents send none): until the answer or the context ends
+        fields.update(max_tokens=MAX_TOKENS_LIMIT, fill_context=True)
+    for flag in ("store", "parallel_tool_calls"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool):
+            raise _bad(f"'{flag}' must be true or false.", flag)
+    metadata = body.get("metadata")
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise _bad("'metadata' must be an object of strings.", "metadata")
     if isinstance(fields.get("temperature"), (int, float)) and fields["temperature"] > MAX_TEMPERATURE:
         raise _bad("'temperature' must be between 0 and 2.", "temperature")
     streamed = body.get("stream", False)
@@ -393,7 +417,9 @@ class ResponsesRenderer:
         """The finished response object (its text, or its `calls`), stored unless the request said
         `store: false`: with its answer as the model would read it again, as a call or as text."""
         text = result.get("text", "")
-        output = [self._call_item(call) for call in calls] if calls else [self._message(text, "completed")]
+        cut = result.get("stop_reason") == "length"
+        output = [self._call_item(call) for call in calls] if calls else \
+            [self._message(text, "incomplete" if cut else "completed")]
         response = self.response("completed", output, result)
         if response["store"]:
             said = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
@@ -463,7 +489,8 @@ class ResponsesRenderer:
                             "item_id": item["id"], "output_index": index, "name": item["name"],
                             "arguments": item["arguments"]})]
             out.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
-        out.append(self._event("response.completed", {"response": response}))
+        ended = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        out.append(self._event(ended, {"response": response}))
         return "".join(out)
 
     def failed(self, failure: Failure) -> str:

@@ -95,6 +95,12 @@ def tool_call_schema(tools: list[dict[str, Any]], tool_choice: str) -> dict[str,
     return {"anyOf": [_call_schema(t) for t in chosen]}
 
 
+def calls_as_text(calls: list[dict[str, Any]]) -> str:
+    """Calls ({"name", "arguments"}) as the model wrote them, as the tools prompt teaches: one object, or a
+    list when several. Every API gives a past turn's calls back to the model so."""
+    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+
+
 def add_system(messages: list[Any], text: str) -> None:
     """Append `text` to the conversation's system message, or start one with it."""
     first = messages[0] if messages else None
@@ -104,14 +110,14 @@ def add_system(messages: list[Any], text: str) -> None:
         messages.insert(0, {"role": "system", "content": text})
 
 
-def tools_prompt(tools: list[dict[str, Any]], tool_choice: str) -> str:
-    """The system message that tells the model its tools, and how to call one."""
+def tools_prompt(tools: list[dict[str, Any]], tool_choice: str, *, several: bool = True) -> str:
+    """The system message that tells the model its tools, and how to call one (`several`: or more at once)."""
     lines = ["You can call these functions:"]
     for tool in tools:
         lines.append(f"- {tool['name']}: {tool['description'] or '(no description)'} "
                      f"Arguments (JSON schema): {json.dumps(tool['parameters'])}")
     how = ('To call a function, answer with only a JSON object: {"name": <function name>, "arguments": '
-           '{<argument>: <value>}}; to call several at once, a JSON list of such objects.')
+           '{<argument>: <value>}}' + ("; to call several at once, a JSON list of such objects." if several else "."))
     if tool_choice == "required":
         how = "Call one of them now. " + how
     elif tool_choice not in ("auto", "none"):
@@ -144,7 +150,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, A
 
 def _call(call: Any, names: set[str]) -> dict[str, Any] | None:
     """One {"name", "arguments"} object as an OpenAI tool call; None when it is not a call of a declared one."""
-    if not isinstance(call, dict) or call.get("name") not in names:
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or call["name"] not in names:
         return None
     arguments = call.get("arguments", call.get("parameters", {}))
     if isinstance(arguments, str):
@@ -159,9 +165,13 @@ def _call(call: Any, names: set[str]) -> dict[str, Any] | None:
 
 
 def may_be_tool_call(text: str) -> bool:
-    """Whether an answer that begins so could still turn out to be a call (a stream holds it back)."""
+    """Whether an answer that begins so could still turn out to be a call (a stream holds it back); a
+    "[" only while a "{" may follow it (a list of calls), not "[1]" or "[link](...)"."""
     body = text.lstrip()
-    return any(body.startswith(p) or p.startswith(body) for p in ("{", "[", "```", "<tool_call>"))
+    if body.startswith("["):
+        rest = body[1:].lstrip()
+        return not rest or rest.startswith("{")
+    return any(body.startswith(p) or p.startswith(body) for p in ("{", "```", "<tool_call>"))
 
 
 class ToolCallHoldBack:

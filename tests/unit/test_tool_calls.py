@@ -105,3 +105,10 @@ def test_integer_ranges_become_enums_the_grammar_can_enforce():
     out = schema_for_grammar(schema)["properties"]
     assert out["age"] == {"enum": [0, 1, 2, 3]} and out["n"] == {"enum": [1, 2]}
     assert out["big"] == schema["properties"]["big"] and out["choice"] == schema["properties"]["choice"]
+
+
+def test_json_that_only_looks_like_a_call_is_text():
+    assert parse_tool_calls('{"name": {"first": "Ada"}, "age": 36}', TOOLS) is None  # a name that is no string
+    assert parse_tool_calls('[{"name": ["now"]}]', TOOLS) is None
+    assert not may_be_tool_call("[1] The first point") and not may_be_tool_call("[link](x)")
+    assert may_be_tool_call("[") and may_be_tool_call("[ {")

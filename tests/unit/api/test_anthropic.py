@@ -164,8 +164,9 @@ async def test_several_calls_and_their_results_on_the_next_turn(client, generato
     chat = generator.operations[1].messages
     assert chat[2] == ("assistant", '[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
                                     '{"name": "now", "arguments": {}}]')
-    assert chat[3:] == (("user", "Result of get_weather: Sunny, 21 C"), ("user", "Error from now: clock unavailable"),
-                        ("user", "say:Sunny in Paris."))
+    # one user turn (templates that want turns to alternate take it): the results, then the text beside them
+    assert chat[3:] == (("user", "Result of get_weather: Sunny, 21 C\nError from now: clock unavailable\n"
+                                 "say:Sunny in Paris."),)
 
 
 async def test_a_streamed_call_is_a_tool_use_block_with_its_input_as_json_deltas(client):

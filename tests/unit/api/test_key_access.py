@@ -210,3 +210,20 @@ async def test_an_answer_cut_short_still_counts_the_tokens_it_streamed(client):
     await asyncio.sleep(0.05)  # the usage rows are written in the database's thread
     [row] = (await (await client.get("/v1/keys/usage?name=cut", headers=AUTH)).json())["usage"]
     assert row["requests"] == 1 and row["completion_tokens"] >= streamed
+
+
+async def test_counting_tokens_is_free_and_a_fill_context_answer_reserves_what_is_left(client, generator):
+    secret = await make_key(client, "counter", tokens_per_day=30)
+    for _ in range(3):  # counted, never charged: a key can count as often as it likes
+        resp = await client.post("/v1/messages/count_tokens", headers={"x-api-key": secret}, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "one two three four five six"}]})
+        assert resp.status == 200 and (await resp.json())["input_tokens"] == 6
+    await asyncio.sleep(0.05)
+    [listed] = (await (await client.get("/v1/keys", headers=AUTH)).json())["keys"]
+    assert listed["tokens_today"] == 0
+    # num_predict -1 (until the context ends) fits in what is left today, and is charged what it used
+    resp = await client.post("/api/chat", headers=bearer(secret), json={
+        "model": MODEL, "stream": False, "options": {"num_predict": -1},
+        "messages": [{"role": "user", "content": "say:Hi."}]})
+    assert resp.status == 200, await resp.text()
+    assert generator.operations[-1].fill_context is True

@@ -173,3 +173,38 @@ async def test_a_key_sees_only_its_own_responses(client):
     resp = await client.post(PATH, headers=key, json={"model": MODEL, "input": "x", "previous_response_id": mine["id"]})
     assert resp.status == 400
     assert (await client.get(f"{PATH}/{theirs['id']}", headers=AUTH)).status == 200  # the queen's token sees all
+
+
+async def test_no_max_output_tokens_means_until_the_answer_or_the_context_ends(client, generator):
+    await create(client, input="say:x")
+    op = generator.operations[0]
+    assert op.fill_context is True and op.max_tokens >= 1 << 20
+
+
+async def test_the_outputs_of_parallel_calls_are_one_user_turn(client, generator):
+    two = '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]'
+    called = await create(client, input="say:" + two, tools=WEATHER)
+    a, b = called["output"]
+    await create(client, tools=WEATHER, previous_response_id=called["id"], input=[
+        {"type": "function_call_output", "call_id": a["call_id"], "output": "sunny"},
+        {"type": "function_call_output", "call_id": b["call_id"], "output": "say:snow"}])
+    assert generator.operations[1].messages[-2:] == (
+        ("assistant", two), ("user", "Result of get_weather: sunny\nResult of get_weather: say:snow"))
+
+
+async def test_an_answer_cut_by_max_output_tokens_streams_response_incomplete(client):
+    events = await sse(await client.post(PATH, headers=AUTH, json={"model": MODEL, "input": "say:abcdefghijkl",
+                                                                    "max_output_tokens": 2, "stream": True}))
+    assert events[-1][0] == "response.incomplete"
+    assert events[-1][1]["response"]["output"][0]["status"] == "incomplete"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": [{"type": "function_call_output", "call_id": ["x"], "output": "1"}]}, "input[0].call_id"),
+    ({"input": "hi", "store": "false"}, "store"),
+    ({"input": "hi", "parallel_tool_calls": 1}, "parallel_tool_calls"),
+    ({"input": "hi", "metadata": {"a": 1}}, "metadata"),
+])
+async def test_wrong_types_are_refused_not_crashed_on(client, body, param):
+    refused = await create(client, 400, **body)
+    assert refused["error"]["param"] == param
