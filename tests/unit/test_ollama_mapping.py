@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from queen.api.ollama import OllamaError, model_name, to_infer
-from shared.inference import SAMPLING_DEFAULTS
+from shared.inference import MAX_TOKENS_LIMIT, SAMPLING_DEFAULTS
 
 
 def test_options_map_to_rbees_fields():
@@ -18,9 +18,12 @@ def test_options_map_to_rbees_fields():
     assert op.stop == ("\n",) and (op.presence_penalty, op.frequency_penalty) == (0.5, -0.5)
 
 
-def test_ollamas_special_values_mean_rbees_defaults():
+def test_ollamas_special_values():
     op = to_infer({"model": "m", "prompt": "hi", "options": {"num_predict": -1, "seed": -1}}, chat=False)
-    assert op.max_tokens == SAMPLING_DEFAULTS["max_tokens"] and op.seed is None
+    assert op.fill_context is True and op.max_tokens == MAX_TOKENS_LIMIT and op.seed is None  # until the context ends
+    assert to_infer({"model": "m", "prompt": "hi", "options": {"num_predict": -2}}, chat=False).fill_context is True
+    op = to_infer({"model": "m", "prompt": "hi"}, chat=False)
+    assert op.max_tokens == SAMPLING_DEFAULTS["max_tokens"] and op.fill_context is None  # left out: rbee's default
 
 
 def test_generate_goes_through_the_chat_template_unless_raw():
