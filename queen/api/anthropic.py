@@ -140,8 +140,8 @@ def _text(content: Any, where: str) -> str:
 
 
 def _turn(message: dict[str, Any], where: str, names: dict[str, str]) -> list[dict[str, str]]:
-    """One Messages turn as rbee's chat messages: its text, its tool_use blocks as the JSON calls the tools
-    prompt teaches (a list when several), and each tool_result as a user message naming its tool."""
+    """One Messages turn as rbee's chat messages: its text, its tool_use blocks in words (calls_as_text),
+    and its tool_result blocks as one user message naming each tool."""
     role, content = message["role"], message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]

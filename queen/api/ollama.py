@@ -198,7 +198,7 @@ def to_infer(body: dict[str, Any], *, chat: bool) -> Infer:
 
 def chat_messages(messages: list[Any]) -> list[Any]:
     """Ollama's messages as rbee's {role, content}: an assistant's tool calls and a tool's result become
-    text the model reads, in the form the tools prompt teaches."""
+    text the model reads (calls in words: tool_calls.calls_as_text)."""
     out: list[Any] = []
     for k, m in enumerate(messages):
         if not isinstance(m, dict):

@@ -189,7 +189,7 @@ def _to_infer(body: Any, chat: bool) -> tuple[Infer, bool, bool, Extras]:
 
 def _messages(messages: list[Any]) -> list[Any]:
     """OpenAI's chat messages as rbee's {role, content}: tool calls and tool results become text the
-    model reads, in the form the tools prompt teaches; `developer` is `system` by its newer name."""
+    model reads (calls in words: tool_calls.calls_as_text); `developer` is `system` by its newer name."""
     names: dict[str, str] = {}  # tool_call_id -> function name
     out: list[Any] = []
     for m in messages:

@@ -109,8 +109,8 @@ def _text_of(content: Any, where: str) -> str:
 
 
 def _items(given: Any, names: dict[str, str]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """`input` as items (each with an id) and as rbee's chat: function calls become the JSON the tools
-    prompt teaches (a list when several follow each other), their outputs user messages naming them."""
+    """`input` as items (each with an id) and as rbee's chat: function calls in words (calls_as_text, one
+    message for several in a row), their outputs user messages naming them."""
     if isinstance(given, str):
         if not given:
             raise _bad("'input' must not be empty.", "input")
@@ -424,7 +424,7 @@ class ResponsesRenderer:
         if response["store"]:
             said = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
                     for c in calls]
-            answer = json.dumps(said[0] if len(said) == 1 else said, ensure_ascii=False) if said else text
+            answer = calls_as_text(said) if said else text
             names = {**self.wanted.names, **{c["id"]: c["function"]["name"] for c in calls}}
             self.request.app[RESPONSES].add(StoredResponse(
                 self.id, response, self.wanted.input, [*self.wanted.chat, ("assistant", answer)], names),

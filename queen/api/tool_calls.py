@@ -96,9 +96,12 @@ def tool_call_schema(tools: list[dict[str, Any]], tool_choice: str) -> dict[str,
 
 
 def calls_as_text(calls: list[dict[str, Any]]) -> str:
-    """Calls ({"name", "arguments"}) as the model wrote them, as the tools prompt teaches: one object, or a
-    list when several. Every API gives a past turn's calls back to the model so."""
-    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+    """A past turn's calls ({"name", "arguments"}) as the model reads them again, on every API: said in words
+    ("I called get_weather with {...}."), not as the JSON it wrote. A small model imitates the turns before
+    it: shown its own JSON call, it writes the same call again after the result, a loop with no answer
+    (the built-in model did, every time, at temperature 0); shown the call in words, it answers."""
+    said = ", then ".join(f"{c['name']} with {json.dumps(c['arguments'], ensure_ascii=False)}" for c in calls)
+    return f"I called {said}."
 
 
 def add_system(messages: list[Any], text: str) -> None:

@@ -130,7 +130,7 @@ def test_bad_requests_get_anthropics_error_shape(client, queen):
         ({"model": MODEL, "messages": [{"role": "system", "content": "hi"}], "max_tokens": 4}, "role"),
         ({"model": MODEL, "max_tokens": 4, "messages": [
             {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}]},
-         "text blocks"),
+         "image blocks are not supported"),
     ]
     for body, named in cases:
         with pytest.raises(anthropic.BadRequestError) as err:
@@ -141,7 +141,7 @@ def test_bad_requests_get_anthropics_error_shape(client, queen):
     with pytest.raises(anthropic.NotFoundError) as err:
         client.messages.create(model="claude-no-such-model", messages=QUESTION, max_tokens=4)
     assert err.value.body["error"]["type"] == "not_found_error"
-    unserved = httpx.post(queen.url + "/v1/messages/count_tokens", headers=queen.auth, json=body)
+    unserved = httpx.post(queen.url + "/v1/messages/batches", headers=queen.auth, json=body)
     assert unserved.status_code == 404 and unserved.json()["error"]["type"] == "not_found_error"
     broken = httpx.post(queen.url + "/v1/messages", content=b"{not json", headers={"x-api-key": queen.token})
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"

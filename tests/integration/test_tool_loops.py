@@ -1,8 +1,9 @@
 """Whole tool loops (call -> result -> answer) on every API of the queen, each through its official client
 (`openai` for chat completions and the Responses API, `anthropic`, `ollama`) against a real queen, hive,
 worker and the built-in model at temperature 0. The first step requires a call (Ollama has no tool_choice:
-its prompt asks for one); once the result is in, `auto` lets the model answer in text. The assertions are
-on the shape of each step, not on what a 135M model knows about the weather."""
+there, `format` holds the answer to the call's JSON schema); once the result is in, `auto` lets the model
+answer in text. The assertions are on the shape of each step, not on what a 135M model knows about the
+weather."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_openai_responses(openai_client):
 def test_anthropic_messages(anthropic_client):
     tools = [{"name": "get_weather", "description": DESCRIPTION, "input_schema": CITY}]
     messages = [{"role": "user", "content": ASK}]
-    counted = anthropic_client.messages.count_tokens(model=MODEL, messages=messages, tools=tools)
+    counted = anthropic_client.messages.count_tokens(model=MODEL, messages=messages, tools=tools,
+                                                     tool_choice={"type": "any"})
     called = anthropic_client.messages.create(model=MODEL, messages=messages, tools=tools,
                                               tool_choice={"type": "any"}, max_tokens=48, extra_body={"temperature": 0})
     assert called.stop_reason == "tool_use"
@@ -107,8 +109,11 @@ def test_ollama_chat(queen):
     client = ollama.Client(host=queen.url, headers=queen.auth)
     tools = [{"type": "function", "function": {"name": "get_weather", "description": DESCRIPTION,
                                                "parameters": CITY}}]
-    messages = [{"role": "system", "content": "Always call a function first."}, {"role": "user", "content": ASK}]
-    called = client.chat(model=MODEL, messages=messages, tools=tools, options={"temperature": 0, "num_predict": 48})
+    messages = [{"role": "user", "content": ASK}]
+    call_schema = {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": CITY},
+                   "required": ["name", "arguments"]}  # Ollama's way to require a call: its JSON as the format
+    called = client.chat(model=MODEL, messages=messages, tools=tools, format=call_schema,
+                         options={"temperature": 0, "num_predict": 48})
     [call] = called.message.tool_calls
     assert call.function.name == "get_weather" and city_of(call.function.arguments)
     messages += [called.message.model_dump(exclude_none=True), {"role": "tool", "content": RESULT,

@@ -47,7 +47,7 @@ def test_tool_calls_and_results_are_text_the_model_reads():
         {"role": "tool", "tool_name": "f", "content": "42"}]}, chat=True)
     roles = [role for role, _ in op.messages]
     assert roles == ["system", "user", "assistant", "user"] and "f:" in op.messages[0][1]
-    assert op.messages[2][1] == '{"name": "f", "arguments": {"x": 1}}' and op.messages[3][1] == "Result of f: 42"
+    assert op.messages[2][1] == 'I called f with {"x": 1}.' and op.messages[3][1] == "Result of f: 42"
 
 
 def test_what_rbee_cannot_do_is_refused_by_name():

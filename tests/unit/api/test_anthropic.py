@@ -162,8 +162,7 @@ async def test_several_calls_and_their_results_on_the_next_turn(client, generato
         "model": MODEL, "max_tokens": 20, "tools": WEATHER, "messages": turns})).json()
     assert second["content"] == [{"type": "text", "text": "Sunny in Paris."}]
     chat = generator.operations[1].messages
-    assert chat[2] == ("assistant", '[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
-                                    '{"name": "now", "arguments": {}}]')
+    assert chat[2] == ("assistant", 'I called get_weather with {"city": "Paris"}, then now with {}.')
     # one user turn (templates that want turns to alternate take it): the results, then the text beside them
     assert chat[3:] == (("user", "Result of get_weather: Sunny, 21 C\nError from now: clock unavailable\n"
                                  "say:Sunny in Paris."),)

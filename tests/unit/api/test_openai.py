@@ -48,7 +48,7 @@ async def test_tool_calls_and_results_become_text_the_model_reads(client, genera
     [op] = generator.operations
     assert [role for role, _ in op.messages] == ["system", "user", "assistant", "user"]
     assert "get_weather" in op.messages[0][1] and op.json_schema is None  # auto: the model may answer in text
-    assert op.messages[2][1] == '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert op.messages[2][1] == 'I called get_weather with {"city": "Paris"}.'  # in words: see calls_as_text
     assert op.messages[3][1] == "Result of get_weather: sunny"
 
 

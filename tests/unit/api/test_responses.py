@@ -68,7 +68,8 @@ async def test_a_function_call_then_its_output_then_the_answer(client, generator
         {"type": "function_call_output", "call_id": call["call_id"], "output": "say:Sunny in Paris."}])
     assert answered["output"][0]["content"][0]["text"] == "Sunny in Paris."
     chat = generator.operations[1].messages
-    assert chat[-2:] == (("assistant", CALL), ("user", "Result of get_weather: say:Sunny in Paris."))
+    assert chat[-2:] == (("assistant", 'I called get_weather with {"city": "Paris"}.'),
+                         ("user", "Result of get_weather: say:Sunny in Paris."))
     # the same loop without storing: the client sends the whole history as items
     whole = await create(client, tools=WEATHER, store=False, input=[
         {"role": "user", "content": "weather?"}, call,
@@ -189,7 +190,8 @@ async def test_the_outputs_of_parallel_calls_are_one_user_turn(client, generator
         {"type": "function_call_output", "call_id": a["call_id"], "output": "sunny"},
         {"type": "function_call_output", "call_id": b["call_id"], "output": "say:snow"}])
     assert generator.operations[1].messages[-2:] == (
-        ("assistant", two), ("user", "Result of get_weather: sunny\nResult of get_weather: say:snow"))
+        ("assistant", 'I called get_weather with {"city": "Paris"}, then get_weather with {"city": "Oslo"}.'),
+        ("user", "Result of get_weather: sunny\nResult of get_weather: say:snow"))
 
 
 async def test_an_answer_cut_by_max_output_tokens_streams_response_incomplete(client):
