@@ -4,9 +4,12 @@ followed by that call's result in the next request, through OpenAI chat completi
 and worker on the built-in model at temperature 0.
 
 The three loops give the worker the same chat (each API's conversion of calls and results reads the
-same to the model), so the difference of a step's time between two APIs is what the API layer adds. The
-loops alternate (the order rotated each round, so a warm KV cache favours none) and the per-step figure is
-the median over rounds of (loop time - chat's loop time) / 5. The last line printed is one JSON object.
+same to the model: the same tokens in, the same tokens out). What the API layer adds to a step is the
+client's time for the request minus the time its queen job took (from its creation to its end, as the job
+records them): parsing, converting, a stored response looked up, rendering, HTTP both ways. The generation
+itself (hundreds of ms, varying by tens) is left out, so a few ms show. Per API: the median over every step
+of every round; "added" is that minus chat completions'. The loops alternate, the order rotated each round.
+The last line printed is one JSON object.
 
     .venv/bin/python bench/agent_loop.py [--rounds 8]
 """
@@ -18,6 +21,7 @@ import asyncio
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -47,15 +51,20 @@ class Api:
     name = ""
     path = ""
 
+    prefix = ""  # the answer's id is this and its job's uuid
+
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
         self.session, self.url, self.token = session, url, token
+        self.steps: list[tuple[float, str]] = []  # (the client's seconds for the request, its job's id)
 
     async def post(self, body: dict) -> dict:
+        started = time.time()
         async with self.session.post(self.url + self.path, json=body, headers=self.headers()) as resp:
             answer = await resp.json()
             if resp.status != 200:
                 raise SystemExit(f"{self.name}: {resp.status} {answer}")
-            return answer
+        self.steps.append((time.time() - started, "job-" + str(uuid.UUID(answer["id"].removeprefix(self.prefix)))))
+        return answer
 
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.token}"}
@@ -70,7 +79,7 @@ class Api:
 
 
 class Chat(Api):
-    name, path = "openai_chat", "/v1/chat/completions"
+    name, path, prefix = "openai_chat", "/v1/chat/completions", "chatcmpl-"
 
     async def run(self) -> None:
         tools = [{"type": "function", "function": {"name": "get_weather", "description": DESCRIPTION,
@@ -85,7 +94,7 @@ class Chat(Api):
 
 
 class Responses(Api):
-    name, path = "responses", "/v1/responses"
+    name, path, prefix = "responses", "/v1/responses", "resp_"
 
     async def run(self) -> None:
         tools = [{"type": "function", "name": "get_weather", "description": DESCRIPTION, "parameters": SCHEMA}]
@@ -99,7 +108,7 @@ class Responses(Api):
 
 
 class Anthropic(Api):
-    name, path = "anthropic", "/v1/messages"
+    name, path, prefix = "anthropic", "/v1/messages", "msg_"
 
     def headers(self) -> dict:
         return {"x-api-key": self.token, "anthropic-version": "2023-06-01"}
@@ -123,21 +132,29 @@ async def run(home: Path, rounds: int) -> dict:
             apis = [cls(session, queen.url, queen.token) for cls in (Chat, Responses, Anthropic)]
             for api in apis:  # the worker starts, every API's path warms up
                 await api.loop()
+                api.steps.clear()
             times: dict[str, list[float]] = {api.name: [] for api in apis}
             for r in range(rounds):
                 for api in apis[r % 3:] + apis[:r % 3]:
                     times[api.name].append(await api.loop())
+            overhead = {api.name: [await layer_ms(session, queen, seconds, job_id) for seconds, job_id in api.steps]
+                        for api in apis}
     finally:
         await asyncio.to_thread(queen.stop, 30)
-
-    def per_step_ms(name: str) -> float:
-        return round(statistics.median((t - c) / STEPS for t, c in zip(times[name], times["openai_chat"])) * 1000, 2)
-
+    layer = {name: statistics.median(values) for name, values in overhead.items()}
     return {
         "rounds": rounds, "steps": STEPS,
         "step_ms": {name: round(statistics.median(t) / STEPS * 1000, 1) for name, t in times.items()},
-        "added_per_step_ms": {"responses": per_step_ms("responses"), "anthropic": per_step_ms("anthropic")},
+        "api_layer_ms": {name: round(value, 2) for name, value in layer.items()},
+        "added_per_step_ms": {name: round(layer[name] - layer["openai_chat"], 2) for name in ("responses", "anthropic")},
     }
+
+
+async def layer_ms(session: aiohttp.ClientSession, queen, seconds: float, job_id: str) -> float:
+    """A step's time beyond its job's own: the client's seconds minus the job's, in ms."""
+    async with session.get(f"{queen.url}/v1/jobs/{job_id}", headers=queen.auth) as resp:
+        job = await resp.json()
+    return (seconds - (job["finished_at"] - job["created_at"])) * 1000
 
 
 def main() -> None:
