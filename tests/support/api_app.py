@@ -3,6 +3,7 @@ generator in place of the inference runner: the APIs' mapping and rendering, tes
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from aiohttp import web
@@ -67,3 +68,14 @@ def api_app(executor: ScriptedGenerator, models: Iterable[str] = (MODEL, "missin
 
 def jobs(app: web.Application) -> list[Job]:
     return list(app[appkeys.JOB_REGISTRY].jobs())
+
+
+async def named_sse_events(resp: Any) -> list[tuple[str, dict]]:
+    """An SSE answer whose events name themselves (`event:` then `data:`, as Anthropic's and the Responses
+    API's): (name, decoded data) each."""
+    out = []
+    for frame in (await resp.text()).split("\n\n"):
+        if frame:
+            event, data = frame.split("\n")
+            out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out

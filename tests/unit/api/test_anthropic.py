@@ -4,28 +4,19 @@ streamed, errors with their statuses, through the real route on a scripted gener
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from queen.api.anthropic import usage_of
 from shared.events import JobState
 from tests.support.api_app import MODEL, TOKEN, jobs
+from tests.support.api_app import named_sse_events as sse_events
 
 KEY = {"x-api-key": TOKEN}
 
 
 def ask(text: str, **extra) -> dict:
     return {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": text}], **extra}
-
-
-async def sse_events(resp) -> list[tuple[str, dict]]:
-    out = []
-    for frame in (await resp.text()).split("\n\n"):
-        if frame:
-            event, data = frame.split("\n")
-            out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
-    return out
 
 
 async def test_a_message_becomes_an_infer_operation(client, generator):

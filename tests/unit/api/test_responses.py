@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.support.api_app import AUTH, MODEL
+from tests.support.api_app import named_sse_events as sse
 
 PATH = "/v1/responses"
 WEATHER = [{"type": "function", "name": "get_weather", "description": "The weather in a city.",
@@ -21,15 +22,6 @@ async def create(client, status: int = 200, **body) -> dict:
     answer = await resp.json()
     assert resp.status == status, answer
     return answer
-
-
-async def sse(resp) -> list[tuple[str, dict]]:
-    out = []
-    for frame in (await resp.text()).split("\n\n"):
-        if frame:
-            event, data = frame.split("\n")
-            out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
-    return out
 
 
 async def test_text_in_a_response_out_stored_and_listed(client, generator):
