@@ -288,6 +288,7 @@ async def test_a_gguf_on_this_machine_is_pushed_from_the_models_tab(queen, tmp_p
         await until(pilot, lambda: view.running_job is None, app=app)  # the tab runs one job at a time
         app.query_one("#model-ref").value = str(mine)
         app.clear_notifications()  # at 80x24 the toasts of the refusal cover the toolbar
+        await pilot.pause()  # ... until the screen drops them: a click before that lands on a toast
         await pilot.click("#model-push")  # no row of another hive selected: the local hive
         await until(pilot, lambda: "model_push completed" in notifications(app), app=app)
         await pilot.click("#models-refresh")
