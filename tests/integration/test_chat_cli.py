@@ -92,6 +92,7 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_prompt_comes_back(keeper):
         assert finished_state(keeper, job_id) == "cancelled"
         chat.type(COUNTING_DOWN + "\r")  # the partial answer goes with the next question
         chat.expect(">>> ", timeout=120)  # however long it is (it follows a partial answer of any length)
+        chat.wait_until_reading()
         chat.type("\x03")  # at the prompt: a hint, not an exit
         assert "Use /bye or Ctrl+D to leave" in chat.expect(">>> ")
         chat.type("\x04")  # Ctrl+D leaves

@@ -128,6 +128,23 @@ class Terminal:
     def type(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
+    def wait_until_reading(self, timeout: float = 10) -> None:
+        """Wait until the program sleeps in its read of the terminal. CPython's readline prints its prompt,
+        then selects on stdin: a Ctrl+C typed between the two (a test types it the moment the prompt shows;
+        on 2 busy cores the program is often not running yet) sets Python's flag with no system call to
+        interrupt, and is only seen after the next key. A person is never that fast."""
+        wchan = f"/proc/{self.proc.pid}/task/{self.proc.pid}/wchan"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(wchan) as f:
+                    if any(call in f.read() for call in ("select", "poll")):
+                        return
+            except OSError:
+                time.sleep(0.5)  # no /proc here: a pause instead
+                return
+            time.sleep(0.01)
+
     def wait(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
