@@ -50,8 +50,6 @@ from shared.wire import parse_message
 PATH = "/v1/responses"
 MAX_TEMPERATURE = 2.0
 _TEXT_PARTS = ("input_text", "output_text", "text")
-_IGNORED = ("reasoning", "include", "truncation", "user", "service_tier", "prompt_cache_key", "safety_identifier",
-            "top_logprobs", "stream_options")
 
 
 def matches(path: str) -> bool:
@@ -83,6 +81,14 @@ class Request:
     @property
     def calls(self) -> bool:
         return self.tool_choice != "none"
+
+    @property
+    def one_call(self) -> bool:
+        """parallel_tool_calls: false (at most one call kept)."""
+        return self.body.get("parallel_tool_calls") is False
+
+    def kept(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return calls[:1] if self.one_call else calls
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -275,7 +281,7 @@ async def _to_infer(request: web.Request, body: dict[str, Any]) -> tuple[Infer, 
     fields: dict[str, Any] = {"model": model, "messages": messages}
     if wanted.calls:  # the template may not know tools: they are described in a system message
         add_system(messages, tools_prompt(wanted.tools, wanted.tool_choice,
-                                          several=body.get("parallel_tool_calls") is not False))
+                                          several=not wanted.one_call))
         fields["json_schema"] = tool_call_schema(wanted.tools, wanted.tool_choice)
     schema = _format(body)
     if schema is not None:
@@ -400,7 +406,7 @@ class ResponsesRenderer:
     def calls_in(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         """The calls an answer is (as parse_tool_calls finds them); [] when it is text."""
         calls = (parse_tool_calls(result.get("text", ""), self.wanted.tools) if self.wanted.calls else None) or []
-        return calls[:1] if self.wanted.body.get("parallel_tool_calls") is False else calls
+        return self.wanted.kept(calls)
 
     def _message(self, text: str | None, status: str) -> dict[str, Any]:
         content = [] if text is None else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
@@ -465,12 +471,11 @@ class ResponsesRenderer:
     def end(self, end: End, calls: list[dict[str, Any]] | None) -> str:
         result = dict(end.stats)
         out = []
-        if calls and self.wanted.body.get("parallel_tool_calls") is False:
-            calls = calls[:1]
+        calls = self.wanted.kept(calls or [])
         if not calls:
             out.append(self._begin_text())  # (an empty answer is still a message)
             result["text"] = "".join(self.text or [])
-        response = self.finish(result, calls or [])
+        response = self.finish(result, calls)
         for index, item in enumerate(response["output"]):
             if item["type"] == "message":
                 text = item["content"][0]["text"]
