@@ -34,17 +34,27 @@ async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10, url:
 
 class KnownModels:
     """The model ids of every hive with an address, for the API layers that check a request's model before
-    it becomes a job. Asking takes a job on each hive, so answers are kept `max_age_s`. Hives are asked at
-    their address, not started: one that is not running has nothing to offer, quickly."""
+    it becomes a job. Asking takes a job on each hive, so answers are kept `max_age_s`, and callers that
+    ask while an answer is on its way share it. Hives are asked at their address, not started: one that is
+    not running has nothing to offer, quickly."""
 
     def __init__(self) -> None:
         self._models = [BUILTIN_MODEL]
         self._at = float("-inf")
+        self._asking: asyncio.Future[list[str]] | None = None
 
     async def ids(self, hives: HiveRegistry | None, max_age_s: float = 0.0) -> list[str]:
         if hives is None or time.monotonic() - self._at <= max_age_s:  # None: an app with no hives to ask
             return self._models
+        if self._asking is None:  # one question at a time: a burst of requests must not send a burst of jobs
+            self._asking = asyncio.ensure_future(self._ask(hives))
+            self._asking.add_done_callback(self._answered)
+        return await asyncio.shield(self._asking)  # one caller leaving does not cancel it for the others
 
+    def _answered(self, _asking: asyncio.Future[list[str]]) -> None:
+        self._asking = None
+
+    async def _ask(self, hives: HiveRegistry) -> list[str]:
         async def catalog(alias: str, url: str) -> list[str]:
             try:
                 return [str(m["id"]) for m in await hive_models(hives, alias, timeout=5, url=url)
@@ -59,9 +69,11 @@ class KnownModels:
         self._models, self._at = models, time.monotonic()
         return models
 
-    async def has(self, hives: HiveRegistry | None, model: str, max_age_s: float) -> bool:
-        """Whether `model` (an id or an alias) is known: from the recent answer, else from asking again."""
-        return among(model, await self.ids(hives, max_age_s)) or among(model, await self.ids(hives))
+    async def has(self, hives: HiveRegistry | None, model: str) -> bool:
+        """Whether `model` (an id or an alias) is known: at once when the last answer, however old, lists it
+        (a request must not wait for the hives' catalogs to say again what they said; one whose model has
+        gone since fails where it is placed, saying so), else from asking again."""
+        return among(model, self._models) or among(model, await self.ids(hives))
 
 
 def among(model: str, known: list[str]) -> bool:

@@ -31,7 +31,6 @@ from shared.http import client_gone
 from shared.job_registry import Job
 from shared.models import parse_reference
 
-MODELS_CACHE_S = 10.0  # a request checks its model against this recent a list (a miss asks the hives again)
 CLIENT_LEFT = 499  # nginx's "client closed request": the job was cancelled before it answered
 
 # (status, code, message, param) -> the error in an API's own shape
@@ -96,7 +95,7 @@ async def known_models(app: web.Application, max_age_s: float = 0.0) -> list[str
 
 async def check_model(app: web.Application, model: str) -> None:
     """UnknownModel (404) unless a running hive has `model` (an id, a reference or an alias)."""
-    if not await app[KNOWN_MODELS].has(app.get(HIVES), canonical(model), MODELS_CACHE_S):
+    if not await app[KNOWN_MODELS].has(app.get(HIVES), canonical(model)):
         raise UnknownModel(model)
 
 
