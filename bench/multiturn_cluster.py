@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -56,8 +57,20 @@ async def one_turn(client: JobClient, history: tuple) -> dict:
             "text": stats.get("text") or "", "worker": stats.get("worker_id")}
 
 
-async def workload(home: Path, routing: bool, conversations: int, turns: int, tag: str) -> dict:
-    setup = await asyncio.to_thread(start_two_hives, home, *(() if routing else ("--no-cache-routing",)))
+def machine_cores(shared: bool) -> tuple[set[int], set[int]] | None:
+    """This machine's cores split in two, one half per hive, as two machines have theirs (None: shared, or
+    fewer than two cores): otherwise both hives' llama.cpp thread pools, each as wide as the machine, fight
+    over the same cores, and every figure measures that fight (turns of 70 s) rather than the routing."""
+    cores = sorted(os.sched_getaffinity(0))
+    if shared or len(cores) < 2:
+        return None
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+async def workload(home: Path, routing: bool, conversations: int, turns: int, tag: str,
+                   cpus: tuple[set[int], set[int]] | None) -> dict:
+    setup = await asyncio.to_thread(start_two_hives, home, *(() if routing else ("--no-cache-routing",)), cpus=cpus)
     try:
         async with JobClient(setup.queen.url, setup.queen.token, request_timeout=600) as client:
             for hive_id in ("localhost", SECOND):
@@ -91,18 +104,21 @@ async def workload(home: Path, routing: bool, conversations: int, turns: int, ta
         await asyncio.to_thread(setup.stop)
 
 
-async def run(home: Path, rounds: int, conversations: int, turns: int) -> dict:
+async def run(home: Path, rounds: int, conversations: int, turns: int, shared: bool) -> dict:
     results: dict[str, list[dict]] = {"cache": [], "blind": []}
     for r in range(rounds):
         for mode in (("cache", "blind") if r % 2 == 0 else ("blind", "cache")):  # alternating: drift cancels out
             sub = home / f"{mode}-{r}"
             sub.mkdir()
-            results[mode].append(await workload(sub, mode == "cache", conversations, turns, f"{mode}{r}"))
+            results[mode].append(await workload(sub, mode == "cache", conversations, turns, f"{mode}{r}",
+                                                machine_cores(shared)))
 
     def med(mode: str, key: str) -> float:
         return round(statistics.median(x[key] for x in results[mode]), 3)
 
-    out: dict = {"bench": "multiturn_cluster", "rounds": rounds, "conversations": conversations, "turns": turns}
+    cpus = machine_cores(shared)
+    out: dict = {"bench": "multiturn_cluster", "rounds": rounds, "conversations": conversations, "turns": turns,
+                 "cores_per_hive": "shared" if cpus is None else [len(c) for c in cpus]}
     for mode in results:
         out.update({f"{mode}_{key}": med(mode, key) for key in ("hit_rate", "ttft_ms_median", "ttft_ms_p90",
                                                                   "tokens_per_s", "last_prompt_tokens")})
@@ -116,5 +132,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--shared-cores", action="store_true",
+                        help="let both hives use every core (by default each gets half, as two machines would)")
     args = parser.parse_args()
-    print_run_in_temp_home(lambda home: run(home, args.rounds, args.conversations, args.turns))
+    print_run_in_temp_home(lambda home: run(home, args.rounds, args.conversations, args.turns, args.shared_cores))

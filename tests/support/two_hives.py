@@ -53,9 +53,13 @@ def require_sshd() -> None:
         pytest.skip("OpenSSH server (sshd) is not installed; `apt-get install openssh-server` to run these")
 
 
-def start_two_hives(tmp_path: Path, *queen_args: str) -> TwoHives:
+def start_two_hives(tmp_path: Path, *queen_args: str, cpus: tuple[set[int], set[int]] | None = None) -> TwoHives:
+    """`cpus`: the cores of the queen with its own hive, and those of `second`, as if they were two machines
+    (each hive then gives its workers its own cores only, and two llama.cpp thread pools never share one)."""
     require_sshd()
     sshd = start_sshd(tmp_path / "sshd")
+    if cpus is not None:  # what sshd starts (the second hive, its workers) inherits its cores
+        os.sched_setaffinity(sshd.proc.pid, cpus[1])
     install = tmp_path / "second-install"
     home = install / "home"
     (home / "config").mkdir(parents=True)
@@ -72,7 +76,15 @@ def start_two_hives(tmp_path: Path, *queen_args: str) -> TwoHives:
         f"    InstallDir {install}\n    Python {BASE_PYTHON}\n")
     (queen_paths.config_dir / "remote-hives.json").write_text(
         json.dumps({SECOND: {"token": token, "keep_running": True}}))
-    queen = start_queen(queen_home, *queen_args)
+    if cpus is None:
+        queen = start_queen(queen_home, *queen_args)
+    else:  # started from this thread with its cores (its hive and workers inherit them), then this thread's back
+        own = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus[0])
+        try:
+            queen = start_queen(queen_home, *queen_args)
+        finally:
+            os.sched_setaffinity(0, own)
     wait_until(lambda: hive_control.status(home).get("port"), timeout=60, what="the queen to start hive second")
     model = tmp_path / "models" / "only-on-second.gguf"
     model.parent.mkdir()
