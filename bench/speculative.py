@@ -3,7 +3,10 @@ processes of the built-in model side by side, one guessing (the default) and one
 Two prompts: "repeat this passage with one change" (the answer copies its prompt: guesses are kept) and
 free text (few are). Each round sends each prompt to one worker, then the other (the order alternates by
 round); tokens/s is the answer's tokens over the time from sending the request to its end. The texts of
-both sides must be identical. The last line printed is one JSON object.
+both sides must be identical. First, what a guessed position costs on this machine: one decode of a token
+and its 8 guesses against one of the token alone, in this process (the ratio depends on it: each guess
+is another position of the batch, and where the model's weight type has no batched kernel for this CPU,
+a position costs about half a token or more). The last line printed is one JSON object.
 
     .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -22,11 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.builtin_model import builtin_model_path  # noqa: E402
 from shared.events import End, Token  # noqa: E402
 from shared.inference import InferenceRequest  # noqa: E402
 from shared.job_client import JobClient  # noqa: E402
 from tests.support.passages import FREE, REPEAT  # noqa: E402
 from tests.support.processes import start_worker  # noqa: E402
+from worker.config import all_cores  # noqa: E402
+from worker.owner_thread import quiet_llama_logs  # noqa: E402
 
 
 async def answer(worker, messages, max_tokens: int) -> tuple[float, str, dict]:
@@ -42,6 +49,48 @@ async def answer(worker, messages, max_tokens: int) -> tuple[float, str, dict]:
     if not isinstance(end, End) or end.state != "completed":
         raise SystemExit(f"a generation failed: {end}")
     return end.stats["tokens_out"] / elapsed, "".join(e.t for e in events if isinstance(e, Token)), dict(end.stats)
+
+
+def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
+    """A guessed position's decode time as a share of a whole token's: (t(1 + guesses) - t(1)) / guesses / t(1),
+    medians, after a 300-token prompt, with the worker's threads."""
+    import llama_cpp
+
+    quiet_llama_logs()
+    logging.disable(logging.WARNING)  # its notes on how it placed the model are not this benchmark's output
+    llama_cpp.llama_backend_init()
+    model = llama_cpp.llama_model_load_from_file(str(builtin_model_path()).encode(),
+                                                 llama_cpp.llama_model_default_params())
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+    params.n_threads = params.n_threads_batch = all_cores()
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    memory, batch = llama_cpp.llama_get_memory(ctx), llama_cpp.llama_batch_init(512, 0, 1)
+
+    def decode(tokens: list[int], start: int, logits: bool) -> float:
+        for k, token in enumerate(tokens):
+            batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.seq_id[k][0] = token, start + k, 1, 0
+            batch.logits[k] = logits or k == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        began = time.perf_counter()
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise SystemExit("llama.cpp could not decode")
+        return time.perf_counter() - began
+
+    try:
+        decode([100 + (k * 37) % 40000 for k in range(300)], 0, False)
+        times: dict[int, list[float]] = {1: [], 1 + guesses: []}
+        for r in range(repeats):
+            for n in (times if r % 2 == 0 else reversed(list(times))):
+                times[n].append(decode([100 + (r * 11 + k * 7) % 40000 for k in range(n)], 300, True))
+                llama_cpp.llama_memory_seq_rm(memory, 0, 300, -1)
+        one, many = statistics.median(times[1]), statistics.median(times[1 + guesses])
+        return (many - one) / guesses / one
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+        logging.disable(logging.NOTSET)
 
 
 async def measure(home: Path, rounds: int, max_tokens: int) -> dict:
@@ -79,13 +128,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=160)
     args = parser.parse_args()
+    cost = guess_cost()
+    print(f"a guessed position costs {cost:.2f} of a token's decode on this machine", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
         result = asyncio.run(measure(Path(tmp), args.rounds, args.max_tokens))
     print(f"{'prompt':>7} | {'guessing tok/s':>14} | {'plain tok/s':>11} | {'ratio':>5} | identical | guessed/kept")
     for name, r in result.items():
         print(f"{name:>7} | {r['guessing_tokens_per_s']:>14} | {r['plain_tokens_per_s']:>11} | {r['ratio']:>5} | "
               f"{str(r['identical_texts']):>9} | {r['guessed']}/{r['kept']} of {r['tokens']} tokens")
-    print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens, **result}))
+    print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens,
+                      "guess_cost": round(cost, 3), **result}))
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ class LlamaOwner(Generic[Work]):
         try:
             import llama_cpp
 
-            _quiet_llama_logs()
+            quiet_llama_logs()
             llama_cpp.llama_backend_init()
             mparams = llama_cpp.llama_model_default_params()
             mparams.n_gpu_layers = cfg.n_gpu_layers
@@ -287,7 +287,7 @@ def reject(future: asyncio.Future[Any], error: BaseException) -> None:
 _log_callback: Any = None  # kept referenced: llama.cpp calls it from C
 
 
-def _quiet_llama_logs() -> None:
+def quiet_llama_logs() -> None:
     """llama.cpp narrates every load at length on stderr; keep only its warnings and errors, in our log."""
     global _log_callback
     import llama_cpp
