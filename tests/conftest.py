@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from tests.support.sigterm import pytest_configure  # noqa: F401  (a run stopped by SIGTERM tears its daemons down)
+
 _ISOLATED_VARS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "HF_ENDPOINT", "HF_HOME", "HF_TOKEN")
 _TIERS = ("unit", "integration", "tui")
 
