@@ -61,11 +61,17 @@ def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
     llama_cpp.llama_backend_init()
     model = llama_cpp.llama_model_load_from_file(str(builtin_model_path()).encode(),
                                                  llama_cpp.llama_model_default_params())
+    if not model:
+        raise SystemExit(f"llama.cpp could not load {builtin_model_path()}")
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
     params.n_threads = params.n_threads_batch = all_cores()
     ctx = llama_cpp.llama_init_from_model(model, params)
+    if not ctx:
+        llama_cpp.llama_model_free(model)
+        raise SystemExit("llama.cpp could not make a context for the built-in model")
     memory, batch = llama_cpp.llama_get_memory(ctx), llama_cpp.llama_batch_init(512, 0, 1)
+    vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
 
     def decode(tokens: list[int], start: int, logits: bool) -> float:
         for k, token in enumerate(tokens):
@@ -78,11 +84,11 @@ def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
         return time.perf_counter() - began
 
     try:
-        decode([100 + (k * 37) % 40000 for k in range(300)], 0, False)
+        decode([100 + (k * 37) % (vocab - 100) for k in range(300)], 0, False)
         times: dict[int, list[float]] = {1: [], 1 + guesses: []}
         for r in range(repeats):
             for n in (times if r % 2 == 0 else reversed(list(times))):
-                times[n].append(decode([100 + (r * 11 + k * 7) % 40000 for k in range(n)], 300, True))
+                times[n].append(decode([100 + (r * 11 + k * 7) % (vocab - 100) for k in range(n)], 300, True))
                 llama_cpp.llama_memory_seq_rm(memory, 0, 300, -1)
         one, many = statistics.median(times[1]), statistics.median(times[1 + guesses])
         return (many - one) / guesses / one

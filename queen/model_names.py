@@ -34,25 +34,36 @@ async def hive_models(hives: HiveRegistry, alias: str, timeout: float = 10, url:
 
 class KnownModels:
     """The model ids of every hive with an address, for the API layers that check a request's model before
-    it becomes a job. Asking takes a job on each hive, so answers are kept `max_age_s`, and callers that
-    ask while an answer is on its way share it. Hives are asked at their address, not started: one that is
-    not running has nothing to offer, quickly."""
+    it becomes a job. Asking takes a job on each hive, so callers that ask while a question is out share it
+    (a burst of requests must not send a burst of jobs), and a request whose model the last answer names,
+    however old, is not held up to ask again. Hives are asked at their address, not started: one that is not
+    running has nothing to offer, quickly."""
 
     def __init__(self) -> None:
         self._models = [BUILTIN_MODEL]
         self._at = float("-inf")
         self._asking: asyncio.Future[list[str]] | None = None
+        self._asked_at = float("-inf")  # when the question out now was sent
 
     async def ids(self, hives: HiveRegistry | None, max_age_s: float = 0.0) -> list[str]:
-        if hives is None or time.monotonic() - self._at <= max_age_s:  # None: an app with no hives to ask
+        """The ids, asked of the hives unless the last answer is at most `max_age_s` old; an answer to a
+        question sent before this call is not taken (a model pulled meanwhile would be missing): one more
+        question follows, shared by all who came too late for the first."""
+        called = time.monotonic()
+        if hives is None or called - self._at <= max_age_s:  # None: an app with no hives to ask
             return self._models
-        if self._asking is None:  # one question at a time: a burst of requests must not send a burst of jobs
-            self._asking = asyncio.ensure_future(self._ask(hives))
-            self._asking.add_done_callback(self._answered)
-        return await asyncio.shield(self._asking)  # one caller leaving does not cancel it for the others
+        while True:
+            if self._asking is None:
+                self._asking, self._asked_at = asyncio.ensure_future(self._ask(hives)), time.monotonic()
+                self._asking.add_done_callback(self._answered)
+            asked_at, asking = self._asked_at, self._asking
+            models = await asyncio.shield(asking)  # one caller leaving does not cancel it for the others
+            if asked_at >= called:
+                return models
 
-    def _answered(self, _asking: asyncio.Future[list[str]]) -> None:
-        self._asking = None
+    def _answered(self, asking: asyncio.Future[list[str]]) -> None:
+        if self._asking is asking:
+            self._asking = None
 
     async def _ask(self, hives: HiveRegistry) -> list[str]:
         async def catalog(alias: str, url: str) -> list[str]:
@@ -70,9 +81,8 @@ class KnownModels:
         return models
 
     async def has(self, hives: HiveRegistry | None, model: str) -> bool:
-        """Whether `model` (an id or an alias) is known: at once when the last answer, however old, lists it
-        (a request must not wait for the hives' catalogs to say again what they said; one whose model has
-        gone since fails where it is placed, saying so), else from asking again."""
+        """Whether `model` (an id or an alias) is known: at once when the last answer, however old, names it
+        (one deleted since fails where the request is placed, saying so), else from asking again."""
         return among(model, self._models) or among(model, await self.ids(hives))
 
 

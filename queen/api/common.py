@@ -94,7 +94,8 @@ async def known_models(app: web.Application, max_age_s: float = 0.0) -> list[str
 
 
 async def check_model(app: web.Application, model: str) -> None:
-    """UnknownModel (404) unless a running hive has `model` (an id, a reference or an alias)."""
+    """UnknownModel (404) unless a running hive had `model` (an id, a reference or an alias) when last asked,
+    or has it now."""
     if not await app[KNOWN_MODELS].has(app.get(HIVES), canonical(model)):
         raise UnknownModel(model)
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +80,15 @@ def start_two_hives(tmp_path: Path, *queen_args: str, cpus: tuple[set[int], set[
     if cpus is None:
         queen = start_queen(queen_home, *queen_args)
     else:  # started from this thread with its cores (its hive and workers inherit them), then this thread's back
-        own = os.sched_getaffinity(0)
+        own, before = os.sched_getaffinity(0), {t.native_id for t in threading.enumerate()}
         os.sched_setaffinity(0, cpus[0])
         try:
             queen = start_queen(queen_home, *queen_args)
         finally:
             os.sched_setaffinity(0, own)
+            for thread in threading.enumerate():  # the threads that read its output inherited the cores too
+                if thread.native_id not in before and thread.native_id is not None:
+                    os.sched_setaffinity(thread.native_id, own)
     wait_until(lambda: hive_control.status(home).get("port"), timeout=60, what="the queen to start hive second")
     model = tmp_path / "models" / "only-on-second.gguf"
     model.parent.mkdir()
