@@ -12,7 +12,9 @@ import subprocess
 
 import pytest
 
-from tests.support.sigterm import pytest_configure  # noqa: F401  (a run stopped by SIGTERM tears its daemons down)
+# no process a test run started outlives it, however the run ends (a hook: a later `def` of one of these
+# names here would replace it)
+from tests.support.run_reaper import pytest_configure, pytest_runtest_setup, pytest_unconfigure  # noqa: F401
 
 _ISOLATED_VARS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "HF_ENDPOINT", "HF_HOME", "HF_TOKEN")
 _TIERS = ("unit", "integration", "tui")
