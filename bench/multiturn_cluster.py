@@ -105,18 +105,17 @@ async def workload(home: Path, routing: bool, conversations: int, turns: int, ta
 
 
 async def run(home: Path, rounds: int, conversations: int, turns: int, shared: bool) -> dict:
+    cpus = machine_cores(shared)
     results: dict[str, list[dict]] = {"cache": [], "blind": []}
     for r in range(rounds):
         for mode in (("cache", "blind") if r % 2 == 0 else ("blind", "cache")):  # alternating: drift cancels out
             sub = home / f"{mode}-{r}"
             sub.mkdir()
-            results[mode].append(await workload(sub, mode == "cache", conversations, turns, f"{mode}{r}",
-                                                machine_cores(shared)))
+            results[mode].append(await workload(sub, mode == "cache", conversations, turns, f"{mode}{r}", cpus))
 
     def med(mode: str, key: str) -> float:
         return round(statistics.median(x[key] for x in results[mode]), 3)
 
-    cpus = machine_cores(shared)
     out: dict = {"bench": "multiturn_cluster", "rounds": rounds, "conversations": conversations, "turns": turns,
                  "cores_per_hive": "shared" if cpus is None else [len(c) for c in cpus]}
     for mode in results:

@@ -27,7 +27,7 @@ marker, wait_s, me = sys.argv[1].encode(), float(sys.argv[2]), os.getpid()
 sys.stdin.buffer.read()  # returns at EOF: the test run has ended, however it ended
 
 
-def started(pid):
+def stat_of(pid):  # the fields after the name: [0] the state, [19] the start time
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -42,7 +42,7 @@ def ours():
                 mine = any(marker in (entry / part).read_bytes() for part in ("environ", "cmdline"))
             except OSError:
                 continue
-            stat = started(int(entry.name))
+            stat = stat_of(int(entry.name))
             if mine and stat is not None and stat[0] != "Z":
                 found[int(entry.name)] = stat[19]  # its start time: a pid is reused once its process is gone
     return found
@@ -53,7 +53,7 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
     deadline = time.monotonic() + wait_s
     while True:
         seen.update(ours())  # looked for again: one may start another while it stops
-        left = [pid for pid, when in seen.items() if (stat := started(pid)) and stat[0] != "Z" and stat[19] == when]
+        left = [pid for pid, when in seen.items() if (stat := stat_of(pid)) and stat[0] != "Z" and stat[19] == when]
         if not left or time.monotonic() >= deadline:
             break
         for pid in left:
