@@ -8,7 +8,11 @@ and its 8 guesses against one of the token alone, in this process (the ratio dep
 is another position of the batch, and where the model's weight type has no batched kernel for this CPU,
 a position costs about half a token or more). The last line printed is one JSON object.
 
-    .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160]
+    .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160] [--requantize q4_k_m]
+
+--requantize runs it all on a copy of the built-in model's weights in another type (llama.cpp's own
+quantizer, in a temporary directory): the built-in's Q4_1 has no batched kernel on x86, the types most
+GGUF files come in (Q4_K_M, Q4_0, Q8_0) have, so a guess costs less there.
 """
 
 from __future__ import annotations
@@ -51,7 +55,28 @@ async def answer(worker, messages, max_tokens: int) -> tuple[float, str, dict]:
     return end.stats["tokens_out"] / elapsed, "".join(e.t for e in events if isinstance(e, Token)), dict(end.stats)
 
 
-def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
+# --requantize's choices: llama.cpp's file types
+QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+
+
+def requantize(quant: str, directory: Path) -> Path:
+    """A copy of the built-in model's weights in `quant`, written by llama.cpp's quantizer."""
+    import ctypes
+
+    import llama_cpp
+
+    out = directory / f"smollm2-135m-{quant}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
+    params.allow_requantize = True  # from Q4_1: what the built-in model is
+    params.nthread = all_cores()
+    quiet_llama_logs()
+    if llama_cpp.llama_model_quantize(str(builtin_model_path()).encode(), str(out).encode(), ctypes.byref(params)):
+        raise SystemExit(f"llama.cpp could not requantize {builtin_model_path()} to {quant}")
+    return out
+
+
+def guess_cost(model_path: Path, guesses: int = 8, repeats: int = 30) -> float:
     """A guessed position's decode time as a share of a whole token's: (t(1 + guesses) - t(1)) / guesses / t(1),
     medians, after a 300-token prompt, with the worker's threads."""
     import llama_cpp
@@ -59,17 +84,16 @@ def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
     quiet_llama_logs()
     logging.disable(logging.WARNING)  # its notes on how it placed the model are not this benchmark's output
     llama_cpp.llama_backend_init()
-    model = llama_cpp.llama_model_load_from_file(str(builtin_model_path()).encode(),
-                                                 llama_cpp.llama_model_default_params())
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), llama_cpp.llama_model_default_params())
     if not model:
-        raise SystemExit(f"llama.cpp could not load {builtin_model_path()}")
+        raise SystemExit(f"llama.cpp could not load {model_path}")
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
     params.n_threads = params.n_threads_batch = all_cores()
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         llama_cpp.llama_model_free(model)
-        raise SystemExit("llama.cpp could not make a context for the built-in model")
+        raise SystemExit(f"llama.cpp could not make a context for {model_path}")
     memory, batch = llama_cpp.llama_get_memory(ctx), llama_cpp.llama_batch_init(512, 0, 1)
     vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
 
@@ -99,9 +123,9 @@ def guess_cost(guesses: int = 8, repeats: int = 30) -> float:
         logging.disable(logging.NOTSET)
 
 
-async def measure(home: Path, rounds: int, max_tokens: int) -> dict:
-    guessing = await asyncio.to_thread(start_worker, home / "guessing")
-    plain = await asyncio.to_thread(start_worker, home / "plain", "--draft-max", "0")
+async def measure(home: Path, model_path: Path, rounds: int, max_tokens: int) -> dict:
+    guessing = await asyncio.to_thread(start_worker, home / "guessing", model=model_path)
+    plain = await asyncio.to_thread(start_worker, home / "plain", "--draft-max", "0", model=model_path)
     sides = {"guessing": guessing, "plain": plain}
     result: dict = {}
     try:
@@ -133,17 +157,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--requantize", choices=sorted(QUANT_TYPES),
+                        help="run on a copy of the built-in model's weights in this type (default: the built-in, Q4_1)")
     args = parser.parse_args()
-    cost = guess_cost()
-    print(f"a guessed position costs {cost:.2f} of a token's decode on this machine", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="rbee-bench-") as tmp:
-        result = asyncio.run(measure(Path(tmp), args.rounds, args.max_tokens))
+        model_path = builtin_model_path()
+        if args.requantize:
+            print(f"requantizing the built-in model to {args.requantize}", file=sys.stderr)
+            model_path = requantize(args.requantize, Path(tmp))
+        cost = guess_cost(model_path)
+        print(f"a guessed position costs {cost:.2f} of a token's decode on this machine ({model_path.name})",
+              file=sys.stderr)
+        result = asyncio.run(measure(Path(tmp), model_path, args.rounds, args.max_tokens))
     print(f"{'prompt':>7} | {'guessing tok/s':>14} | {'plain tok/s':>11} | {'ratio':>5} | identical | guessed/kept")
     for name, r in result.items():
         print(f"{name:>7} | {r['guessing_tokens_per_s']:>14} | {r['plain_tokens_per_s']:>11} | {r['ratio']:>5} | "
               f"{str(r['identical_texts']):>9} | {r['guessed']}/{r['kept']} of {r['tokens']} tokens")
     print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens,
-                      "guess_cost": round(cost, 3), **result}))
+                      "model": args.requantize or "builtin-q4_1", "guess_cost": round(cost, 3), **result}))
 
 
 if __name__ == "__main__":

@@ -461,7 +461,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         if room <= 0:
             return []
         if run.drafter is None:  # made the first time it may guess: the prompt and the answer so far
-            run.drafter = NgramDrafter(slot.cached + [slot.next_token])
+            run.drafter = NgramDrafter(slot.cached + [slot.next_token], longest=self.config.draft_max)
         return run.drafter.guess(room)
 
     def _sample_guessed(self, slot: Slot, guess: list[int]) -> None:

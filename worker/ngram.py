@@ -7,12 +7,14 @@ The engine (worker/engine.py) decodes a slot's guesses in the same batch as its 
 position with the request's own sampler and keeps the guesses up to the first that differs from what was
 sampled: every token is still drawn from the model's distribution given the tokens before it (the guesses
 only decide how many positions one decode gives), so the text is what it would be without guessing, at
-any temperature. A guess costs a little even when it is wrong (one more position in the batch), so a
-guess is only decoded after the last one proved right: a guess not decoded is still compared with the
-tokens that come (free), and one whose first PROOF tokens came as guessed lets the next be decoded; one decoded of which half or
-less is kept goes back to guessing for free. A request guesses few tokens at first, twice as many after a
-guess kept whole, half as many after one of which half or less is kept, and stops guessing when too few
-of its guesses are kept (`NgramDrafter.worth_it`).
+any temperature. A guess costs a little even when it is wrong (one more position in the batch), so after
+one of which half or less was kept, a guess is only decoded once one proved right again: a guess not
+decoded is still compared with the tokens that come (free), and one whose first PROOF tokens came as
+guessed lets the next be decoded. A request's first guess is decoded at once (one short guess costs
+little, and an answer that copies its prompt starts copying with its first tokens). A request guesses
+few tokens at first, twice as many after a guess kept whole (never more than the worker's --draft-max,
+so that one miss halves them), half as many after one of which half or less is kept, and stops guessing
+when too few of its guesses are kept (`NgramDrafter.worth_it`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ FIRST_LENGTH = 2  # tokens guessed at first
 class NgramDrafter:
     """One sequence's tokens and, per n-gram size, where each n-gram last ended (the position after it)."""
 
-    def __init__(self, tokens: Sequence[int] = ()) -> None:
+    def __init__(self, tokens: Sequence[int] = (), longest: int = 8) -> None:
         self.tokens: list[int] = []
+        self.longest = longest  # the most tokens a guess may have (the worker's --draft-max)
         self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(NGRAM_MIN, NGRAM_MAX + 1)}
         self.tried = 0  # guesses decoded
         self.kept = 0  # guesses that matched what was sampled
-        self.length = FIRST_LENGTH  # tokens the next guess may have
-        self.primed = False  # the last guess was right: the next is worth decoding
+        self.length = min(FIRST_LENGTH, longest)  # tokens the next guess may have
+        self.primed = True  # the next guess is worth decoding: at first, and while the last was right
         self.misses = 0  # guesses in a row of which nothing was kept
         self._expected: list[int] = []  # a guess not decoded, its tokens still to come as guessed
         self.extend(tokens)
@@ -96,7 +99,7 @@ class NgramDrafter:
         self.primed = 2 * kept > tried  # more than half kept: the next guess is worth decoding
         self.misses = 0 if kept else self.misses + 1
         if kept == tried:
-            self.length *= 2
+            self.length = min(self.length * 2, self.longest)
         elif 2 * kept <= tried:
             self.length = max(1, self.length // 2)
 

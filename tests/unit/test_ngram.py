@@ -54,13 +54,19 @@ def test_a_request_whose_guesses_are_rarely_kept_stops_guessing():
     assert most.worth_it
 
 
-def test_a_guess_is_decoded_only_after_one_proved_right_and_stops_after_misses():
+def test_a_request_decodes_its_first_guess_at_once():
+    drafter = NgramDrafter([10, 11, 12, 13, 14, 99, 10, 11])
+    assert drafter.guess(8) == [12, 13]  # FIRST_LENGTH tokens
+
+
+def test_after_a_miss_a_guess_is_decoded_only_once_one_proved_right_and_stops_after_misses():
     drafter = NgramDrafter([10, 11, 12, 13, 99, 10, 11])
+    drafter.judged(2, 0)  # a first guess missed: back to guessing for free
     assert drafter.guess(8) == []  # not proved yet: [12, 13] only remembered
     drafter.add(12)
     assert drafter.guess(8) == []  # half of it came
     drafter.add(13)  # all of it came as guessed
-    assert drafter.guess(8) == [99, 10]  # FIRST_LENGTH tokens, decoded
+    assert drafter.guess(8) == [99]  # decoded: as long as guesses are after the miss
     drafter.judged(2, 1)  # half kept, or less: back to guessing for free
     drafter.add(50)
     assert drafter.guess(8) == [] and not drafter.primed
@@ -68,3 +74,12 @@ def test_a_guess_is_decoded_only_after_one_proved_right_and_stops_after_misses()
         drafter.primed = True
         drafter.judged(1, 0)
     assert not drafter.worth_it
+
+
+def test_guesses_grow_no_longer_than_the_longest_so_a_miss_shrinks_them():
+    drafter = NgramDrafter(list(range(40)) + [0, 1], longest=8)
+    for _ in range(6):  # kept whole again and again: 2, 4, 8, then 8 more times
+        drafter.judged(len(drafter.draft(64)), len(drafter.draft(64)))
+    assert len(drafter.draft(64)) == 8
+    drafter.judged(8, 2)  # mostly missed: half as long at once
+    assert len(drafter.draft(64)) == 4
