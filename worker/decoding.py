@@ -54,6 +54,7 @@ class Decoding:
     gen: Generation
     sampler: Any  # its llama.cpp sampler chain, freed when it ends
     text: TextStream
+    greedy: bool = False  # that chain is greedy alone: the engine takes the largest logit itself (worker/sampling.py)
     reused: int = 0  # prompt tokens found in the slot's cache
     started: float = field(default_factory=time.perf_counter)
     generated: int = 0  # tokens sampled, an end-of-generation one included

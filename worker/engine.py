@@ -38,7 +38,7 @@ from worker.errors import GenerationError
 from worker.ngram import NgramDrafter
 from worker.owner_thread import LlamaOwner, log, reject, resolve
 from worker.prompt_cache import MIN_RESTORE_GAIN, MIN_SAVED_TOKENS, PromptCacheStore
-from worker.sampling import sampler_for
+from worker.sampling import greedy_alone, sampler_for
 from worker.slots import Slot, place_prompt
 from worker.text_stream import TextStream
 
@@ -174,6 +174,7 @@ class GenerationEngine(LlamaOwner[Generation]):
 
     def _context_ready(self, llama_cpp: Any) -> None:
         self._chat_formatter = self._make_chat_formatter()
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
     def _make_chat_formatter(self) -> Any:
         import llama_cpp
@@ -346,6 +347,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
         slot.begin(req.prompt_tokens, keep, Decoding(
             gen, sampler=sampler_for(req, self._vocab, self.n_ctx), text=TextStream(req.stop_strings),
+            greedy=greedy_alone(req),
             reused=keep, started=started))
         self._post(gen.emit, Started(job_id=gen.job_id, model=self.config.model_ref))
 
@@ -488,9 +490,14 @@ class GenerationEngine(LlamaOwner[Generation]):
         """Sample from the logits at `index` of the batch; the token when the generation goes on, None
         when it ended."""
         import llama_cpp
+        import numpy as np
 
         req = run.gen.request
-        token = llama_cpp.llama_sampler_sample(run.sampler, self._ctx, index)
+        if run.greedy:
+            token = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index),
+                                              shape=(self._n_vocab,)).argmax())
+        else:
+            token = llama_cpp.llama_sampler_sample(run.sampler, self._ctx, index)
         run.generated += 1
         if run.first_token_at is None:
             run.first_token_at = time.perf_counter()
