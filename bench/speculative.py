@@ -11,8 +11,8 @@ a position costs about half a token or more). The last line printed is one JSON 
     .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160] [--requantize q4_k_m]
 
 --requantize runs it all on a copy of the built-in model's weights in another type (llama.cpp's own
-quantizer, in a temporary directory): the built-in's Q4_1 has no batched kernel on x86, the types most
-GGUF files come in (Q4_K_M, Q4_0, Q8_0) have, so a guess costs less there.
+quantizer, in a temporary directory): the built-in's Q4_1 has no batched kernel on x86; Q4_0, Q5_0 and Q8_0
+have (llamafile's sgemm, and the repack for Q4_0), so a guess costs less there. What the file holds (tensors per type) is printed, and in the JSON.
 """
 
 from __future__ import annotations
@@ -55,8 +55,18 @@ async def answer(worker, messages, max_tokens: int) -> tuple[float, str, dict]:
     return end.stats["tokens_out"] / elapsed, "".join(e.t for e in events if isinstance(e, Token)), dict(end.stats)
 
 
-# --requantize's choices: llama.cpp's file types
-QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+# --requantize's choices: llama.cpp's file types. No k-quants: their blocks are 256 values and most of this
+# model's rows are 576, so llama.cpp writes a Q4_K_M of it mostly as Q5_0 (the types written are printed).
+QUANT_TYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many of the file's tensors each type holds (its GGUF tensor table), most first."""
+    from collections import Counter
+
+    from hive.gguf import read_gguf
+
+    return dict(Counter(t.type_name for t in read_gguf(path).tensors).most_common())
 
 
 def requantize(quant: str, directory: Path) -> Path:
@@ -165,16 +175,17 @@ def main() -> None:
         if args.requantize:
             print(f"requantizing the built-in model to {args.requantize}", file=sys.stderr)
             model_path = requantize(args.requantize, Path(tmp))
+        types = tensor_types(model_path)
+        print(f"{model_path.name}: tensors {', '.join(f'{n} {t}' for t, n in types.items())}", file=sys.stderr)
         cost = guess_cost(model_path)
-        print(f"a guessed position costs {cost:.2f} of a token's decode on this machine ({model_path.name})",
-              file=sys.stderr)
+        print(f"a guessed position costs {cost:.2f} of a token's decode on this machine", file=sys.stderr)
         result = asyncio.run(measure(Path(tmp), model_path, args.rounds, args.max_tokens))
     print(f"{'prompt':>7} | {'guessing tok/s':>14} | {'plain tok/s':>11} | {'ratio':>5} | identical | guessed/kept")
     for name, r in result.items():
         print(f"{name:>7} | {r['guessing_tokens_per_s']:>14} | {r['plain_tokens_per_s']:>11} | {r['ratio']:>5} | "
               f"{str(r['identical_texts']):>9} | {r['guessed']}/{r['kept']} of {r['tokens']} tokens")
     print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens,
-                      "model": args.requantize or "builtin-q4_1", "guess_cost": round(cost, 3), **result}))
+                      "model": args.requantize or "builtin-q4_1", "tensor_types": types, "guess_cost": round(cost, 3), **result}))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class GenerationEngine(LlamaOwner[Generation]):
         self._memory: Any = None
         self._busy_told = 0  # the busy-slot count last handed to the loop
         self._deliver_now = False  # a first token waits for its hand-over
+        self._n_vocab = 0  # the model's, once loaded: the length of a position's logits
         self._delivered_at = 0.0
         self._prompt_cache: PromptCacheStore | None = None  # opened on the owner thread (file I/O)
         self._cannot_grow = False  # set when growing failed (no memory): the slots stay as they are

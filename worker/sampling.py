@@ -25,7 +25,7 @@ def sampler_for(request: PreparedRequest, vocab: Any, n_ctx: int) -> Any:
     (`continue_ids`) has its grammar state and penalty counts go on from its tokens so far."""
     import llama_cpp
 
-    first = []
+    first = []  # a sampler added here, or after greedy, must make greedy_alone false for its requests
     if request.gbnf is not None:  # first: what follows only ever sees tokens the grammar allows
         first.append(llama_cpp.llama_sampler_init_grammar(vocab, request.gbnf.encode(), b"root"))
     if request.presence_penalty or request.frequency_penalty:  # llama.cpp's order: penalties before top-k

@@ -78,7 +78,7 @@ def test_after_a_miss_a_guess_is_decoded_only_once_one_proved_right_and_stops_af
 
 def test_guesses_grow_no_longer_than_the_longest_so_a_miss_shrinks_them():
     drafter = NgramDrafter(list(range(40)) + [0, 1], longest=8)
-    for _ in range(6):  # kept whole again and again: 2, 4, 8, then 8 more times
+    for _ in range(6):  # kept whole again and again: 2, 4, 8, then 8 three more times
         drafter.judged(len(drafter.draft(64)), len(drafter.draft(64)))
     assert len(drafter.draft(64)) == 8
     drafter.judged(8, 2)  # mostly missed: half as long at once
