@@ -8,11 +8,12 @@ and its 8 guesses against one of the token alone, in this process (the ratio dep
 is another position of the batch, and where the model's weight type has no batched kernel for this CPU,
 a position costs about half a token or more). The last line printed is one JSON object.
 
-    .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160] [--requantize q4_k_m]
+    .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160] [--requantize q8_0]
 
 --requantize runs it all on a copy of the built-in model's weights in another type (llama.cpp's own
 quantizer, in a temporary directory): the built-in's Q4_1 has no batched kernel on x86; Q4_0, Q5_0 and Q8_0
-have (llamafile's sgemm, and the repack for Q4_0), so a guess costs less there. What the file holds (tensors per type) is printed, and in the JSON.
+have (llamafile's sgemm, and the repack for Q4_0), so a guess costs less there. What the file holds
+(tensors per type) is printed, and in the JSON.
 """
 
 from __future__ import annotations
@@ -75,14 +76,14 @@ def requantize(quant: str, directory: Path) -> Path:
 
     import llama_cpp
 
-    out = directory / f"smollm2-135m-{quant}.gguf"
+    source, out = builtin_model_path(), directory / f"smollm2-135m-{quant}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
     params.allow_requantize = True  # from Q4_1: what the built-in model is
     params.nthread = all_cores()
     quiet_llama_logs()
-    if llama_cpp.llama_model_quantize(str(builtin_model_path()).encode(), str(out).encode(), ctypes.byref(params)):
-        raise SystemExit(f"llama.cpp could not requantize {builtin_model_path()} to {quant}")
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params)):
+        raise SystemExit(f"llama.cpp could not requantize {source} to {quant}")
     return out
 
 
@@ -185,7 +186,8 @@ def main() -> None:
         print(f"{name:>7} | {r['guessing_tokens_per_s']:>14} | {r['plain_tokens_per_s']:>11} | {r['ratio']:>5} | "
               f"{str(r['identical_texts']):>9} | {r['guessed']}/{r['kept']} of {r['tokens']} tokens")
     print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens,
-                      "model": args.requantize or "builtin-q4_1", "tensor_types": types, "guess_cost": round(cost, 3), **result}))
+                      "model": args.requantize or "builtin-q4_1", "tensor_types": types,
+                      "guess_cost": round(cost, 3), **result}))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ def greedy_alone(request: PreparedRequest) -> bool:
     largest logit itself (numpy, about 8 us), not through llama_sampler_sample, which copies every logit of
     the vocabulary into a candidate list first (about 50 us here, once per token and per guessed position).
     Both take the first of equal largest logits."""
-    return request.temperature == 0 and request.gbnf is None and not (request.presence_penalty
-                                                                      or request.frequency_penalty)
+    return request.temperature == 0 and request.gbnf is None and not _penalized(request)
+
+
+def _penalized(request: PreparedRequest) -> bool:
+    return bool(request.presence_penalty or request.frequency_penalty)
 
 
 def sampler_for(request: PreparedRequest, vocab: Any, n_ctx: int) -> Any:
@@ -28,7 +31,7 @@ def sampler_for(request: PreparedRequest, vocab: Any, n_ctx: int) -> Any:
     first = []  # a sampler added here, or after greedy, must make greedy_alone false for its requests
     if request.gbnf is not None:  # first: what follows only ever sees tokens the grammar allows
         first.append(llama_cpp.llama_sampler_init_grammar(vocab, request.gbnf.encode(), b"root"))
-    if request.presence_penalty or request.frequency_penalty:  # llama.cpp's order: penalties before top-k
+    if _penalized(request):  # llama.cpp's order: penalties before top-k
         first.append(llama_cpp.llama_sampler_init_penalties(
             llama_cpp.llama_vocab_n_tokens(vocab), n_ctx, 1.0, request.frequency_penalty,
             request.presence_penalty))
