@@ -2,11 +2,13 @@
 processes of the built-in model side by side, one guessing (the default) and one with --draft-max 0.
 Two prompts: "repeat this passage with one change" (the answer copies its prompt: guesses are kept) and
 free text (few are). Each round sends each prompt to one worker, then the other (the order alternates by
-round); tokens/s is the answer's tokens over the time from sending the request to its end. The texts of
-both sides must be identical. First, what a guessed position costs on this machine: one decode of a token
-and its 8 guesses against one of the token alone, in this process (the ratio depends on it: each guess
-is another position of the batch, and where the model's weight type has no batched kernel for this CPU,
-a position costs about half a token or more). The last line printed is one JSON object.
+round); tokens/s is the answer's tokens over the time from sending the request to its end, and beside it
+the decoding's alone (the tokens after the first over the time after the first: llama-server's
+predicted_per_second). The texts of both sides must be identical. First, what a guessed position costs on
+this machine: one decode of a token and its 8 guesses against one of the token alone, in this process (the
+ratio depends on it: each guess is another position of the batch, and where the model's weight type has no
+batched kernel for this CPU, a position costs about half a token or more). The last line printed is one
+JSON object.
 
     .venv/bin/python bench/speculative.py [--rounds 5] [--max-tokens 160] [--requantize q8_0]
 
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,19 +44,31 @@ from worker.config import all_cores  # noqa: E402
 from worker.owner_thread import quiet_llama_logs  # noqa: E402
 
 
-async def answer(worker, messages, max_tokens: int) -> tuple[float, str, dict]:
-    """(tokens/s from sending to the end, text, end stats) of one streamed answer."""
-    request = InferenceRequest(messages=[(m["role"], m["content"]) for m in messages], max_tokens=max_tokens,
+class Answer(NamedTuple):
+    rate: float  # tokens/s from sending the request to its end
+    decoding_rate: float  # tokens/s after the first token: the decoding alone (llama-server's predicted_per_second)
+    text: str
+    stats: dict
+
+
+async def answer(worker, messages, max_tokens: int) -> Answer:
+    """One streamed answer, timed."""
+    request = InferenceRequest(messages=tuple((m["role"], m["content"]) for m in messages), max_tokens=max_tokens,
                                temperature=0)
+    events, first = [], None
     async with JobClient(worker.url, worker.token, path="/v1/inference") as client:
         start = time.perf_counter()
         job = await client.submit(request)
-        events = [e async for e in client.stream(job.job_id)]
-        elapsed = time.perf_counter() - start
+        async for event in client.stream(job.job_id):
+            if first is None and isinstance(event, Token):
+                first = time.perf_counter()
+            events.append(event)
+        done = time.perf_counter()
     end = events[-1]
-    if not isinstance(end, End) or end.state != "completed":
+    if not isinstance(end, End) or end.state != "completed" or first is None:
         raise SystemExit(f"a generation failed: {end}")
-    return end.stats["tokens_out"] / elapsed, "".join(e.t for e in events if isinstance(e, Token)), dict(end.stats)
+    tokens, text = end.stats["tokens_out"], "".join(e.t for e in events if isinstance(e, Token))
+    return Answer(tokens / (done - start), (tokens - 1) / (done - first), text, dict(end.stats))
 
 
 # --requantize's choices: llama.cpp's file types. No k-quants: their blocks are 256 values and most of this
@@ -134,6 +149,12 @@ def guess_cost(model_path: Path, guesses: int = 8, repeats: int = 30) -> float:
         logging.disable(logging.NOTSET)
 
 
+def median_ratio(runs: dict[str, list[Answer]], rate: str) -> float:
+    """The median over rounds of guessing's rate over plain's, each round's pair measured side by side."""
+    pairs = zip(runs["guessing"], runs["plain"])
+    return round(statistics.median(getattr(g, rate) / getattr(p, rate) for g, p in pairs), 3)
+
+
 async def measure(home: Path, model_path: Path, rounds: int, max_tokens: int) -> dict:
     guessing = await asyncio.to_thread(start_worker, home / "guessing", model=model_path)
     plain = await asyncio.to_thread(start_worker, home / "plain", "--draft-max", "0", model=model_path)
@@ -143,18 +164,19 @@ async def measure(home: Path, model_path: Path, rounds: int, max_tokens: int) ->
         for name, messages in (("repeat", REPEAT), ("free", FREE)):
             for worker in sides.values():  # warm: the prompt's cache, the first decode
                 await answer(worker, messages, 8)
-            runs: dict[str, list[tuple[float, str, dict]]] = {"guessing": [], "plain": []}
+            runs: dict[str, list[Answer]] = {"guessing": [], "plain": []}
             for r in range(rounds):
                 for side in (["plain", "guessing"] if r % 2 == 0 else ["guessing", "plain"]):
                     runs[side].append(await answer(sides[side], messages, max_tokens))
-                print(f"{name} round {r + 1}: guessing {runs['guessing'][-1][0]:6.1f} tok/s | "
-                      f"plain {runs['plain'][-1][0]:6.1f} tok/s", file=sys.stderr)
-            last = runs["guessing"][-1][2]
+                print(f"{name} round {r + 1}: guessing {runs['guessing'][-1].rate:6.1f} tok/s | "
+                      f"plain {runs['plain'][-1].rate:6.1f} tok/s", file=sys.stderr)
+            last = runs["guessing"][-1].stats
             result[name] = {
-                "guessing_tokens_per_s": round(statistics.median(t for t, _, _ in runs["guessing"]), 1),
-                "plain_tokens_per_s": round(statistics.median(t for t, _, _ in runs["plain"]), 1),
-                "ratio": round(statistics.median(g[0] / p[0] for g, p in zip(runs["guessing"], runs["plain"])), 3),
-                "identical_texts": all(g[1] == p[1] for g, p in zip(runs["guessing"], runs["plain"])),
+                "guessing_tokens_per_s": round(statistics.median(a.rate for a in runs["guessing"]), 1),
+                "plain_tokens_per_s": round(statistics.median(a.rate for a in runs["plain"]), 1),
+                "ratio": median_ratio(runs, "rate"),
+                "ratio_after_first_token": median_ratio(runs, "decoding_rate"),
+                "identical_texts": all(g.text == p.text for g, p in zip(runs["guessing"], runs["plain"])),
                 "tokens": last["tokens_out"],
                 "guessed": last.get("draft_tokens", 0), "kept": last.get("draft_tokens_accepted", 0),
             }
@@ -181,9 +203,11 @@ def main() -> None:
         cost = guess_cost(model_path)
         print(f"a guessed position costs {cost:.2f} of a token's decode on this machine", file=sys.stderr)
         result = asyncio.run(measure(Path(tmp), model_path, args.rounds, args.max_tokens))
-    print(f"{'prompt':>7} | {'guessing tok/s':>14} | {'plain tok/s':>11} | {'ratio':>5} | identical | guessed/kept")
+    print(f"{'prompt':>7} | {'guessing tok/s':>14} | {'plain tok/s':>11} | {'ratio':>5} | {'decoding':>8} | "
+          "identical | guessed/kept")
     for name, r in result.items():
         print(f"{name:>7} | {r['guessing_tokens_per_s']:>14} | {r['plain_tokens_per_s']:>11} | {r['ratio']:>5} | "
+              f"{r['ratio_after_first_token']:>8} | "
               f"{str(r['identical_texts']):>9} | {r['guessed']}/{r['kept']} of {r['tokens']} tokens")
     print(json.dumps({"bench": "speculative", "rounds": args.rounds, "max_tokens": args.max_tokens,
                       "model": args.requantize or "builtin-q4_1", "tensor_types": types,
